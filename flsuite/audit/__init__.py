@@ -1,0 +1,31 @@
+"""The tamper-evident audit chain: signed, hash-linked JSON lines and a signed head.
+
+Registry-agnostic building blocks; `flsuite.registry` uses them for its audit log and
+its verification.
+"""
+
+from flsuite.audit.canonical import canonical_json, canonical_sha256, sha256_hex
+from flsuite.audit.chain import GENESIS_KIND, ChainResult, Problem, verify_chain
+from flsuite.audit.head import SignedHead, read_head, write_head
+from flsuite.audit.keys import key_id, load_or_create_signing_key, load_signing_key, public_key_pem
+from flsuite.audit.log import AuditEntry, AuditLog, seal
+
+__all__ = [
+    "AuditEntry",
+    "AuditLog",
+    "ChainResult",
+    "GENESIS_KIND",
+    "Problem",
+    "SignedHead",
+    "canonical_json",
+    "canonical_sha256",
+    "key_id",
+    "load_or_create_signing_key",
+    "load_signing_key",
+    "public_key_pem",
+    "read_head",
+    "seal",
+    "sha256_hex",
+    "verify_chain",
+    "write_head",
+]

@@ -1,0 +1,101 @@
+"""Checks of the audit chain as an auditor runs them: format, order, hashes, links, signatures.
+
+Pure functions over the log's lines and the registry's public keys; each failed check is
+a `Problem` naming the entry, so a report can say which entry is bad and why.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from flsuite.audit.keys import signature_valid
+from flsuite.audit.log import ENTRY_DOMAIN, GENESIS_PREV, AuditEntry
+
+__all__ = ["Problem", "ChainResult", "verify_chain", "GENESIS_KIND"]
+
+GENESIS_KIND = "registry.created"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One failed check: where (an entry, a version, a file), which check, what is wrong."""
+
+    where: str
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"where": self.where, "check": self.check, "message": self.message}
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    """The parsed entries (None where a line could not be read), the trusted keys, problems."""
+
+    entries: list[AuditEntry | None]
+    trusted_keys: frozenset[str]
+    problems: list[Problem]
+
+
+def verify_chain(lines: list[bytes], *, public_keys: dict[str, Ed25519PublicKey],
+                 expected_key: str | None = None) -> ChainResult:
+    """Check every line; the registry's keys are those its first (genesis) entry names."""
+    problems: list[Problem] = []
+    entries: list[AuditEntry | None] = []
+    trusted: frozenset[str] = frozenset()
+    previous_hash: str | None = GENESIS_PREV
+    for number, line in enumerate(lines, start=1):
+        where = f"audit entry at line {number}"
+        try:
+            entry = AuditEntry.from_dict(json.loads(line))
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.append(Problem(where, "format", f"unreadable ({exc})"))
+            entries.append(None)
+            previous_hash = None
+            continue
+        entries.append(entry)
+        where = f"audit entry {entry.seq}" + ("" if entry.seq == number else f" (line {number})")
+        if number == 1:
+            trusted, genesis_problem = _genesis_keys(entry, expected_key)
+            if genesis_problem:
+                problems.append(Problem(where, "genesis", genesis_problem))
+        if entry.seq != number:
+            problems.append(Problem(where, "sequence", f"expected seq {number}: an entry was "
+                                    "deleted, inserted or moved"))
+        if entry.computed_hash() != entry.hash:
+            problems.append(Problem(where, "hash", "content does not match its hash (edited)"))
+        if previous_hash is not None and entry.prev != previous_hash:
+            problems.append(Problem(where, "chain", "prev does not match the hash of the entry "
+                                    "before it (reordered, inserted or deleted)"))
+        problems.extend(_signature_problems(entry, where, trusted, public_keys))
+        previous_hash = entry.hash
+    return ChainResult(entries=entries, trusted_keys=trusted, problems=problems)
+
+
+def _genesis_keys(entry: AuditEntry, expected_key: str | None) -> tuple[frozenset[str], str]:
+    keys = entry.payload.get("keys") if entry.kind == GENESIS_KIND else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        return frozenset(), f"the first entry is not a {GENESIS_KIND} entry naming the keys"
+    trusted = frozenset(keys)
+    if expected_key is not None and not any(k.startswith(expected_key.lower()) for k in trusted):
+        return trusted, f"registry keys {sorted(trusted)} do not include the expected key {expected_key}"
+    return trusted, ""
+
+
+def _signature_problems(entry: AuditEntry, where: str, trusted: frozenset[str],
+                        public_keys: dict[str, Ed25519PublicKey]) -> list[Problem]:
+    if entry.key not in trusted:
+        return [Problem(where, "signature", f"signed by key {entry.key[:16]}, which is not a "
+                        "key of this registry")]
+    public_key = public_keys.get(entry.key)
+    if public_key is None:
+        return [Problem(where, "signature", f"public key {entry.key[:16]} is missing from keys/")]
+    if not signature_valid(public_key, ENTRY_DOMAIN, entry.hash.encode(), entry.sig):
+        return [Problem(where, "signature", "signature does not verify")]
+    return []

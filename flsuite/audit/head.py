@@ -1,0 +1,70 @@
+"""The signed head: a small file naming the log's last entry, rewritten after every append.
+
+An auditor compares the log against it: a log that ends before the head's seq was
+truncated, one whose entry at that seq has another hash was rewritten. A log that runs
+past the head is fine (a writer was killed between its append and the head update).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from flsuite.audit.canonical import canonical_json
+from flsuite.audit.files import write_atomic
+from flsuite.audit.keys import key_id, sign, signature_valid
+from flsuite.audit.log import AuditEntry
+
+__all__ = ["SignedHead", "write_head", "read_head", "HEAD_DOMAIN"]
+
+HEAD_DOMAIN = "flsuite.audit.head/1"
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """The signed pointer to the log's last entry at some moment."""
+
+    registry_id: str
+    seq: int
+    hash: str
+    time: str
+    key: str
+    sig: str
+
+    def signed_bytes(self) -> bytes:
+        return canonical_json({"registry_id": self.registry_id, "seq": self.seq,
+                               "hash": self.hash, "time": self.time, "key": self.key})
+
+    def signature_valid(self, public_key: Ed25519PublicKey) -> bool:
+        return signature_valid(public_key, HEAD_DOMAIN, self.signed_bytes(), self.sig)
+
+
+def write_head(path: Path, entry: AuditEntry, *, registry_id: str, time: str,
+               signing_key: Ed25519PrivateKey) -> SignedHead:
+    """Sign a head naming `entry` and replace `path` atomically."""
+    unsigned = SignedHead(registry_id=registry_id, seq=entry.seq, hash=entry.hash, time=time,
+                          key=key_id(signing_key), sig="")
+    head = SignedHead(**{**asdict(unsigned),
+                         "sig": sign(signing_key, HEAD_DOMAIN, unsigned.signed_bytes())})
+    write_atomic(path, canonical_json(asdict(head)) + b"\n")
+    return head
+
+
+def read_head(path: Path) -> SignedHead | None:
+    """The head at `path`, None if there is none; ValueError when it is malformed."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    fields = {"registry_id": str, "seq": int, "hash": str, "time": str, "key": str, "sig": str}
+    if not isinstance(data, dict) or set(data) != set(fields):
+        raise ValueError(f"fields are not {sorted(fields)}")
+    for name, kind in fields.items():
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            raise ValueError(f"{name} is not a {kind.__name__}")
+    return SignedHead(**data)

@@ -1,0 +1,50 @@
+"""The signed, audited model registry: versions, aliases, encryption at rest, offline audit.
+
+No torch and no flwr: weights are `dict[str, numpy.ndarray]`, metadata plain JSON, so an
+auditor's machine needs neither. Typical use:
+
+    registry = Registry.open(path, signing_key_path=key_path)
+    info = registry.publish(weights, run_id=..., study_id=..., round=..., config_hash=...,
+                            code_digest=..., sites=[...], metrics={...}, dp_certificate={...})
+    registry.promote(info.number, "production", PromotionPolicy(max_epsilon=8.0))
+    verify_registry(path).ok
+"""
+
+from flsuite.audit.keys import load_or_create_signing_key
+from flsuite.registry.digests import code_digest, config_hash
+from flsuite.registry.encryption import create_key_file, key_from_env, key_from_file
+from flsuite.registry.errors import (
+    EncryptionKeyError,
+    PromotionRefused,
+    ReadOnlyRegistry,
+    RegistryError,
+    WeightsFormatError,
+)
+from flsuite.registry.manifest import VersionInfo, validate_dp_certificate
+from flsuite.registry.policy import PromotionPolicy
+from flsuite.registry.registry import Registry
+from flsuite.registry.report import privacy_report
+from flsuite.registry.verify import VerifyReport, verify_registry
+from flsuite.registry.weights import read_weights_file
+
+__all__ = [
+    "EncryptionKeyError",
+    "PromotionPolicy",
+    "PromotionRefused",
+    "ReadOnlyRegistry",
+    "Registry",
+    "RegistryError",
+    "VerifyReport",
+    "VersionInfo",
+    "WeightsFormatError",
+    "code_digest",
+    "config_hash",
+    "create_key_file",
+    "key_from_env",
+    "key_from_file",
+    "load_or_create_signing_key",
+    "privacy_report",
+    "read_weights_file",
+    "validate_dp_certificate",
+    "verify_registry",
+]

@@ -1,0 +1,93 @@
+"""The privacy report an auditor reads: each version's DP certificate, each site's epsilon
+recomputed from the recorded DP phases and compared with what was claimed.
+
+Recomputation uses `flsuite.privacy.accounting.epsilon(phases, *, delta, accountant)`,
+imported lazily so the registry itself needs no accounting libraries. A claim passes when
+recomputed <= claimed * (1 + 1e-3) (+1e-6); a lower claim is marked "under-claimed".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flsuite.errors import FlsuiteError
+from flsuite.registry.catalogue import Catalogue
+from flsuite.registry.errors import RegistryError
+from flsuite.registry.layout import Layout
+
+__all__ = ["privacy_report", "CLAIM_RTOL"]
+
+CLAIM_RTOL = 1e-3
+EpsilonFn = Callable[..., float]
+
+
+def privacy_report(path: str | Path, *, versions: list[int] | None = None,
+                   epsilon_fn: EpsilonFn | None = None) -> dict[str, Any]:
+    """Per version and per site: claimed vs recomputed epsilon. Reads only; needs no key.
+
+    `epsilon_fn` replaces the accountant (tests); by default flsuite.privacy's is used when
+    importable, otherwise epsilons are reported as not recomputed.
+    """
+    layout = Layout(Path(path).absolute())
+    if not layout.is_registry():
+        raise RegistryError(f"{layout.root} is not an flsuite registry; point --registry (or the "
+                            "REGISTRY argument) at a registry folder")
+    accounting, epsilon_fn = _accountant(epsilon_fn)
+    catalogue = Catalogue(layout.catalogue, writable=False)
+    try:
+        infos = catalogue.versions()
+    finally:
+        catalogue.close()
+    cache: dict[str, tuple[float | None, str]] = {}
+    out_versions, per_site = [], {}
+    for info in infos:
+        if versions is not None and info.number not in versions:
+            continue
+        certificate = info.dp_certificate
+        row: dict[str, Any] = {"version": info.number, "run_id": info.run_id, "round": info.round,
+                               "sites": info.sites, "certificate": certificate is not None}
+        if certificate is not None:
+            row.update(unit_of_privacy=certificate["unit_of_privacy"],
+                       accountant=certificate["accountant"], claims=[])
+            for site, claim in sorted(certificate["sites"].items()):
+                recomputed, status = _recompute(claim, certificate["accountant"], epsilon_fn, cache)
+                entry = {"site": site, "claimed_epsilon": claim["epsilon"], "delta": claim["delta"],
+                         "phases": claim["phases"], "recomputed_epsilon": recomputed, "status": status}
+                row["claims"].append(entry)
+                per_site[site] = {"latest_version": info.number, **entry}
+        out_versions.append(row)
+    under = sorted({c["site"] for v in out_versions for c in v.get("claims", [])
+                    if c["status"] == "under-claimed"})
+    return {"registry": str(layout.root), "accounting": accounting, "versions": out_versions,
+            "sites": dict(sorted(per_site.items())), "under_claimed_sites": under,
+            "ok": not under}
+
+
+def _accountant(epsilon_fn: EpsilonFn | None) -> tuple[str, EpsilonFn | None]:
+    if epsilon_fn is not None:
+        return "given", epsilon_fn
+    try:
+        from flsuite.privacy.accounting import epsilon
+    except ImportError as exc:
+        return f"unavailable: flsuite.privacy.accounting cannot be imported ({exc})", None
+    return "flsuite.privacy.accounting.epsilon", epsilon
+
+
+def _recompute(claim: dict[str, Any], accountant: str, epsilon_fn: EpsilonFn | None,
+               cache: dict[str, tuple[float | None, str]]) -> tuple[float | None, str]:
+    if epsilon_fn is None:
+        return None, "not recomputed"
+    phases = [(p["q"], p["sigma"], p["steps"]) for p in claim["phases"]]
+    key = json.dumps([phases, claim["delta"], accountant])
+    if key not in cache:
+        try:
+            value = float(epsilon_fn(phases, delta=claim["delta"], accountant=accountant))
+        except FlsuiteError as exc:
+            cache[key] = (None, f"not recomputed: {exc}")
+        else:
+            ok = value <= claim["epsilon"] * (1 + CLAIM_RTOL) + 1e-6
+            cache[key] = (value, "ok" if ok else "under-claimed")
+    return cache[key]
