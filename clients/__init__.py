@@ -1,0 +1,1 @@
+"""The flsuite Flower ClientApp (a site's side)."""

@@ -1,0 +1,17 @@
+"""One validated configuration for a whole study, composed by Hydra and bridged to Flower."""
+
+from flsuite.config.bridge import from_run_config, to_run_config
+from flsuite.config.compose import compose_study, config_dir, expand_sweep
+from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
+from flsuite.config.validation import validate_study
+
+__all__ = [
+    "UNIT_OF_PRIVACY",
+    "StudyConfig",
+    "compose_study",
+    "config_dir",
+    "expand_sweep",
+    "from_run_config",
+    "to_run_config",
+    "validate_study",
+]

@@ -1,0 +1,82 @@
+"""The one bridge between ``StudyConfig`` and Flower's flat run_config.
+
+Flower's run_config holds scalar values under flat keys, and ``flwr run`` only accepts
+keys that pyproject.toml's ``[tool.flwr.app.config]`` declares. So every setting is
+always present: nested sections become dotted keys (``federation.rounds``), an unset
+optional value travels as ``""`` and lists as JSON text.
+``from_run_config(to_run_config(c)) == c`` for every valid config.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from flsuite.config.schema import StudyConfig
+from flsuite.config.validation import validate_study
+
+Scalar = bool | int | float | str
+UNSET = ""
+
+
+def to_run_config(config: StudyConfig) -> dict[str, Scalar]:
+    """Flatten a study config into Flower's run_config (dotted keys, scalar values)."""
+    flat: dict[str, Scalar] = {}
+    _flatten(config, "", flat)
+    return flat
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> StudyConfig:
+    """Rebuild and validate a study config from a run_config made by ``to_run_config``."""
+    nested: dict[str, Any] = {}
+    for key, value in run_config.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _decode(_field(parts), value)
+    return validate_study(nested)
+
+
+def _flatten(model: BaseModel, prefix: str, out: dict[str, Scalar]) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            _flatten(value, f"{key}.", out)
+        elif value is None:
+            out[key] = UNSET
+        elif isinstance(value, list):
+            out[key] = json.dumps(value)
+        else:
+            out[key] = value
+
+
+def _field(parts: list[str]) -> FieldInfo | None:
+    model: Any = StudyConfig
+    field = None
+    for part in parts:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        model = field.annotation
+    return field
+
+
+def _decode(field: FieldInfo | None, value: Any) -> Any:
+    if field is None or not isinstance(value, str):
+        return value
+    options = typing.get_args(field.annotation)
+    if value == UNSET and type(None) in options:
+        return None
+    if any(typing.get_origin(option) is list for option in options):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

@@ -1,0 +1,147 @@
+"""The one configuration schema of a flsuite study.
+
+Hydra composes YAML from ``configs/``; this schema validates the result once, at the
+boundary. Every section is frozen and refuses unknown keys, so a typo is an error and
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+UNIT_OF_PRIVACY = "one record at one site"
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(Section):
+    """Which records, and how they are split across simulated sites."""
+
+    dataset: Literal["breast_cancer", "digits", "csv"] = "breast_cancer"
+    csv_path: str | None = None
+    label_column: str | None = None
+    feature_columns: list[str] | None = None
+    partitioning: Literal["iid", "dirichlet", "size_skew"] = "dirichlet"
+    dirichlet_alpha: float = Field(0.5, gt=0)
+    size_skew_sigma: float = Field(1.0, gt=0)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _csv_needs_path_and_label(self) -> DataConfig:
+        if self.dataset == "csv" and (not self.csv_path or not self.label_column):
+            raise ValueError("dataset=csv needs data.csv_path and data.label_column")
+        return self
+
+
+class ModelConfig(Section):
+    """Which network each site trains; all are Opacus-compatible (no BatchNorm)."""
+
+    name: Literal["logreg", "mlp", "cnn"] = "logreg"
+    hidden_units: int = Field(64, ge=1)
+    channels: int = Field(8, ge=1)
+
+
+class FederationConfig(Section):
+    """Rounds, cohort selection and the server-side strategy."""
+
+    rounds: int = Field(10, ge=1)
+    num_sites: int = Field(5, ge=1)
+    fraction_sites: float = Field(1.0, gt=0, le=1)
+    min_sites: int = Field(2, ge=1)
+    round_timeout_s: float = Field(600.0, gt=0)
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0)
+    server_learning_rate: float = Field(0.1, gt=0)
+
+    @model_validator(mode="after")
+    def _min_sites_fit(self) -> FederationConfig:
+        if self.min_sites > self.num_sites:
+            raise ValueError(
+                f"min_sites={self.min_sites} is more than num_sites={self.num_sites}; "
+                "lower federation.min_sites or add sites"
+            )
+        return self
+
+
+class TrainingConfig(Section):
+    """Local training at each site."""
+
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = Field(0.1, gt=0)
+
+
+class PrivacyConfig(Section):
+    """Site-level DP-SGD; the unit of privacy is one record at one site."""
+
+    enabled: bool = False
+    noise_multiplier: float | None = Field(None, ge=0)
+    target_epsilon: float | None = Field(None, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    delta: float | None = Field(None, gt=0, lt=1)
+    accountant: Literal["prv", "rdp"] = "prv"
+    max_epsilon: float = Field(10.0, gt=0)
+    grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
+    secure_rng: bool = False
+
+    @model_validator(mode="after")
+    def _one_way_to_set_noise(self) -> PrivacyConfig:
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                "with privacy.enabled=true set exactly one of privacy.noise_multiplier "
+                "and privacy.target_epsilon"
+            )
+        return self
+
+
+class SecAggConfig(Section):
+    """Secure aggregation: the coordinator only sees the sum of the sites' updates."""
+
+    enabled: bool = False
+    threshold_fraction: float = Field(0.67, gt=0.5, le=1)
+    num_neighbours: int | None = Field(None, ge=2)
+    clip_range: float = Field(8.0, gt=0)
+    clip_out_of_range: bool = False
+    stage_timeout_s: float = Field(120.0, gt=0)
+
+
+class EngineConfig(Section):
+    """Where the ServerApp and ClientApps run."""
+
+    name: Literal["inline", "ray"] = "inline"
+    threads_per_site: int = Field(1, ge=1)
+
+
+class RegistryConfig(Section):
+    """Where global models are published."""
+
+    enabled: bool = True
+    path: str | None = None
+    publish: Literal["every_round", "best_and_final", "final"] = "every_round"
+    signing_key: str | None = None
+    encryption_key_file: str | None = None
+    encryption_key_env: str | None = None
+
+
+class StudyConfig(Section):
+    """A whole federated study."""
+
+    name: str = "study"
+    seed: int = 0
+    output_dir: str | None = None
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    federation: FederationConfig = FederationConfig()
+    training: TrainingConfig = TrainingConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    secagg: SecAggConfig = SecAggConfig()
+    engine: EngineConfig = EngineConfig()
+    registry: RegistryConfig = RegistryConfig()

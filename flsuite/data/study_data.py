@@ -1,0 +1,42 @@
+"""The records of one study: the coordinator's held-out test split and each site's share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from flsuite.config.schema import DataConfig
+from flsuite.data.csv_source import load_csv
+from flsuite.data.datasets import Dataset, load_builtin
+from flsuite.data.partition import partition, train_test_indices
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """The held-out test set and the training records of each simulated site."""
+
+    test: Dataset
+    sites: tuple[Dataset, ...]
+
+
+def load_source(config: DataConfig) -> Dataset:
+    if config.dataset == "csv":
+        return load_csv(config.csv_path or "", label_column=config.label_column or "", feature_columns=config.feature_columns)
+    return load_builtin(config.dataset)
+
+
+def split_study(config: DataConfig, num_sites: int) -> StudyData:
+    """Deterministically split the dataset for ``num_sites`` simulated sites."""
+    source = load_source(config)
+    train_index, test_index = train_test_indices(source.labels, test_fraction=config.test_fraction, seed=config.seed)
+    train = source.subset(train_index)
+    parts = partition(
+        train.labels,
+        num_sites=num_sites,
+        scheme=config.partitioning,
+        seed=config.seed,
+        dirichlet_alpha=config.dirichlet_alpha,
+        size_skew_sigma=config.size_skew_sigma,
+    )
+    return StudyData(test=source.subset(test_index), sites=tuple(train.subset(np.asarray(p)) for p in parts))

@@ -1,0 +1,125 @@
+"""What a site does when the coordinator asks: train, evaluate, or report its status.
+
+The ClientApp in ``clients/app.py`` wires these handlers to Flower. A site reads the
+study settings from the run_config, and its own data (and, once DP is on, its own cap
+and ledger) from its node config: the site's own settings win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from flsuite.config.bridge import from_run_config
+from flsuite.config.schema import DataConfig, StudyConfig
+from flsuite.data.csv_source import load_csv
+from flsuite.data.datasets import Dataset
+from flsuite.data.study_data import split_study
+from flsuite.federation import records
+from flsuite.models.zoo import build_model
+from flsuite.training.local import evaluate, train_plain
+
+PARTITION_ID = "partition-id"
+DATA_PATH = "data-path"
+SITE_NAME = "site-name"
+LABEL_COLUMN = "label-column"
+
+
+@dataclass(frozen=True)
+class SiteSetup:
+    """A site's view of the study: who it is, its records and the study settings."""
+
+    name: str
+    index: int
+    data: Dataset
+    study: StudyConfig
+
+
+def site_setup(context: Context) -> SiteSetup:
+    """Resolve the site's identity and records from its node config and the run_config."""
+    study = from_run_config(context.run_config) if context.run_config else StudyConfig()
+    node = context.node_config
+    if DATA_PATH in node:
+        label_column = str(node.get(LABEL_COLUMN, study.data.label_column or "label"))
+        data = load_csv(str(node[DATA_PATH]), label_column=label_column)
+        name = str(node.get(SITE_NAME, data.name))
+        index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+        return SiteSetup(name=name, index=index, data=data, study=study)
+    index = int(node.get(PARTITION_ID, 0))
+    data = _simulated_site_data(study.data.model_dump_json(), study.federation.num_sites, index)
+    return SiteSetup(name=str(node.get(SITE_NAME, f"site-{index}")), index=index, data=data, study=study)
+
+
+@lru_cache(maxsize=16)
+def _simulated_site_data(data_config_json: str, num_sites: int, index: int) -> Dataset:
+    return split_study(DataConfig.model_validate_json(data_config_json), num_sites).sites[index]
+
+
+def site_model(setup: SiteSetup) -> torch.nn.Module:
+    data = setup.data
+    return build_model(
+        setup.study.model,
+        num_features=data.num_features,
+        num_classes=_num_classes(setup),
+        image_shape=data.image_shape,
+        seed=setup.study.seed,
+    )
+
+
+def _num_classes(setup: SiteSetup) -> int:
+    # Sites may lack some classes under label skew: the model's output size is the study's.
+    return {"breast_cancer": 2, "digits": 10}.get(setup.study.data.dataset, setup.data.num_classes)
+
+
+def local_seed(study_seed: int, server_round: int, site_index: int) -> int:
+    """A seed per study, round and site, the same on every engine."""
+    text = json.dumps([study_seed, server_round, site_index])
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Train the received global model on the site's records and reply with the new weights."""
+    torch.set_num_threads(1)
+    setup = site_setup(context)
+    config = msg.content[records.CONFIG]
+    server_round = int(config.get("server-round", 0))
+    model = site_model(setup)
+    records.load_arrays(model, msg.content[records.ARRAYS])
+    training = setup.study.training
+    result = train_plain(
+        model,
+        setup.data,
+        epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        optimizer=training.optimizer,
+        learning_rate=training.learning_rate,
+        seed=local_seed(setup.study.seed, server_round, setup.index),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    content = RecordDict(
+        {
+            records.ARRAYS: records.model_to_arrays(model),
+            records.METRICS: MetricRecord({records.NUM_EXAMPLES: result.examples, "train-loss": result.mean_loss}),
+            records.SITE: ConfigRecord({"name": setup.name}),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the site's own records."""
+    torch.set_num_threads(1)
+    setup = site_setup(context)
+    model = site_model(setup)
+    records.load_arrays(model, msg.content[records.ARRAYS])
+    metrics = evaluate(model, setup.data)
+    metrics[records.NUM_EXAMPLES] = len(setup.data)
+    content = RecordDict(
+        {records.METRICS: MetricRecord(metrics), records.SITE: ConfigRecord({"name": setup.name})}
+    )
+    return Message(content, reply_to=msg)

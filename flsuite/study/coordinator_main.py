@@ -1,0 +1,81 @@
+"""The coordinator's side of a study, as the ServerApp runs it on any engine.
+
+Reads the study from the run_config, evaluates on the held-out split that no site
+sees, runs the rounds, and writes the output folder. ``server/app.py`` is a thin
+wrapper around ``run_study``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid
+
+from flsuite.config.bridge import from_run_config
+from flsuite.config.schema import StudyConfig
+from flsuite.data.datasets import Dataset
+from flsuite.data.study_data import split_study
+from flsuite.errors import DataError
+from flsuite.federation.coordinator import Coordinator, RoundRecord
+from flsuite.federation.records import load_arrays, model_to_arrays
+from flsuite.models.zoo import build_model
+from flsuite.study import progress
+from flsuite.study.outputs import StudyOutputs
+from flsuite.training.local import evaluate
+
+
+def study_from_context(context: Context) -> StudyConfig:
+    return from_run_config(context.run_config) if context.run_config else StudyConfig()
+
+
+def run_study(grid: Grid, context: Context) -> dict[str, Any]:
+    """Run a whole study over ``grid`` and return its summary (also written to summary.json)."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    study = study_from_context(context)
+    folder = Path(study.output_dir or f"outputs/run-{context.run_id}")
+    test_data = _held_out(study)
+    model = build_model(
+        study.model,
+        num_features=test_data.num_features if test_data else _feature_count(study),
+        num_classes=test_data.num_classes if test_data else 2,
+        image_shape=test_data.image_shape if test_data else None,
+        seed=study.seed,
+    )
+    outputs = StudyOutputs(folder, study)
+
+    def evaluator(arrays: ArrayRecord) -> dict[str, float]:
+        load_arrays(model, arrays)
+        return evaluate(model, test_data)
+
+    def on_round(record: RoundRecord, arrays: ArrayRecord) -> None:
+        outputs.on_round(record)
+        progress.publish(record)
+
+    coordinator = Coordinator(
+        study,
+        grid,
+        initial_arrays=model_to_arrays(model),
+        evaluator=evaluator if test_data else None,
+        listeners=[on_round],
+    )
+    result = coordinator.run()
+    return outputs.finish(result, wall_s=time.perf_counter() - started)
+
+
+def _held_out(study: StudyConfig) -> Dataset | None:
+    """The coordinator's test split; None when the coordinator cannot read the data (real sites' CSVs)."""
+    try:
+        return split_study(study.data, study.federation.num_sites).test
+    except DataError:
+        if study.data.dataset == "csv":
+            return None
+        raise
+
+
+def _feature_count(study: StudyConfig) -> int:
+    return len(study.data.feature_columns or [])

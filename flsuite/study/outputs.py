@@ -1,0 +1,125 @@
+"""The files a study leaves in its output folder.
+
+``config.yaml`` (the resolved config), ``metrics.csv``/``metrics.json`` (one row per
+round), ``site_metrics.csv`` (one row per site and round), ``summary.json`` and
+``metrics.png``. Each file is written whole (temp file, then rename), so a crash never
+leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flsuite.config.schema import StudyConfig
+from flsuite.federation.coordinator import RoundRecord, StudyResult
+
+ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "failures", "wall_s"]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file whole: a temp file in the same folder, fsync, then rename over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def round_row(record: RoundRecord) -> dict[str, Any]:
+    weights = [site.metrics.get("num-examples", 0.0) for site in record.sites]
+    losses = [site.metrics.get("train-loss", float("nan")) for site in record.sites]
+    total = sum(weights)
+    return {
+        "round": record.round,
+        "accuracy": record.metrics.get("accuracy"),
+        "loss": record.metrics.get("loss"),
+        "auc": record.metrics.get("auc"),
+        "train_loss": sum(w * l for w, l in zip(weights, losses)) / total if total else None,
+        "sites": len(record.sites),
+        "failures": record.failures,
+        "wall_s": round(record.wall_s, 4),
+    }
+
+
+class StudyOutputs:
+    """Writes a study's files as it goes: config first, metrics each round, summary last."""
+
+    def __init__(self, folder: Path, study: StudyConfig) -> None:
+        self.folder = folder
+        self.study = study
+        self.rows: list[dict[str, Any]] = []
+        self.site_rows: list[dict[str, Any]] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.rows.append(round_row(record))
+        for site in record.sites:
+            self.site_rows.append({"round": record.round, "site": site.name, **site.metrics})
+        self._write_metrics()
+
+    def finish(self, result: StudyResult, *, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        last = self.rows[-1] if self.rows else {}
+        summary = {
+            "name": self.study.name,
+            "status": result.status,
+            "message": result.message,
+            "dataset": self.study.data.dataset,
+            "model": self.study.model.name,
+            "sites": self.study.federation.num_sites,
+            "rounds_planned": self.study.federation.rounds,
+            "rounds_completed": len(self.rows),
+            "final_accuracy": last.get("accuracy"),
+            "final_auc": last.get("auc"),
+            "final_loss": last.get("loss"),
+            "wall_s": round(wall_s, 3),
+            "engine": self.study.engine.name,
+            "output_dir": str(self.folder.resolve()),
+            "refusals": [vars(refusal) for refusal in result.refusals],
+            **(extra or {}),
+        }
+        write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
+        self._plot()
+        return summary
+
+    def _write_metrics(self) -> None:
+        write_atomic(self.folder / "metrics.json", json.dumps(self.rows, indent=2))
+        write_atomic(self.folder / "metrics.csv", _csv(self.rows, ROUND_COLUMNS))
+        site_columns = sorted({key for row in self.site_rows for key in row} - {"round", "site"})
+        write_atomic(self.folder / "site_metrics.csv", _csv(self.site_rows, ["round", "site", *site_columns]))
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        rounds = [row["round"] for row in self.rows]
+        left.plot(rounds, [row["accuracy"] for row in self.rows], marker="o")
+        left.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
+        right.plot(rounds, [row["loss"] for row in self.rows], marker="o", color="tab:red")
+        right.set(title="Test loss", xlabel="round", ylabel="cross-entropy")
+        figure.suptitle(f"{self.study.name}: {self.study.data.dataset}, {self.study.federation.num_sites} sites")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        plt.close(figure)
+        write_atomic(self.folder / "metrics.png", buffer.getvalue())
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

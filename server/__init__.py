@@ -1,0 +1,1 @@
+"""The flsuite Flower ServerApp (the coordinator's side)."""
