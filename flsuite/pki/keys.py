@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -174,6 +175,6 @@ def is_node_auth_public_key(data: bytes) -> bool:
     """True when data is an OpenSSH public key line of an EC key, as Flower node auth expects."""
     try:
         key = serialization.load_ssh_public_key(data.strip())
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return isinstance(key, ec.EllipticCurvePublicKey)

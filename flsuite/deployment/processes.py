@@ -1,0 +1,201 @@
+"""Background processes that flsuite starts and later stops by the PID it recorded.
+
+A started process gets its own session, a log file and a pid file in its state folder.
+Stopping reads the pid file, checks that the PID still runs the program we started
+(a PID can be reused after a reboot), sends SIGTERM, waits, and only then SIGKILLs. Child
+processes Flower spawns in their own sessions (SuperExec, app processes) are found
+through /proc before the signal and stopped the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flsuite.deployment.errors import DeploymentError
+
+FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+
+
+@dataclass(frozen=True)
+class ProcessFiles:
+    """The pid file and log file of one managed process in a state folder."""
+
+    state_dir: Path
+    name: str
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / f"{self.name}.log"
+
+
+def flower_executable(name: str) -> str:
+    """Path of a Flower console script installed beside this Python (e.g. flower-superlink)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise DeploymentError(
+            f"{name} was not found next to {sys.executable}. Install flwr into this environment "
+            "(`pip install flsuite`)."
+        )
+    return str(path)
+
+
+def flower_environment(extra: Mapping[str, str] = ()) -> dict[str, str]:
+    """The environment for Flower processes: telemetry and update checks off, our bin on PATH.
+
+    SuperLink and SuperNode spawn `flower-superexec` by name, so this Python's bin folder
+    must come first on PATH.
+    """
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(FLWR_ENV)
+    env.update(dict(extra))
+    return env
+
+
+def running_pid(files: ProcessFiles, *, program: str) -> int | None:
+    """The PID in the pid file if that process is alive and runs `program`, else None."""
+    try:
+        pid = int(json.loads(files.pid_file.read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return None
+    return pid if _runs(pid, program) else None
+
+
+def start_process(
+    command: Sequence[str], *, files: ProcessFiles, env: Mapping[str, str], program: str
+) -> subprocess.Popen:
+    """Start command detached in its own session, logging to the log file; write the pid file."""
+    pid = running_pid(files, program=program)
+    if pid is not None:
+        raise DeploymentError(
+            f"{program} is already running from {files.state_dir} (PID {pid}). Stop it first."
+        )
+    files.state_dir.mkdir(parents=True, exist_ok=True)
+    with files.log_file.open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - fixed executable, no shell
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            cwd=files.state_dir,
+        )
+    tmp = files.pid_file.with_suffix(".pid.tmp")
+    tmp.write_text(json.dumps({"pid": process.pid, "program": program, "command": list(command)}))
+    os.replace(tmp, files.pid_file)
+    return process
+
+
+def stop_process(files: ProcessFiles, *, program: str, timeout: float = 15.0) -> int | None:
+    """Stop the process recorded in the pid file and its descendants; return its PID or None."""
+    pid = running_pid(files, program=program)
+    if pid is None:
+        files.pid_file.unlink(missing_ok=True)
+        return None
+    family = [pid, *descendants(pid)]
+    terminate(family, timeout=timeout)
+    files.pid_file.unlink(missing_ok=True)
+    return pid
+
+
+def terminate(pids: Sequence[int], *, timeout: float = 15.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    """SIGTERM each PID, wait up to timeout for all to exit, then SIGKILL what is left."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        sleep(0.1)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+    for pid in pids:
+        _reap(pid)
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def wait_for(
+    ready: Callable[[], bool], *, process: subprocess.Popen, timeout: float, interval: float = 0.25
+) -> bool:
+    """Poll ready() until it is true (True), the process exits or the timeout passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(interval)
+    return False
+
+
+def log_tail(files: ProcessFiles, lines: int = 15) -> str:
+    try:
+        return "\n".join(files.log_file.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _runs(pid: int, program: str) -> bool:
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the pid file
+    return any(Path(part.decode(errors="replace")).name == program for part in cmdline[:3])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
