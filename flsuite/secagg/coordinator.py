@@ -1,0 +1,242 @@
+"""The coordinator's side of one secure-aggregation round, as a state machine over plain dicts.
+
+It routes keys and encrypted shares between sites, adds up the masked vectors as they
+arrive (it never sees one site's update unmasked), and at the end rebuilds only the
+self masks of survivors and the mask keys of dropped sites. Sites that do not answer a
+stage, or answer malformed, are dropped; below the minimum the round aborts with
+SecAggAborted and nothing is unmasked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flsuite.errors import ConfigError
+
+from . import primitives as crypto
+from .errors import SecAggAborted
+from .graph import neighbour_graph, share_group
+from .quantize import average_error_bound, dequantise_sum
+from .settings import SecAggSettings
+from .wire import (
+    CIPHERTEXT_SIZE, KEY_SIZE, SHARE_SIZE, SIGNATURE_SIZE, pack_blobs, pack_ids, pack_names,
+    unpack_blobs, unpack_ids,
+)
+
+__all__ = ["CoordinatorRound", "RoundSum"]
+
+
+@dataclass(frozen=True)
+class RoundSum:
+    """What the coordinator learns: the sum of w*update over survivors and the sum of w."""
+
+    weighted_update_sum: np.ndarray
+    total_weight: float
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    error_bound: float  # per coordinate, on weighted_update_sum / total_weight
+    clipped_values: dict[int, int]
+    rejected: dict[int, str]  # node -> why its reply was not used
+
+
+class CoordinatorRound:
+    """Drive one round: setup_requests, then receive_keys, receive_shares, receive_masked, receive_unmask."""
+
+    def __init__(self, settings: SecAggSettings, *, run_id: int, server_round: int, cohort: Sequence[int],
+                 model_hash: bytes, vector_length: int) -> None:
+        cohort = sorted(set(cohort))
+        if len(cohort) != settings.cohort_size:
+            raise ConfigError(f"secagg.cohort_size={settings.cohort_size} but the round selected {len(cohort)} sites; "
+                              "select exactly cohort_size sites per secure round.")
+        self.settings = settings
+        self.run_id, self.server_round = run_id, server_round
+        self.cohort = cohort
+        self.model_hash, self.vector_length = model_hash, vector_length
+        self.graph = neighbour_graph(cohort, neighbours=settings.neighbour_count, run_id=run_id, server_round=server_round)
+        self.rejected: dict[int, str] = {}
+        self._stage = "setup"
+        self._keys: dict[int, dict[str, Any]] = {}
+        self._routes: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> ciphertext
+        self._senders: dict[int, list[int]] = {}
+        self._shared_round: list[int] = []  # U2: sites whose shares went out
+        self._survivors: list[int] = []  # U3: sites whose masked vectors are in the sum
+        self._sum: np.ndarray | None = None
+        self._clipped: dict[int, int] = {}
+
+    # --- requests and replies -----------------------------------------------------------
+    def setup_requests(self) -> dict[int, dict[str, Any]]:
+        self._advance("setup", "keys")
+        request = {"stage": "setup", **self._header(), "settings": self.settings.to_wire(),
+                   "cohort": pack_ids(self.cohort), "model-hash": self.model_hash, "vector-length": self.vector_length}
+        return {node: dict(request) for node in self.cohort}
+
+    def receive_keys(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Keep well-formed key replies (U1) and send each site its neighbours' signed keys."""
+        self._advance("keys", "shares")
+        for node, reply in self._expected(replies, self.cohort, "setup").items():
+            try:
+                keys = {"site-name": str(reply["site-name"]), "c-pk": reply["c-pk"], "s-pk": reply["s-pk"],
+                        "signature": reply["signature"]}
+                if len(keys["c-pk"]) != KEY_SIZE or len(keys["s-pk"]) != KEY_SIZE or len(keys["signature"]) != SIGNATURE_SIZE:
+                    raise ValueError("key or signature of wrong size")
+            except (KeyError, TypeError, ValueError) as exc:
+                self.rejected[node] = f"malformed setup reply: {exc}"
+                continue
+            self._keys[node] = keys
+        alive = sorted(self._keys)
+        self._require(alive, "setup")
+        requests = {}
+        for node in alive:
+            peers = sorted(self.graph[node] & set(alive))
+            requests[node] = {"stage": "share-keys", **self._header(), "peer-nodes": pack_ids(peers),
+                              "peer-names": pack_names([self._keys[p]["site-name"] for p in peers]),
+                              "peer-c-pk": pack_blobs([self._keys[p]["c-pk"] for p in peers], KEY_SIZE),
+                              "peer-s-pk": pack_blobs([self._keys[p]["s-pk"] for p in peers], KEY_SIZE),
+                              "peer-signatures": pack_blobs([self._keys[p]["signature"] for p in peers], SIGNATURE_SIZE)}
+        return requests
+
+    def receive_shares(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Keep sites that sent a share to every live neighbour (U2); build the train requests."""
+        self._advance("shares", "masked")
+        alive = set(self._keys)
+        sent: dict[int, dict[int, bytes]] = {}
+        for node, reply in self._expected(replies, sorted(alive), "share-keys").items():
+            try:
+                recipients = unpack_ids(reply["recipients"])
+                blobs = unpack_blobs(reply["ciphertexts"], CIPHERTEXT_SIZE)
+                if sorted(recipients) != sorted(self.graph[node] & alive) or len(recipients) != len(blobs):
+                    raise ValueError("shares do not go to exactly the live neighbours")
+            except (KeyError, TypeError, ValueError) as exc:
+                self.rejected[node] = f"malformed share-keys reply: {exc}"
+                continue
+            sent[node] = dict(zip(recipients, blobs, strict=True))
+        self._shared_round = sorted(sent)
+        self._require(self._shared_round, "share-keys")
+        requests = {}
+        for node in self._shared_round:
+            senders = sorted(s for s in self._shared_round if node in sent[s])
+            self._senders[node] = senders
+            requests[node] = {"stage": "train", **self._header(), "senders": pack_ids(senders),
+                              "ciphertexts": pack_blobs([sent[s][node] for s in senders], CIPHERTEXT_SIZE)}
+        return requests
+
+    def receive_masked(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Add up the masked vectors (U3) and ask survivors for the shares that remove the masks."""
+        self._advance("masked", "unmask")
+        total = np.zeros(self.vector_length, dtype=np.uint32)
+        for node, reply in self._expected(replies, self._shared_round, "train").items():
+            masked = reply.get("masked")
+            if not isinstance(masked, np.ndarray) or masked.dtype != np.uint32 or masked.shape != (self.vector_length,):
+                self.rejected[node] = f"masked vector is not uint32[{self.vector_length}]"
+                continue
+            total += masked  # wraps modulo 2**32, which is what cancels the masks
+            self._survivors.append(node)
+            clipped = reply.get("clipped-values", 0)
+            self._clipped[node] = int(clipped) if isinstance(clipped, int) else 0
+        self._sum = total
+        self._survivors.sort()
+        self._require(self._survivors, "train")
+        self._check_recoverable(self._survivors, "train")
+        dropped = [n for n in self._shared_round if n not in self._survivors]
+        request = {"stage": "unmask", **self._header(), "survivors": pack_ids(self._survivors), "dropped": pack_ids(dropped)}
+        return {node: dict(request) for node in self._survivors}
+
+    def receive_unmask(self, replies: Mapping[int, Mapping[str, Any]]) -> RoundSum:
+        """Rebuild survivors' self masks and dropped sites' mask keys; return the unmasked sum."""
+        self._advance("unmask", "done")
+        survivors = set(self._survivors)
+        dropped = [n for n in self._shared_round if n not in survivors]
+        b_shares: dict[int, dict[int, bytes]] = {n: {} for n in survivors}  # owner -> share index -> share
+        sk_shares: dict[int, dict[int, bytes]] = {n: {} for n in dropped}
+        answered = []
+        for holder, reply in self._expected(replies, self._survivors, "unmask").items():
+            try:
+                parsed = [(owner, share, b_shares) for owner, share in zip(
+                    unpack_ids(reply["b-nodes"]), unpack_blobs(reply["b-shares"], SHARE_SIZE), strict=True)]
+                parsed += [(owner, share, sk_shares) for owner, share in zip(
+                    unpack_ids(reply["sk-nodes"]), unpack_blobs(reply["sk-shares"], SHARE_SIZE), strict=True)]
+                for owner, share, pool in parsed:
+                    if owner not in pool or int.from_bytes(share[:2], "big") != share_group(self.graph, owner).index(holder) + 1:
+                        raise ValueError(f"share for node {owner} is not one this holder can have")
+            except (KeyError, TypeError, ValueError) as exc:
+                self.rejected[holder] = f"malformed unmask reply: {exc}"
+                continue
+            answered.append(holder)
+            for owner, share, pool in parsed:
+                pool[owner][int.from_bytes(share[:2], "big")] = share[2:]
+        t = self.settings.threshold
+        short = sorted(n for pool in (b_shares, sk_shares) for n, got in pool.items() if len(got) < t)
+        if short:
+            raise SecAggAborted(f"round {self.server_round}: too few shares to unmask nodes {short} "
+                                f"(threshold {t}, {len(answered)} of {len(self._survivors)} survivors answered)", stage="unmask")
+        assert self._sum is not None
+        total, words, cipher = self._sum.copy(), self.vector_length, self.settings.mask_cipher
+        for node in self._survivors:
+            seed = crypto.combine_secret(sorted(b_shares[node].items())[:t])
+            key = crypto.self_mask_key(seed, run_id=self.run_id, server_round=self.server_round, node=node)
+            total -= crypto.mask_stream(key, words, cipher=cipher)
+        for node in dropped:
+            s_sk = crypto.combine_secret(sorted(sk_shares[node].items())[:t])
+            if crypto.x25519_public(s_sk) != self._keys[node]["s-pk"]:
+                raise SecAggAborted(f"round {self.server_round}: the mask key rebuilt for dropped node {node} does not "
+                                    "match its announced public key (a site sent a wrong share)", stage="unmask")
+            for peer in self._survivors:
+                if node not in self._senders.get(peer, ()):
+                    continue
+                shared = crypto.x25519_shared(s_sk, self._keys[peer]["s-pk"])
+                key = crypto.pairwise_mask_key(shared, run_id=self.run_id, server_round=self.server_round,
+                                               node_a=peer, node_b=node)
+                stream = crypto.mask_stream(key, words, cipher=cipher)
+                if peer < node:  # the survivor added this mask; take it out
+                    total -= stream
+                else:
+                    total += stream
+        numerator, weight = dequantise_sum(total, sites=len(self._survivors), clip_range=self.settings.clip_range,
+                                           levels=self.settings.levels)
+        bound = average_error_bound(sites=len(self._survivors), total_weight=weight,
+                                    clip_range=self.settings.clip_range, levels=self.settings.levels)
+        return RoundSum(weighted_update_sum=numerator, total_weight=weight, survivors=tuple(self._survivors),
+                        dropped=tuple(n for n in self.cohort if n not in survivors), error_bound=bound,
+                        clipped_values=dict(self._clipped), rejected=dict(self.rejected))
+
+    # --- helpers ------------------------------------------------------------------------
+    def _header(self) -> dict[str, Any]:
+        return {"run-id": crypto.u64(self.run_id), "round": self.server_round}
+
+    def _advance(self, expected: str, following: str) -> None:
+        if self._stage != expected:
+            raise RuntimeError(f"coordinator round is at stage {self._stage!r}, not {expected!r}")
+        self._stage = following
+
+    def _expected(self, replies: Mapping[int, Mapping[str, Any]], asked: Sequence[int], stage: str) -> dict[int, Mapping[str, Any]]:
+        kept = {}
+        for node, reply in replies.items():
+            if node not in asked:
+                continue  # a reply from a node that was not asked (or was dropped) is ignored
+            if reply.get("stage") != stage or reply.get("round") != self.server_round:
+                self.rejected[node] = f"reply is not a {stage!r} reply for round {self.server_round}"
+                continue
+            kept[node] = reply
+        return kept
+
+    def _require(self, alive: Sequence[int], stage: str) -> None:
+        need = self.settings.min_survivors
+        if len(alive) < need:
+            self._stage = "aborted"
+            raise SecAggAborted(
+                f"round {self.server_round}: only {len(alive)} of {len(self.cohort)} sites completed stage {stage!r}; "
+                f"at least {need} are needed (threshold {self.settings.threshold}, tolerated dropouts "
+                f"{self.settings.tolerated_dropouts}). Nothing was unmasked.", stage=stage)
+
+    def _check_recoverable(self, survivors: Sequence[int], stage: str) -> None:
+        alive = set(survivors)
+        for node in self._shared_round:
+            holders = {h for h in alive if node in self._senders.get(h, ())} | ({node} & alive)
+            if len(holders) < self.settings.threshold:
+                self._stage = "aborted"
+                raise SecAggAborted(f"round {self.server_round}: only {len(holders)} surviving holders of node {node}'s "
+                                    f"shares, threshold {self.settings.threshold}. Nothing was unmasked.", stage=stage)

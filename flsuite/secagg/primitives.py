@@ -1,0 +1,187 @@
+"""The cryptographic building blocks of the protocol, all in one place.
+
+X25519 key agreement, HKDF-SHA256 key derivation (every derived key binds run, round and
+the two nodes), AES-256-GCM for Shamir shares in transit, Ed25519 signatures over a
+site's round keys, PyCryptodome's Shamir sharing of 32-byte secrets (two 16-byte
+blocks), and the mask keystream (AES-256-CTR or ChaCha20 over zeros).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from Crypto.Protocol.SecretSharing import Shamir
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+__all__ = [
+    "PROTOCOL",
+    "RandomBytes",
+    "combine_secret",
+    "decrypt_share",
+    "encrypt_share",
+    "hkdf32",
+    "key_signature_payload",
+    "mask_stream",
+    "pairwise_mask_key",
+    "public_key_bytes",
+    "self_mask_key",
+    "share_encryption_key",
+    "share_aad",
+    "sign_keys",
+    "split_secret",
+    "u64",
+    "verify_keys",
+    "x25519_keypair",
+    "x25519_public",
+    "x25519_shared",
+]
+
+PROTOCOL = b"flsuite-secagg/v1"
+RandomBytes = Callable[[int], bytes]
+_CHUNK = 1 << 18
+_ZEROS = memoryview(bytes(_CHUNK))
+
+
+def u64(value: int) -> bytes:
+    """Big-endian unsigned 64-bit encoding (node ids, run ids and rounds are uint64)."""
+    return int(value).to_bytes(8, "big")
+
+
+# --- key agreement and derivation -------------------------------------------------------
+
+def x25519_keypair(random_bytes: RandomBytes) -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair as raw (private, public) bytes."""
+    private = X25519PrivateKey.from_private_bytes(random_bytes(32))
+    return private.private_bytes_raw(), private.public_key().public_bytes_raw()
+
+
+def x25519_public(private: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
+    return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
+def hkdf32(ikm: bytes, *, info: bytes) -> bytes:
+    """HKDF-SHA256 with salt PROTOCOL, 32 bytes out."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=PROTOCOL, info=info).derive(ikm)
+
+
+def _pair_info(label: bytes, run_id: int, server_round: int, node_a: int, node_b: int) -> bytes:
+    low, high = sorted((node_a, node_b))
+    return label + u64(run_id) + u64(server_round) + u64(low) + u64(high)
+
+
+def pairwise_mask_key(shared: bytes, *, run_id: int, server_round: int, node_a: int, node_b: int) -> bytes:
+    """Key of the mask two neighbours add (lower id) and subtract (higher id)."""
+    return hkdf32(shared, info=_pair_info(b"pairwise-mask", run_id, server_round, node_a, node_b))
+
+
+def share_encryption_key(shared: bytes, *, run_id: int, server_round: int, node_a: int, node_b: int) -> bytes:
+    """AES-256-GCM key for the shares two neighbours send each other."""
+    return hkdf32(shared, info=_pair_info(b"share-encryption", run_id, server_round, node_a, node_b))
+
+
+def self_mask_key(seed: bytes, *, run_id: int, server_round: int, node: int) -> bytes:
+    """Key of a site's self mask, from its 32-byte self-mask seed."""
+    return hkdf32(seed, info=b"self-mask" + u64(run_id) + u64(server_round) + u64(node))
+
+
+# --- mask keystream ---------------------------------------------------------------------
+
+def mask_stream(key: bytes, words: int, *, cipher: str) -> np.ndarray:
+    """``words`` little-endian uint32 words of keystream under a 256-bit key (nonce zero).
+
+    Every key is used for one stream only (keys are derived per round and pair), so a
+    fixed nonce is safe.
+    """
+    if len(key) != 32:
+        raise ValueError("mask keys are 32 bytes")
+    if cipher == "aes-256-ctr":
+        encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    elif cipher == "chacha20":
+        encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    else:
+        raise ValueError(f"unknown mask cipher {cipher!r}")
+    nbytes = 4 * words
+    out = np.empty(nbytes + 16, dtype=np.uint8)
+    view = memoryview(out)
+    # Chunks of zeros keep the input in cache; update_into needs 15 spare bytes.
+    for offset in range(0, nbytes, _CHUNK):
+        size = min(_CHUNK, nbytes - offset)
+        encryptor.update_into(_ZEROS[:size], view[offset : offset + size + 15])
+    return out[:nbytes].view("<u4")
+
+
+# --- shares in transit ------------------------------------------------------------------
+
+def share_aad(*, run_id: int, server_round: int, sender: int, recipient: int) -> bytes:
+    return PROTOCOL + b"/share-keys" + u64(run_id) + u64(server_round) + u64(sender) + u64(recipient)
+
+
+def encrypt_share(key: bytes, plaintext: bytes, *, aad: bytes, nonce: bytes) -> bytes:
+    """nonce (12 bytes) || AES-256-GCM ciphertext and tag."""
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def decrypt_share(key: bytes, blob: bytes, *, aad: bytes) -> bytes | None:
+    """The plaintext, or None when the blob does not authenticate."""
+    if len(blob) < 12 + 16:
+        return None
+    try:
+        return AESGCM(key).decrypt(blob[:12], blob[12:], aad)
+    except InvalidTag:
+        return None
+
+
+# --- identity signatures ----------------------------------------------------------------
+
+def key_signature_payload(*, run_id: int, server_round: int, node: int, site_name: str,
+                          c_pk: bytes, s_pk: bytes, setup_digest: bytes) -> bytes:
+    """What a site signs: its round keys bound to run, round, node, name and the setup."""
+    name = site_name.encode("utf-8")
+    return (PROTOCOL + b"/keys" + u64(run_id) + u64(server_round) + u64(node)
+            + len(name).to_bytes(2, "big") + name + c_pk + s_pk + setup_digest)
+
+
+def sign_keys(identity: Ed25519PrivateKey, payload: bytes) -> bytes:
+    return identity.sign(payload)
+
+
+def verify_keys(identity_public: bytes, signature: bytes, payload: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, payload)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def public_key_bytes(identity: Ed25519PrivateKey) -> bytes:
+    return identity.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# --- Shamir sharing of 32-byte secrets --------------------------------------------------
+
+def split_secret(secret: bytes, *, threshold: int, holders: int) -> list[bytes]:
+    """Shares 1..holders of a 32-byte secret (PyCryptodome Shamir on each 16-byte half)."""
+    if len(secret) != 32:
+        raise ValueError("secrets are 32 bytes")
+    first = Shamir.split(threshold, holders, secret[:16], ssss=False)
+    second = Shamir.split(threshold, holders, secret[16:], ssss=False)
+    return [a + b for (_, a), (_, b) in zip(first, second, strict=True)]
+
+
+def combine_secret(shares: Sequence[tuple[int, bytes]]) -> bytes:
+    """Rebuild a 32-byte secret from (index, 32-byte share) pairs (at least threshold of them)."""
+    first = Shamir.combine([(i, s[:16]) for i, s in shares], ssss=False)
+    second = Shamir.combine([(i, s[16:]) for i, s in shares], ssss=False)
+    return first + second
