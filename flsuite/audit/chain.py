@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from flsuite.audit.canonical import canonical_json
 from flsuite.audit.keys import signature_valid
 from flsuite.audit.log import ENTRY_DOMAIN, GENESIS_PREV, AuditEntry
 
@@ -68,6 +69,8 @@ def verify_chain(lines: list[bytes], *, public_keys: dict[str, Ed25519PublicKey]
         if entry.seq != number:
             problems.append(Problem(where, "sequence", f"expected seq {number}: an entry was "
                                     "deleted, inserted or moved"))
+        if canonical_json(entry.to_dict()) != line:
+            problems.append(Problem(where, "format", "line is not in canonical form (edited)"))
         if entry.computed_hash() != entry.hash:
             problems.append(Problem(where, "hash", "content does not match its hash (edited)"))
         if previous_hash is not None and entry.prev != previous_hash:

@@ -20,6 +20,7 @@ from flsuite.config.schema import DataConfig, StudyConfig
 from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import split_study
+from flsuite.errors import PlanError
 from flsuite.federation import records
 from flsuite.models.zoo import build_model
 from flsuite.training.local import evaluate, train_plain
@@ -42,7 +43,9 @@ class SiteSetup:
 
 def site_setup(context: Context) -> SiteSetup:
     """Resolve the site's identity and records from its node config and the run_config."""
-    study = from_run_config(context.run_config) if context.run_config else StudyConfig()
+    if not context.run_config:
+        raise PlanError("the site received no run_config: start the study with flsuite or `flwr run`")
+    study = from_run_config(context.run_config)
     node = context.node_config
     if DATA_PATH in node:
         label_column = str(node.get(LABEL_COLUMN, study.data.label_column or "label"))

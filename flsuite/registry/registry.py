@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from flsuite.audit.canonical import canonical_json, canonical_sha256, sha256_hex
-from flsuite.audit.files import write_atomic
+from flsuite.audit.files import TEMP_PREFIX, write_atomic
 from flsuite.audit.head import read_head, write_head
 from flsuite.audit.keys import (
     key_id,
@@ -330,8 +330,12 @@ class Registry:
         return entry
 
     def _reconcile(self) -> None:
-        """Under the lock: cut a torn log tail, replay committed entries the catalogue lacks."""
+        """Under the lock: cut a torn log tail, replay committed entries the catalogue lacks,
+        re-sign a stale head, remove temporary files of interrupted writes."""
         self._log.repair_torn_tail()
+        for folder in (self._layout.root, self._layout.blobs):
+            for leftover in folder.glob(f"{TEMP_PREFIX}*"):
+                leftover.unlink(missing_ok=True)
         applied = self._catalogue.applied_seq()
         lines, _ = self._log.read_lines()
         if len(lines) > applied:

@@ -84,10 +84,10 @@ def _recompute(claim: dict[str, Any], accountant: str, epsilon_fn: EpsilonFn | N
     key = json.dumps([phases, claim["delta"], accountant])
     if key not in cache:
         try:
-            value = float(epsilon_fn(phases, delta=claim["delta"], accountant=accountant))
+            cache[key] = (float(epsilon_fn(phases, delta=claim["delta"], accountant=accountant)), "")
         except FlsuiteError as exc:
             cache[key] = (None, f"not recomputed: {exc}")
-        else:
-            ok = value <= claim["epsilon"] * (1 + CLAIM_RTOL) + 1e-6
-            cache[key] = (value, "ok" if ok else "under-claimed")
-    return cache[key]
+    value, failure = cache[key]
+    if value is None:
+        return None, failure
+    return value, "ok" if value <= claim["epsilon"] * (1 + CLAIM_RTOL) + 1e-6 else "under-claimed"

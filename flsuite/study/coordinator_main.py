@@ -19,7 +19,7 @@ from flsuite.config.bridge import from_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import split_study
-from flsuite.errors import DataError
+from flsuite.errors import DataError, PlanError
 from flsuite.federation.coordinator import Coordinator, RoundRecord
 from flsuite.federation.records import load_arrays, model_to_arrays
 from flsuite.models.zoo import build_model
@@ -29,7 +29,9 @@ from flsuite.training.local import evaluate
 
 
 def study_from_context(context: Context) -> StudyConfig:
-    return from_run_config(context.run_config) if context.run_config else StudyConfig()
+    if not context.run_config:
+        raise PlanError("the ServerApp received no run_config: start the study with flsuite or `flwr run`")
+    return from_run_config(context.run_config)
 
 
 def run_study(grid: Grid, context: Context) -> dict[str, Any]:

@@ -60,7 +60,7 @@ def train_plain(
                 loss = loss + proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             steps += 1
     return TrainResult(examples=len(labels), steps=steps, mean_loss=float(np.mean(losses)))
 

@@ -1,0 +1,128 @@
+"""``flsuite run``: run a study (or a sweep of studies) on this machine."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flsuite.config import compose_study, expand_sweep
+from flsuite.config.schema import StudyConfig
+from flsuite.study import progress
+
+console = Console()
+
+RUN_HELP = """Run a federated study on this machine.
+
+Give Hydra overrides after the command: pick a config group option
+(`experiment=digits`, `model=mlp`, `engine=ray`) or set a value
+(`federation.rounds=20`, `data.dirichlet_alpha=0.1`). With -m, comma-separated
+values sweep: `flsuite run -m model=logreg,mlp federation.rounds=5,10`.
+
+Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv,
+metrics.json, site_metrics.csv, summary.json and metrics.png.
+"""
+
+
+def run(
+    ctx: typer.Context,
+    multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep over comma-separated override values."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Folder for the outputs (default: outputs/DATE/TIME_NAME)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's log lines."),
+) -> None:
+    overrides = list(ctx.args)
+    if not verbose:
+        import flwr.supercore.logger  # noqa: F401  (creates Flower's logger, at DEBUG)
+
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    runs = expand_sweep(overrides) if multirun else [overrides]
+    studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
+    stamp = datetime.now()
+    summaries = []
+    for index, (run_overrides, study) in enumerate(zip(runs, studies)):
+        if multirun:
+            folder = (output_dir or Path("multirun") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S")) / str(index)
+            console.print(f"[bold]run {index}[/bold]: {' '.join(run_overrides) or '(defaults)'}")
+        else:
+            folder = output_dir or Path("outputs") / stamp.strftime("%Y-%m-%d") / f"{stamp.strftime('%H-%M-%S')}_{study.name}"
+        summary = _run_with_progress(study, folder)
+        summaries.append((run_overrides, summary))
+        print_summary(summary)
+    if multirun:
+        _print_sweep(summaries)
+    failed = [s for _, s in summaries if s["status"] != "completed"]
+    if failed:
+        raise typer.Exit(3)
+
+
+def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:
+    from flsuite.study.local_run import run_local_study
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"{study.name} rounds", total=study.federation.rounds, latest="")
+
+        def on_round(record: Any) -> None:
+            accuracy = record.metrics.get("accuracy")
+            latest = f"accuracy {accuracy:.3f}" if accuracy is not None else ""
+            bar.update(task, completed=record.round, latest=latest)
+
+        progress.subscribe(on_round)
+        try:
+            return run_local_study(study, folder)
+        finally:
+            progress.unsubscribe(on_round)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The end-of-study table: what ran, how well, how long, and where the files are."""
+    table = Table(title=f"Study {summary['name']}: {summary['status']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("dataset", summary["dataset"]),
+        ("model", summary["model"]),
+        ("sites", summary["sites"]),
+        ("rounds", f"{summary['rounds_completed']} of {summary['rounds_planned']}"),
+        ("final accuracy", _fmt(summary["final_accuracy"])),
+        ("final AUC", _fmt(summary["final_auc"])),
+        ("wall time", f"{summary['wall_s']:.1f} s"),
+    ]
+    for key, value in summary.get("display", {}).items():
+        rows.append((key, value))
+    rows.append(("output folder", summary["output_dir"]))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    if summary.get("message"):
+        console.print(f"[yellow]{summary['message']}[/yellow]")
+
+
+def _print_sweep(summaries: list[tuple[list[str], dict[str, Any]]]) -> None:
+    table = Table(title="Sweep")
+    for column in ("overrides", "status", "accuracy", "AUC", "wall s", "output folder"):
+        table.add_column(column)
+    for overrides, summary in summaries:
+        table.add_row(
+            " ".join(overrides) or "(defaults)",
+            summary["status"],
+            _fmt(summary["final_accuracy"]),
+            _fmt(summary["final_auc"]),
+            f"{summary['wall_s']:.1f}",
+            summary["output_dir"],
+        )
+    console.print(table)

@@ -1,0 +1,87 @@
+"""Site-side budget enforcement: check a training request against the site's own cap, then spend.
+
+The site projects epsilon over everything its ledger holds for this data plus the requested
+phase, and refuses (BudgetExhausted, carrying what is left) before any training when the
+projection passes ``max_epsilon``. Checking never writes: the event is appended only after
+the training it describes, by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Sequence
+
+from flsuite.errors import BudgetExhausted, ConfigError
+from flsuite.privacy.accounting import PhaseLike, epsilon, normalize_phases, validate_accountant, validate_delta
+from flsuite.privacy.ledger import PrivacyLedger
+
+__all__ = ["BudgetProjection", "SiteBudget"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BudgetProjection:
+    """What the site has spent, what it would have spent after the request, what is left now."""
+
+    spent: float
+    projected: float
+    remaining: float
+    max_epsilon: float
+    allowed: bool
+
+
+class SiteBudget:
+    """A site's privacy cap: (max_epsilon, delta) under one accountant."""
+
+    def __init__(self, *, max_epsilon: float, delta: float, accountant: str = "prv") -> None:
+        if isinstance(max_epsilon, bool) or not isinstance(max_epsilon, (int, float)) or not (
+            max_epsilon > 0 and math.isfinite(max_epsilon)
+        ):
+            raise ConfigError(f"site privacy cap max_epsilon must be a finite number > 0, got {max_epsilon!r}")
+        self.max_epsilon = float(max_epsilon)
+        self.delta = validate_delta(delta)
+        self.accountant = validate_accountant(accountant)
+
+    def __repr__(self) -> str:
+        return f"SiteBudget(max_epsilon={self.max_epsilon}, delta={self.delta}, accountant={self.accountant!r})"
+
+    def project_phases(self, prior: Iterable[PhaseLike], proposed: PhaseLike | Sequence[PhaseLike]) -> BudgetProjection:
+        """The projection from phases already spent and the proposed phase(s); pure."""
+        prior = normalize_phases(prior)
+        proposed_phases = normalize_phases([proposed] if _is_one_phase(proposed) else proposed)
+        spent = epsilon(prior, delta=self.delta, accountant=self.accountant)
+        projected = epsilon(prior + proposed_phases, delta=self.delta, accountant=self.accountant)
+        return BudgetProjection(
+            spent=spent,
+            projected=projected,
+            remaining=max(0.0, self.max_epsilon - spent),
+            max_epsilon=self.max_epsilon,
+            allowed=projected <= self.max_epsilon,
+        )
+
+    def project(self, ledger: PrivacyLedger, fingerprint: str, proposed: PhaseLike) -> BudgetProjection:
+        """Project the ledger's events for ``fingerprint`` plus ``proposed`` (q, sigma, steps)."""
+        return self.project_phases(ledger.events(fingerprint), proposed)
+
+    def require(self, ledger: PrivacyLedger, fingerprint: str, proposed: PhaseLike) -> BudgetProjection:
+        """Like ``project``, but raise BudgetExhausted when the request would pass the cap."""
+        projection = self.project(ledger, fingerprint, proposed)
+        if not projection.allowed:
+            raise BudgetExhausted(
+                f"privacy budget exhausted: this request would bring epsilon to "
+                f"{projection.projected:.4f} (delta {self.delta:g}, {self.accountant}), above the "
+                f"site's cap {self.max_epsilon:g}; spent so far {projection.spent:.4f}, "
+                f"{projection.remaining:.4f} left. Nothing was trained.",
+                remaining_epsilon=projection.remaining,
+            )
+        return projection
+
+
+def _is_one_phase(value: object) -> bool:
+    from flsuite.privacy.events import DpEvent
+
+    if isinstance(value, DpEvent):
+        return True
+    return isinstance(value, (tuple, list)) and len(value) == 3 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    )

@@ -1,0 +1,144 @@
+"""DP events: the immutable records a site's privacy ledger keeps, one per local training run.
+
+An event stores the mechanism (sample rate q, noise multiplier sigma, steps, clip C),
+never an epsilon, so that any accountant can recompute the spend later. Pure: numpy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+from flsuite.errors import DataError
+
+__all__ = ["ACCOUNTANTS", "DpEvent", "InvalidDpEvent", "data_fingerprint", "utc_now_iso"]
+
+#: Accountants whose epsilon flsuite reports; see accounting.py for why GDP is not one.
+ACCOUNTANTS = ("prv", "rdp")
+
+
+class InvalidDpEvent(DataError):
+    """A DP event (or its JSON record) with a missing, extra, mistyped or out-of-range field."""
+
+
+def utc_now_iso(clock: Callable[[], datetime] | None = None) -> str:
+    """The current time as ISO 8601 in UTC; ``clock`` (returning an aware datetime) is for tests."""
+    now = clock() if clock is not None else datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        raise ValueError("clock must return a timezone-aware datetime")
+    return now.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def data_fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
+    """A sha256 over dtype, shape and bytes of a site's training data: the ledger's key.
+
+    Two copies of the same records give the same fingerprint; any change of a value, of the
+    order of records, of the dtype or of the shape gives another one.
+    """
+    digest = hashlib.sha256(b"flsuite-data-fingerprint-v1\n")
+    for name, array in (("features", features), ("labels", labels)):
+        array = np.ascontiguousarray(np.asarray(array))
+        if array.dtype == object:
+            raise DataError(f"cannot fingerprint {name}: dtype object; convert it to a numeric array first")
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
+        digest.update(array.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+_TEXT = ("study_id", "run_id", "site", "data_fingerprint", "accountant", "rng", "recorded_at")
+_INT = ("round", "steps")
+_FLOAT = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DpEvent:
+    """One local DP-SGD run at one site: Poisson rate q, sigma, steps, clip C, and who/when.
+
+    ``rng`` names the generator that made the noise (never its seed: whoever holds the seed
+    can subtract the noise). ``recorded_at`` is ISO 8601 UTC.
+    """
+
+    study_id: str
+    run_id: str
+    round: int
+    site: str
+    data_fingerprint: str
+    sample_rate: float
+    noise_multiplier: float
+    steps: int
+    max_grad_norm: float
+    delta: float
+    accountant: str
+    rng: str
+    recorded_at: str
+
+    def __post_init__(self) -> None:
+        for name in _TEXT:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InvalidDpEvent(f"DP event field {name!r}: expected a non-empty string, got {value!r}")
+        for name in _INT:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidDpEvent(f"DP event field {name!r}: expected an integer >= 0, got {value!r}")
+        for name in _FLOAT:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidDpEvent(f"DP event field {name!r}: expected a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise InvalidDpEvent(f"DP event field 'sample_rate': must be in (0, 1], got {self.sample_rate}")
+        if self.noise_multiplier <= 0.0:
+            raise InvalidDpEvent(f"DP event field 'noise_multiplier': must be > 0, got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0.0:
+            raise InvalidDpEvent(f"DP event field 'max_grad_norm': must be > 0, got {self.max_grad_norm}")
+        if not 0.0 < self.delta < 1.0:
+            raise InvalidDpEvent(f"DP event field 'delta': must be in (0, 1), got {self.delta}")
+        if self.accountant not in ACCOUNTANTS:
+            raise InvalidDpEvent(f"DP event field 'accountant': one of {ACCOUNTANTS}, got {self.accountant!r}")
+        try:
+            when = datetime.fromisoformat(self.recorded_at)
+        except ValueError:
+            when = None
+        if when is None or when.utcoffset() is None or when.utcoffset().total_seconds() != 0:
+            raise InvalidDpEvent(
+                f"DP event field 'recorded_at': expected ISO 8601 time in UTC, got {self.recorded_at!r}"
+            )
+
+    @property
+    def phase(self) -> tuple[float, float, int]:
+        """The mechanism as the accountant sees it: (q, sigma, steps)."""
+        return (self.sample_rate, self.noise_multiplier, self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, no spaces): equal events give equal text."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, record: Any) -> DpEvent:
+        """Strict: refuses a record with a missing, extra or mistyped field."""
+        if not isinstance(record, dict):
+            raise InvalidDpEvent(f"DP event record: expected a JSON object, got {type(record).__name__}")
+        expected = {field.name for field in dataclasses.fields(cls)}
+        missing, extra = sorted(expected - record.keys()), sorted(record.keys() - expected)
+        if missing or extra:
+            raise InvalidDpEvent(f"DP event record: missing fields {missing}, unknown fields {extra}")
+        return cls(**record)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DpEvent:
+        try:
+            record = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise InvalidDpEvent(f"DP event record: not valid JSON ({error})") from None
+        return cls.from_dict(record)
