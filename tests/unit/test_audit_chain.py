@@ -1,0 +1,90 @@
+"""The audit chain on its own: sealing, appending, torn tails, the signed head, and the
+property that any change to a committed byte is caught."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flsuite.audit import AuditLog, key_id, read_head, verify_chain, write_head
+from flsuite.errors import IntegrityError
+
+KEY = Ed25519PrivateKey.generate()
+KEYS = {key_id(KEY): KEY.public_key()}
+
+
+def _log(path: Path, entries: int = 5) -> AuditLog:
+    log = AuditLog(path / "audit.jsonl")
+    log.append(kind="registry.created", payload={"keys": [key_id(KEY)], "registry_id": "r"},
+               time="2025-01-01T00:00:00.000000Z", signing_key=KEY)
+    for i in range(entries - 1):
+        log.append(kind="study.note", payload={"i": i, "delta": 1e-05, "text": "héllo"},
+                   time=f"2025-01-01T00:00:0{i + 1}.000000Z", signing_key=KEY)
+    return log
+
+
+def test_appended_entries_link_and_verify(tmp_path: Path) -> None:
+    log = _log(tmp_path)
+    lines, torn = log.read_lines()
+    assert len(lines) == 5 and torn == b""
+    result = verify_chain(lines, public_keys=KEYS)
+    assert result.problems == [] and result.trusted_keys == {key_id(KEY)}
+    assert [e.seq for e in result.entries] == [1, 2, 3, 4, 5]
+    assert all(b.prev == a.hash for a, b in zip(result.entries, result.entries[1:]))
+    assert log.last().seq == 5
+
+
+def test_torn_tail_is_ignored_then_repaired(tmp_path: Path) -> None:
+    log = _log(tmp_path, 3)
+    with open(log.path, "ab") as handle:
+        handle.write(b'{"hash":"abc","key"')  # a write cut short by a crash
+    lines, torn = log.read_lines()
+    assert len(lines) == 3 and torn.startswith(b'{"hash"')
+    assert log.last().seq == 3
+    entry = log.append(kind="study.note", payload={}, time="t", signing_key=KEY)
+    assert entry.seq == 4
+    assert verify_chain(log.read_lines()[0], public_keys=KEYS).problems == []
+
+
+def test_unreadable_last_entry_stops_writers(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    with open(log.path, "ab") as handle:
+        handle.write(b"garbage\n")
+    with pytest.raises(IntegrityError, match="last entry unreadable"):
+        log.append(kind="study.note", payload={}, time="t", signing_key=KEY)
+
+
+def test_entries_of_an_unknown_key_fail(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    log.append(kind="study.note", payload={}, time="t", signing_key=Ed25519PrivateKey.generate())
+    problems = verify_chain(log.read_lines()[0], public_keys=KEYS).problems
+    assert [(p.where, p.check) for p in problems] == [("audit entry 3", "signature")]
+
+
+def test_signed_head_round_trip_and_tamper(tmp_path: Path) -> None:
+    log = _log(tmp_path, 2)
+    head = write_head(tmp_path / "head.json", log.last(), registry_id="r", time="t", signing_key=KEY)
+    loaded = read_head(tmp_path / "head.json")
+    assert loaded == head and loaded.signature_valid(KEY.public_key())
+    assert not loaded.signature_valid(Ed25519PrivateKey.generate().public_key())
+    (tmp_path / "head.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not JSON"):
+        read_head(tmp_path / "head.json")
+    assert read_head(tmp_path / "absent.json") is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_changed_byte_of_a_committed_line_is_caught(tmp_path_factory, data) -> None:
+    path = tmp_path_factory.mktemp("chain")
+    log = _log(path, 4)
+    raw = bytearray(log.path.read_bytes())
+    position = data.draw(st.integers(0, len(raw) - 2))  # keep the final newline
+    value = data.draw(st.integers(0, 255).filter(lambda b: b != raw[position]))
+    raw[position] = value
+    lines = bytes(raw).rpartition(b"\n")[0].split(b"\n")
+    assert verify_chain(lines, public_keys=KEYS).problems, f"byte {position} -> {value} unnoticed"
