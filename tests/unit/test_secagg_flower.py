@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
 
 from flsuite.secagg import SecAggAborted, SecAggSettings, secure_train_round
 from flsuite.secagg.fake_grid import FakeGrid, build_sites
@@ -65,19 +65,22 @@ def random_model(rng, shapes, dtype=np.float64) -> ArrayRecord:
 STAGES = ["setup", "share-keys", "train", "unmask"]
 
 
-@hsettings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("stage, dropouts", [("none", "none")] + [(s, d) for s in STAGES for d in ("one", "limit")])
+@hsettings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_secure_average_equals_plain_weighted_average_within_bound(tmp_path, data):
-    n = data.draw(st.integers(3, 6), label="sites")
+def test_secure_average_equals_plain_weighted_average_within_bound(tmp_path, stage, dropouts, data):
+    n = data.draw(st.integers(3, 7) if dropouts != "limit" else st.integers(5, 7), label="sites")
     neighbours = data.draw(st.sampled_from([None] + [k for k in (2, 4) if k < n - 1]), label="neighbours")
     group = n if neighbours is None else neighbours + 1
-    threshold = data.draw(st.integers(group // 2 + 1, group), label="threshold")
+    lowest = group // 2 + 1
+    threshold = lowest if dropouts == "limit" else data.draw(st.integers(lowest, group), label="threshold")
+    if dropouts == "one" and threshold == group:
+        threshold = max(lowest, group - 1)
     clip = data.draw(st.sampled_from([0.05, 1.0, 30.0]), label="clip_range")
     settings = SecAggSettings(cohort_size=n, threshold=threshold, neighbours=neighbours, clip_range=clip, weight_cap=500,
                               mask_cipher=data.draw(st.sampled_from(["aes-256-ctr", "chacha20"])))
-    stage = data.draw(st.sampled_from(STAGES), label="drop stage")
-    drops = data.draw(st.sampled_from(sorted({0, min(1, settings.tolerated_dropouts), settings.tolerated_dropouts})),
-                      label="dropouts")
+    drops = {"none": 0, "one": 1, "limit": settings.tolerated_dropouts}[dropouts]
+    assert drops <= settings.tolerated_dropouts
     shapes = data.draw(st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=2).map(tuple), min_size=1, max_size=3))
     seed = data.draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
@@ -87,6 +90,7 @@ def test_secure_average_equals_plain_weighted_average_within_bound(tmp_path, dat
         fed.updates[node] = {k: rng.uniform(-clip, clip, size=global_arrays[k].numpy().shape) for k in global_arrays}
         fed.examples[node] = int(rng.integers(1, 1000))
     dropped = set(rng.choice(fed.nodes, size=drops, replace=False).tolist())
+    event(f"{drops} dropout(s)")
     grid = fed.grid(drop=lambda s, node: s == stage and node in dropped)
 
     result = run_round(fed, grid, global_arrays, settings)
