@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 from flsuite.errors import BudgetExhausted, ConfigError
 from flsuite.privacy.accounting import PhaseLike, epsilon, normalize_phases, validate_accountant, validate_delta
+from flsuite.privacy.events import DpEvent
 from flsuite.privacy.ledger import PrivacyLedger
 
 __all__ = ["BudgetProjection", "SiteBudget"]
@@ -78,8 +79,6 @@ class SiteBudget:
 
 
 def _is_one_phase(value: object) -> bool:
-    from flsuite.privacy.events import DpEvent
-
     if isinstance(value, DpEvent):
         return True
     return isinstance(value, (tuple, list)) and len(value) == 3 and all(
