@@ -20,6 +20,7 @@ from flsuite.deployment.errors import CoordinatorUnreachable, DeploymentError
 from flsuite.deployment.network import Address, ensure_port_free, free_port, probe_tls
 from flsuite.deployment.processes import (
     ProcessFiles,
+    descendants,
     flower_environment,
     flower_executable,
     log_tail,
@@ -116,7 +117,7 @@ def start_coordinator(config: CoordinatorConfig, *, now: datetime | None = None)
         write_flower_connection(home, name=config.federation, address=connect, ca_certificate=config.tls.ca_certificate)
         nodes = {site: register_site(home, config.federation, key, env=env) for site, key in config.sites.items()}
     except BaseException:
-        terminate([process.pid])
+        terminate([process.pid, *descendants(process.pid)])
         files.pid_file.unlink(missing_ok=True)
         raise
     state = CoordinatorState(
