@@ -260,3 +260,26 @@ def test_a_stale_pid_file_never_stops_an_unrelated_process(tmp_path: Path) -> No
     finally:
         other.kill()
         other.wait()
+
+
+def test_cli_sub_apps_explain_themselves_and_raise_user_errors(federation: FederationFiles) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from flsuite.deployment.cli import coordinator_app, site_app
+    from flsuite.pki.cli import pki_app
+
+    root = typer.Typer()
+    root.add_typer(pki_app, name="pki")
+    root.add_typer(coordinator_app, name="coordinator")
+    root.add_typer(site_app, name="site")
+    runner = CliRunner()
+    assert "SuperLink with TLS" in runner.invoke(root, ["coordinator", "--help"]).output
+    for command in ("check", "start", "stop"):
+        assert command in runner.invoke(root, ["site", "--help"]).output
+    path = federation.site_configs["hospital-a"]
+    edit(path, data="data/missing.csv")
+    result = runner.invoke(root, ["site", "check", "--config", str(path)])
+    assert isinstance(result.exception, DataError)
+    result = runner.invoke(root, ["site", "stop", "--config", str(path)])
+    assert result.exit_code == 0 and "no site node was running" in result.output
