@@ -148,7 +148,7 @@ class Registry:
         self._require_writer("publish")
         plaintext = serialise_weights(weights)
         address = sha256_hex(plaintext)
-        tensors = tensor_summary(parse_weights(plaintext))
+        tensors = tensor_summary(weights)
         with self._locked():
             self._reconcile()
             if parent is None:

@@ -65,3 +65,17 @@ def test_default_accountant_is_flsuite_privacy_when_present(registry_path: Path)
     else:
         assert report["accounting"] == "flsuite.privacy.accounting.epsilon"
         assert report["versions"][0]["claims"][0]["recomputed_epsilon"] is not None
+
+
+def test_report_recomputes_with_flsuite_privacy(tmp_path: Path) -> None:
+    pytest.importorskip("flsuite.privacy.accounting")
+    honest = sample_certificate({"site-a": 7.33}, q=0.04, sigma=1.5, steps=2250)
+    low = sample_certificate({"site-a": 6.0}, q=0.04, sigma=1.5, steps=2250)
+    with Registry.open(tmp_path / "r", signing_key_path=tmp_path / "k.pem") as reg:
+        publish_sample(reg, sites=["site-a"], dp_certificate=honest)
+        publish_sample(reg, round=1, sites=["site-a"], dp_certificate=low)
+    report = privacy_report(tmp_path / "r")
+    first, second = (v["claims"][0] for v in report["versions"])
+    assert first["recomputed_epsilon"] == pytest.approx(7.329, abs=0.01)  # Opacus' RDP value
+    assert (first["status"], second["status"]) == ("ok", "under-claimed")
+    assert report["under_claimed_sites"] == ["site-a"]
