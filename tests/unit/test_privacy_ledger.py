@@ -1,0 +1,217 @@
+"""The site's privacy ledger: durable appends, torn-write recovery, tamper detection, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from flsuite.errors import IntegrityError, UserError
+from flsuite.privacy import LedgerPathError, PrivacyLedger, SiteBudget
+from flsuite.privacy.ledger import GENESIS_HASH
+from tests.unit.test_privacy_events import make_event
+
+REPO = Path(__file__).resolve().parents[2]
+FP_A, FP_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def filled(path: Path, n: int = 3, fingerprint: str = FP_A) -> PrivacyLedger:
+    ledger = PrivacyLedger(path)
+    for i in range(n):
+        ledger.append(make_event(round=i + 1, data_fingerprint=fingerprint))
+    return ledger
+
+
+def test_appended_events_read_back_in_order_and_filter_by_fingerprint(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "site" / "ledger.jsonl")  # the folder is created
+    assert ledger.events() == () and ledger.head().hash == GENESIS_HASH
+    first = make_event(round=1)
+    other = make_event(round=2, data_fingerprint=FP_B, noise_multiplier=2.0)
+    head = ledger.append(first)
+    ledger.append(other)
+    assert head.entries == 1
+    assert PrivacyLedger(ledger.path).events() == (first, other)
+    assert ledger.events(FP_A) == (first,) and ledger.events(FP_B) == (other,)
+    assert ledger.head().entries == 2
+    assert len(ledger.path.read_text().splitlines()) == 2
+
+
+def test_append_writes_once_and_fsyncs_file_and_new_folder(tmp_path, monkeypatch):
+    synced, writes = [], []
+    real_fsync, real_write = os.fsync, os.write
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(Path(f"/proc/self/fd/{fd}").resolve()), real_fsync(fd)))
+    monkeypatch.setattr(os, "write", lambda fd, data: (writes.append(len(data)), real_write(fd, data))[1])
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
+    ledger.append(make_event())
+    assert set(synced) == {tmp_path, ledger.path}
+    assert len(writes) == 1
+    synced.clear()
+    ledger.append(make_event(round=2))
+    assert synced == [ledger.path]
+
+
+def test_a_torn_last_line_is_ignored_then_set_aside_by_the_next_append(tmp_path):
+    ledger = filled(tmp_path / "ledger.jsonl", 2)
+    whole = ledger.path.read_bytes()
+    torn = make_event(round=3).to_json()[:57].encode()
+    ledger.path.write_bytes(whole + torn)  # a crash in the middle of the third append
+    assert [e.round for e in PrivacyLedger(ledger.path).events()] == [1, 2]
+    with pytest.raises(IntegrityError, match="line 3: incomplete"):
+        PrivacyLedger(ledger.path, on_torn_tail="refuse").events()
+    ledger.append(make_event(round=4))
+    assert [e.round for e in PrivacyLedger(ledger.path).events()] == [1, 2, 4]
+    assert ledger.path.read_bytes().startswith(whole) and ledger.path.read_bytes().endswith(b"\n")
+    assert (tmp_path / "ledger.jsonl.torn").read_bytes() == torn + b"\n"
+
+
+def test_a_complete_entry_without_its_newline_counts_as_not_written(tmp_path):
+    ledger = filled(tmp_path / "ledger.jsonl", 2)
+    ledger.path.write_bytes(ledger.path.read_bytes()[:-1])
+    assert [e.round for e in ledger.events()] == [1]
+
+
+def _rewrite_line(path: Path, number: int, edit) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[number - 1] = edit(lines[number - 1])
+    path.write_text("".join(lines))
+
+
+def test_an_edited_entry_fails_closed_naming_the_line(tmp_path):
+    ledger = filled(tmp_path / "ledger.jsonl", 3)
+    _rewrite_line(ledger.path, 2, lambda line: line.replace('"noise_multiplier":1.5', '"noise_multiplier":15.0'))
+    with pytest.raises(IntegrityError, match="line 2: checksum mismatch"):
+        ledger.events()
+    with pytest.raises(IntegrityError, match="line 2"):
+        ledger.append(make_event(round=9))  # never appends to, or resets, a broken ledger
+    with pytest.raises(IntegrityError):
+        SiteBudget(max_epsilon=10, delta=1e-5, accountant="rdp").require(ledger, FP_A, (0.1, 1.0, 1))
+
+
+def test_a_rehashed_edit_still_breaks_the_chain(tmp_path):
+    """An editor who recomputes the edited line's own hash still breaks the next line's link."""
+    from flsuite.privacy.ledger import _entry_hash
+    from flsuite.privacy import DpEvent
+
+    ledger = filled(tmp_path / "ledger.jsonl", 3)
+
+    def forge(line: str) -> str:
+        record = json.loads(line)
+        record["event"]["steps"] = 1
+        event = DpEvent.from_dict(record["event"])
+        record["hash"] = _entry_hash(record["prev"], event.to_json())
+        return json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
+
+    _rewrite_line(ledger.path, 2, forge)
+    with pytest.raises(IntegrityError, match="line 3: hash chain broken"):
+        ledger.events()
+
+
+def test_a_removed_or_garbled_middle_entry_fails_closed(tmp_path):
+    ledger = filled(tmp_path / "ledger.jsonl", 3)
+    lines = ledger.path.read_text().splitlines(keepends=True)
+    ledger.path.write_text(lines[0] + lines[2])
+    with pytest.raises(IntegrityError, match="line 2: hash chain broken"):
+        ledger.events()
+    ledger.path.write_text(lines[0] + "}{ not json\n" + lines[2])
+    with pytest.raises(IntegrityError, match="line 2: not a valid entry"):
+        ledger.events()
+    ledger.path.write_text(lines[0] + "\n" + lines[1])
+    with pytest.raises(IntegrityError, match="line 2"):
+        ledger.events()
+
+
+def test_an_unusable_path_is_a_user_error_naming_it(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    with pytest.raises(LedgerPathError, match="not-a-folder") as caught:
+        PrivacyLedger(blocker / "ledger.jsonl").append(make_event())
+    assert isinstance(caught.value, UserError)
+    with pytest.raises(LedgerPathError, match=str(tmp_path)):
+        PrivacyLedger(tmp_path).events()
+    with pytest.raises(TypeError):
+        PrivacyLedger(tmp_path / "l.jsonl").append({"round": 1})  # type: ignore[arg-type]
+
+
+def test_two_studies_on_the_same_data_compose(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "ledger.jsonl")
+    for r in range(1, 4):
+        ledger.append(make_event(study_id="first", round=r, sample_rate=0.1, noise_multiplier=1.2, steps=10))
+    budget = SiteBudget(max_epsilon=50, delta=1e-5, accountant="rdp")
+    after_first = budget.project(ledger, FP_A, (0.1, 1.2, 0)).spent
+    for r in range(1, 4):
+        ledger.append(make_event(study_id="second", round=r, sample_rate=0.05, noise_multiplier=1.0, steps=20))
+    ledger.append(make_event(study_id="other-data", data_fingerprint=FP_B, steps=10_000))
+    reopened = PrivacyLedger(ledger.path)
+    both = budget.project(reopened, FP_A, (0.1, 1.2, 0)).spent
+    second_alone = budget.project_phases([(0.05, 1.0, 60)], (0.1, 1.0, 0)).spent
+    assert both > after_first and both > second_alone
+    assert {e.study_id for e in reopened.events(FP_A)} == {"first", "second"}
+
+
+APPENDER = textwrap.dedent(
+    """
+    import sys
+    from flsuite.privacy import PrivacyLedger
+    from tests.unit.test_privacy_events import make_event
+    path, site, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ledger = PrivacyLedger(path)
+    print("ready", flush=True)
+    i = 0
+    while count < 0 or i < count:
+        i += 1
+        ledger.append(make_event(site=site, round=i, study_id="x" * 300))
+    """
+)
+
+
+def _spawn(tmp_path: Path, path: Path, site: str, count: int) -> subprocess.Popen:
+    script = tmp_path / "appender.py"
+    script.write_text(APPENDER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(path), site, str(count)],
+        cwd=REPO, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_two_processes_appending_at_once_never_interleave(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    procs = [_spawn(tmp_path, path, site, 60) for site in ("left", "right")]
+    try:
+        for proc in procs:
+            assert proc.wait(timeout=120) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    events = PrivacyLedger(path).events()  # verifies every line and the whole chain
+    for site in ("left", "right"):
+        assert [e.round for e in events if e.site == site] == list(range(1, 61))
+
+
+def test_a_site_killed_while_appending_keeps_a_valid_ledger_and_continues(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    proc = _spawn(tmp_path, path, "site-0", -1)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 60
+        while (not path.exists() or path.stat().st_size < 20_000) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ledger = PrivacyLedger(path)
+    before = ledger.events()
+    assert len(before) >= 10 and [e.round for e in before] == list(range(1, len(before) + 1))
+    ledger.append(make_event(site="site-0", round=len(before) + 1))
+    assert [e.round for e in PrivacyLedger(path).events()] == list(range(1, len(before) + 2))
