@@ -174,11 +174,11 @@ class CoordinatorRound:
             raise SecAggAborted(f"round {self.server_round}: too few shares to unmask nodes {short} "
                                 f"(threshold {t}, {len(answered)} of {len(self._survivors)} survivors answered)", stage="unmask")
         assert self._sum is not None
-        total, words, cipher = self._sum.copy(), self.vector_length, self.settings.mask_cipher
+        total, cipher = self._sum.copy(), self.settings.mask_cipher
         for node in self._survivors:
             seed = crypto.combine_secret(sorted(b_shares[node].items())[:t])
             key = crypto.self_mask_key(seed, run_id=self.run_id, server_round=self.server_round, node=node)
-            total -= crypto.mask_stream(key, words, cipher=cipher)
+            crypto.apply_mask(total, key, cipher=cipher, subtract=True)
         for node in dropped:
             s_sk = crypto.combine_secret(sorted(sk_shares[node].items())[:t])
             if crypto.x25519_public(s_sk) != self._keys[node]["s-pk"]:
@@ -190,11 +190,8 @@ class CoordinatorRound:
                 shared = crypto.x25519_shared(s_sk, self._keys[peer]["s-pk"])
                 key = crypto.pairwise_mask_key(shared, run_id=self.run_id, server_round=self.server_round,
                                                node_a=peer, node_b=node)
-                stream = crypto.mask_stream(key, words, cipher=cipher)
-                if peer < node:  # the survivor added this mask; take it out
-                    total -= stream
-                else:
-                    total += stream
+                # the survivor added this mask if its id is the lower one; take it out
+                crypto.apply_mask(total, key, cipher=cipher, subtract=peer < node)
         numerator, weight = dequantise_sum(total, sites=len(self._survivors), clip_range=self.settings.clip_range,
                                            levels=self.settings.levels)
         bound = average_error_bound(sites=len(self._survivors), total_weight=weight,

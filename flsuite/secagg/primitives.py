@@ -8,6 +8,7 @@ blocks), and the mask keystream (AES-256-CTR or ChaCha20 over zeros).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 __all__ = [
     "PROTOCOL",
     "RandomBytes",
+    "apply_mask",
     "combine_secret",
     "decrypt_share",
     "encrypt_share",
@@ -104,14 +106,7 @@ def mask_stream(key: bytes, words: int, *, cipher: str) -> np.ndarray:
     Every key is used for one stream only (keys are derived per round and pair), so a
     fixed nonce is safe.
     """
-    if len(key) != 32:
-        raise ValueError("mask keys are 32 bytes")
-    if cipher == "aes-256-ctr":
-        encryptor = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
-    elif cipher == "chacha20":
-        encryptor = Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
-    else:
-        raise ValueError(f"unknown mask cipher {cipher!r}")
+    encryptor = _encryptor(key, cipher)
     nbytes = 4 * words
     out = np.empty(nbytes + 16, dtype=np.uint8)
     view = memoryview(out)
@@ -120,6 +115,46 @@ def mask_stream(key: bytes, words: int, *, cipher: str) -> np.ndarray:
         size = min(_CHUNK, nbytes - offset)
         encryptor.update_into(_ZEROS[:size], view[offset : offset + size + 15])
     return out[:nbytes].view("<u4")
+
+
+def apply_mask(target: np.ndarray, key: bytes, *, cipher: str, subtract: bool = False) -> None:
+    """Add (or subtract) the keystream of ``key`` to a uint32 vector in place, modulo 2**32.
+
+    Same words as ``mask_stream(key, target.size)``, generated chunk by chunk into a small
+    per-thread scratch buffer that stays in cache, so no vector-sized buffer is allocated.
+    """
+    if target.dtype != np.uint32 or target.ndim != 1:
+        raise ValueError("masks apply to 1-D uint32 vectors")
+    encryptor = _encryptor(key, cipher)
+    scratch = _scratch()
+    view = memoryview(scratch)
+    words_per_chunk = _CHUNK // 4
+    operation = np.subtract if subtract else np.add
+    for start in range(0, target.size, words_per_chunk):
+        words = min(words_per_chunk, target.size - start)
+        encryptor.update_into(_ZEROS[: 4 * words], view[: 4 * words + 15])
+        part = target[start : start + words]
+        operation(part, scratch[: 4 * words].view("<u4"), out=part)
+
+
+def _encryptor(key: bytes, cipher: str):  # noqa: ANN202 - a cryptography CipherContext
+    if len(key) != 32:
+        raise ValueError("mask keys are 32 bytes")
+    if cipher == "aes-256-ctr":
+        return Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+    if cipher == "chacha20":
+        return Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None).encryptor()
+    raise ValueError(f"unknown mask cipher {cipher!r}")
+
+
+_LOCAL = threading.local()
+
+
+def _scratch() -> np.ndarray:
+    scratch = getattr(_LOCAL, "scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.scratch = np.empty(_CHUNK + 16, dtype=np.uint8)
+    return scratch
 
 
 # --- shares in transit ------------------------------------------------------------------

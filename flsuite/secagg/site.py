@@ -201,19 +201,16 @@ class SiteRound:
             raise SecAggRefused("bad-local-update", f"num-examples={num_examples!r} must be an integer >= 0")
         weight = min(int(num_examples), settings.weight_cap) / settings.weight_cap
         masked = quantise_vector(checked.values, weight, clip_range=settings.clip_range, levels=settings.levels)
-        words, round_ = masked.size, self._state["round"]
+        round_ = self._state["round"]
         self_key = crypto.self_mask_key(self._state["seed"], run_id=self.run_id, server_round=round_, node=self.node_id)
-        masked += crypto.mask_stream(self_key, words, cipher=settings.mask_cipher)
+        crypto.apply_mask(masked, self_key, cipher=settings.mask_cipher)
         peers = unpack_ids(self._state["peer-nodes"])
         s_pks = dict(zip(peers, unpack_blobs(self._state["peer-s-pk"], KEY_SIZE), strict=True))
         for peer in unpack_ids(self._state["senders"]):
             shared = crypto.x25519_shared(self._state["s-sk"], s_pks[peer])
             key = crypto.pairwise_mask_key(shared, run_id=self.run_id, server_round=round_, node_a=self.node_id, node_b=peer)
-            stream = crypto.mask_stream(key, words, cipher=settings.mask_cipher)
-            if self.node_id < peer:
-                masked += stream
-            else:
-                masked -= stream
+            # the lower node id adds the pair's mask, the higher subtracts it: they cancel in the sum
+            crypto.apply_mask(masked, key, cipher=settings.mask_cipher, subtract=self.node_id > peer)
         self._state["stage"] = "masked-sent"
         return {"stage": "train", "round": round_, "masked": masked, "clipped-values": checked.clipped}
 

@@ -44,6 +44,19 @@ def test_mask_stream_is_one_continuous_keystream_across_chunks():
     assert long.tobytes() == expected
 
 
+@pytest.mark.parametrize("cipher", ["aes-256-ctr", "chacha20"])
+def test_applying_a_mask_in_place_adds_and_subtracts_the_same_stream(cipher):
+    key, words = os.urandom(32), 150_001
+    values = np.random.default_rng(0).integers(0, 2**32, words, dtype=np.uint32)
+    masked = values.copy()
+    crypto.apply_mask(masked, key, cipher=cipher)
+    assert np.array_equal(masked, values + crypto.mask_stream(key, words, cipher=cipher))  # wraps mod 2**32
+    crypto.apply_mask(masked, key, cipher=cipher, subtract=True)
+    assert np.array_equal(masked, values)
+    with pytest.raises(ValueError):
+        crypto.apply_mask(values.astype(np.int64), key, cipher=cipher)
+
+
 def _hkdf_sha256(ikm: bytes, salt: bytes, info: bytes) -> bytes:
     prk = hmac.new(salt, ikm, hashlib.sha256).digest()
     return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
