@@ -66,9 +66,13 @@ class Catalogue:
         self._db.row_factory = sqlite3.Row
 
     def close(self) -> None:
+        """Checkpoint the WAL into the main file (so a copied folder is complete) and close."""
+        if self._db is None:
+            return
         if self.writable:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()
+        self._db = None
 
     # -- reading --
     def applied_seq(self) -> int:

@@ -392,9 +392,13 @@ def _create(layout: Layout, signing_key: Any, clock: Callable[[], datetime]) -> 
         catalogue.apply([entry])
         catalogue.close()
         write_head(temp.head, entry, registry_id=registry_id, time=now, signing_key=signing_key)
-        if root.exists():
-            root.rmdir()  # only an empty folder reaches here
-        os.rename(staging, root)
+        try:
+            if root.exists():
+                root.rmdir()  # only an empty folder reaches here
+            os.rename(staging, root)
+        except OSError:
+            if not layout.is_registry():  # lost a race to another creator: use theirs
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging)

@@ -194,3 +194,18 @@ def test_code_digest_changes_with_source_only(tmp_path: Path) -> None:
     assert code_digest([package]) != first
     with pytest.raises(UserError, match="does not exist"):
         code_digest([tmp_path / "nope"])
+
+
+def test_lost_catalogue_is_rebuilt_from_the_log(registry: Registry) -> None:
+    publish_sample(registry, round=1)
+    publish_sample(registry, round=2)
+    registry.promote(2, "production")
+    path, key_path = registry.path, registry.path.parent / "keys" / "coordinator.pem"
+    registry.close()
+    for file in path.glob("catalogue.sqlite*"):
+        file.unlink()
+    assert not verify_registry(path).ok  # an auditor notices the missing catalogue
+    with Registry.open(path, signing_key_path=key_path) as rebuilt:
+        assert [v.round for v in rebuilt.versions()] == [1, 2]
+        assert rebuilt.aliases() == {"production": 2}
+    assert verify_registry(path).ok
