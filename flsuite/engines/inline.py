@@ -33,6 +33,10 @@ class InlineGrid(Grid):
     def __init__(self, client_app: ClientApp, *, run: Run, node_configs: list[Mapping[str, Any]]) -> None:
         self._client_app = client_app
         self._run = run
+        # Flower stamps every new Message with the process-global task identity.
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = run.run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._contexts = {
             FIRST_NODE_ID + index: Context(
                 run_id=run.run_id,
@@ -108,9 +112,6 @@ def run_inline(
     """Run a ServerApp to completion against in-process ClientApps; returns the grid."""
     run = Run.create_empty(run_id)
     run.override_config = dict(run_config)
-    TaskIdentity.task_id = 1
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
     grid = InlineGrid(client_app, run=run, node_configs=node_configs)
     context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(run_config))
     server_app(grid, context)

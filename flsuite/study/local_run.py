@@ -12,6 +12,7 @@ from typing import Any
 
 from flsuite.config.bridge import to_run_config
 from flsuite.config.schema import StudyConfig
+from flsuite.data.study_data import split_study
 from flsuite.errors import StudyAborted
 
 
@@ -26,6 +27,7 @@ def run_local_study(study: StudyConfig, output_dir: Path) -> dict[str, Any]:
     from clients.app import app as client_app
     from server.app import app as server_app
 
+    split_study(study.data, study.federation.num_sites)  # bad data fails here, before any engine starts
     study = study.model_copy(update={"output_dir": str(output_dir)})
     run_config = to_run_config(study)
     if study.engine.name == "ray":
