@@ -1,0 +1,102 @@
+"""Site budgets: check, then spend; a site never ends above its cap."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flsuite.errors import BudgetExhausted, ConfigError
+from flsuite.privacy import PrivacyLedger, SiteBudget, epsilon
+from tests.unit.test_privacy_events import make_event
+
+FP = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"max_epsilon": 0}, "max_epsilon"), ({"max_epsilon": -1.0}, "max_epsilon"), ({"max_epsilon": float("inf")}, "max_epsilon"),
+     ({"delta": 1.0}, "delta"), ({"delta": 0}, "delta"), ({"accountant": "gdp"}, "under-reports")],
+)
+def test_a_bad_cap_is_refused_on_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SiteBudget(**({"max_epsilon": 3.0, "delta": 1e-5, "accountant": "rdp"} | kwargs))
+
+
+def test_a_fresh_site_projects_only_the_request(tmp_path):
+    budget = SiteBudget(max_epsilon=3.0, delta=1e-5, accountant="rdp")
+    projection = budget.project(PrivacyLedger(tmp_path / "l.jsonl"), FP, (0.1, 1.5, 50))
+    assert projection.spent == 0.0 and projection.remaining == 3.0
+    assert projection.projected == epsilon([(0.1, 1.5, 50)], delta=1e-5, accountant="rdp")
+    assert projection.allowed
+
+
+def test_a_request_past_the_cap_is_refused_with_what_is_left_and_nothing_is_written(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "l.jsonl")
+    ledger.append(make_event(sample_rate=0.1, noise_multiplier=1.5, steps=20))
+    before = ledger.path.read_bytes()
+    budget = SiteBudget(max_epsilon=3.0, delta=1e-5, accountant="rdp")
+    spent = epsilon([(0.1, 1.5, 20)], delta=1e-5, accountant="rdp")
+    assert 0 < spent < 3.0
+    with pytest.raises(BudgetExhausted, match="above the site's cap 3") as caught:
+        budget.require(ledger, FP, (0.1, 1.5, 400))
+    assert caught.value.remaining_epsilon == pytest.approx(3.0 - spent)
+    assert "Nothing was trained" in str(caught.value)
+    assert ledger.path.read_bytes() == before
+    assert budget.require(ledger, FP, (0.1, 1.5, 5)).allowed  # a small request still fits
+
+
+def test_other_data_at_the_same_site_does_not_count(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "l.jsonl")
+    ledger.append(make_event(data_fingerprint="sha256:" + "b" * 64, sample_rate=0.5, noise_multiplier=0.7, steps=500))
+    budget = SiteBudget(max_epsilon=3.0, delta=1e-5, accountant="rdp")
+    assert budget.project(ledger, FP, (0.1, 1.5, 10)).spent == 0.0
+
+
+def test_a_cap_below_what_is_already_spent_allows_nothing(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "l.jsonl")
+    ledger.append(make_event(sample_rate=0.1, noise_multiplier=1.0, steps=300))
+    projection = SiteBudget(max_epsilon=1.0, delta=1e-5, accountant="rdp").project(ledger, FP, (0.1, 50.0, 1))
+    assert projection.spent > 1.0 and projection.remaining == 0.0 and not projection.allowed
+
+
+def _simulate_site(cap: float, requests: list[tuple[float, float, int]], accountant: str) -> tuple[float, int]:
+    """A site answering every request by check-then-spend; returns its final epsilon and refusals."""
+    budget = SiteBudget(max_epsilon=cap, delta=1e-5, accountant=accountant)
+    refused = 0
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = PrivacyLedger(Path(folder) / "ledger.jsonl")
+        for round_number, (q, sigma, steps) in enumerate(requests, start=1):
+            try:
+                budget.require(ledger, FP, (q, sigma, steps))
+            except BudgetExhausted:
+                refused += 1
+                continue
+            ledger.append(make_event(round=round_number, sample_rate=q, noise_multiplier=sigma, steps=steps))
+        final = epsilon(ledger.events(FP), delta=1e-5, accountant=accountant)
+    return final, refused
+
+
+requests = st.lists(
+    st.tuples(st.floats(0.01, 0.5), st.floats(0.5, 4.0), st.integers(1, 200)), min_size=1, max_size=8
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cap=st.floats(0.2, 10.0), requests=requests)
+def test_over_random_requests_and_caps_a_site_never_ends_above_its_cap(cap, requests):
+    final, refused = _simulate_site(cap, requests, "rdp")
+    assert final <= cap
+    uncapped = epsilon(requests, delta=1e-5, accountant="rdp")
+    assert refused == 0 or uncapped > cap
+
+
+@pytest.mark.slow
+@settings(max_examples=5, deadline=None)
+@given(cap=st.floats(0.5, 6.0), requests=st.lists(st.tuples(st.floats(0.02, 0.3), st.floats(0.8, 3.0), st.integers(5, 60)), min_size=2, max_size=5))
+def test_with_prv_a_site_never_ends_above_its_cap(cap, requests):
+    final, _ = _simulate_site(cap, requests, "prv")
+    assert final <= cap
