@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,10 @@ def _one_thread() -> None:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``flsuite ARGS`` as a user would, in a subprocess."""
+    """Run ``flsuite ARGS`` as a user would, in a subprocess (by default in a fresh folder)."""
     return subprocess.run(
         [sys.executable, "-m", "flsuite.cli.main", *args],
-        cwd=cwd or REPO,
+        cwd=cwd or tempfile.mkdtemp(prefix="flsuite-cli-"),
         capture_output=True,
         text=True,
         timeout=timeout,

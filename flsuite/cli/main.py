@@ -11,7 +11,10 @@ import sys
 import typer
 
 from flsuite.cli.study_commands import RUN_HELP, run
+from flsuite.deployment.cli import coordinator_app, site_app
 from flsuite.errors import FlsuiteError
+from flsuite.pki.cli import pki_app
+from flsuite.registry.cli import audit_app, registry_app
 
 app = typer.Typer(
     name="flsuite",
@@ -39,6 +42,12 @@ app.command(
     help=RUN_HELP,
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(run)
+
+app.add_typer(registry_app, name="registry", help="List, inspect, promote, roll back and export model versions.")
+app.add_typer(audit_app, name="audit", help="Verify a registry offline and review every site's privacy spend.")
+app.add_typer(pki_app, name="pki", help="Issue the federation's CA, coordinator certificate and site bundles.")
+app.add_typer(coordinator_app, name="coordinator", help="Start and stop the coordinator (Flower SuperLink with TLS and node auth).")
+app.add_typer(site_app, name="site", help="Check, start and stop a site's node (Flower SuperNode).")
 
 
 def main() -> None:

@@ -102,8 +102,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("final AUC", _fmt(summary["final_auc"])),
         ("wall time", f"{summary['wall_s']:.1f} s"),
     ]
-    for key, value in summary.get("display", {}).items():
-        rows.append((key, value))
+    if summary.get("registry"):
+        rows.append(("registry", summary["registry"]))
+        rows.append(("final version", summary.get("final_version")))
     rows.append(("output folder", summary["output_dir"]))
     for key, value in rows:
         table.add_row(key, str(value))

@@ -38,12 +38,29 @@ def compose_raw(overrides: list[str]) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    folder = config_dir()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            composed = compose(config_name=PRIMARY_CONFIG, overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(folder), version_base="1.3"):
+            composed = compose(config_name=PRIMARY_CONFIG, overrides=_settable(overrides, folder))
         return OmegaConf.to_container(composed, resolve=True)  # type: ignore[return-value]
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_hydra_message(exc)) from None
+
+
+def _settable(overrides: list[str], folder: Path) -> list[str]:
+    """Let value overrides reach every schema key, even one the YAML leaves at its default.
+
+    Hydra refuses keys its YAML does not hold; the schema is the judge of what exists,
+    so ``key=value`` becomes ``++key=value`` (set or add) unless ``key`` names a group.
+    """
+    groups = {entry.name for entry in folder.iterdir() if entry.is_dir()}
+    settable = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" in override and not key.startswith(("+", "~")) and key.split("@")[0] not in groups:
+            override = f"++{override}"
+        settable.append(override)
+    return settable
 
 
 def compose_study(overrides: list[str]) -> StudyConfig:
@@ -72,7 +89,4 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
 
 def _hydra_message(exc: Exception) -> str:
     message = " ".join(str(exc).split()).split(" Config search path:")[0]
-    if "Could not override" in message:
-        key = message.split("'")[1] if "'" in message else "that key"
-        return f"{key} is not a setting of the study config: check the spelling against configs/config.yaml"
     return message

@@ -7,6 +7,7 @@ not a silently ignored setting.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -103,14 +104,39 @@ class PrivacyConfig(Section):
 
 
 class SecAggConfig(Section):
-    """Secure aggregation: the coordinator only sees the sum of the sites' updates."""
+    """Secure aggregation: the coordinator only sees the sum of the sites' updates.
+
+    ``threshold_fraction`` of each site's share group (its neighbours and itself) must
+    answer to rebuild its secrets; ``neighbours`` empty means every other site.
+    """
 
     enabled: bool = False
-    threshold_fraction: float = Field(0.67, gt=0.5, le=1)
-    num_neighbours: int | None = Field(None, ge=2)
+    threshold_fraction: float = Field(0.6, gt=0.5, le=1)
+    neighbours: int | None = Field(None, ge=2)
+    max_dropouts: int | None = Field(None, ge=0)
     clip_range: float = Field(8.0, gt=0)
     clip_out_of_range: bool = False
+    weight_cap: int = Field(10_000, ge=1)
+    mask_cipher: Literal["aes-256-ctr", "chacha20"] = "aes-256-ctr"
     stage_timeout_s: float = Field(120.0, gt=0)
+
+    def settings_for(self, cohort_size: int):
+        """The protocol settings for a round of ``cohort_size`` sites (validated; ConfigError if not allowed)."""
+        from flsuite.secagg.settings import SecAggSettings
+
+        neighbours = self.neighbours if self.neighbours is not None and self.neighbours < cohort_size - 1 else None
+        group = (cohort_size - 1 if neighbours is None else neighbours) + 1
+        threshold = max(group // 2 + 1, math.ceil(self.threshold_fraction * group))
+        return SecAggSettings(
+            cohort_size=cohort_size,
+            threshold=min(threshold, group),
+            neighbours=neighbours,
+            max_dropouts=self.max_dropouts,
+            clip_range=self.clip_range,
+            clip_out_of_range=self.clip_out_of_range,
+            weight_cap=self.weight_cap,
+            mask_cipher=self.mask_cipher,
+        )
 
 
 class EngineConfig(Section):
@@ -137,6 +163,7 @@ class StudyConfig(Section):
     name: str = "study"
     seed: int = 0
     output_dir: str | None = None
+    sites_dir: str = ".flsuite/sites"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     federation: FederationConfig = FederationConfig()
@@ -145,3 +172,20 @@ class StudyConfig(Section):
     secagg: SecAggConfig = SecAggConfig()
     engine: EngineConfig = EngineConfig()
     registry: RegistryConfig = RegistryConfig()
+
+    def first_cohort_size(self) -> int:
+        """Sites asked in a round while none has dropped out or refused."""
+        federation = self.federation
+        return min(federation.num_sites, max(federation.min_sites, int(federation.num_sites * federation.fraction_sites)))
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits_the_cohort(self) -> StudyConfig:
+        if self.secagg.enabled:
+            from flsuite.errors import ConfigError
+
+            try:
+                self.secagg.settings_for(self.first_cohort_size())
+                self.secagg.settings_for(self.federation.min_sites)
+            except ConfigError as exc:
+                raise ValueError(f"{exc} (cohorts here have {self.federation.min_sites} to {self.first_cohort_size()} sites)") from None
+        return self

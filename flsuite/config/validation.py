@@ -36,8 +36,9 @@ def describe_validation_error(exc: ValidationError, raw: Mapping[str, Any]) -> s
         if error["type"] == "extra_forbidden":
             parent = ".".join(location[:-1]) or "the top level"
             lines.append(f"{field}: unknown key (not a setting of {parent}); check the spelling")
-        elif error["type"] == "value_error" and value is _MISSING:
-            lines.append(f"{field or 'config'}: {error['msg'].removeprefix('Value error, ')}")
+        elif error["type"] == "value_error":
+            prefix = f"{field}: " if location else ""
+            lines.append(prefix + error["msg"].removeprefix("Value error, "))
         else:
             shown = "missing" if value is _MISSING else repr(value)
             lines.append(f"{field}={shown} is not allowed: {allowed}")

@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-SITE_NAME = "site-name"
-DATA_PATH = "data-path"
-LEDGER_PATH = "ledger-path"
-IDENTITY_KEY = "identity-key"
-IDENTITIES_FILE = "identities-file"
-MAX_EPSILON = "max-epsilon"
-DELTA = "delta"
+from flsuite.federation.node_keys import (
+    DATA_PATH,
+    DELTA,
+    IDENTITIES_FILE,
+    IDENTITY_KEY,
+    LEDGER_PATH,
+    MAX_EPSILON,
+    SITE_NAME,
+)
 
 NODE_CONFIG_KEYS = (SITE_NAME, DATA_PATH, LEDGER_PATH, IDENTITY_KEY, IDENTITIES_FILE, MAX_EPSILON, DELTA)
 

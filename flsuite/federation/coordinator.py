@@ -1,17 +1,20 @@
 """The coordinator's round loop: choose a cohort, train, aggregate, evaluate, report.
 
 It drives Flower's Message API through a ``Grid`` (inline, Ray or a real SuperLink) and a
-Flower strategy for aggregation. Sites that refuse (privacy budget spent) are left out
-of later rounds; when fewer than the minimum remain the study ends cleanly.
+Flower strategy for aggregation. With secure aggregation on, the round goes through
+``flsuite.secagg`` and the strategy only ever sees the averaged model. Sites that
+refuse (privacy budget spent) are left out of later rounds; when fewer than the
+minimum remain the study ends cleanly.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from flsuite.config.schema import StudyConfig
@@ -20,6 +23,7 @@ from flsuite.federation.cohort import CohortGrid, choose_cohort
 from flsuite.federation.strategies import build_strategy
 
 Evaluator = Callable[[ArrayRecord], dict[str, float]]
+SiteConfigs = Callable[[int, list[int]], Mapping[int, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,6 @@ class Refusal:
     round: int
     node_id: int
     name: str
-    kind: str
     reason: str
     remaining_epsilon: float | None = None
 
@@ -53,6 +56,7 @@ class RoundRecord:
     sites: list[SiteReport]
     failures: int
     wall_s: float
+    secure: dict[str, Any] | None = None
 
 
 @dataclass
@@ -61,9 +65,19 @@ class StudyResult:
 
     rounds: list[RoundRecord] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    aborted_rounds: list[dict[str, Any]] = field(default_factory=list)
     status: str = "completed"
     message: str = ""
     arrays: ArrayRecord | None = None
+
+
+@dataclass
+class _Outcome:
+    arrays: ArrayRecord | None
+    sites: list[SiteReport]
+    refusals: list[Refusal]
+    failures: int
+    secure: dict[str, Any] | None = None
 
 
 RoundListener = Callable[[RoundRecord, ArrayRecord], None]
@@ -80,11 +94,13 @@ class Coordinator:
         initial_arrays: ArrayRecord,
         evaluator: Evaluator | None,
         listeners: list[RoundListener] | None = None,
+        site_configs: SiteConfigs | None = None,
     ) -> None:
         self.study = study
         self.grid = grid
         self.evaluator = evaluator
         self.listeners = list(listeners or [])
+        self.site_configs = site_configs
         self.strategy = build_strategy(study.federation, initial_arrays)
         self.arrays = initial_arrays
         self.excluded: set[int] = set()
@@ -119,69 +135,127 @@ class Coordinator:
 
     def _train_round(self, server_round: int, cohort: list[int], result: StudyResult) -> RoundRecord | None:
         started = time.perf_counter()
-        config = ConfigRecord({"seed": self.study.seed})
-        messages = self.strategy.configure_train(server_round, self.arrays, config, CohortGrid(self.grid, cohort))
-        replies = list(
-            self.grid.send_and_receive(
-                [_own_copy(message) for message in messages], timeout=self.study.federation.round_timeout_s
-            )
-        )
-        trained, refused, failures = _sort_replies(replies, server_round)
-        result.refusals.extend(refused)
-        self.excluded.update(refusal.node_id for refusal in refused)
-        if not trained:
+        base = ConfigRecord({"seed": self.study.seed})
+        messages = list(self.strategy.configure_train(server_round, self.arrays, base, CohortGrid(self.grid, cohort)))
+        shared = dict(messages[0].content[records.CONFIG]) if messages else dict(base)
+        extras = self.site_configs(server_round, cohort) if self.site_configs else {}
+        configs = {node: ConfigRecord({**shared, **extras.get(node, {})}) for node in cohort}
+        if self.study.secagg.enabled:
+            outcome = self._secure_round(server_round, cohort, configs, result)
+        else:
+            outcome = self._plain_round(server_round, cohort, configs)
+        result.refusals.extend(outcome.refusals)
+        self.excluded.update(refusal.node_id for refusal in outcome.refusals)
+        if outcome.arrays is None:
             return None
-        arrays, _ = self.strategy.aggregate_train(server_round, trained)
-        if arrays is not None:
-            self.arrays = arrays
+        self.arrays = outcome.arrays
         metrics = self.evaluator(self.arrays) if self.evaluator else {}
-        sites = [_site_report(reply) for reply in trained]
         return RoundRecord(
             round=server_round,
             metrics=metrics,
-            sites=sorted(sites, key=lambda s: s.name),
-            failures=failures + len(cohort) - len(replies),
+            sites=sorted(outcome.sites, key=lambda s: s.name),
+            failures=outcome.failures,
             wall_s=time.perf_counter() - started,
+            secure=outcome.secure,
         )
 
+    def _plain_round(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord]) -> _Outcome:
+        messages = [
+            Message(RecordDict({records.ARRAYS: self.arrays, records.CONFIG: configs[node]}), dst_node_id=node, message_type="train")
+            for node in cohort
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.study.federation.round_timeout_s))
+        trained, refusals, failures = [], [], len(cohort) - len(replies)
+        for reply in replies:
+            if reply.has_error():
+                refusal = _refusal(server_round, reply.metadata.src_node_id, reply.error.code, reply.error.reason)
+                if refusal:
+                    refusals.append(refusal)
+                else:
+                    failures += 1
+            else:
+                trained.append(reply)
+        if not trained:
+            return _Outcome(None, [], refusals, failures)
+        arrays, _ = self.strategy.aggregate_train(server_round, trained)
+        sites = [_site_report(reply.metadata.src_node_id, reply.content) for reply in trained]
+        return _Outcome(arrays, sites, refusals, failures)
 
-def _own_copy(message: Message) -> Message:
-    """Flower strategies send one shared RecordDict to every node; give each message its own."""
-    content = RecordDict({key: value for key, value in message.content.items()})
-    content[records.CONFIG] = ConfigRecord(dict(message.content[records.CONFIG]))
-    return Message(content, dst_node_id=message.metadata.dst_node_id, message_type=message.metadata.message_type)
+    def _secure_round(
+        self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], result: StudyResult
+    ) -> _Outcome:
+        from flsuite.secagg import SecAggAborted, secure_train_round
 
-
-def _sort_replies(replies: list[Message], server_round: int) -> tuple[list[Message], list[Refusal], int]:
-    trained, refused, failures = [], [], 0
-    for reply in replies:
-        if reply.has_error():
-            failures += 1
-        elif records.REFUSAL in reply.content:
-            refusal = reply.content[records.REFUSAL]
-            remaining = refusal.get("remaining-epsilon")
-            refused.append(
-                Refusal(
-                    round=server_round,
-                    node_id=reply.metadata.src_node_id,
-                    name=str(refusal.get("site", "?")),
-                    kind=str(refusal.get("kind", "refused")),
-                    reason=str(refusal.get("reason", "")),
-                    remaining_epsilon=float(remaining) if remaining is not None else None,
-                )
+        try:
+            secure = secure_train_round(
+                self.grid,
+                node_ids=cohort,
+                server_round=server_round,
+                global_arrays=self.arrays,
+                train_configs=configs,
+                settings=self.study.secagg.settings_for(len(cohort)),
+                timeout_s=self.study.secagg.stage_timeout_s,
             )
-        else:
-            trained.append(reply)
-    return trained, refused, failures
+        except SecAggAborted as exc:
+            # Nothing was unmasked; the global model stays as it was.
+            result.aborted_rounds.append({"round": server_round, "stage": exc.stage, "reason": str(exc)})
+            refusals = _refusals_in_text(server_round, str(exc), cohort)
+            return _Outcome(None, [], refusals, 0)
+        refusals = [
+            refusal
+            for node, reason in secure.refusals.items()
+            if (refusal := _refusal(server_round, node, None, reason)) is not None
+        ]
+        # The strategy sees one "reply": the securely averaged model, weighted by the sum of weights.
+        averaged = Message(
+            RecordDict({records.ARRAYS: secure.arrays, records.METRICS: MetricRecord({records.NUM_EXAMPLES: secure.total_weight})}),
+            dst_node_id=0,
+            message_type="train",
+        )
+        arrays, _ = self.strategy.aggregate_train(server_round, [averaged])
+        sites = [_site_report(node, content) for node, content in secure.replies.items()]
+        details = {
+            "survivors": len(secure.survivors),
+            "dropped": len(secure.dropped),
+            "quantisation_error_bound": secure.error_bound,
+            "clipped_values": sum(secure.clipped_values.values()),
+        }
+        return _Outcome(arrays, sites, refusals, len(secure.dropped) - len(refusals), details)
 
 
-def _site_report(reply: Message) -> SiteReport:
-    content = reply.content
+def _refusal(server_round: int, node: int, code: int | None, reason: str) -> Refusal | None:
+    parsed = records.parse_refusal(code, reason)
+    if parsed is None:
+        return None
+    return Refusal(
+        round=server_round,
+        node_id=node,
+        name=str(parsed.get("site", node)),
+        reason=str(parsed.get("message", "")),
+        remaining_epsilon=parsed.get("remaining_epsilon"),
+    )
+
+
+def _refusals_in_text(server_round: int, text: str, cohort: list[int]) -> list[Refusal]:
+    """Budget refusals named in an aborted secure round's message ('node N: train: {...}')."""
+    found = []
+    for node in cohort:
+        marker = f"node {node}: "
+        if marker in text:
+            part = text.split(marker, 1)[1].split("; node ", 1)[0]
+            refusal = _refusal(server_round, node, None, part)
+            if refusal:
+                found.append(refusal)
+    return found
+
+
+def _site_report(node: int, content: RecordDict) -> SiteReport:
     site = content.get(records.SITE)
     dp_event = content.get(records.DP_EVENT)
+    metrics = content.get(records.METRICS)
     return SiteReport(
-        node_id=reply.metadata.src_node_id,
-        name=str(site["name"]) if site else str(reply.metadata.src_node_id),
-        metrics={key: float(value) for key, value in content[records.METRICS].items()},
+        node_id=node,
+        name=str(site["name"]) if site else str(node),
+        metrics={key: float(value) for key, value in (metrics or {}).items()},
         dp_event=dict(dp_event) if dp_event is not None else None,
     )

@@ -7,6 +7,7 @@ below are the contract between the coordinator and its sites.
 from __future__ import annotations
 
 import hashlib
+import json
 
 from flwr.app import ArrayRecord
 from torch import nn
@@ -38,3 +39,25 @@ def arrays_digest(arrays: ArrayRecord) -> str:
         digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+BUDGET_EXHAUSTED = 4200  # Error.code of a site's budget refusal; Error.reason is JSON
+
+
+def budget_refusal_reason(*, site: str, remaining_epsilon: float, message: str) -> str:
+    """The JSON reason of a budget refusal (an Error reply, so it passes any client mod unchanged)."""
+    return json.dumps({"kind": "budget-exhausted", "site": site, "remaining_epsilon": remaining_epsilon, "message": message})
+
+
+def parse_refusal(code: int | None, reason: str) -> dict | None:
+    """The refusal a site sent, from an error reply (or from secure aggregation's 'stage: reason' text)."""
+    if code not in (None, BUDGET_EXHAUSTED):
+        return None
+    start = reason.find("{")
+    if start < 0:
+        return None
+    try:
+        refusal = json.loads(reason[start:])
+    except json.JSONDecodeError:
+        return None
+    return refusal if isinstance(refusal, dict) and refusal.get("kind") == "budget-exhausted" else None

@@ -22,13 +22,10 @@ from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import split_study
 from flsuite.errors import PlanError
 from flsuite.federation import records
+from flsuite.federation.node_keys import DATA_PATH, LABEL_COLUMN, PARTITION_ID, SITE_NAME
 from flsuite.models.zoo import build_model
 from flsuite.training.local import evaluate, train_plain
 
-PARTITION_ID = "partition-id"
-DATA_PATH = "data-path"
-SITE_NAME = "site-name"
-LABEL_COLUMN = "label-column"
 
 
 @dataclass(frozen=True)
@@ -126,3 +123,10 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
         {records.METRICS: MetricRecord(metrics), records.SITE: ConfigRecord({"name": setup.name})}
     )
     return Message(content, reply_to=msg)
+
+
+def handle_query(msg: Message, context: Context) -> Message:
+    """Tell the coordinator the site's name and record count (what planning needs, nothing more)."""
+    setup = site_setup(context)
+    status = {"name": setup.name, "records": len(setup.data)}
+    return Message(RecordDict({records.SITE: ConfigRecord(status)}), reply_to=msg)

@@ -25,6 +25,7 @@ from flsuite.federation.records import load_arrays, model_to_arrays
 from flsuite.models.zoo import build_model
 from flsuite.study import progress
 from flsuite.study.outputs import StudyOutputs
+from flsuite.study.publishing import RegistryPublisher, new_run_id
 from flsuite.training.local import evaluate
 
 
@@ -49,6 +50,7 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
         seed=study.seed,
     )
     outputs = StudyOutputs(folder, study)
+    publisher = RegistryPublisher(study, folder, run_id=new_run_id()) if study.registry.enabled else None
 
     def evaluator(arrays: ArrayRecord) -> dict[str, float]:
         load_arrays(model, arrays)
@@ -56,6 +58,8 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
 
     def on_round(record: RoundRecord, arrays: ArrayRecord) -> None:
         outputs.on_round(record)
+        if publisher:
+            publisher.on_round(record, arrays)
         progress.publish(record)
 
     coordinator = Coordinator(
@@ -66,7 +70,8 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
         listeners=[on_round],
     )
     result = coordinator.run()
-    return outputs.finish(result, wall_s=time.perf_counter() - started)
+    extra = publisher.finish(result) if publisher else {}
+    return outputs.finish(result, wall_s=time.perf_counter() - started, extra=extra)
 
 
 def _held_out(study: StudyConfig) -> Dataset | None:

@@ -14,6 +14,7 @@ from flsuite.config.bridge import to_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.data.study_data import split_study
 from flsuite.errors import StudyAborted
+from flsuite.federation.simulated_sites import prepare_simulated_sites
 
 
 def simulated_node_configs(study: StudyConfig) -> list[dict[str, Any]]:
@@ -28,7 +29,9 @@ def run_local_study(study: StudyConfig, output_dir: Path) -> dict[str, Any]:
     from server.app import app as server_app
 
     split_study(study.data, study.federation.num_sites)  # bad data fails here, before any engine starts
-    study = study.model_copy(update={"output_dir": str(output_dir)})
+    sites_dir = Path(study.sites_dir).resolve()
+    prepare_simulated_sites(sites_dir, study.federation.num_sites)
+    study = study.model_copy(update={"output_dir": str(output_dir.resolve()), "sites_dir": str(sites_dir)})
     run_config = to_run_config(study)
     if study.engine.name == "ray":
         from flsuite.engines.ray import run_ray

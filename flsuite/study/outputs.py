@@ -38,12 +38,13 @@ def round_row(record: RoundRecord) -> dict[str, Any]:
     weights = [site.metrics.get("num-examples", 0.0) for site in record.sites]
     losses = [site.metrics.get("train-loss", float("nan")) for site in record.sites]
     total = sum(weights)
+    train_loss = sum(w * l for w, l in zip(weights, losses)) / total if total else (sum(losses) / len(losses) if losses else None)
     return {
         "round": record.round,
         "accuracy": record.metrics.get("accuracy"),
         "loss": record.metrics.get("loss"),
         "auc": record.metrics.get("auc"),
-        "train_loss": sum(w * l for w, l in zip(weights, losses)) / total if total else None,
+        "train_loss": train_loss,
         "sites": len(record.sites),
         "failures": record.failures,
         "wall_s": round(record.wall_s, 4),

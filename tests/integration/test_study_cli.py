@@ -33,7 +33,7 @@ def test_two_round_study_writes_every_output(tmp_path):
         (["federation.rounds=0"], "federation.rounds=0"),
         (["data.dirichlet_alpha=-1"], "data.dirichlet_alpha=-1"),
         (["training.learning_rate=abc"], "training.learning_rate='abc'"),
-        (["bogus.key=1"], "bogus.key"),
+        (["bogus.key=1"], "bogus: unknown key"),
         (["model=nope"], "model/nope"),
         (["federation.num_sites=400", "federation.rounds=1"], "use at most"),
         (["data=csv", "data.csv_path=/nonexistent/site.csv"], "/nonexistent/site.csv"),

@@ -44,7 +44,7 @@ def test_config_is_frozen_and_refuses_unknown_keys():
         ("federation.rounds=0", ["federation.rounds=0", ">= 1"]),
         ("data.dirichlet_alpha=-1", ["data.dirichlet_alpha=-1", "> 0"]),
         ("training.learning_rate=fast", ["training.learning_rate='fast'", "float"]),
-        ("federation.roundz=3", ["federation.roundz", "not a setting"]),
+        ("federation.roundz=3", ["federation.roundz", "unknown key"]),
         ("model=transformer", ["model/transformer", "cnn logreg mlp"]),
         ("federation.strategy=fedsgd", ["federation.strategy='fedsgd'", "fedavg"]),
         ("federation.min_sites=9", ["min_sites=9", "num_sites=5"]),
@@ -101,3 +101,23 @@ def test_pyproject_run_config_matches_the_default_study():
     assert flatten_dict(declared) == to_run_config(compose_study([])), (
         "run `python -m flsuite.config.pyproject_sync` to update pyproject.toml"
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["federation.min_sites=2"], "at least 3 sites"),
+        (["secagg.neighbours=3"], "must be even"),
+        (["secagg.max_dropouts=4"], "at most 2 sites may drop"),
+        (["secagg.threshold_fraction=0.5"], "secagg.threshold_fraction=0.5"),
+    ],
+)
+def test_secure_aggregation_settings_that_cannot_protect_the_cohort_are_refused(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        compose_study(["secagg.enabled=true", *overrides])
+
+
+def test_secure_aggregation_threshold_is_more_than_half_the_share_group():
+    settings = compose_study(["secagg.enabled=true"]).secagg.settings_for(5)
+    assert settings.threshold > settings.share_group / 2
+    assert settings.tolerated_dropouts == settings.share_group - settings.threshold
