@@ -140,9 +140,9 @@ class SecAggConfig(Section):
 
 
 class EngineConfig(Section):
-    """Where the ServerApp and ClientApps run."""
+    """Where the ServerApp and ClientApps run: ``deployment`` is set by ``flsuite launch``."""
 
-    name: Literal["inline", "ray"] = "inline"
+    name: Literal["inline", "ray", "deployment"] = "inline"
     threads_per_site: int = Field(1, ge=1)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from flsuite.config.bridge import to_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.data.study_data import split_study
-from flsuite.errors import StudyAborted
+from flsuite.errors import ConfigError, StudyAborted
 from flsuite.federation.simulated_sites import prepare_simulated_sites
 
 
@@ -28,6 +28,8 @@ def run_local_study(study: StudyConfig, output_dir: Path) -> dict[str, Any]:
     from clients.app import app as client_app
     from server.app import app as server_app
 
+    if study.engine.name == "deployment":
+        raise ConfigError("engine=deployment runs on a real federation: use `flsuite launch --federation NAME`")
     split_study(study.data, study.federation.num_sites)  # bad data fails here, before any engine starts
     sites_dir = Path(study.sites_dir).resolve()
     prepare_simulated_sites(sites_dir, study.federation.num_sites)
