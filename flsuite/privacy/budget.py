@@ -64,6 +64,19 @@ class SiteBudget:
         """Project the ledger's events for ``fingerprint`` plus ``proposed`` (q, sigma, steps)."""
         return self.project_phases(ledger.events(fingerprint), proposed)
 
+    def check_cap(self, ledger: PrivacyLedger, fingerprint: str) -> float:
+        """At site start: refuse (ConfigError) a cap below what the ledger already spent on this
+        data; returns the epsilon spent so far."""
+        spent = epsilon(ledger.events(fingerprint), delta=self.delta, accountant=self.accountant)
+        if spent > self.max_epsilon:
+            raise ConfigError(
+                f"site privacy cap max_epsilon={self.max_epsilon:g} is below what this site already spent "
+                f"on this data: epsilon {spent:.4f} (delta {self.delta:g}, {self.accountant}, ledger "
+                f"{ledger.path}). A cap cannot undo past releases; set max_epsilon >= {spent:.4f} "
+                "to train further, or keep it and the site will refuse every training request."
+            )
+        return spent
+
     def require(self, ledger: PrivacyLedger, fingerprint: str, proposed: PhaseLike) -> BudgetProjection:
         """Like ``project``, but raise BudgetExhausted when the request would pass the cap."""
         projection = self.project(ledger, fingerprint, proposed)

@@ -61,6 +61,9 @@ def test_a_cap_below_what_is_already_spent_allows_nothing(tmp_path):
     ledger.append(make_event(sample_rate=0.1, noise_multiplier=1.0, steps=300))
     projection = SiteBudget(max_epsilon=1.0, delta=1e-5, accountant="rdp").project(ledger, FP, (0.1, 50.0, 1))
     assert projection.spent > 1.0 and projection.remaining == 0.0 and not projection.allowed
+    with pytest.raises(ConfigError, match=r"max_epsilon=1 is below what this site already spent"):
+        SiteBudget(max_epsilon=1.0, delta=1e-5, accountant="rdp").check_cap(ledger, FP)
+    assert SiteBudget(max_epsilon=50.0, delta=1e-5, accountant="rdp").check_cap(ledger, FP) == projection.spent
 
 
 def _simulate_site(cap: float, requests: list[tuple[float, float, int]], accountant: str) -> tuple[float, int]:
