@@ -31,6 +31,7 @@ class DataConfig(Section):
     partitioning: Literal["iid", "dirichlet", "size_skew"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0)
     size_skew_sigma: float = Field(1.0, gt=0)
+    min_site_records: int = Field(2, ge=2)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
 

@@ -11,6 +11,7 @@ import numpy as np
 from flsuite.errors import DataError
 
 MIN_RECORDS_PER_SITE = 2
+DIRICHLET_ATTEMPTS = 1000
 
 
 def train_test_indices(labels: np.ndarray, *, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,55 +34,59 @@ def partition(
     seed: int,
     dirichlet_alpha: float = 0.5,
     size_skew_sigma: float = 1.0,
+    min_site_records: int = MIN_RECORDS_PER_SITE,
 ) -> list[np.ndarray]:
     """Positions (into ``labels``) of each site's records; a partition of range(len(labels))."""
     count = len(labels)
-    if num_sites * MIN_RECORDS_PER_SITE > count:
+    minimum = max(MIN_RECORDS_PER_SITE, min_site_records)
+    if num_sites * minimum > count:
         raise DataError(
             f"federation.num_sites={num_sites} is too many for {count} training records: "
-            f"each site needs at least {MIN_RECORDS_PER_SITE}; use at most {count // MIN_RECORDS_PER_SITE} sites"
+            f"each site needs at least {minimum} (data.min_site_records); use at most {count // minimum} sites"
         )
     rng = np.random.default_rng([seed, 2])
     if scheme == "iid":
         parts = np.array_split(rng.permutation(count), num_sites)
     elif scheme == "dirichlet":
-        parts = _dirichlet(labels, num_sites, dirichlet_alpha, rng)
+        parts = _dirichlet(labels, num_sites, dirichlet_alpha, rng, minimum)
     elif scheme == "size_skew":
-        parts = _size_skew(count, num_sites, size_skew_sigma, rng)
+        parts = _size_skew(count, num_sites, size_skew_sigma, rng, minimum)
     else:
         raise DataError(f"data.partitioning={scheme!r} is not allowed: use iid, dirichlet or size_skew")
     return [np.sort(part) for part in parts]
 
 
-def _dirichlet(labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
-    """Label skew: each class is spread over sites by proportions drawn from Dir(alpha)."""
-    sites: list[list[int]] = [[] for _ in range(num_sites)]
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        shares = rng.dirichlet(np.full(num_sites, alpha))
-        cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
-        for site, chunk in enumerate(np.split(members, cuts)):
-            sites[site].extend(chunk.tolist())
-    return _top_up(sites, rng)
+def _dirichlet(labels: np.ndarray, num_sites: int, alpha: float, rng: np.random.Generator, minimum: int) -> list[np.ndarray]:
+    """Label skew: each class is spread over sites by proportions drawn from Dir(alpha).
+
+    Draws are repeated (as Flower Datasets' DirichletPartitioner does) until every site
+    holds at least ``minimum`` records; tiny sites would be refused by DP-SGD anyway.
+    """
+    for _ in range(DIRICHLET_ATTEMPTS):
+        sites: list[list[int]] = [[] for _ in range(num_sites)]
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            shares = rng.dirichlet(np.full(num_sites, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for site, chunk in enumerate(np.split(members, cuts)):
+                sites[site].extend(chunk.tolist())
+        if min(len(site) for site in sites) >= minimum:
+            return [np.array(site, dtype=np.int64) for site in sites]
+    raise DataError(
+        f"no Dirichlet(alpha={alpha}) split of {len(labels)} records over {num_sites} sites gave every site "
+        f"{minimum} records in {DIRICHLET_ATTEMPTS} draws: raise data.dirichlet_alpha, lower "
+        "data.min_site_records, or use fewer sites"
+    )
 
 
-def _size_skew(count: int, num_sites: int, sigma: float, rng: np.random.Generator) -> list[np.ndarray]:
+def _size_skew(count: int, num_sites: int, sigma: float, rng: np.random.Generator, minimum: int) -> list[np.ndarray]:
     """Site sizes drawn log-normally, labels shuffled: some hospitals are much larger."""
     weights = rng.lognormal(0.0, sigma, num_sites)
-    sizes = np.maximum(MIN_RECORDS_PER_SITE, np.floor(weights / weights.sum() * count)).astype(int)
+    sizes = np.maximum(minimum, np.floor(weights / weights.sum() * count)).astype(int)
     while sizes.sum() > count:
         sizes[np.argmax(sizes)] -= 1
     sizes[np.argmax(sizes)] += count - sizes.sum()
     return np.split(rng.permutation(count), np.cumsum(sizes)[:-1])
-
-
-def _top_up(sites: list[list[int]], rng: np.random.Generator) -> list[np.ndarray]:
-    """Move records from the largest site so none has fewer than the minimum."""
-    for site in sites:
-        while len(site) < MIN_RECORDS_PER_SITE:
-            donor = max(sites, key=len)
-            site.append(donor.pop(int(rng.integers(len(donor)))))
-    return [np.array(site, dtype=np.int64) for site in sites]
 
 
 def label_skew(labels: np.ndarray, parts: list[np.ndarray]) -> float:

@@ -38,5 +38,6 @@ def split_study(config: DataConfig, num_sites: int) -> StudyData:
         seed=config.seed,
         dirichlet_alpha=config.dirichlet_alpha,
         size_skew_sigma=config.size_skew_sigma,
+        min_site_records=config.min_site_records,
     )
     return StudyData(test=source.subset(test_index), sites=tuple(train.subset(np.asarray(p)) for p in parts))

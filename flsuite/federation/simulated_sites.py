@@ -49,11 +49,18 @@ def simulated_site_mod(msg: Message, context: Context, call_next: ClientAppCalla
     """Fill a simulated site's node config from its folder; a real site's config is left alone."""
     node = context.node_config
     if PARTITION_ID in node and SITE_NAME not in node and context.run_config.get("sites_dir"):
-        sites_dir = Path(str(context.run_config["sites_dir"]))
-        name = simulated_site_name(int(node[PARTITION_ID]))
-        folder = site_folder(sites_dir, name)
-        node[SITE_NAME] = name
-        node[IDENTITY_KEY] = str(folder / "identity.key")
-        node[IDENTITIES_FILE] = str(sites_dir / PINNED_FILE)
-        node[LEDGER_PATH] = str(folder / "ledger.jsonl")
+        node.update(simulated_node_config(Path(str(context.run_config["sites_dir"])), int(node[PARTITION_ID])))
     return call_next(msg, context)
+
+
+def simulated_node_config(sites_dir: Path, partition_id: int) -> dict[str, str | int]:
+    """The node config a simulated site would carry if it were a real one."""
+    name = simulated_site_name(partition_id)
+    folder = site_folder(sites_dir, name)
+    return {
+        PARTITION_ID: partition_id,
+        SITE_NAME: name,
+        IDENTITY_KEY: str(folder / "identity.key"),
+        IDENTITIES_FILE: str(sites_dir / PINNED_FILE),
+        LEDGER_PATH: str(folder / "ledger.jsonl"),
+    }

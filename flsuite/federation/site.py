@@ -8,6 +8,7 @@ and ledger) from its node config: the site's own settings win.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -90,6 +91,14 @@ def handle_train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     model = site_model(setup)
     records.load_arrays(model, msg.content[records.ARRAYS])
+    # Only simulated sites train with a seed (reproducible studies); a real site's noise
+    # must come from its own entropy: whoever knows the seed can subtract the noise.
+    seed = local_seed(setup.study.seed, server_round, setup.index) if PARTITION_ID in context.node_config else None
+    if setup.study.privacy.enabled:
+        from flsuite.federation.site_privacy import train_private
+
+        sigma = float(config.get("noise-multiplier", setup.study.privacy.noise_multiplier or 0.0))
+        return train_private(msg, context, setup=setup, model=model, noise_multiplier=sigma, seed=seed)
     training = setup.study.training
     result = train_plain(
         model,
@@ -98,7 +107,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         batch_size=training.batch_size,
         optimizer=training.optimizer,
         learning_rate=training.learning_rate,
-        seed=local_seed(setup.study.seed, server_round, setup.index),
+        seed=seed if seed is not None else secrets.randbits(63),
         proximal_mu=float(config.get("proximal-mu", 0.0)),
     )
     content = RecordDict(
@@ -126,7 +135,12 @@ def handle_evaluate(msg: Message, context: Context) -> Message:
 
 
 def handle_query(msg: Message, context: Context) -> Message:
-    """Tell the coordinator the site's name and record count (what planning needs, nothing more)."""
+    """Tell the coordinator what planning needs: the site's name, size and privacy status."""
     setup = site_setup(context)
-    status = {"name": setup.name, "records": len(setup.data)}
+    status: dict = {"name": setup.name, "records": len(setup.data)}
+    if setup.study.privacy.enabled:
+        from flsuite.federation.site_privacy import site_privacy
+
+        guard = site_privacy(context.node_config, site=setup.name, features=setup.data.features, labels=setup.data.labels, study=setup.study)
+        status.update(guard.status())
     return Message(RecordDict({records.SITE: ConfigRecord(status)}), reply_to=msg)

@@ -25,6 +25,7 @@ from flsuite.federation.records import load_arrays, model_to_arrays
 from flsuite.models.zoo import build_model
 from flsuite.study import progress
 from flsuite.study.outputs import StudyOutputs
+from flsuite.study.privacy_planning import plan_privacy, query_status
 from flsuite.study.publishing import RegistryPublisher, new_run_id
 from flsuite.training.local import evaluate
 
@@ -62,12 +63,20 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
             publisher.on_round(record, arrays)
         progress.publish(record)
 
+    site_configs = None
+    if study.privacy.enabled:
+        plan = plan_privacy(study, query_status(grid, list(grid.get_node_ids()), timeout=study.federation.round_timeout_s))
+        outputs.write_privacy_plan(plan.rows)
+        if study.privacy.target_epsilon is not None:
+            site_configs = lambda server_round, cohort: {n: {"noise-multiplier": plan.sigma_by_node[n]} for n in cohort if n in plan.sigma_by_node}  # noqa: E731
+
     coordinator = Coordinator(
         study,
         grid,
         initial_arrays=model_to_arrays(model),
         evaluator=evaluator if test_data else None,
         listeners=[on_round],
+        site_configs=site_configs,
     )
     result = coordinator.run()
     extra = publisher.finish(result) if publisher else {}

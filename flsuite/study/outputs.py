@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from flsuite.config.schema import StudyConfig
+from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.federation.coordinator import RoundRecord, StudyResult
 
 ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "failures", "wall_s"]
@@ -59,6 +59,8 @@ class StudyOutputs:
         self.study = study
         self.rows: list[dict[str, Any]] = []
         self.site_rows: list[dict[str, Any]] = []
+        self.privacy_rows: list[dict[str, Any]] = []
+        self.plan_rows: list[dict[str, Any]] = []
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
 
@@ -66,7 +68,13 @@ class StudyOutputs:
         self.rows.append(round_row(record))
         for site in record.sites:
             self.site_rows.append({"round": record.round, "site": site.name, **site.metrics})
+            if site.dp_event:
+                self.privacy_rows.append({"round": record.round, "site": site.name, **site.dp_event})
         self._write_metrics()
+
+    def write_privacy_plan(self, rows: list[Any]) -> None:
+        self.plan_rows = [dict(vars(row)) for row in rows]
+        write_atomic(self.folder / "privacy_plan.csv", _csv(self.plan_rows, list(self.plan_rows[0]) if self.plan_rows else []))
 
     def finish(self, result: StudyResult, *, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         last = self.rows[-1] if self.rows else {}
@@ -86,17 +94,46 @@ class StudyOutputs:
             "engine": self.study.engine.name,
             "output_dir": str(self.folder.resolve()),
             "refusals": [vars(refusal) for refusal in result.refusals],
+            "aborted_rounds": result.aborted_rounds,
+            "privacy": self._privacy_summary(),
             **(extra or {}),
         }
         write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
         self._plot()
         return summary
 
+    def _privacy_summary(self) -> dict[str, Any] | None:
+        privacy = self.study.privacy
+        if not privacy.enabled:
+            return None
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.privacy_rows:
+            latest[row["site"]] = row
+        sites = {
+            name: {"epsilon_spent": row["epsilon"], "max_epsilon": row["max_epsilon"], "delta": row["delta"], "rng": row["rng"]}
+            for name, row in sorted(latest.items())
+        }
+        planned = {row["site"]: row for row in self.plan_rows}
+        for name, row in planned.items():
+            sites.setdefault(name, {"epsilon_spent": row["prior_epsilon"], "max_epsilon": row["max_epsilon"], "delta": None, "rng": None})
+            sites[name]["planned_sigma"] = row["noise_multiplier"]
+        return {
+            "unit_of_privacy": UNIT_OF_PRIVACY,
+            "accountant": privacy.accountant,
+            "target_epsilon": privacy.target_epsilon,
+            "noise_multiplier": privacy.noise_multiplier,
+            "max_grad_norm": privacy.max_grad_norm,
+            "sites": sites,
+        }
+
     def _write_metrics(self) -> None:
         write_atomic(self.folder / "metrics.json", json.dumps(self.rows, indent=2))
         write_atomic(self.folder / "metrics.csv", _csv(self.rows, ROUND_COLUMNS))
         site_columns = sorted({key for row in self.site_rows for key in row} - {"round", "site"})
         write_atomic(self.folder / "site_metrics.csv", _csv(self.site_rows, ["round", "site", *site_columns]))
+        if self.privacy_rows:
+            privacy_columns = ["round", "site", *sorted({k for row in self.privacy_rows for k in row} - {"round", "site"})]
+            write_atomic(self.folder / "privacy.csv", _csv(self.privacy_rows, privacy_columns))
 
     def _plot(self) -> None:
         import matplotlib

@@ -1,0 +1,145 @@
+"""A site's own privacy guard: its cap, its ledger, and DP-SGD training that spends from it.
+
+The site decides, not the coordinator: its cap and delta come from its node config when
+it has them (a real site), its ledger lives on its own disk, and every request is
+projected against everything the ledger already holds for this data before any training.
+A request that would pass the cap is refused with a typed reply; an accepted one is
+trained with Opacus and recorded durably before the reply leaves the site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+
+from flsuite.errors import BudgetExhausted, PlanError
+from flsuite.federation import records
+from flsuite.federation.node_keys import DELTA, LEDGER_PATH, MAX_EPSILON
+from flsuite.privacy import PrivacyLedger, SiteBudget, check_delta, data_fingerprint, epsilon, poisson_schedule
+
+DEFAULT_DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class SitePrivacy:
+    """The site's cap (max_epsilon, delta), accountant, ledger and data fingerprint."""
+
+    site: str
+    budget: SiteBudget
+    ledger: PrivacyLedger
+    fingerprint: str
+    records: int
+
+    def spent(self) -> float:
+        return epsilon(self.ledger.events(self.fingerprint), delta=self.budget.delta, accountant=self.budget.accountant)
+
+    def status(self) -> dict[str, Any]:
+        """What planning needs: size, cap, delta and the phases already spent on this data."""
+        phases = [event.phase for event in self.ledger.events(self.fingerprint)]
+        return {
+            "records": self.records,
+            "max-epsilon": self.budget.max_epsilon,
+            "delta": self.budget.delta,
+            "spent-epsilon": self.spent(),
+            "prior-q": [float(q) for q, _, _ in phases],
+            "prior-sigma": [float(s) for _, s, _ in phases],
+            "prior-steps": [int(t) for _, _, t in phases],
+        }
+
+
+def site_privacy(node: Mapping[str, Any], *, site: str, features, labels, study) -> SitePrivacy:
+    """Resolve the site's privacy guard; the node config's cap and delta win over the study's."""
+    if LEDGER_PATH not in node:
+        raise PlanError(
+            f"site {site!r} has no ledger-path in its node config: a site needs a privacy ledger on its own "
+            "disk before it trains with DP (set ledger in the site config)"
+        )
+    records_count = int(len(labels))
+    delta = float(node.get(DELTA) or study.privacy.delta or min(DEFAULT_DELTA, 1.0 / (10 * records_count)))
+    check_delta(delta, records_count, site=site)
+    budget = SiteBudget(
+        max_epsilon=float(node.get(MAX_EPSILON) or study.privacy.max_epsilon),
+        delta=delta,
+        accountant=study.privacy.accountant,
+    )
+    return SitePrivacy(
+        site=site,
+        budget=budget,
+        ledger=PrivacyLedger(Path(str(node[LEDGER_PATH]))),
+        fingerprint=data_fingerprint(features, labels),
+        records=records_count,
+    )
+
+
+def train_private(
+    msg: Message, context: Context, *, setup, model: torch.nn.Module, noise_multiplier: float, seed: int | None
+) -> Message:
+    """Check the request against the cap, run DP-SGD, append the DP event, reply."""
+    from flsuite.privacy import train_dp
+
+    study = setup.study
+    data = setup.data
+    guard = site_privacy(context.node_config, site=setup.name, features=data.features, labels=data.labels, study=study)
+    training = study.training
+    schedule = poisson_schedule(records=len(data), batch_size=training.batch_size, local_epochs=training.local_epochs, site=setup.name)
+    server_round = int(msg.content[records.CONFIG].get("server-round", 0))
+    try:
+        guard.budget.require(guard.ledger, guard.fingerprint, (schedule.sample_rate, noise_multiplier, schedule.steps_per_round))
+    except BudgetExhausted as refusal:
+        reason = records.budget_refusal_reason(site=setup.name, remaining_epsilon=refusal.remaining_epsilon, message=str(refusal))
+        return Message(Error(code=records.BUDGET_EXHAUSTED, reason=reason), reply_to=msg)
+    result = train_dp(
+        model,
+        torch.from_numpy(data.features),
+        torch.from_numpy(data.labels),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=study.privacy.max_grad_norm,
+        batch_size=training.batch_size,
+        local_epochs=training.local_epochs,
+        optimizer=training.optimizer,
+        lr=training.learning_rate,
+        seed=seed,
+        grad_sample_mode=study.privacy.grad_sample_mode,
+        secure_rng=study.privacy.secure_rng,
+    )
+    event = result.dp_event(
+        study_id=study.name,
+        run_id=str(context.run_id),
+        round=server_round,
+        site=setup.name,
+        delta=guard.budget.delta,
+        accountant=guard.budget.accountant,
+    )
+    guard.ledger.append(event)  # durable before the reply leaves the site
+    spent = guard.spent()
+    model.load_state_dict(result.state_dict)
+    dp_record = {
+        "sample_rate": result.sample_rate,
+        "noise_multiplier": result.noise_multiplier,
+        "steps": result.steps,
+        "max_grad_norm": result.max_grad_norm,
+        "delta": guard.budget.delta,
+        "accountant": guard.budget.accountant,
+        "rng": result.rng,
+        "epsilon": spent,
+        "max_epsilon": guard.budget.max_epsilon,
+        "empty_batches": result.empty_batches,
+    }
+    content = RecordDict(
+        {
+            records.ARRAYS: records.model_to_arrays(model),
+            records.METRICS: MetricRecord({records.NUM_EXAMPLES: result.examples, "train-loss": _finite(result.mean_loss)}),
+            records.SITE: ConfigRecord({"name": setup.name}),
+            records.DP_EVENT: ConfigRecord(dp_record),
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def _finite(value: float) -> float:
+    return value if value == value else 0.0
