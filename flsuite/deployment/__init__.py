@@ -17,30 +17,37 @@ from flsuite.deployment.config import (
 )
 from flsuite.deployment.coordinator import CoordinatorState, check_coordinator, start_coordinator, stop_coordinator
 from flsuite.deployment.errors import CoordinatorUnreachable, DeploymentError
+from flsuite.deployment.launch import Connection, LaunchPlan, check_coordinator_answers, plan_launch
 from flsuite.deployment.network import Address, probe_tls
 from flsuite.deployment.node_config import NODE_CONFIG_KEYS, format_node_config
 from flsuite.deployment.site import SiteState, check_site, site_node_config, start_site, stop_site
+from flsuite.deployment.submit import submit_study
 
 __all__ = [
     "NODE_CONFIG_KEYS",
     "Address",
+    "Connection",
     "CoordinatorConfig",
     "CoordinatorState",
     "CoordinatorUnreachable",
     "DeploymentError",
+    "LaunchPlan",
     "PrivacyCap",
     "SiteConfig",
     "SiteState",
     "TlsFiles",
     "check_coordinator",
+    "check_coordinator_answers",
     "check_site",
     "format_node_config",
     "load_coordinator_config",
     "load_site_config",
+    "plan_launch",
     "probe_tls",
     "site_node_config",
     "start_coordinator",
     "start_site",
     "stop_coordinator",
     "stop_site",
+    "submit_study",
 ]

@@ -57,7 +57,14 @@ def ensure_port_free(host: str, port: int, *, field: str) -> None:
 
 def tls_client_context(ca_certificate: Path) -> ssl.SSLContext:
     """A client context that trusts only the federation's CA and checks the host name."""
-    context = ssl.create_default_context(cafile=str(ca_certificate))
+    try:
+        context = ssl.create_default_context(cafile=str(ca_certificate))
+    except (OSError, ssl.SSLError) as err:
+        reason = getattr(err, "strerror", None) or getattr(err, "reason", None) or str(err)
+        raise DeploymentError(
+            f"CA certificate {ca_certificate} cannot be used ({reason}). Point at the federation's ca.crt "
+            "(pki/ca.crt, or ca.crt in a site bundle)."
+        ) from None
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     return context

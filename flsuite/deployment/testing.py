@@ -109,3 +109,20 @@ def running_federation(files: FederationFiles) -> Iterator[CoordinatorState]:
         for name in files.site_configs:
             stop_site(files.site(name), timeout=10)
         stop_coordinator(coordinator, timeout=10)
+
+
+def write_site_data(files: FederationFiles, *, dataset: str = "breast_cancer") -> None:
+    """Give each site's CSV its own partition of a built-in dataset (the study's default split)."""
+    import csv
+
+    from flsuite.config.schema import DataConfig
+    from flsuite.data.study_data import split_study
+
+    sites = list(files.site_configs)
+    split = split_study(DataConfig(dataset=dataset), len(sites))
+    for name, data in zip(sites, split.sites):
+        with (files.root / "data" / f"{name}.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([f"f{i}" for i in range(data.num_features)] + ["label"])
+            for features, label in zip(data.features.tolist(), data.labels.tolist()):
+                writer.writerow([*features, label])

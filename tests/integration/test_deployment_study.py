@@ -1,78 +1,135 @@
-"""End to end: a coordinator and 3 sites as real processes, TLS and node authentication on,
-run a 2-round study submitted with `flwr run APP FEDERATION --stream` to completion.
+"""End to end: a coordinator and 3 sites as real processes (TLS, node authentication), and
+studies submitted with `flsuite launch`.
 
-Marked deployment and slow (about 1-2 minutes). Every process is stopped by PID at the end,
-also when the test fails. The app is run from a copy of the project so that Flower's CLI
-never rewrites the repository's pyproject.toml.
+Marked deployment and slow (several minutes: each exchange costs ~15 s in deployment).
+Every process is stopped by PID at the end, also when a test fails: the sites and the
+coordinator by `running_federation`, the launch command by `_stop`. `flsuite launch` stages
+a copy of the project, so Flower's CLI never reads or rewrites the repository's pyproject.toml.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import shutil
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from flsuite.deployment import start_site
-from flsuite.deployment.coordinator import flwr_home
-from flsuite.deployment.processes import flower_environment, flower_executable
-from flsuite.deployment.testing import FederationFiles, running_federation, write_federation
+from flsuite.deployment.processes import descendants, flower_executable, terminate
+from flsuite.deployment.testing import FederationFiles, running_federation, write_federation, write_site_data
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
-PROJECT = Path(__file__).resolve().parents[2]
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
-def write_site_data(files: FederationFiles) -> None:
-    """Each site's CSV holds its own partition of the breast-cancer records."""
-    from flsuite.config.schema import DataConfig
-    from flsuite.data.study_data import split_study
+def launch_command() -> list[str]:
+    """`flsuite launch` once the lead has mounted it; until then the same command as a module."""
+    from flsuite.cli.main import app
 
-    split = split_study(DataConfig(dataset="breast_cancer"), len(SITES))
-    for name, data in zip(SITES, split.sites):
-        with (files.root / "data" / f"{name}.csv").open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow([f"f{i}" for i in range(data.num_features)] + ["label"])
-            for features, label in zip(data.features.tolist(), data.labels.tolist()):
-                writer.writerow([*features, label])
+    if any(command.name == "launch" for command in app.registered_commands):
+        return [flower_executable("flsuite"), "launch"]
+    return [sys.executable, "-m", "flsuite.cli.launch"]
 
 
-def copy_app(target: Path) -> Path:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    target.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        if (PROJECT / name).exists():
-            shutil.copy(PROJECT / name, target / name)
-    for folder in ("flsuite", "server", "clients", "configs"):
-        shutil.copytree(PROJECT / folder, target / folder, ignore=ignore)
-    return target
+def start_launch(files: FederationFiles, output: Path, overrides: list[str], log: Path) -> subprocess.Popen:
+    command = [*launch_command(), *overrides, "--config", str(files.coordinator_config), "--output-dir", str(output)]
+    with log.open("wb") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=files.root,  # noqa: S603
+                                env={**os.environ, "COLUMNS": "160"}, start_new_session=True)
 
 
-def test_two_round_study_across_processes_completes(tmp_path: Path) -> None:
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        terminate([process.pid, *descendants(process.pid)], timeout=10)
+
+
+def start_sites(files: FederationFiles, nodes: dict[str, int | None]) -> dict[str, int]:
+    pids = {}
+    for name in SITES:
+        state = start_site(files.site(name), connect_timeout=90)
+        assert state.node_id == nodes[name]
+        pids[name] = state.pid
+    return pids
+
+
+def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifies(tmp_path: Path) -> None:
     files = write_federation(tmp_path / "federation", sites=SITES)
     write_site_data(files)
-    app = copy_app(tmp_path / "app")
     output = tmp_path / "study"
+    log = tmp_path / "launch.log"
+    overrides = ["federation.rounds=2", "federation.num_sites=3", "federation.min_sites=3", "secagg.enabled=true",
+                 "secagg.stage_timeout_s=120"]
     with running_federation(files) as coordinator:
-        for name in SITES:
-            assert start_site(files.site(name), connect_timeout=90).node_id == coordinator.nodes[name]
-        env = flower_environment({"FLWR_HOME": str(flwr_home(files.coordinator()))})
-        run_config = (
-            f'federation.rounds=2 federation.num_sites={len(SITES)} federation.min_sites={len(SITES)} '
-            f'output_dir="{output}"'
-        )
-        completed = subprocess.run(
-            [flower_executable("flwr"), "run", str(app), coordinator.federation, "--run-config", run_config, "--stream"],
-            env=env, capture_output=True, text=True, timeout=540, check=False, cwd=tmp_path,
-        )
-    log = completed.stdout + completed.stderr
-    assert completed.returncode == 0, log[-3000:]
-    assert "Received 3 results and 0 failures" in log
+        start_sites(files, coordinator.nodes)
+        launch = start_launch(files, output, overrides, log)
+        try:
+            code = launch.wait(timeout=900)
+        finally:
+            _stop(launch)
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-4000:]
+    assert f"federation {coordinator.federation} at {coordinator.connect} answers over TLSv1.3" in text
+    assert "round 1/2:" in text and "round 2/2:" in text, text[-4000:]
+    assert "secure aggregation on" in text
     summary = json.loads((output / "summary.json").read_text())
-    assert summary["status"] == "completed", summary
-    assert summary["rounds_completed"] == 2 and summary["sites"] == len(SITES)
-    assert summary["final_accuracy"] > 0.8
+    assert summary["status"] == "completed" and summary["engine"] == "deployment", summary
+    assert summary["rounds_completed"] == 2
+    assert summary["final_version"] is not None and str(summary["final_version"]) in text
+    rounds = json.loads((output / "metrics.json").read_text())
+    assert [row["sites"] for row in rounds] == [3, 3] and not any(row["failures"] for row in rounds)
+    verified = subprocess.run([flower_executable("flsuite"), "audit", "verify", summary["registry"]],  # noqa: S603
+                              capture_output=True, text=True, timeout=120, check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None:
+    files = write_federation(tmp_path / "federation", sites=SITES)
+    write_site_data(files)
+    output = tmp_path / "study"
+    log = tmp_path / "launch.log"
+    overrides = ["federation.rounds=2", "federation.num_sites=3", "federation.min_sites=3", "secagg.enabled=true",
+                 "federation.round_timeout_s=60", "secagg.stage_timeout_s=60"]
+    with running_federation(files) as coordinator:
+        pids = start_sites(files, coordinator.nodes)
+        victim = pids["hospital-c"]
+        launch = start_launch(files, output, overrides, log)
+        try:
+            assert _wait_for_app_process(victim, timeout=300), "hospital-c never received a message"
+            family = [victim, *descendants(victim)]
+            for pid in family:  # the site's machine dies: no goodbye, no reply
+                os.kill(pid, signal.SIGKILL)
+            code = launch.wait(timeout=600)  # the round timeouts are 60 s: a hang fails here
+        finally:
+            _stop(launch)
+    text = log.read_text(errors="replace")
+    summary = json.loads((output / "summary.json").read_text())
+    rounds = json.loads((output / "metrics.json").read_text())
+    assert rounds and rounds[0]["sites"] == 2 and rounds[0]["failures"] == 1, rounds
+    if summary["status"] == "completed":
+        assert code == 0, text[-4000:]
+        assert summary["rounds_completed"] == 2
+    else:  # the dead site was already offline when round 2 chose its cohort
+        assert code == 3, text[-4000:]
+        assert "fewer than federation.min_sites=3" in summary["message"]
+        assert summary["message"] in " ".join(text.split()) or "min_sites=3" in text
+
+
+def _wait_for_app_process(pid: int, *, timeout: float) -> bool:
+    """True once the site's node runs a ClientApp process (it is handling a message)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in descendants(pid):
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"clientapp" in cmdline:
+                return True
+        time.sleep(0.2)
+    return False

@@ -1,0 +1,85 @@
+"""``flsuite launch``: submit a study to a real federation and print the same summary as ``flsuite run``.
+
+Mount it with ``app.command("launch", help=LAUNCH_HELP, context_settings=LAUNCH_CONTEXT)(launch)``.
+Until it is mounted, ``python -m flsuite.cli.launch ...`` runs it on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+LAUNCH_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+LAUNCH_HELP = """Submit a study to a real federation (Flower SuperLink and SuperNodes).
+
+Give Hydra overrides after the command, as with `flsuite run`
+(`experiment=digits federation.rounds=5 secagg.enabled=true`). The study is
+validated first, then submitted with `flwr run ... --stream` to the federation
+that `flsuite coordinator start --config FILE` started; pass the same --config.
+Run it on the coordinator's machine: the study's outputs and registry are written
+there (default outputs/DATE/TIME_NAME, or --output-dir).
+
+Exit status: 0 when the study completed, 3 when it ended early, 2 on bad input
+or when the coordinator does not answer.
+"""
+
+
+def launch(
+    ctx: typer.Context,
+    federation: Optional[str] = typer.Option(
+        None, "--federation", "-f", help="Federation (SuperLink connection) name; default: the one in --config."
+    ),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="The coordinator's YAML config; its state folder holds FLWR_HOME."
+    ),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", "-o", help="Folder for the outputs on this (the coordinator's) machine."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line of Flower's output."),
+) -> None:
+    """Submit a study to a real federation, follow its rounds, print its summary."""
+    from flsuite.cli.study_commands import print_summary
+    from flsuite.deployment.config import load_coordinator_config
+    from flsuite.deployment.launch import check_coordinator_answers, plan_launch
+    from flsuite.deployment.submit import submit_study
+
+    coordinator = load_coordinator_config(config) if config is not None else None
+    plan = plan_launch(list(ctx.args), federation=federation, coordinator=coordinator, output_dir=output_dir)
+    tls = check_coordinator_answers(plan.connection)
+    study = plan.study
+    typer.echo(
+        f"study {study.name}: {study.federation.rounds} rounds, min {study.federation.min_sites} sites, "
+        f"secure aggregation {'on' if study.secagg.enabled else 'off'}, DP {'on' if study.privacy.enabled else 'off'}"
+    )
+    typer.echo(f"federation {plan.connection.federation} at {plan.connection.address} answers over {tls}")
+    if plan.registered_sites is not None and plan.registered_sites != study.federation.num_sites:
+        typer.echo(
+            f"note: federation.num_sites={study.federation.num_sites} but the coordinator registers "
+            f"{plan.registered_sites} sites; the summary reports federation.num_sites"
+        )
+    typer.echo(f"outputs: {plan.output_dir}")
+    summary = submit_study(plan, echo=typer.echo, verbose=verbose)
+    print_summary(summary)
+    if summary.get("status") != "completed":
+        raise typer.Exit(3)
+
+
+def main() -> None:
+    """``python -m flsuite.cli.launch``: the launch command on its own, with flsuite's exit codes."""
+    from flsuite.errors import FlsuiteError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command("launch", help=LAUNCH_HELP, context_settings=LAUNCH_CONTEXT)(launch)
+    try:
+        app()
+    except FlsuiteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 1))
+
+
+if __name__ == "__main__":
+    main()
