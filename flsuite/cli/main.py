@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from flsuite.cli.privacy_commands import privacy_app
 from flsuite.cli.study_commands import RUN_HELP, run
 from flsuite.deployment.cli import coordinator_app, site_app
 from flsuite.errors import FlsuiteError
@@ -43,6 +44,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(run)
 
+app.add_typer(privacy_app, name="privacy")
 app.add_typer(registry_app, name="registry", help="List, inspect, promote, roll back and export model versions.")
 app.add_typer(audit_app, name="audit", help="Verify a registry offline and review every site's privacy spend.")
 app.add_typer(pki_app, name="pki", help="Issue the federation's CA, coordinator certificate and site bundles.")

@@ -109,8 +109,20 @@ def print_summary(summary: dict[str, Any]) -> None:
     for key, value in rows:
         table.add_row(key, str(value))
     console.print(table)
+    if summary.get("privacy"):
+        console.print(privacy_table(summary["privacy"]))
     if summary.get("message"):
         console.print(f"[yellow]{summary['message']}[/yellow]")
+
+
+def privacy_table(privacy: dict[str, Any]) -> Table:
+    """Epsilon spent and cap per site, with the accountant and the unit of privacy."""
+    table = Table(title=f"Privacy ({privacy['accountant']} accountant; unit: {privacy['unit_of_privacy']})")
+    for column in ("site", "epsilon spent (all studies)", "cap", "delta", "sigma"):
+        table.add_column(column)
+    for name, site in privacy["sites"].items():
+        table.add_row(name, _fmt(site["epsilon_spent"], 3), _fmt(site["max_epsilon"], 3), _fmt(site["delta"]), _fmt(site.get("planned_sigma"), 3))
+    return table
 
 
 def _print_sweep(summaries: list[tuple[list[str], dict[str, Any]]]) -> None:

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ from flsuite.errors import StudyAborted
 
 Echo = Callable[[str], None]
 _STARTED = re.compile(r"Successfully started run (\d+)")
-_ERROR = re.compile(r"\bERROR\b|\bError:|Traceback \(most recent call last\)")
+_ERROR = re.compile(r"\bERROR\b")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Aborted|Exhausted)): (.+)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 TAIL_LINES = 40
 
@@ -97,7 +98,7 @@ class _Follower:
             self.echo(f"submitted run {self.run_id} to federation {connection.federation} at {connection.address}")
             if not self.verbose:
                 return
-        if self.verbose or _ERROR.search(line):
+        if self.verbose or _ERROR.search(line) or _EXCEPTION.match(line.strip()):
             self.echo(line)
 
     def poll_rounds(self) -> None:
@@ -116,6 +117,16 @@ def progress_line(row: dict[str, Any], planned: int) -> str:
     sites = f"{row.get('sites', '?')} sites" + (f", {row['failures']} failed" if row.get("failures") else "")
     wall = f" ({row['wall_s']:.0f} s)" if isinstance(row.get("wall_s"), (int, float)) else ""
     return f"round {row.get('round', '?')}/{planned}: " + ", ".join([*parts, sites]) + wall
+
+
+def failure_reason(lines: Iterable[str]) -> str | None:
+    """The last exception line of a log ('PlanError: site node 1 could not ...'), if any."""
+    reason = None
+    for line in lines:
+        match = _EXCEPTION.match(line.strip())
+        if match:
+            reason = f"{match.group(1)}: {match.group(2)}"
+    return reason
 
 
 def _follow(process: subprocess.Popen, follower: _Follower, poll_interval: float) -> None:
@@ -161,8 +172,10 @@ def _outcome(plan: LaunchPlan, returncode: int, follower: _Follower) -> dict[str
         where = ""
     except CoordinatorUnreachable as err:
         where = f" {err}"
+    reason = failure_reason(follower.tail)
     raise StudyAborted(
-        f"run {follower.run_id} on federation {connection.federation} ended without writing {summary_file}.{where}\n"
+        f"run {follower.run_id} on federation {connection.federation} ended without writing {summary_file}"
+        f"{f': the ServerApp failed with {reason}' if reason else ''}.{where}\n"
         f"Last lines of its log:\n{tail}\nFull log: FLWR_HOME={connection.flwr_home} flwr log {follower.run_id} "
         f"{connection.federation} --show"
     )

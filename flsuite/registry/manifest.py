@@ -138,7 +138,8 @@ def validate_dp_certificate(certificate: Mapping[str, Any], *, sites: Sequence[s
             steps = phase["steps"]
             if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
                 raise RegistryError(f"{pat}['steps']={steps!r} must be an integer >= 0")
-            out_phases.append({"q": _number(phase["q"], f"{pat}['q']", low=0.0, high=1.0, open_low=True),
+            # q = 1 (every record in every step) is a valid, unamplified Gaussian mechanism.
+            out_phases.append({"q": _number(phase["q"], f"{pat}['q']", low=0.0, high=1.0, open_low=True, open_high=False),
                                "sigma": _number(phase["sigma"], f"{pat}['sigma']", low=0.0, open_low=True),
                                "steps": steps,
                                "clip": _number(phase["clip"], f"{pat}['clip']", low=0.0, open_low=True)})
@@ -159,7 +160,7 @@ def _metrics(metrics: Mapping[str, float]) -> dict[str, float]:
 
 
 def _number(value: Any, where: str, *, low: float | None = None, high: float | None = None,
-            open_low: bool = False) -> float:
+            open_low: bool = False, open_high: bool = True) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -168,6 +169,6 @@ def _number(value: Any, where: str, *, low: float | None = None, high: float | N
         raise RegistryError(f"{where}={value!r} must be a finite number")
     if low is not None and (number < low or (open_low and number == low)):
         raise RegistryError(f"{where}={value!r} must be {'>' if open_low else '>='} {low}")
-    if high is not None and number >= high:
-        raise RegistryError(f"{where}={value!r} must be < {high}")
+    if high is not None and (number > high or (open_high and number == high)):
+        raise RegistryError(f"{where}={value!r} must be {'<' if open_high else '<='} {high}")
     return number

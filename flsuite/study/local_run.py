@@ -31,6 +31,10 @@ def run_local_study(study: StudyConfig, output_dir: Path) -> dict[str, Any]:
     if study.engine.name == "deployment":
         raise ConfigError("engine=deployment runs on a real federation: use `flsuite launch --federation NAME`")
     split_study(study.data, study.federation.num_sites)  # bad data fails here, before any engine starts
+    if study.privacy.enabled and study.privacy.secure_rng:
+        from flsuite.privacy import require_secure_rng
+
+        require_secure_rng()
     sites_dir = Path(study.sites_dir).resolve()
     prepare_simulated_sites(sites_dir, study.federation.num_sites)
     study = study.model_copy(update={"output_dir": str(output_dir.resolve()), "sites_dir": str(sites_dir)})

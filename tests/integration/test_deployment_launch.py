@@ -26,7 +26,7 @@ from flsuite.deployment.launch import (
     stage_app,
 )
 from flsuite.deployment.network import Address, free_port
-from flsuite.deployment.submit import progress_line
+from flsuite.deployment.submit import failure_reason, progress_line
 from flsuite.deployment.testing import FederationFiles, write_federation
 from flsuite.errors import ConfigError
 
@@ -148,3 +148,15 @@ def test_progress_line_names_round_metrics_and_failures() -> None:
     row = {"round": 1, "accuracy": 0.91234, "loss": 0.3, "auc": None, "sites": 2, "failures": 1, "wall_s": 61.4}
     assert progress_line(row, 2) == "round 1/2: accuracy 0.912, loss 0.300, 2 sites, 1 failed (61 s)"
     assert progress_line({"round": 2, "sites": 3, "failures": 0}, 2) == "round 2/2: 3 sites"
+
+
+def test_failure_reason_is_the_last_exception_line_of_the_servers_log() -> None:
+    log = [
+        "ERROR :     ServerApp raised an exception",
+        "Traceback (most recent call last):",
+        '  File "server/app.py", line 13, in main',
+        "flsuite.errors.PlanError: site node 1 could not report its privacy status: Error: Node Unavailable",
+        "ERROR :     Exit Code: 201",
+    ]
+    assert failure_reason(log) == "PlanError: site node 1 could not report its privacy status: Error: Node Unavailable"
+    assert failure_reason(["INFO :      Starting logstream", "Successfully started run 7"]) is None

@@ -22,6 +22,7 @@ import pytest
 from flsuite.deployment import start_site
 from flsuite.deployment.processes import descendants, flower_executable, terminate
 from flsuite.deployment.testing import FederationFiles, running_federation, write_federation, write_site_data
+from flsuite.privacy import PrivacyLedger
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
@@ -64,7 +65,7 @@ def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifie
     output = tmp_path / "study"
     log = tmp_path / "launch.log"
     overrides = ["federation.rounds=2", "federation.num_sites=3", "federation.min_sites=3", "secagg.enabled=true",
-                 "secagg.stage_timeout_s=120"]
+                 "secagg.stage_timeout_s=120", "privacy=dp"]
     with running_federation(files) as coordinator:
         start_sites(files, coordinator.nodes)
         launch = start_launch(files, output, overrides, log)
@@ -76,7 +77,7 @@ def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifie
     assert code == 0, text[-4000:]
     assert f"federation {coordinator.federation} at {coordinator.connect} answers over TLSv1.3" in text
     assert "round 1/2:" in text and "round 2/2:" in text, text[-4000:]
-    assert "secure aggregation on" in text
+    assert "secure aggregation on" in text and "DP on" in text
     summary = json.loads((output / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["engine"] == "deployment", summary
     assert summary["rounds_completed"] == 2
@@ -86,6 +87,9 @@ def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifie
     verified = subprocess.run([flower_executable("flsuite"), "audit", "verify", summary["registry"]],  # noqa: S603
                               capture_output=True, text=True, timeout=120, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+    for name in SITES:  # each site's own ledger holds its DP-SGD events, one per round it trained
+        events = PrivacyLedger(files.site(name).ledger).events()
+        assert len(events) == 2, (name, events)
 
 
 def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None:
@@ -93,8 +97,9 @@ def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None
     write_site_data(files)
     output = tmp_path / "study"
     log = tmp_path / "launch.log"
+    # Without DP there is no status query before round 1: the victim's first message is round 1's.
     overrides = ["federation.rounds=2", "federation.num_sites=3", "federation.min_sites=3", "secagg.enabled=true",
-                 "federation.round_timeout_s=60", "secagg.stage_timeout_s=60"]
+                 "privacy=none", "federation.round_timeout_s=60", "secagg.stage_timeout_s=60"]
     with running_federation(files) as coordinator:
         pids = start_sites(files, coordinator.nodes)
         victim = pids["hospital-c"]

@@ -59,7 +59,7 @@ def test_a_site_csv_study_runs(tmp_path):
     rows = [f"{x / 100:.2f},{(x * 7 % 13) / 13:.3f},{int(x > 50)}" for x in range(100)]
     path.write_text("dose,score,outcome\n" + "\n".join(rows) + "\n")
     out = tmp_path / "o"
-    result = run_cli("run", "data=csv", f"data.csv_path={path}", "data.label_column=outcome", "--output-dir", str(out))
+    result = run_cli("run", "privacy=none", "data=csv", f"data.csv_path={path}", "data.label_column=outcome", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "summary.json").read_text())["final_accuracy"] > 0.6
 
