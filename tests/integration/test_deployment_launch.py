@@ -84,7 +84,9 @@ def test_run_config_file_reads_back_as_the_same_study_through_flower(files: Fede
 def test_staged_app_builds_a_flower_app_bundle_without_the_repository_clutter(tmp_path: Path) -> None:
     from flwr.cli.build import build_fab_from_disk
 
+    source = (default_app_dir() / "pyproject.toml").read_bytes()
     app = stage_app(default_app_dir(), tmp_path / "app")
+    assert (default_app_dir() / "pyproject.toml").read_bytes() == source  # only the staged copy is synced
     assert (app / "server" / "app.py").is_file() and (app / "clients" / "app.py").is_file()
     assert (app / "configs" / "config.yaml").is_file()
     assert not (app / ".venv").exists() and not (app / "tests").exists() and not list(app.rglob("__pycache__"))

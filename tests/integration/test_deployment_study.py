@@ -1,7 +1,8 @@
 """End to end: a coordinator and 3 sites as real processes (TLS, node authentication), and
 studies submitted with `flsuite launch`.
 
-Marked deployment and slow (several minutes: each exchange costs ~15 s in deployment).
+Marked deployment and slow: on a 2-core machine the secure DP study takes ~2.5 min and the
+killed-site study ~2 min (each exchange costs ~15 s in deployment, the dead site 60 s more).
 Every process is stopped by PID at the end, also when a test fails: the sites and the
 coordinator by `running_federation`, the launch command by `_stop`. `flsuite launch` stages
 a copy of the project, so Flower's CLI never reads or rewrites the repository's pyproject.toml.
@@ -122,7 +123,7 @@ def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None
     else:  # the dead site was already offline when round 2 chose its cohort
         assert code == 3, text[-4000:]
         assert "fewer than federation.min_sites=3" in summary["message"]
-        assert summary["message"] in " ".join(text.split()) or "min_sites=3" in text
+        assert "fewer than federation.min_sites=3" in text  # the launch command says why it stopped
 
 
 def _wait_for_app_process(pid: int, *, timeout: float) -> bool:
