@@ -91,6 +91,9 @@ class SiteConfig(_Frozen):
     coordinator: str = Field(description="The coordinator's HOST:PORT.")
     bundle: Path = Field(description="The site bundle folder from the coordinator's operator.")
     data: Path = Field(description="The site's training data file.")
+    label_column: Optional[str] = Field(
+        None, min_length=1, description="The label column of the data file; default: the study's data.label_column, else 'label'."
+    )
     ledger: Path = Field(description="The site's privacy ledger file (created if missing).")
     state_dir: Path = Field(description="Pid file, log and FLWR_HOME of the SuperNode.")
     port: Optional[int] = Field(

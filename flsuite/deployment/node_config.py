@@ -14,12 +14,13 @@ from flsuite.federation.node_keys import (
     DELTA,
     IDENTITIES_FILE,
     IDENTITY_KEY,
+    LABEL_COLUMN,
     LEDGER_PATH,
     MAX_EPSILON,
     SITE_NAME,
 )
 
-NODE_CONFIG_KEYS = (SITE_NAME, DATA_PATH, LEDGER_PATH, IDENTITY_KEY, IDENTITIES_FILE, MAX_EPSILON, DELTA)
+NODE_CONFIG_KEYS = (SITE_NAME, DATA_PATH, LABEL_COLUMN, LEDGER_PATH, IDENTITY_KEY, IDENTITIES_FILE, MAX_EPSILON, DELTA)
 
 
 def format_node_config(values: Mapping[str, str | float | int | bool]) -> str:

@@ -59,7 +59,7 @@ def site_files(config: SiteConfig) -> ProcessFiles:
 def site_node_config(config: SiteConfig) -> dict[str, str | float]:
     """The node_config values of this site (absolute paths)."""
     bundle = SiteBundle(config.bundle)
-    return {
+    values: dict[str, str | float] = {
         keys.SITE_NAME: config.site,
         keys.DATA_PATH: str(config.data),
         keys.LEDGER_PATH: str(config.ledger),
@@ -68,6 +68,9 @@ def site_node_config(config: SiteConfig) -> dict[str, str | float]:
         keys.MAX_EPSILON: float(config.privacy.max_epsilon),
         keys.DELTA: float(config.privacy.delta),
     }
+    if config.label_column:
+        values[keys.LABEL_COLUMN] = config.label_column
+    return values
 
 
 def check_site(config: SiteConfig, *, now: datetime | None = None, probe: bool = True) -> str | None:
@@ -87,6 +90,8 @@ def check_site(config: SiteConfig, *, now: datetime | None = None, probe: bool =
         raise DataError(f"data: {config.data} does not exist or is not a file. Fix the path in your site config.")
     if not os.access(config.data, os.R_OK):
         raise DataError(f"data: {config.data} is not readable by this user. Fix its permissions.")
+    if config.label_column:
+        _check_label_column(config.data, config.label_column)
     _check_ledger_writable(config.ledger)
     try:
         keys.format_node_config(site_node_config(config))
@@ -173,4 +178,17 @@ def _check_ledger_writable(ledger: Path) -> None:
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise DataError(
             f"ledger: cannot create {ledger}: {folder} is not a writable folder. Choose a path this user can write."
+        )
+
+
+def _check_label_column(data: Path, label_column: str) -> None:
+    import csv
+
+    with data.open(newline="", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    if label_column not in header:
+        shown = ", ".join(header[:8]) + (", ..." if len(header) > 8 else "")
+        raise DataError(
+            f"label_column: {label_column!r} is not a column of {data} (columns: {shown or 'none'}). "
+            "Name the column that holds the labels."
         )

@@ -217,6 +217,17 @@ def test_coordinator_site_keys_must_be_node_auth_public_keys(federation: Federat
         check_coordinator(load_coordinator_config(federation.coordinator_config))
 
 
+def test_label_column_travels_in_the_node_config_and_must_exist(federation: FederationFiles) -> None:
+    path = federation.site_configs["hospital-a"]
+    assert "label-column" not in site_node_config(load_site_config(path))  # the study's default applies
+    edit(path, label_column="label")
+    assert site_node_config(load_site_config(path))["label-column"] == "label"
+    check_site(load_site_config(path), probe=False)
+    edit(path, label_column="diagnosis")
+    with pytest.raises(DataError, match=r"label_column: 'diagnosis' is not a column of .*hospital-a\.csv \(columns: x, label\)"):
+        check_site(load_site_config(path), probe=False)
+
+
 def test_node_config_carries_the_sites_own_settings(federation: FederationFiles) -> None:
     config = load_site_config(federation.site_configs["hospital-a"])
     values = site_node_config(config)
