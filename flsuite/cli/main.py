@@ -10,6 +10,7 @@ import sys
 
 import typer
 
+from flsuite.cli.launch import LAUNCH_CONTEXT, LAUNCH_HELP, launch
 from flsuite.cli.privacy_commands import privacy_app
 from flsuite.cli.study_commands import RUN_HELP, run
 from flsuite.deployment.cli import coordinator_app, site_app
@@ -44,6 +45,7 @@ app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )(run)
 
+app.command("launch", help=LAUNCH_HELP, context_settings=LAUNCH_CONTEXT)(launch)
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(registry_app, name="registry", help="List, inspect, promote, roll back and export model versions.")
 app.add_typer(audit_app, name="audit", help="Verify a registry offline and review every site's privacy spend.")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from uuid import uuid4
 
@@ -30,7 +30,14 @@ FIRST_NODE_ID = 1_000
 class InlineGrid(Grid):
     """A Grid whose nodes are ClientApps called in this process, one message at a time."""
 
-    def __init__(self, client_app: ClientApp, *, run: Run, node_configs: list[Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        *,
+        run: Run,
+        node_configs: list[Mapping[str, Any]],
+        drop: Callable[[Message], bool] | None = None,
+    ) -> None:
         self._client_app = client_app
         self._run = run
         # Flower stamps every new Message with the process-global task identity.
@@ -50,6 +57,7 @@ class InlineGrid(Grid):
         self._pending: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
         self.offline: set[int] = set()
+        self.drop = drop  # for tests: a message for which drop() is true is lost on the way
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -84,7 +92,7 @@ class InlineGrid(Grid):
             message = self._pending.pop(message_id)
             if deadline is not None and time.monotonic() > deadline:
                 continue
-            if message.metadata.dst_node_id in self.offline:
+            if message.metadata.dst_node_id in self.offline or (self.drop and self.drop(message)):
                 continue
             self._replies[message_id] = self._deliver(message)
         return self.pull_messages(message_ids)
@@ -108,11 +116,12 @@ def run_inline(
     run_config: Mapping[str, Any],
     node_configs: list[Mapping[str, Any]],
     run_id: int = 1,
+    drop: Callable[[Message], bool] | None = None,
 ) -> InlineGrid:
     """Run a ServerApp to completion against in-process ClientApps; returns the grid."""
     run = Run.create_empty(run_id)
     run.override_config = dict(run_config)
-    grid = InlineGrid(client_app, run=run, node_configs=node_configs)
+    grid = InlineGrid(client_app, run=run, node_configs=node_configs, drop=drop)
     context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(run_config))
     server_app(grid, context)
     return grid

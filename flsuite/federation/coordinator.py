@@ -95,6 +95,7 @@ class Coordinator:
         evaluator: Evaluator | None,
         listeners: list[RoundListener] | None = None,
         site_configs: SiteConfigs | None = None,
+        excluded: set[int] | None = None,
     ) -> None:
         self.study = study
         self.grid = grid
@@ -103,7 +104,7 @@ class Coordinator:
         self.site_configs = site_configs
         self.strategy = build_strategy(study.federation, initial_arrays)
         self.arrays = initial_arrays
-        self.excluded: set[int] = set()
+        self.excluded: set[int] = set(excluded or ())  # refused, or left out of the privacy plan
 
     def run(self) -> StudyResult:
         result = StudyResult()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,9 +98,12 @@ def handle_train(msg: Message, context: Context) -> Message:
     if setup.study.privacy.enabled:
         from flsuite.federation.site_privacy import train_private
 
-        sigma = float(config.get("noise-multiplier", setup.study.privacy.noise_multiplier or 0.0))
-        return train_private(msg, context, setup=setup, model=model, noise_multiplier=sigma, seed=seed)
+        sigma = config.get("noise-multiplier", setup.study.privacy.noise_multiplier)
+        if sigma is None:
+            raise PlanError(f"site {setup.name!r} received no noise multiplier for DP-SGD: it was not in the coordinator's plan")
+        return train_private(msg, context, setup=setup, model=model, noise_multiplier=float(sigma), seed=seed)
     training = setup.study.training
+    started = time.perf_counter()
     result = train_plain(
         model,
         setup.data,
@@ -113,7 +117,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             records.ARRAYS: records.model_to_arrays(model),
-            records.METRICS: MetricRecord({records.NUM_EXAMPLES: result.examples, "train-loss": result.mean_loss}),
+            records.METRICS: MetricRecord(
+                {records.NUM_EXAMPLES: result.examples, "train-loss": result.mean_loss, "train-seconds": time.perf_counter() - started}
+            ),
             records.SITE: ConfigRecord({"name": setup.name}),
         }
     )

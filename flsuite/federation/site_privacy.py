@@ -9,6 +9,7 @@ trained with Opacus and recorded durably before the reply leaves the site.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,7 @@ def train_private(
     except BudgetExhausted as refusal:
         reason = records.budget_refusal_reason(site=setup.name, remaining_epsilon=refusal.remaining_epsilon, message=str(refusal))
         return Message(Error(code=records.BUDGET_EXHAUSTED, reason=reason), reply_to=msg)
+    started = time.perf_counter()
     result = train_dp(
         model,
         torch.from_numpy(data.features),
@@ -107,6 +109,7 @@ def train_private(
         grad_sample_mode=study.privacy.grad_sample_mode,
         secure_rng=study.privacy.secure_rng,
     )
+    train_seconds = time.perf_counter() - started
     event = result.dp_event(
         study_id=study.name,
         run_id=str(context.run_id),
@@ -133,7 +136,9 @@ def train_private(
     content = RecordDict(
         {
             records.ARRAYS: records.model_to_arrays(model),
-            records.METRICS: MetricRecord({records.NUM_EXAMPLES: result.examples, "train-loss": _finite(result.mean_loss)}),
+            records.METRICS: MetricRecord(
+                {records.NUM_EXAMPLES: result.examples, "train-loss": _finite(result.mean_loss), "train-seconds": train_seconds}
+            ),
             records.SITE: ConfigRecord({"name": setup.name}),
             records.DP_EVENT: ConfigRecord(dp_record),
         }

@@ -7,6 +7,7 @@ wrapper around ``run_study``.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from flsuite.study.outputs import StudyOutputs
 from flsuite.study.privacy_planning import plan_privacy, query_status
 from flsuite.study.publishing import RegistryPublisher, new_run_id
 from flsuite.training.local import evaluate
+
+log = logging.getLogger("flwr")  # the ServerApp's log: what `flwr log` shows
 
 
 def study_from_context(context: Context) -> StudyConfig:
@@ -58,17 +61,21 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
         return evaluate(model, test_data)
 
     def on_round(record: RoundRecord, arrays: ArrayRecord) -> None:
+        # One line per round in the ServerApp's log, so `flwr log` shows progress in a deployment.
+        log.info("round %d/%d: %s, %d sites", record.round, study.federation.rounds, _metrics_text(record.metrics), len(record.sites))
         outputs.on_round(record)
         if publisher:
             publisher.on_round(record, arrays)
         progress.publish(record)
 
-    site_configs = None
+    site_configs, unplanned = None, set()
     if study.privacy.enabled:
-        plan = plan_privacy(study, query_status(grid, list(grid.get_node_ids()), timeout=study.federation.round_timeout_s))
+        nodes = list(grid.get_node_ids())
+        plan = plan_privacy(study, query_status(grid, nodes, timeout=study.federation.round_timeout_s))
         outputs.write_privacy_plan(plan.rows)
+        unplanned = set(nodes) - set(plan.sigma_by_node)
         if study.privacy.target_epsilon is not None:
-            site_configs = lambda server_round, cohort: {n: {"noise-multiplier": plan.sigma_by_node[n]} for n in cohort if n in plan.sigma_by_node}  # noqa: E731
+            site_configs = lambda server_round, cohort: {n: {"noise-multiplier": plan.sigma_by_node[n]} for n in cohort}  # noqa: E731
 
     coordinator = Coordinator(
         study,
@@ -77,10 +84,15 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
         evaluator=evaluator if test_data else None,
         listeners=[on_round],
         site_configs=site_configs,
+        excluded=unplanned,
     )
     result = coordinator.run()
     extra = publisher.finish(result) if publisher else {}
     return outputs.finish(result, wall_s=time.perf_counter() - started, extra=extra)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:.4f}" for key, value in sorted(metrics.items())) or "no central evaluation"
 
 
 def _held_out(study: StudyConfig) -> Dataset | None:

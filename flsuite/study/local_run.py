@@ -7,6 +7,7 @@ Both engines run the same ServerApp and ClientApp (``server/app.py``,
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,12 @@ def simulated_node_configs(study: StudyConfig) -> list[dict[str, Any]]:
     return [{"partition-id": index, "num-partitions": count} for index in range(count)]
 
 
-def run_local_study(study: StudyConfig, output_dir: Path) -> dict[str, Any]:
-    """Run ``study`` with its outputs in ``output_dir``; returns the summary."""
+def run_local_study(study: StudyConfig, output_dir: Path, *, drop: Callable[[Any], bool] | None = None) -> dict[str, Any]:
+    """Run ``study`` with its outputs in ``output_dir``; returns the summary.
+
+    ``drop`` (inline engine only) loses the messages it returns true for: failure tests
+    use it to make a site fall silent at a chosen stage.
+    """
     from clients.app import app as client_app
     from server.app import app as server_app
 
@@ -52,7 +57,7 @@ def run_local_study(study: StudyConfig, output_dir: Path) -> dict[str, Any]:
     else:
         from flsuite.engines.inline import run_inline
 
-        run_inline(server_app, client_app, run_config=run_config, node_configs=simulated_node_configs(study))
+        run_inline(server_app, client_app, run_config=run_config, node_configs=simulated_node_configs(study), drop=drop)
     summary_path = output_dir / "summary.json"
     if not summary_path.is_file():
         raise StudyAborted(f"the study ended without writing {summary_path}; see the log above")

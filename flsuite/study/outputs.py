@@ -85,6 +85,7 @@ class StudyOutputs:
             "dataset": self.study.data.dataset,
             "model": self.study.model.name,
             "sites": self.study.federation.num_sites,
+            "sites_trained": len({row["site"] for row in self.site_rows}),
             "rounds_planned": self.study.federation.rounds,
             "rounds_completed": len(self.rows),
             "final_accuracy": last.get("accuracy"),
@@ -98,6 +99,7 @@ class StudyOutputs:
             "privacy": self._privacy_summary(),
             **(extra or {}),
         }
+        self._write_metrics()  # also when no round finished: the files exist, with their headers
         write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
         self._plot()
         return summary

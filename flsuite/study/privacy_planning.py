@@ -9,6 +9,7 @@ plan only projects, and sites refuse once their cap is reached.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ from flsuite.config.schema import StudyConfig
 from flsuite.errors import PlanError
 from flsuite.federation import records
 from flsuite.privacy import PlanRow, SitePlanInput, StudyOverBudget, plan_study
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,11 +40,16 @@ def query_status(grid: Grid, node_ids: list[int], *, timeout: float) -> dict[int
         Message(RecordDict({records.CONFIG: ConfigRecord({"query": "status"})}), dst_node_id=node, message_type="query")
         for node in node_ids
     ]
-    statuses = {}
+    statuses, failures = {}, []
     for reply in grid.send_and_receive(messages, timeout=timeout):
         if reply.has_error():
-            raise PlanError(f"site node {reply.metadata.src_node_id} could not report its privacy status: {reply.error.reason.splitlines()[0]}")
+            failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason.strip().splitlines()[0]}")
+            continue
         statuses[reply.metadata.src_node_id] = dict(reply.content[records.SITE])
+    if failures:
+        log.warning("left out of the privacy plan (no status): %s", "; ".join(failures))
+    if not statuses:
+        raise PlanError("no site reported its privacy status: " + ("; ".join(failures) or "none answered in time"))
     return statuses
 
 
