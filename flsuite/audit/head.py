@@ -14,9 +14,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from flsuite.audit.canonical import canonical_json
-from flsuite.audit.files import write_atomic
 from flsuite.audit.keys import key_id, sign, signature_valid
 from flsuite.audit.log import AuditEntry
+from flsuite.durable import write_atomic
 
 __all__ = ["SignedHead", "write_head", "read_head", "HEAD_DOMAIN"]
 

@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from flsuite.durable import fsync_dir
 from flsuite.errors import ConfigError
 
 __all__ = [
@@ -49,7 +50,7 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
         handle.write(pem)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return key
 
 
@@ -113,10 +114,3 @@ def signature_valid(public_key: Ed25519PublicKey, domain: str, message: bytes, s
         return False
     return True
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -30,13 +29,13 @@ or when the coordinator does not answer.
 
 def launch(
     ctx: typer.Context,
-    federation: Optional[str] = typer.Option(
+    federation: str | None = typer.Option(
         None, "--federation", "-f", help="Federation (SuperLink connection) name; default: the one in --config."
     ),
-    config: Optional[Path] = typer.Option(
+    config: Path | None = typer.Option(
         None, "--config", "-c", help="The coordinator's YAML config; its state folder holds FLWR_HOME."
     ),
-    output_dir: Optional[Path] = typer.Option(
+    output_dir: Path | None = typer.Option(
         None, "--output-dir", "-o", help="Folder for the outputs on this (the coordinator's) machine."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line of Flower's output."),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def load_builtin(name: str) -> Dataset:
     raise DataError(f"data.dataset={name!r} is not a built-in dataset: use breast_cancer, digits or csv")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _breast_cancer() -> Dataset:
     from sklearn.datasets import load_breast_cancer
 
@@ -61,7 +61,7 @@ def _breast_cancer() -> Dataset:
     return Dataset("breast_cancer", features, bundle.target.astype(np.int64), 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _digits() -> Dataset:
     from sklearn.datasets import load_digits
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -49,8 +48,8 @@ class CoordinatorConfig(_Frozen):
     federation: str = Field("flsuite", pattern=_NAME, description="Connection name for `flwr run . NAME`.")
     state_dir: Path = Field(description="Pid file, log, database and FLWR_HOME live here.")
     host: str = Field("127.0.0.1", description="Address to bind; 127.0.0.1 unless sites are remote.")
-    port: Optional[int] = Field(9093, ge=1, le=65535, description="Port to listen on; null picks a free one.")
-    connect_host: Optional[str] = Field(
+    port: int | None = Field(9093, ge=1, le=65535, description="Port to listen on; null picks a free one.")
+    connect_host: str | None = Field(
         None, description="Host name the operator's `flwr` CLI uses; defaults to host (127.0.0.1 for 0.0.0.0)."
     )
     tls: TlsFiles
@@ -91,12 +90,12 @@ class SiteConfig(_Frozen):
     coordinator: str = Field(description="The coordinator's HOST:PORT.")
     bundle: Path = Field(description="The site bundle folder from the coordinator's operator.")
     data: Path = Field(description="The site's training data file.")
-    label_column: Optional[str] = Field(
+    label_column: str | None = Field(
         None, min_length=1, description="The label column of the data file; default: the study's data.label_column, else 'label'."
     )
     ledger: Path = Field(description="The site's privacy ledger file (created if missing).")
     state_dir: Path = Field(description="Pid file, log and FLWR_HOME of the SuperNode.")
-    port: Optional[int] = Field(
+    port: int | None = Field(
         None, ge=1, le=65535, description="Local port of the SuperNode's runtime API; null picks a free one."
     )
     privacy: PrivacyCap

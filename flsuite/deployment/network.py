@@ -94,7 +94,7 @@ def probe_tls(
             f"TLS handshake with {address} failed ({err.reason or err}). Is it a flsuite coordinator "
             "started with TLS?"
         ) from None
-    except (ConnectionRefusedError, socket.timeout, TimeoutError, socket.gaierror, OSError) as err:
+    except (ConnectionRefusedError, TimeoutError, socket.gaierror, OSError) as err:
         reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
         raise CoordinatorUnreachable(
             f"the coordinator address {address} does not answer ({reason}). Check the address and "

@@ -13,8 +13,14 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from flsuite.secagg.identity import generate_identity, load_identity, load_pinned_identities, public_identity, write_pinned_identities
 from flsuite.federation.node_keys import IDENTITIES_FILE, IDENTITY_KEY, LEDGER_PATH, PARTITION_ID, SITE_NAME
+from flsuite.secagg.identity import (
+    generate_identity,
+    load_identity,
+    load_pinned_identities,
+    public_identity,
+    write_pinned_identities,
+)
 
 PINNED_FILE = "identities.json"
 

@@ -8,9 +8,9 @@ and ledger) from its node config: the site's own settings win.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -27,7 +27,6 @@ from flsuite.federation import records
 from flsuite.federation.node_keys import DATA_PATH, LABEL_COLUMN, PARTITION_ID, SITE_NAME
 from flsuite.models.zoo import build_model
 from flsuite.training.local import evaluate, train_plain
-
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ key that does not belong to its certificate, naming the file and what to do.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -20,7 +20,7 @@ EXPIRY_WARNING_DAYS = 30
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def read_certificate(path: Path) -> x509.Certificate:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -44,7 +44,7 @@ def init_command(
 @pki_app.command("issue-coordinator")
 def issue_coordinator_command(
     host: Annotated[list[str], typer.Option("--host", help="DNS name sites use to reach the coordinator (repeatable).")],
-    ip: Annotated[Optional[list[str]], typer.Option("--ip", help="IP address sites use (repeatable), e.g. 127.0.0.1.")] = None,
+    ip: Annotated[list[str] | None, typer.Option("--ip", help="IP address sites use (repeatable), e.g. 127.0.0.1.")] = None,
     pki_dir: DirOption = Path("pki"),
     days: Annotated[int, typer.Option("--days", help="Validity in days (capped by the CA's).")] = 397,
     force: ForceOption = False,

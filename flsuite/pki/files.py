@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from flsuite.durable import fsync_dir
 from flsuite.pki.errors import OverwriteRefused
 
 PRIVATE_MODE = 0o600
@@ -56,7 +57,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int, force: bool = False) -> 
                     f"refusing to overwrite {path}: it already exists. Pass --force to replace it."
                 ) from None
             tmp.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -72,10 +73,3 @@ def write_public(path: Path, data: bytes, *, force: bool = False) -> Path:
     """Write a certificate, public key or other shareable file (mode 0644)."""
     return write_atomic(path, data, mode=PUBLIC_MODE, force=force)
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,10 @@ class InvalidDpEvent(DataError):
 
 def utc_now_iso(clock: Callable[[], datetime] | None = None) -> str:
     """The current time as ISO 8601 in UTC; ``clock`` (returning an aware datetime) is for tests."""
-    now = clock() if clock is not None else datetime.now(timezone.utc)
+    now = clock() if clock is not None else datetime.now(UTC)
     if now.tzinfo is None:
         raise ValueError("clock must return a timezone-aware datetime")
-    return now.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return now.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def data_fingerprint(features: np.ndarray, labels: np.ndarray) -> str:

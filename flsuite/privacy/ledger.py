@@ -23,6 +23,7 @@ import logging
 import os
 from pathlib import Path
 
+from flsuite.durable import fsync_dir
 from flsuite.errors import IntegrityError, UserError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
 
@@ -134,7 +135,7 @@ class PrivacyLedger:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if created:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             parsed = self._parse(_read_all(fd))
             if parsed.torn_tail:
                 self._set_aside(parsed.torn_tail)
@@ -185,10 +186,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

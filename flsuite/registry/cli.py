@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -34,9 +34,9 @@ RegistryOpt = Annotated[Path, typer.Option("--registry", envvar="FLSUITE_REGISTR
 RegistryArg = Annotated[Path, typer.Argument(envvar="FLSUITE_REGISTRY",
                                              help="Registry folder (env FLSUITE_REGISTRY).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-SigningKeyOpt = Annotated[Optional[Path], typer.Option(
+SigningKeyOpt = Annotated[Path | None, typer.Option(
     "--signing-key", envvar="FLSUITE_SIGNING_KEY", help="Coordinator's Ed25519 key (PEM, outside the registry).")]
-KeyFileOpt = Annotated[Optional[Path], typer.Option(
+KeyFileOpt = Annotated[Path | None, typer.Option(
     "--encryption-key-file", envvar="FLSUITE_ENCRYPTION_KEY_FILE",
     help=f"File with the 32-byte blob key (or set {KEY_ENV} to the key itself).")]
 DEFAULT_REGISTRY = Path("registry")
@@ -63,7 +63,7 @@ def _max_epsilon(info_dict: dict[str, Any]) -> float | None:
 
 
 @registry_app.command("list")
-def list_versions(registry: RegistryOpt = DEFAULT_REGISTRY, run: Annotated[Optional[str], typer.Option(
+def list_versions(registry: RegistryOpt = DEFAULT_REGISTRY, run: Annotated[str | None, typer.Option(
         help="Only versions of this run.")] = None, as_json: JsonOpt = False) -> None:
     """List every version with its lineage, metrics, epsilon and aliases."""
     with _open(registry) as reg:
@@ -94,9 +94,9 @@ def show(version: Annotated[str, typer.Argument(help="Version number or alias.")
 @registry_app.command("promote")
 def promote(version: Annotated[str, typer.Argument(help="Version number or alias.")],
             alias: Annotated[str, typer.Option("--alias", help="e.g. staging, production.")],
-            max_epsilon: Annotated[Optional[float], typer.Option(help="Max epsilon of any site.")] = None,
-            min_accuracy: Annotated[Optional[float], typer.Option(help="Minimum 'accuracy' metric.")] = None,
-            min_metric: Annotated[Optional[list[str]], typer.Option(
+            max_epsilon: Annotated[float | None, typer.Option(help="Max epsilon of any site.")] = None,
+            min_accuracy: Annotated[float | None, typer.Option(help="Minimum 'accuracy' metric.")] = None,
+            min_metric: Annotated[list[str] | None, typer.Option(
                 help="NAME=VALUE: minimum of another metric (repeatable).")] = None,
             registry: RegistryOpt = DEFAULT_REGISTRY, signing_key: SigningKeyOpt = None,
             key_file: KeyFileOpt = None, as_json: JsonOpt = False) -> None:
@@ -147,7 +147,7 @@ def export(version: Annotated[str, typer.Argument(help="Version number or alias.
 
 @audit_app.command("verify")
 def verify(registry: RegistryArg = DEFAULT_REGISTRY, key_file: KeyFileOpt = None,
-           expect_key: Annotated[Optional[str], typer.Option(
+           expect_key: Annotated[str | None, typer.Option(
                help="Key id (or its prefix) the registry must be signed with.")] = None,
            as_json: JsonOpt = False) -> None:
     """Check every blob hash, signature, the whole chain and the signed head; exit 1 on any failure."""
@@ -165,7 +165,7 @@ def verify(registry: RegistryArg = DEFAULT_REGISTRY, key_file: KeyFileOpt = None
 
 @audit_app.command("report")
 def report(registry: RegistryArg = DEFAULT_REGISTRY,
-           version: Annotated[Optional[list[int]], typer.Option(help="Only these versions.")] = None,
+           version: Annotated[list[int] | None, typer.Option(help="Only these versions.")] = None,
            as_json: JsonOpt = False) -> None:
     """Each version's DP certificate; each site's epsilon recomputed and compared with the claim."""
     if not registry.exists():

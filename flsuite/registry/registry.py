@@ -16,14 +16,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flsuite.audit.canonical import canonical_json, canonical_sha256, sha256_hex
-from flsuite.audit.files import TEMP_PREFIX, write_atomic
 from flsuite.audit.head import read_head, write_head
 from flsuite.audit.keys import (
     key_id,
@@ -33,6 +32,7 @@ from flsuite.audit.keys import (
     sign,
 )
 from flsuite.audit.log import AuditEntry, AuditLog
+from flsuite.durable import TEMP_PREFIX, write_atomic
 from flsuite.errors import IntegrityError
 from flsuite.registry import integrity
 from flsuite.registry.aliases import alias_stack, check_alias_name, current_aliases
@@ -55,7 +55,7 @@ AuditRecord = AuditEntry
 
 
 def _utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Registry:
@@ -304,7 +304,7 @@ class Registry:
             os.close(fd)  # closing releases the lock
 
     def _now(self) -> str:
-        return self._clock().astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return self._clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     def _step(self, name: str) -> None:
         if self._fault_hook is not None:
@@ -384,7 +384,7 @@ def _create(layout: Layout, signing_key: Any, clock: Callable[[], datetime]) -> 
         write_atomic(temp.key_file(kid), public_key_pem(signing_key))
         registry_id = str(uuid.uuid4())
         write_atomic(temp.info, canonical_json({"format": REGISTRY_FORMAT, "registry_id": registry_id}) + b"\n")
-        now = clock().astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         entry = AuditLog(temp.log).append(kind=GENESIS_KIND, payload={
             "format": REGISTRY_FORMAT, "registry_id": registry_id, "keys": [kid]},
             time=now, signing_key=signing_key)

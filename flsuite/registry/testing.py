@@ -5,7 +5,7 @@ a fixed clock, and a one-call publish with valid defaults. Not imported by the r
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ class StepClock:
 
     def __init__(self, start: datetime | None = None) -> None:
         self._times: Iterator[datetime] = (
-            (start or datetime(2025, 1, 1, tzinfo=timezone.utc)) + timedelta(seconds=i)
+            (start or datetime(2025, 1, 1, tzinfo=UTC)) + timedelta(seconds=i)
             for i in range(10**9))
 
     def __call__(self) -> datetime:

@@ -19,10 +19,10 @@ from typing import Any
 
 from flsuite.audit.canonical import canonical_sha256, sha256_hex
 from flsuite.audit.chain import Problem, verify_chain
-from flsuite.audit.files import TEMP_PREFIX
 from flsuite.audit.head import read_head
 from flsuite.audit.keys import key_id, load_public_key_pem, signature_valid
 from flsuite.audit.log import AuditEntry, AuditLog
+from flsuite.durable import TEMP_PREFIX
 from flsuite.errors import FlsuiteError
 from flsuite.registry.aliases import alias_stack
 from flsuite.registry.catalogue import ALIAS_KIND, VERSION_KIND, Catalogue

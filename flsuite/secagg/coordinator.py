@@ -23,8 +23,15 @@ from .graph import neighbour_graph, share_group
 from .quantize import average_error_bound, dequantise_sum
 from .settings import SecAggSettings
 from .wire import (
-    CIPHERTEXT_SIZE, KEY_SIZE, SHARE_SIZE, SIGNATURE_SIZE, pack_blobs, pack_ids, pack_names,
-    unpack_blobs, unpack_ids,
+    CIPHERTEXT_SIZE,
+    KEY_SIZE,
+    SHARE_SIZE,
+    SIGNATURE_SIZE,
+    pack_blobs,
+    pack_ids,
+    pack_names,
+    unpack_blobs,
+    unpack_ids,
 )
 
 __all__ = ["CoordinatorRound", "RoundSum"]

@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from copy import deepcopy
 from dataclasses import dataclass
-from uuid import uuid4
-
 from pathlib import Path
+from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -58,7 +57,7 @@ class FakeGrid(Grid):
         self.sent: list[Message] = []
         self._saved: tuple[object, object, object] | None = None
 
-    def __enter__(self) -> "FakeGrid":
+    def __enter__(self) -> FakeGrid:
         self._saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)  # type: ignore[attr-defined]
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = self._run.run_id, SERVER_NODE_ID, 1
         return self

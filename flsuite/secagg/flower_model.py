@@ -27,7 +27,7 @@ class ModelLayout:
     dtypes: dict[str, np.dtype]
 
     @classmethod
-    def of(cls, record: ArrayRecord) -> "ModelLayout":
+    def of(cls, record: ArrayRecord) -> ModelLayout:
         arrays = {key: record[key].numpy() for key in record}
         return cls(order=tuple(record.keys()), shapes={k: a.shape for k, a in arrays.items()},
                    dtypes={k: a.dtype for k, a in arrays.items()})

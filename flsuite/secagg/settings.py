@@ -134,7 +134,7 @@ class SecAggSettings:
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_wire(cls, text: str) -> "SecAggSettings":
+    def from_wire(cls, text: str) -> SecAggSettings:
         """Rebuild (and re-validate) settings sent by the coordinator."""
         try:
             data = json.loads(text)

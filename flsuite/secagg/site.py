@@ -25,8 +25,17 @@ from .graph import neighbour_graph, share_group
 from .quantize import check_range, quantise_vector
 from .settings import SecAggSettings
 from .wire import (
-    CIPHERTEXT_SIZE, KEY_SIZE, SHARE_SIZE, SIGNATURE_SIZE, field, pack_blobs, pack_ids,
-    setup_digest, unpack_blobs, unpack_ids, unpack_names,
+    CIPHERTEXT_SIZE,
+    KEY_SIZE,
+    SHARE_SIZE,
+    SIGNATURE_SIZE,
+    field,
+    pack_blobs,
+    pack_ids,
+    setup_digest,
+    unpack_blobs,
+    unpack_ids,
+    unpack_names,
 )
 
 __all__ = ["SiteRound"]
@@ -35,7 +44,7 @@ __all__ = ["SiteRound"]
 
 def _refusals_end_the_round(method: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(method)
-    def guarded(self: "SiteRound", *args: Any, **kwargs: Any) -> Any:
+    def guarded(self: SiteRound, *args: Any, **kwargs: Any) -> Any:
         try:
             return method(self, *args, **kwargs)
         except SecAggRefused as refusal:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from flsuite import durable
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.federation.coordinator import RoundRecord, StudyResult
 
@@ -24,21 +24,15 @@ ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "fai
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file whole: a temp file in the same folder, fsync, then rename over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    """Write an output file whole (text as UTF-8)."""
+    durable.write_atomic(path, data.encode() if isinstance(data, str) else data)
 
 
 def round_row(record: RoundRecord) -> dict[str, Any]:
     weights = [site.metrics.get("num-examples", 0.0) for site in record.sites]
     losses = [site.metrics.get("train-loss", float("nan")) for site in record.sites]
     total = sum(weights)
-    train_loss = sum(w * l for w, l in zip(weights, losses)) / total if total else (sum(losses) / len(losses) if losses else None)
+    train_loss = sum(w * loss for w, loss in zip(weights, losses)) / total if total else (sum(losses) / len(losses) if losses else None)
     return {
         "round": record.round,
         "accuracy": record.metrics.get("accuracy"),

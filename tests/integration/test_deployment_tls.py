@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flsuite.deployment import Address, CoordinatorState, probe_tls
+from flsuite.deployment import Address, probe_tls
 from flsuite.deployment.network import tls_client_context
 from flsuite.deployment.testing import FederationFiles, running_federation, write_federation
 

@@ -8,13 +8,14 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from flsuite.config import compose_study, to_run_config
-from flsuite.engines.inline import InlineGrid, run_inline
+from flsuite.engines.inline import InlineGrid
 from flsuite.study.local_run import run_local_study, simulated_node_configs
 
 
 def test_a_failing_site_becomes_an_error_reply_and_an_offline_site_none(tmp_path):
-    from clients.app import app as client_app
     from flwr.supercore.run import Run
+
+    from clients.app import app as client_app
 
     study = compose_study(["experiment=smoke"])
     run = Run.create_empty(1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -33,7 +33,7 @@ def test_operator_journey(tmp_path: Path) -> None:
 
 
 def test_list_warns_for_a_certificate_expiring_within_30_days(tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     init_authority(tmp_path, now=now - timedelta(days=30))
     issue_coordinator(tmp_path, hosts=["localhost"], valid_days=10, now=now)
     result = runner.invoke(pki_app, ["list", "--dir", str(tmp_path)])

@@ -96,8 +96,8 @@ def test_an_edited_entry_fails_closed_naming_the_line(tmp_path):
 
 def test_a_rehashed_edit_still_breaks_the_chain(tmp_path):
     """An editor who recomputes the edited line's own hash still breaks the next line's link."""
-    from flsuite.privacy.ledger import _entry_hash
     from flsuite.privacy import DpEvent
+    from flsuite.privacy.ledger import _entry_hash
 
     ledger = filled(tmp_path / "ledger.jsonl", 3)
 

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from hypothesis import HealthCheck, event, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, event, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from flsuite.secagg import SecAggAborted, SecAggSettings, secure_train_round
 from flsuite.secagg.fake_grid import FakeGrid, build_sites

@@ -13,7 +13,11 @@ from cryptography.hazmat.primitives.serialization import BestAvailableEncryption
 
 from flsuite.errors import ConfigError
 from flsuite.secagg import (
-    generate_identity, load_identity, load_pinned_identities, public_identity, write_pinned_identities,
+    generate_identity,
+    load_identity,
+    load_pinned_identities,
+    public_identity,
+    write_pinned_identities,
 )
 
 

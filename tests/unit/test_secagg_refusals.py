@@ -11,8 +11,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flsuite.secagg import (
-    REFUSED_ERROR_CODE, SITE_CONFIG_ERROR_CODE, CoordinatorRound, SecAggAborted, SecAggRefused, SecAggSettings,
-    SiteRound, public_identity, secure_train_round,
+    REFUSED_ERROR_CODE,
+    SITE_CONFIG_ERROR_CODE,
+    CoordinatorRound,
+    SecAggAborted,
+    SecAggRefused,
+    SecAggSettings,
+    SiteRound,
+    public_identity,
+    secure_train_round,
 )
 from flsuite.secagg import primitives as crypto
 from flsuite.secagg.fake_grid import FakeGrid, build_sites

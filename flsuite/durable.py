@@ -1,4 +1,4 @@
-"""Durable file writes: write to a temporary file, fsync, rename over, fsync the folder.
+"""Durable file writes for every part of flsuite: temp file, fsync, rename over, fsync the folder.
 
 A reader (or a process killed half way) sees either the old file or the new one, never
 a mix; temporary files carry a `.tmp-` prefix so verification can name leftovers.
