@@ -1,12 +1,7 @@
-"""``flsuite launch``: submit a study to a real federation and print the same summary as ``flsuite run``.
-
-Mount it with ``app.command("launch", help=LAUNCH_HELP, context_settings=LAUNCH_CONTEXT)(launch)``.
-Until it is mounted, ``python -m flsuite.cli.launch ...`` runs it on its own.
-"""
+"""``flsuite launch``: submit a study to a real federation and print the same summary as ``flsuite run``."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -66,19 +61,3 @@ def launch(
     if summary.get("status") != "completed":
         raise typer.Exit(3)
 
-
-def main() -> None:
-    """``python -m flsuite.cli.launch``: the launch command on its own, with flsuite's exit codes."""
-    from flsuite.errors import FlsuiteError
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command("launch", help=LAUNCH_HELP, context_settings=LAUNCH_CONTEXT)(launch)
-    try:
-        app()
-    except FlsuiteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 1))
-
-
-if __name__ == "__main__":
-    main()

@@ -127,7 +127,7 @@ def test_a_coordinator_that_does_not_answer_is_named(files: FederationFiles, tmp
 
 def test_launch_command_exits_2_with_one_line_when_the_coordinator_is_down(files: FederationFiles, tmp_path: Path) -> None:
     completed = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "flsuite.cli.launch", "federation.rounds=2", "--config", str(files.coordinator_config),
+        [sys.executable, "-m", "flsuite.cli.main", "launch", "federation.rounds=2", "--config", str(files.coordinator_config),
          "--output-dir", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )
@@ -139,7 +139,7 @@ def test_launch_command_exits_2_with_one_line_when_the_coordinator_is_down(files
 
 def test_launch_command_exits_2_on_a_bad_override(files: FederationFiles, tmp_path: Path) -> None:
     completed = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "flsuite.cli.launch", "federation.min_sites=9", "--config", str(files.coordinator_config)],
+        [sys.executable, "-m", "flsuite.cli.main", "launch", "federation.min_sites=9", "--config", str(files.coordinator_config)],
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )
     assert completed.returncode == 2

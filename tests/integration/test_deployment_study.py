@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,12 +30,7 @@ SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
 def launch_command() -> list[str]:
-    """`flsuite launch` once the lead has mounted it; until then the same command as a module."""
-    from flsuite.cli.main import app
-
-    if any(command.name == "launch" for command in app.registered_commands):
-        return [flower_executable("flsuite"), "launch"]
-    return [sys.executable, "-m", "flsuite.cli.launch"]
+    return [flower_executable("flsuite"), "launch"]
 
 
 def start_launch(files: FederationFiles, output: Path, overrides: list[str], log: Path) -> subprocess.Popen:
