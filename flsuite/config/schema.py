@@ -28,6 +28,7 @@ class DataConfig(Section):
     csv_path: str | None = None
     label_column: str | None = None
     feature_columns: list[str] | None = None
+    num_classes: int | None = Field(None, ge=2)
     partitioning: Literal["iid", "dirichlet", "size_skew"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0)
     size_skew_sigma: float = Field(1.0, gt=0)

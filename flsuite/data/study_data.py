@@ -10,6 +10,7 @@ from flsuite.config.schema import DataConfig
 from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset, load_builtin
 from flsuite.data.partition import partition, train_test_indices
+from flsuite.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,33 @@ class StudyData:
 
     test: Dataset
     sites: tuple[Dataset, ...]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the model's input and output layers need; the same at the coordinator and every site."""
+
+    num_features: int
+    num_classes: int
+    image_shape: tuple[int, int] | None
+
+
+def model_shape(config: DataConfig, data: Dataset | None) -> ModelShape:
+    """The study's model shape, from the dataset's description first and ``data`` second.
+
+    A site under label skew may lack some classes, so a built-in dataset's class count,
+    or ``data.num_classes`` for a CSV, wins over what one site's records show.
+    """
+    if config.dataset != "csv":
+        source = load_builtin(config.dataset)
+        return ModelShape(source.num_features, source.num_classes, source.image_shape)
+    if data is None and not (config.feature_columns and config.num_classes):
+        raise DataError(
+            "the coordinator cannot read data.csv_path, so it needs the model's shape from the config: "
+            "set data.feature_columns and data.num_classes (or give it a CSV with the same columns)"
+        )
+    num_features = len(config.feature_columns) if config.feature_columns else data.num_features  # type: ignore[union-attr]
+    return ModelShape(num_features, config.num_classes or data.num_classes, None)  # type: ignore[union-attr]
 
 
 def load_source(config: DataConfig) -> Dataset:

@@ -200,13 +200,8 @@ class Coordinator:
         except SecAggAborted as exc:
             # Nothing was unmasked; the global model stays as it was.
             result.aborted_rounds.append({"round": server_round, "stage": exc.stage, "reason": str(exc)})
-            refusals = _refusals_in_text(server_round, str(exc), cohort)
-            return _Outcome(None, [], refusals, 0)
-        refusals = [
-            refusal
-            for node, reason in secure.refusals.items()
-            if (refusal := _refusal(server_round, node, None, reason)) is not None
-        ]
+            return _Outcome(None, [], _budget_refusals(server_round, exc.refusals), 0)
+        refusals = _budget_refusals(server_round, secure.refusals)
         # The strategy sees one "reply": the securely averaged model, weighted by the sum of weights.
         averaged = Message(
             RecordDict({records.ARRAYS: secure.arrays, records.METRICS: MetricRecord({records.NUM_EXAMPLES: secure.total_weight})}),
@@ -237,17 +232,9 @@ def _refusal(server_round: int, node: int, code: int | None, reason: str) -> Ref
     )
 
 
-def _refusals_in_text(server_round: int, text: str, cohort: list[int]) -> list[Refusal]:
-    """Budget refusals named in an aborted secure round's message ('node N: train: {...}')."""
-    found = []
-    for node in cohort:
-        marker = f"node {node}: "
-        if marker in text:
-            part = text.split(marker, 1)[1].split("; node ", 1)[0]
-            refusal = _refusal(server_round, node, None, part)
-            if refusal:
-                found.append(refusal)
-    return found
+def _budget_refusals(server_round: int, reasons: Mapping[int, str]) -> list[Refusal]:
+    """The budget refusals among secure aggregation's per-node reasons ('stage: reason')."""
+    return [refusal for node, reason in reasons.items() if (refusal := _refusal(server_round, node, None, reason))]
 
 
 def _site_report(node: int, content: RecordDict) -> SiteReport:

@@ -21,7 +21,7 @@ from flsuite.config.bridge import from_run_config
 from flsuite.config.schema import DataConfig, StudyConfig
 from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset
-from flsuite.data.study_data import split_study
+from flsuite.data.study_data import model_shape, split_study
 from flsuite.errors import PlanError
 from flsuite.federation import records
 from flsuite.federation.node_keys import DATA_PATH, LABEL_COLUMN, PARTITION_ID, SITE_NAME
@@ -62,19 +62,14 @@ def _simulated_site_data(data_config_json: str, num_sites: int, index: int) -> D
 
 
 def site_model(setup: SiteSetup) -> torch.nn.Module:
-    data = setup.data
+    shape = model_shape(setup.study.data, setup.data)
     return build_model(
         setup.study.model,
-        num_features=data.num_features,
-        num_classes=_num_classes(setup),
-        image_shape=data.image_shape,
+        num_features=shape.num_features,
+        num_classes=shape.num_classes,
+        image_shape=shape.image_shape,
         seed=setup.study.seed,
     )
-
-
-def _num_classes(setup: SiteSetup) -> int:
-    # Sites may lack some classes under label skew: the model's output size is the study's.
-    return {"breast_cancer": 2, "digits": 10}.get(setup.study.data.dataset, setup.data.num_classes)
 
 
 def local_seed(study_seed: int, server_round: int, site_index: int) -> int:

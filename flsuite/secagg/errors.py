@@ -39,11 +39,15 @@ class SecAggError(FlsuiteError):
 
 
 class SecAggAborted(SecAggError):
-    """The coordinator could not finish a secure round; the global model must stay as it was."""
+    """The coordinator could not finish a secure round; the global model must stay as it was.
 
-    def __init__(self, message: str, *, stage: str) -> None:
+    ``refusals`` maps each node that refused or sent an unusable reply to what it said.
+    """
+
+    def __init__(self, message: str, *, stage: str, refusals: dict[int, str] | None = None) -> None:
         super().__init__(message)
         self.stage = stage
+        self.refusals = dict(refusals or {})
 
 
 class SecAggRefused(SecAggError):

@@ -107,8 +107,9 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         unmasks = exchange(coordinator.receive_masked(masked), "unmask")
         summed = coordinator.receive_unmask(unmasks)
     except SecAggAborted as exc:
-        detail = "; ".join(f"node {n}: {why}" for n, why in sorted({**coordinator.rejected, **refusals}.items()))
-        raise SecAggAborted(f"{exc}{' Refusals: ' + detail if detail else ''}", stage=exc.stage) from None
+        every = {**coordinator.rejected, **refusals}
+        detail = "; ".join(f"node {n}: {why}" for n, why in sorted(every.items()))
+        raise SecAggAborted(f"{exc}{' Refusals: ' + detail if detail else ''}", stage=exc.stage, refusals=every) from None
     if summed.total_weight <= 0:
         raise SecAggAborted(f"round {server_round}: the survivors' total weight is 0 (no examples); nothing to average",
                             stage="unmask")

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flsuite.config.bridge import from_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.data.datasets import Dataset
-from flsuite.data.study_data import split_study
+from flsuite.data.study_data import model_shape, split_study
 from flsuite.errors import DataError, PlanError
 from flsuite.federation.coordinator import Coordinator, RoundRecord
 from flsuite.federation.records import load_arrays, model_to_arrays
@@ -46,11 +46,12 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
     study = study_from_context(context)
     folder = Path(study.output_dir or f"outputs/run-{context.run_id}")
     test_data = _held_out(study)
+    shape = model_shape(study.data, test_data)
     model = build_model(
         study.model,
-        num_features=test_data.num_features if test_data else _feature_count(study),
-        num_classes=test_data.num_classes if test_data else 2,
-        image_shape=test_data.image_shape if test_data else None,
+        num_features=shape.num_features,
+        num_classes=shape.num_classes,
+        image_shape=shape.image_shape,
         seed=study.seed,
     )
     outputs = StudyOutputs(folder, study)
@@ -103,7 +104,3 @@ def _held_out(study: StudyConfig) -> Dataset | None:
         if study.data.dataset == "csv":
             return None
         raise
-
-
-def _feature_count(study: StudyConfig) -> int:
-    return len(study.data.feature_columns or [])

@@ -55,11 +55,12 @@ def test_a_second_study_on_the_same_data_starts_from_what_was_spent(tmp_path):
     assert "prior_epsilon" in plan and ",0.0," not in plan.splitlines()[1]
 
 
-def test_sites_refuse_at_their_cap_and_the_study_ends_cleanly(tmp_path):
+@pytest.mark.parametrize("secagg", ["none", "secure"])
+def test_sites_refuse_at_their_cap_and_the_study_ends_cleanly(tmp_path, secagg):
     out = tmp_path / "out"
     result = run_cli(
         "run", f"sites_dir={tmp_path / 'sites'}", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.5",
-        "privacy.max_epsilon=6.0", "federation.rounds=20", "secagg=none", "--output-dir", str(out),
+        "privacy.max_epsilon=6.0", "federation.rounds=20", f"secagg={secagg}", "--output-dir", str(out),
     )
     assert result.returncode == 3, result.stdout + result.stderr
     summary = json.loads((out / "summary.json").read_text())
