@@ -32,9 +32,11 @@ def test_a_failing_site_becomes_an_error_reply_and_an_offline_site_none(tmp_path
 
 @pytest.mark.slow
 def test_same_seeded_study_gives_the_same_metrics_on_inline_and_ray(tmp_path):
+    """The default study (DP-SGD and secure aggregation on), three rounds, on both engines."""
     study = compose_study(["experiment=smoke", "federation.rounds=3"])
-    inline = run_local_study(study, tmp_path / "inline")
-    ray = run_local_study(study.model_copy(update={"engine": study.engine.model_copy(update={"name": "ray"})}), tmp_path / "ray")
+    inline = run_local_study(study.model_copy(update={"sites_dir": str(tmp_path / "sites-inline")}), tmp_path / "inline")
+    ray_study = study.model_copy(update={"engine": study.engine.model_copy(update={"name": "ray"}), "sites_dir": str(tmp_path / "sites-ray")})
+    ray = run_local_study(ray_study, tmp_path / "ray")
     inline_rows = json.loads((tmp_path / "inline" / "metrics.json").read_text())
     ray_rows = json.loads((tmp_path / "ray" / "metrics.json").read_text())
     for a, b in zip(inline_rows, ray_rows, strict=True):
