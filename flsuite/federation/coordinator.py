@@ -43,6 +43,7 @@ class Refusal:
     round: int
     node_id: int
     name: str
+    kind: str
     reason: str
     remaining_epsilon: float | None = None
 
@@ -227,6 +228,7 @@ def _refusal(server_round: int, node: int, code: int | None, reason: str) -> Ref
         round=server_round,
         node_id=node,
         name=str(parsed.get("site", node)),
+        kind=str(parsed["kind"]),
         reason=str(parsed.get("message", "")),
         remaining_epsilon=parsed.get("remaining_epsilon"),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, Error, Message
 from torch import nn
 
 ARRAYS = "arrays"
@@ -41,23 +41,27 @@ def arrays_digest(arrays: ArrayRecord) -> str:
     return digest.hexdigest()
 
 
-BUDGET_EXHAUSTED = 4200  # Error.code of a site's budget refusal; Error.reason is JSON
+SITE_REFUSAL = 4200  # Error.code of a site's typed refusal; Error.reason is JSON
+REFUSAL_KINDS = ("budget-exhausted", "privacy-required")
 
 
-def budget_refusal_reason(*, site: str, remaining_epsilon: float, message: str) -> str:
-    """The JSON reason of a budget refusal (an Error reply, so it passes any client mod unchanged)."""
-    return json.dumps({"kind": "budget-exhausted", "site": site, "remaining_epsilon": remaining_epsilon, "message": message})
+def refusal(msg: Message, *, kind: str, site: str, message: str, remaining_epsilon: float | None = None) -> Message:
+    """A site's typed refusal: an Error reply (so it passes any client mod unchanged) with a JSON reason."""
+    if kind not in REFUSAL_KINDS:
+        raise ValueError(f"unknown refusal kind {kind!r}")
+    reason = json.dumps({"kind": kind, "site": site, "remaining_epsilon": remaining_epsilon, "message": message})
+    return Message(Error(code=SITE_REFUSAL, reason=reason), reply_to=msg)
 
 
 def parse_refusal(code: int | None, reason: str) -> dict | None:
     """The refusal a site sent, from an error reply (or from secure aggregation's 'stage: reason' text)."""
-    if code not in (None, BUDGET_EXHAUSTED):
+    if code not in (None, SITE_REFUSAL):
         return None
     start = reason.find("{")
     if start < 0:
         return None
     try:
-        refusal = json.loads(reason[start:])
+        parsed = json.loads(reason[start:])
     except json.JSONDecodeError:
         return None
-    return refusal if isinstance(refusal, dict) and refusal.get("kind") == "budget-exhausted" else None
+    return parsed if isinstance(parsed, dict) and parsed.get("kind") in REFUSAL_KINDS else None

@@ -24,7 +24,7 @@ from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import model_shape, split_study
 from flsuite.errors import PlanError
 from flsuite.federation import records
-from flsuite.federation.node_keys import DATA_PATH, LABEL_COLUMN, PARTITION_ID, SITE_NAME
+from flsuite.federation.node_keys import DATA_PATH, LABEL_COLUMN, MAX_EPSILON, PARTITION_ID, SITE_NAME
 from flsuite.models.zoo import build_model
 from flsuite.training.local import evaluate, train_plain
 
@@ -78,10 +78,26 @@ def local_seed(study_seed: int, server_round: int, site_index: int) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
 
+def requires_privacy(context: Context) -> bool:
+    """A site with its own privacy cap only answers with differentially private results."""
+    return MAX_EPSILON in context.node_config
+
+
+def _privacy_required(msg: Message, setup: SiteSetup, what: str) -> Message:
+    return records.refusal(
+        msg,
+        kind="privacy-required",
+        site=setup.name,
+        message=f"site {setup.name!r} has a privacy cap and does not {what} without DP-SGD; the study has privacy.enabled=false",
+    )
+
+
 def handle_train(msg: Message, context: Context) -> Message:
     """Train the received global model on the site's records and reply with the new weights."""
     torch.set_num_threads(1)
     setup = site_setup(context)
+    if not setup.study.privacy.enabled and requires_privacy(context):
+        return _privacy_required(msg, setup, "train")
     config = msg.content[records.CONFIG]
     server_round = int(config.get("server-round", 0))
     model = site_model(setup)
@@ -121,9 +137,12 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on the site's own records."""
+    """Evaluate the received global model on the site's own records (not at a site with a privacy cap:
+    exact metrics on its records are not differentially private)."""
     torch.set_num_threads(1)
     setup = site_setup(context)
+    if requires_privacy(context):
+        return _privacy_required(msg, setup, "report metrics on its records")
     model = site_model(setup)
     records.load_arrays(model, msg.content[records.ARRAYS])
     metrics = evaluate(model, setup.data)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flsuite.errors import BudgetExhausted, PlanError
 from flsuite.federation import records
@@ -92,8 +92,9 @@ def train_private(
     try:
         guard.budget.require(guard.ledger, guard.fingerprint, (schedule.sample_rate, noise_multiplier, schedule.steps_per_round))
     except BudgetExhausted as refusal:
-        reason = records.budget_refusal_reason(site=setup.name, remaining_epsilon=refusal.remaining_epsilon, message=str(refusal))
-        return Message(Error(code=records.BUDGET_EXHAUSTED, reason=reason), reply_to=msg)
+        return records.refusal(
+            msg, kind="budget-exhausted", site=setup.name, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon
+        )
     started = time.perf_counter()
     result = train_dp(
         model,
