@@ -64,3 +64,10 @@ def test_same_seed_same_split_and_the_test_split_is_seen_by_no_site():
 def test_more_sites_than_records_is_refused_with_the_limit():
     with pytest.raises(DataError, match="use at most 5 sites"):
         partition(np.zeros(10, dtype=int), num_sites=6, scheme="iid", seed=0)
+
+
+def test_a_tight_dirichlet_request_still_gives_every_site_its_minimum():
+    labels = np.array([0, 1] * 10)
+    parts = partition(labels, num_sites=9, scheme="dirichlet", seed=0, dirichlet_alpha=1.0)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(20))
+    assert min(len(part) for part in parts) >= 2
