@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
                  "wall_s": 0.0, "modules": dict(MEASUREMENTS), "seconds": {}},
         "results": dict(previous.get("results", {})),
     }
-    if previous:
-        bench["meta"]["previous"] = {k: previous["meta"].get(k) for k in ("command", "started_utc", "seconds")}
+    if previous:  # a partial re-run: keep the full run's header and list the re-runs after it
+        rerun = {k: bench["meta"][k] for k in ("command", "started_utc", "seconds")}
+        bench["meta"] = {**previous["meta"], "reruns": [*previous["meta"].get("reruns", []), rerun]}
+        bench["meta"]["machine_at_rerun"] = machine_info()
     started, failed = time.perf_counter(), []
     for name in args.names:
         progress(f"== {name}")
@@ -76,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             bench["results"][name] = {"error": f"{type(exc).__name__}: {exc}"}
             failed.append(name)
-        bench["meta"]["seconds"][name] = round(time.perf_counter() - began, 1)
-        bench["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
+        seconds = round(time.perf_counter() - began, 1)
+        if previous:
+            bench["meta"]["reruns"][-1]["seconds"][name] = seconds
+        else:
+            bench["meta"]["seconds"][name] = seconds
+            bench["meta"]["wall_s"] = round(time.perf_counter() - started, 1)
         path.write_text(json.dumps(bench, indent=2, default=str) + "\n")
-    progress(f"wrote {path} in {bench['meta']['wall_s']:.0f} s")
+    progress(f"wrote {path} in {time.perf_counter() - started:.0f} s")
     if not args.quick and not args.no_readme:
         from experiments.bench.report import update_readme
 

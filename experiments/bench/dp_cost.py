@@ -7,7 +7,8 @@ ghost clipping; the non-DP step is plain SGD on an identical copy. Models are fl
 one process on one thread, interleaved repeat by repeat; each ratio is per repeat.
 
 Peak memory of a step = the bytes of the parameters and the batch, plus the peak of the
-allocations made during the step (torch's profiler, CPU memory events in time order).
+allocations made during a step that starts with its gradients freed (torch's profiler, CPU
+memory events in time order; the largest of three steps).
 """
 
 from __future__ import annotations
@@ -63,24 +64,45 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str | No
         criterion(model(x), y).backward()
         optimizer.step()
 
+    step.reset = lambda: optimizer.zero_grad(set_to_none=True)  # frees grads (and Opacus' per-sample state)
     return step
 
 
-def step_peak_bytes(step, resident_bytes: int) -> int:
-    """Resident bytes plus the peak of what one step allocates on top (after one warm-up step)."""
+def step_peak_bytes(step, resident_bytes: int, samples: int = 3) -> int:
+    """Resident bytes plus the peak of what one step allocates on top of them.
+
+    Each profiled step starts with its gradients freed, so every allocation it makes (and
+    every free of one) is in the profile; the largest of ``samples`` steps is kept.
+    """
+    import gc
+
     from torch.profiler import ProfilerActivity, profile
 
-    step()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return resident_bytes + peak
+    peaks = []
+    for _ in range(samples):
+        step()
+        step.reset()
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                step()
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+        live = peak = 0
+        for _, nbytes in events:
+            live += nbytes
+            peak = max(peak, live)
+        peaks.append(peak)
+    return resident_bytes + max(peaks)
+
+
+def noise_ms(model: nn.Module, repeats: int = 20) -> float:
+    """Time to draw one step's Gaussian noise for every parameter: a fixed cost of DP-SGD per step."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [p.shape for p in model.parameters()]
+    draw = lambda: [torch.normal(0.0, 1.0, shape, generator=generator) for shape in shapes]  # noqa: E731
+    draw()
+    return time_steps(draw, repeats) * 1e3
 
 
 def _batch(data: dict, source: str, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +114,10 @@ def _batch(data: dict, source: str, batch: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def measure(key: str, label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, modes: tuple[str, ...],
-            repeats: int, steps: int) -> dict[str, Any]:
+            repeats: int, steps: int, memory_samples: int = 3) -> dict[str, Any]:
     variants = {"non_dp": make_step(model, x, y, None), **{m: make_step(model, x, y, m) for m in modes}}
     resident = sum(p.numel() * p.element_size() for p in model.parameters()) + x.numel() * 4 + y.numel() * 8
-    peak = {name: step_peak_bytes(step, resident) for name, step in variants.items()}
+    peak = {name: step_peak_bytes(step, resident, memory_samples) for name, step in variants.items()}
     times: dict[str, list[float]] = {name: [] for name in variants}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -108,6 +130,7 @@ def measure(key: str, label: str, model: nn.Module, x: torch.Tensor, y: torch.Te
         "model": key, "label": label, "parameters": sum(p.numel() for p in model.parameters()), "batch": len(x),
         "step_ms": {name: stats([t * 1e3 for t in values], 3) for name, values in times.items()},
         "peak_mib": {name: round(value / 2**20, 3) for name, value in peak.items()},
+        "noise_ms": round(noise_ms(model), 4),
     }
     for mode in modes:
         row[f"time_ratio_{mode}"] = paired_ratio(times[mode], times["non_dp"])
@@ -121,23 +144,25 @@ def run(scale: Scale) -> dict[str, Any]:
     data = datasets()
     repeats, steps = scale.pick(9, 2), scale.pick(20, 3)
     wide_steps = scale.pick(5, 1)
+    samples = scale.pick(3, 1)
     rows = []
     for key, (label, model, source) in _models().items():
         for batch in (64, 256):
             x, y = _batch(data, source, batch)
             if key == "wide_mlp":
-                rows.append(measure(key, label, model, x, y, ("ghost", "hooks"), repeats, wide_steps))
+                rows.append(measure(key, label, model, x, y, ("ghost", "hooks"), repeats, wide_steps, samples))
             else:
-                rows.append(measure(key, label, model, x, y, ("hooks", "ghost"), repeats, steps))
+                rows.append(measure(key, label, model, x, y, ("hooks", "ghost"), repeats, steps, samples))
     return {"rows": rows, "targets": TARGETS, "repeats": repeats, "steps_per_repeat": steps,
             "wide_steps_per_repeat": wide_steps, "default_mode": "hooks"}
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = ["| model | params | batch | non-DP step (ms) | hooks: time ratio | ghost: time ratio | peak memory ratio hooks / ghost |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | params | batch | non-DP step (ms) | noise alone (ms) | hooks: time ratio | ghost: time ratio "
+             "| peak memory ratio hooks / ghost |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         lines.append(f"| {row['label']} | {row['parameters']:,} | {row['batch']} | {row['step_ms']['non_dp']['median']:.3f} | "
-                     f"{fmt_ratio(row['time_ratio_hooks'])} | {fmt_ratio(row['time_ratio_ghost'])} | "
+                     f"{row['noise_ms']:.3f} | {fmt_ratio(row['time_ratio_hooks'])} | {fmt_ratio(row['time_ratio_ghost'])} | "
                      f"{row['memory_ratio_hooks']:.2f} / {row['memory_ratio_ghost']:.2f} |")
     return "\n".join(lines)

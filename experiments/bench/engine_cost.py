@@ -31,21 +31,27 @@ from experiments.bench.process_tree import run_measured
 #: The study both engines run: digits MLP at 10 sites, DP-SGD (fixed sigma, so no planning
 #: search) with secure aggregation and the registry, as in the default study.
 STUDY = ["experiment=digits_dp", "federation.num_sites=10", "federation.min_sites=5", "privacy.target_epsilon=null",
-         "privacy.noise_multiplier=1.0"]
+         "privacy.noise_multiplier=2.0"]
+
+#: --quick: the same study, smaller (4 sites), and only the first and the default variant below.
+QUICK = ["federation.num_sites=4", "federation.min_sites=3"]
+QUICK_VARIANTS = ("plain (no DP, no secure aggregation)", "DP + secure aggregation (default)")
 
 OVERHEAD_VARIANTS = {
     "plain (no DP, no secure aggregation)": ["privacy=none", "secagg=none"],
     "secure aggregation only": ["privacy=none"],
     "DP only": ["secagg=none"],
     "DP + secure aggregation (default)": [],
+    "plain, heavier training (99k-param MLP, 5 local epochs)": ["privacy=none", "secagg=none", "model.hidden_units=280",
+                                                              "training.local_epochs=5"],
 }
 
 
-def _engine_run(engine: str, rounds: int, root: Path) -> dict[str, Any]:
+def _engine_run(engine: str, rounds: int, root: Path, study: list[str]) -> dict[str, Any]:
     output = Path(tempfile.mkdtemp(prefix=f"engine-{engine}-", dir=root))
     env = {**os.environ, "FLSUITE_BENCH_LAUNCHED": repr(time.time()), "RAY_USAGE_STATS_ENABLED": "0",
            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "experiments.bench.study_child", str(output), *STUDY,
+    command = [sys.executable, "-m", "experiments.bench.study_child", str(output), *study,
                f"federation.rounds={rounds}", f"engine={engine}"]
     measured = run_measured(command, env=env, cwd=REPO)
     line = next((l for l in measured.stdout.splitlines() if l.startswith("BENCH ")), None)
@@ -56,14 +62,25 @@ def _engine_run(engine: str, rounds: int, root: Path) -> dict[str, Any]:
             "peak_pss_mib": measured.peak_pss_bytes / 2**20, "peak_processes": measured.peak_processes}
 
 
-def _overheads(output: Path) -> dict[str, list[float]]:
+def _study(scale: Scale) -> list[str]:
+    return [*STUDY, *QUICK] if scale.quick else list(STUDY)
+
+
+def _overheads(output: Path) -> dict[str, Any]:
+    """Per-round and pooled overheads of rounds 2.. (round 1 is reported on its own)."""
     walls = round_walls(output)
     trains = site_train_seconds(output)
-    slowest = [(w - max(trains[r + 1])) / max(trains[r + 1]) for r, w in enumerate(walls)]
-    serial = [(w - sum(trains[r + 1])) / sum(trains[r + 1]) for r, w in enumerate(walls)]
-    return {"slowest": slowest, "serial": serial, "walls": walls,
-            "slowest_train": [max(trains[r + 1]) for r in range(len(walls))],
-            "sum_train": [sum(trains[r + 1]) for r in range(len(walls))]}
+    slowest = [max(trains[r + 1]) for r in range(len(walls))]
+    total = [sum(trains[r + 1]) for r in range(len(walls))]
+    later = range(1, len(walls))
+    return {
+        "per_round_slowest": [(walls[r] - slowest[r]) / slowest[r] for r in later],
+        "per_round_serial": [(walls[r] - total[r]) / total[r] for r in later],
+        "pooled_slowest": (sum(walls[r] for r in later) - sum(slowest[r] for r in later)) / sum(slowest[r] for r in later),
+        "pooled_serial": (sum(walls[r] for r in later) - sum(total[r] for r in later)) / sum(total[r] for r in later),
+        "first_slowest": (walls[0] - slowest[0]) / slowest[0],
+        "walls": [walls[r] for r in later], "slowest_train": [slowest[r] for r in later], "sum_train": [total[r] for r in later],
+    }
 
 
 def measure_engines(scale: Scale) -> dict[str, Any]:
@@ -73,7 +90,7 @@ def measure_engines(scale: Scale) -> dict[str, Any]:
         for repeat in range(repeats):
             for engine in ("inline", "ray") if repeat % 2 == 0 else ("ray", "inline"):
                 progress(f"engine {engine}, repeat {repeat + 1}/{repeats}")
-                runs[engine].append(_engine_run(engine, rounds, Path(tmp)))
+                runs[engine].append(_engine_run(engine, rounds, Path(tmp), _study(scale)))
     inline, ray = runs["inline"], runs["ray"]
 
     def series(engine_runs, key):
@@ -82,7 +99,7 @@ def measure_engines(scale: Scale) -> dict[str, Any]:
     first = {e: [run["round_walls_s"][0] for run in runs[e]] for e in runs}
     steady = {e: [statistics.median(run["round_walls_s"][1:]) for run in runs[e]] for e in runs}
     return {
-        "study": STUDY + [f"federation.rounds={rounds}"],
+        "study": _study(scale) + [f"federation.rounds={rounds}"],
         "repeats": repeats,
         "runs": runs,
         "per_engine": {e: {"startup_s": stats(series(runs[e], "startup_s")),
@@ -103,31 +120,91 @@ def measure_engines(scale: Scale) -> dict[str, Any]:
 
 
 def measure_overhead(scale: Scale) -> dict[str, Any]:
-    """Coordinator overhead on the inline engine, per variant (rounds after the first)."""
+    """Coordinator overhead on the inline engine, per variant, over the rounds after the first.
+
+    "pooled" divides the summed rounds, so that rare slow rounds (privacy accounting of a new
+    step count) weigh what they cost; "per round" gives the typical round.
+    """
     rounds, repeats = scale.pick(4, 2), scale.pick(2, 1)
-    collected: dict[str, dict[str, list[float]]] = {name: {"slowest": [], "serial": [], "first_slowest": [], "walls": [],
-                                                            "slowest_train": [], "sum_train": []}
-                                                     for name in OVERHEAD_VARIANTS}
+    keys = ("per_round_slowest", "per_round_serial", "pooled_slowest", "pooled_serial", "first_slowest",
+            "walls", "slowest_train", "sum_train")
+    variants = {k: v for k, v in OVERHEAD_VARIANTS.items() if not scale.quick or k in QUICK_VARIANTS}
+    collected = {name: {key: [] for key in keys} for name in variants}
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         for repeat in range(repeats):
-            for name, extra in OVERHEAD_VARIANTS.items():
+            for name, extra in variants.items():
                 progress(f"coordinator overhead: {name}, repeat {repeat + 1}/{repeats}")
-                _, output = run_study([*STUDY, f"federation.rounds={rounds}", *extra], Path(tmp))
-                o = _overheads(output)
-                entry = collected[name]
-                entry["first_slowest"].append(o["slowest"][0])
-                for key in ("slowest", "serial", "walls", "slowest_train", "sum_train"):
-                    entry[key].extend(o[key][1:])
-    return {name: {"overhead_vs_slowest_site": stats(v["slowest"], 3), "overhead_vs_sum_of_sites": stats(v["serial"], 3),
+                _, output = run_study([*_study(scale), f"federation.rounds={rounds}", *extra], Path(tmp))
+                for key, value in _overheads(output).items():
+                    collected[name][key].extend(value if isinstance(value, list) else [value])
+    return {name: {"overhead_vs_slowest_site": stats(v["pooled_slowest"], 3), "overhead_vs_sum_of_sites": stats(v["pooled_serial"], 3),
+                   "per_round_overhead_vs_slowest_site": stats(v["per_round_slowest"], 3),
+                   "per_round_overhead_vs_sum_of_sites": stats(v["per_round_serial"], 3),
                    "first_round_overhead_vs_slowest_site": stats(v["first_slowest"], 3),
                    "round_wall_s": stats(v["walls"]), "slowest_site_train_s": stats(v["slowest_train"]),
                    "sum_site_train_s": stats(v["sum_train"])}
             for name, v in collected.items()}
 
 
+#: (file suffix, function) whose cumulative time makes each bucket of a round on the inline engine.
+BUCKETS = {
+    "local training at the sites (DP-SGD / SGD)": [("flsuite/privacy/dp_training.py", "train_dp"),
+                                                   ("flsuite/training/local.py", "train_plain")],
+    "privacy accounting (sites' budget checks)": [("flsuite/privacy/accounting.py", "epsilon")],
+    "secure aggregation protocol (sites + coordinator)": [
+        ("flsuite/secagg/site.py", name) for name in ("setup", "share_keys", "begin_train", "mask_update", "unmask")
+    ] + [("flsuite/secagg/coordinator.py", name) for name in
+         ("setup_requests", "receive_keys", "receive_shares", "receive_masked", "receive_unmask")],
+    "central evaluation": [("flsuite/training/local.py", "evaluate")],
+    "model <-> ArrayRecord": [("flsuite/federation/records.py", "load_arrays"), ("flsuite/federation/records.py", "model_to_arrays")],
+    "registry publishing": [("flsuite/study/publishing.py", "on_round")],
+}
+
+
+def profile_rounds(overrides: list[str]) -> dict[str, Any]:
+    """Where the time of rounds 2.. goes on the inline engine (cProfile, cumulative seconds per bucket)."""
+    import cProfile
+    import pstats
+
+    from flsuite.study import progress as study_progress
+
+    profiler = cProfile.Profile()
+    walls: list[float] = []
+
+    def on_round(record: Any) -> None:
+        walls.append(record.wall_s)
+        if record.round == 1:
+            profiler.enable()  # rounds after the first only: planning and warm-up stay out
+
+    study_progress.subscribe(on_round)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
+            run_study(overrides, Path(tmp))
+    finally:
+        profiler.disable()
+        study_progress.unsubscribe(on_round)
+    table = pstats.Stats(profiler).stats  # (file, line, function) -> (cc, nc, tottime, cumtime, callers)
+
+    def cumulative(pairs) -> float:
+        return sum(ct for (file, _, fn), (_, _, _, ct, _) in table.items()
+                   if any(file.endswith(suffix) and fn == name for suffix, name in pairs))
+
+    rounds_s = sum(walls[1:])
+    buckets = {name: cumulative(pairs) for name, pairs in BUCKETS.items()}
+    delivered = cumulative([("flsuite/engines/inline.py", "_deliver")])
+    client_apps = cumulative([("flwr/clientapp/client_app.py", "__call__")])
+    buckets["inline engine message copies"] = max(0.0, delivered - client_apps)
+    buckets["everything else"] = rounds_s - sum(buckets.values())
+    return {"overrides": overrides, "rounds_profiled": len(walls) - 1, "rounds_wall_s": round(rounds_s, 3),
+            "seconds": {k: round(v, 3) for k, v in buckets.items()},
+            "share": {k: round(v / rounds_s, 3) for k, v in buckets.items()} if rounds_s else {}}
+
+
 def run(scale: Scale) -> dict[str, Any]:
+    progress("coordinator overhead: profile of the default variant")
+    profile = profile_rounds([*_study(scale), f"federation.rounds={scale.pick(4, 2)}"])
     return {"engines": measure_engines(scale), "inline_coordinator_overhead": measure_overhead(scale),
-            "target_overhead": 0.10}
+            "round_profile": profile, "target_overhead": 0.10}
 
 
 def table(result: dict[str, Any]) -> str:
@@ -142,11 +219,21 @@ def table(result: dict[str, Any]) -> str:
                              ("peak PSS of process tree (MiB)", "peak_pss_mib", "peak_pss")):
         lines.append(f"| {label} | {med('inline', key)} | {med('ray', key)} | {fmt_ratio(ratio[rkey])} |")
     lines.append(f"| processes (max) | {per['inline']['peak_processes']} | {per['ray']['peak_processes']} | |")
-    lines += ["", "Coordinator overhead on the inline engine (rounds after the first; target <= 0.10 vs the slowest site):", "",
-              "| variant | round wall (s) | slowest site trains (s) | all sites train (s) | overhead vs slowest site | overhead vs sum of sites |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "Coordinator overhead on the inline engine, rounds after the first (target <= 0.10 vs the slowest site). "
+              "Pooled = summed over those rounds, median (min-max) over repeats; round columns are medians over rounds:", "",
+              "| variant | round wall (s) | slowest site trains (s) | all sites train (s) | overhead vs slowest site, pooled "
+              "| overhead vs sum of sites, pooled | typical round: vs slowest / vs sum |",
+              "|---|---|---|---|---|---|---|"]
     for name, v in result["inline_coordinator_overhead"].items():
-        lines.append(f"| {name} | {v['round_wall_s']['median']:.3f} | {v['slowest_site_train_s']['median']:.3f} | "
-                     f"{v['sum_site_train_s']['median']:.3f} | {fmt_ratio(v['overhead_vs_slowest_site'], 1)} | "
-                     f"{fmt_ratio(v['overhead_vs_sum_of_sites'], 1)} |")
+        lines.append(f"| {name} | {v['round_wall_s']['median']:.3f} (max {v['round_wall_s']['max']:.2f}) | "
+                     f"{v['slowest_site_train_s']['median']:.3f} | {v['sum_site_train_s']['median']:.3f} | "
+                     f"{fmt_ratio(v['overhead_vs_slowest_site'], 1)} | {fmt_ratio(v['overhead_vs_sum_of_sites'], 2)} | "
+                     f"{v['per_round_overhead_vs_slowest_site']['median']:.1f} / {v['per_round_overhead_vs_sum_of_sites']['median']:.2f} |")
+    profile = result.get("round_profile")
+    if profile:
+        lines += ["", f"Where a round's time goes, DP + secure aggregation, inline engine (cProfile, {profile['rounds_profiled']} "
+                  f"rounds after the first, {profile['rounds_wall_s']:.2f} s in all; profiling slows Python code):", "",
+                  "| part | seconds | share |", "|---|---|---|"]
+        for name, seconds in sorted(profile["seconds"].items(), key=lambda item: -item[1]):
+            lines.append(f"| {name} | {seconds:.3f} | {profile['share'][name]:.0%} |")
     return "\n".join(lines)

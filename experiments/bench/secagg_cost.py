@@ -21,7 +21,7 @@ from typing import Any
 from experiments.bench.harness import Scale, fmt_ratio, paired_ratio, progress, round_walls, run_study, stats
 
 HIDDEN_UNITS = 280  # 64-280-280-10: 99,690 parameters
-STUDY = ["experiment=digits", f"model.hidden_units={HIDDEN_UNITS}", "data.partitioning=iid", "privacy=none",
+STUDY = ["experiment=digits", f"model.hidden_units={HIDDEN_UNITS}", "data.partitioning=iid", "data.min_site_records=20", "privacy=none",
          "registry.enabled=false", "training.local_epochs=2", "training.batch_size=32"]
 TARGETS = {"10 sites": 1.25, "50 sites": 1.5, "upload": 1.05}
 

@@ -1,8 +1,8 @@
 """What a site does when the coordinator asks: train, evaluate, or report its status.
 
 The ClientApp in ``clients/app.py`` wires these handlers to Flower. A site reads the
-study settings from the run_config, and its own data (and, once DP is on, its own cap
-and ledger) from its node config: the site's own settings win.
+study settings from the run_config, and its own data, privacy cap and ledger from its
+node config: the site's own settings win. DP-SGD training is in ``site_privacy``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def site_setup(context: Context) -> SiteSetup:
     node = context.node_config
     if DATA_PATH in node:
         label_column = str(node.get(LABEL_COLUMN, study.data.label_column or "label"))
-        data = load_csv(str(node[DATA_PATH]), label_column=label_column)
+        data = load_csv(str(node[DATA_PATH]), label_column=label_column, feature_columns=study.data.feature_columns)
         name = str(node.get(SITE_NAME, data.name))
         index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         return SiteSetup(name=name, index=index, data=data, study=study)
