@@ -18,23 +18,19 @@ from flsuite.study import progress
 
 console = Console()
 
-RUN_HELP = """Run a federated study on this machine.
-
-Give Hydra overrides after the command: pick a config group option
-(`experiment=digits`, `model=mlp`, `engine=ray`) or set a value
-(`federation.rounds=20`, `data.dirichlet_alpha=0.1`). With -m, comma-separated
-values sweep: `flsuite run -m model=logreg,mlp federation.rounds=5,10`.
-
-The default study: breast cancer over 5 simulated hospital sites, DP-SGD at every site
-(at most epsilon 3 per study; `privacy=none` for the non-private baseline) and secure
-aggregation (`secagg=none` to switch it off). Simulated sites keep their privacy
-ledgers in sites_dir (default .flsuite/sites), so later studies start from what was spent.
-
-Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv,
-metrics.json, site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json,
-metrics.png and registry/ (the signed model versions). Exit code 3 when the study
-ended early (too few sites left), 2 on bad input.
-"""
+RUN_HELP = (
+    "Run a federated study on this machine.\n\n"
+    "Give Hydra overrides after the command: pick a config group option (`experiment=digits`, `model=mlp`, "
+    "`engine=ray`) or set a value (`federation.rounds=20`, `data.dirichlet_alpha=0.1`). With -m, comma-separated "
+    "values sweep: `flsuite run -m model=logreg,mlp federation.rounds=5,10`.\n\n"
+    "The default study: breast cancer over 5 simulated hospital sites, DP-SGD at every site (at most epsilon 3 per "
+    "study; `privacy=none` for the non-private baseline) and secure aggregation (`secagg=none` to switch it off). "
+    "Simulated sites keep their privacy ledgers in sites_dir (default .flsuite/sites), so later studies start from "
+    "what was spent.\n\n"
+    "Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv, metrics.json, "
+    "site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json, metrics.png and registry/ (the signed model "
+    "versions). Exit code 3 when the study ended early (too few sites left), 2 on bad input."
+)
 
 
 def run(
