@@ -34,9 +34,9 @@ def pld_epsilon(q: float, sigma: float, steps: int, delta: float = DELTA) -> flo
 
 def _flsuite(q: float, sigma: float, steps: int, accountant: str) -> float:
     from flsuite.privacy import epsilon
-    from flsuite.privacy.accounting import _epsilon_cached
+    from flsuite.privacy.accounting import clear_cache
 
-    _epsilon_cached.cache_clear()  # time the computation, not flsuite's per-phase cache
+    clear_cache()  # time the computation, not flsuite's per-phase cache
     return epsilon([(q, sigma, steps)], delta=DELTA, accountant=accountant)
 
 

@@ -119,13 +119,13 @@ def run_study(overrides: Sequence[str], root: Path | None = None) -> tuple[dict[
     on purpose, and would make later studies of the sweep refuse.
     """
     from flsuite.config import compose_study
-    from flsuite.privacy.accounting import _epsilon_cached
+    from flsuite.privacy.accounting import clear_cache
     from flsuite.study.local_run import run_local_study
 
     # flsuite caches epsilon per phase list for the life of the process; a study run after
     # another in this process would find its accounting done. Each study starts cold, as in
     # a fresh `flsuite run`.
-    _epsilon_cached.cache_clear()
+    clear_cache()
     root = Path(tempfile.mkdtemp(prefix="flsuite-bench-", dir=root))
     study = compose_study([*overrides, f"sites_dir={root / 'sites'}"])
     output = root / "out"
