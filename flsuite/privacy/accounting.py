@@ -111,12 +111,12 @@ def epsilon(phases: Iterable[PhaseLike], *, delta: float, accountant: str = "prv
     return _epsilon_cached(normalized, delta, accountant)
 
 
-@functools.lru_cache(maxsize=4096)
 def clear_cache() -> None:
     """Forget the epsilons computed so far in this process (benchmarks time cold accounting)."""
     _epsilon_cached.cache_clear()
 
 
+@functools.lru_cache(maxsize=4096)
 def _epsilon_cached(phases: tuple[Phase, ...], delta: float, accountant: str) -> float:
     rdp_epsilon = _rdp_epsilon(phases, delta)
     if accountant == "rdp" or rdp_epsilon > PRV_EPSILON_CEILING:

@@ -167,3 +167,15 @@ def test_prv_epsilon_grows_with_steps_and_falls_with_sigma(q, sigma, steps):
     base = epsilon([(q, sigma, steps)], delta=1e-5)
     assert epsilon([(q, sigma, 2 * steps)], delta=1e-5) >= base
     assert epsilon([(q, 1.5 * sigma, steps)], delta=1e-5) <= base
+
+
+def test_epsilons_are_cached_per_process_until_cleared():
+    from flsuite.privacy import accounting
+
+    accounting.clear_cache()
+    accounting.epsilon([(0.05, 1.3, 40)], delta=1e-5, accountant="rdp")
+    accounting.epsilon([(0.05, 1.3, 40)], delta=1e-5, accountant="rdp")
+    info = accounting._epsilon_cached.cache_info()
+    assert info.hits == 1 and info.currsize == 1
+    accounting.clear_cache()
+    assert accounting._epsilon_cached.cache_info().currsize == 0
