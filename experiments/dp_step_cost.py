@@ -75,12 +75,12 @@ def datasets():
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str | None):
-    """A closure running one training step on the fixed batch (x, y)."""
+    """A closure running one training step on (x, y): plain SGD, or Opacus with ``mode``."""
     model = copy.deepcopy(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     criterion = nn.CrossEntropyLoss()
     if mode is not None:
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(x))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             wrapped = PrivacyEngine(accountant="prv").make_private(
@@ -95,10 +95,10 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str | No
 
     def step() -> None:
         optimizer.zero_grad()
-        loss = criterion(model(x), y)
-        loss.backward()
+        criterion(model(x), y).backward()
         optimizer.step()
 
+    step.reset = lambda: optimizer.zero_grad(set_to_none=True)  # frees grads (and Opacus' per-sample state)
     return step
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from experiments.bench.harness import cpu_model
 from flsuite.secagg import CoordinatorRound, SecAggSettings, SiteRound, public_identity
 from flsuite.secagg.primitives import apply_mask, mask_stream
 
@@ -224,7 +225,7 @@ def main() -> None:
         "50 sites, 10 neighbours, t=6": (50, SecAggSettings(cohort_size=50, threshold=6, neighbours=10)),
     }
     results: dict[str, object] = {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": _cpu(),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu_model(),
                     "cryptography": cryptography.__version__, "cores_used": 1},
         "params": PARAMS,
         "throughput": bench_throughput(args.repeats),
@@ -239,16 +240,6 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(_table(results))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _table(r: dict) -> str:

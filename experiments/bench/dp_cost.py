@@ -13,7 +13,6 @@ memory events in time order; the largest of three steps).
 
 from __future__ import annotations
 
-import copy
 import warnings
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from experiments.bench.harness import Scale, fmt_ratio, paired_ratio, progress, stats
-from experiments.dp_step_cost import datasets, time_steps  # the DP step-cost script this folds in
+from experiments.dp_step_cost import datasets, make_step, time_steps  # the DP step-cost script this folds in
 
 TARGETS = {"cnn_time_hooks": 3.5, "wide_mlp_ghost_time": 2.5, "wide_mlp_ghost_memory": 1.5}
 
@@ -36,36 +35,6 @@ def _models() -> dict[str, tuple[str, nn.Module, str]]:
         "cnn": ("CNN 8/16 channels + GroupNorm, digits", SmallCNN((8, 8), 10, 8), "digits"),
         "wide_mlp": ("wide MLP 784-512-512-10", MLP(784, 10, 512), "wide"),
     }
-
-
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str | None):
-    """A closure running one training step on (x, y): plain SGD, or Opacus with ``mode``."""
-    model = copy.deepcopy(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-    criterion = nn.CrossEntropyLoss()
-    if mode is not None:
-        from opacus import PrivacyEngine
-
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(x))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            wrapped = PrivacyEngine(accountant="prv").make_private(
-                module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
-                noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=False, grad_sample_mode=mode,
-                noise_generator=torch.Generator().manual_seed(0),
-            )
-        if mode == "ghost":
-            model, optimizer, criterion, _ = wrapped
-        else:
-            model, optimizer, _ = wrapped
-
-    def step() -> None:
-        optimizer.zero_grad()
-        criterion(model(x), y).backward()
-        optimizer.step()
-
-    step.reset = lambda: optimizer.zero_grad(set_to_none=True)  # frees grads (and Opacus' per-sample state)
-    return step
 
 
 def step_peak_bytes(step, resident_bytes: int, samples: int = 3) -> int:

@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from experiments.bench.harness import (
-    REPO, Scale, fmt_ratio, paired_ratio, progress, round_walls, run_study, site_train_seconds, stats,
+    REPO,
+    Scale,
+    fmt_ratio,
+    paired_ratio,
+    progress,
+    round_walls,
+    run_study,
+    site_train_seconds,
+    stats,
 )
 from experiments.bench.process_tree import run_measured
 
