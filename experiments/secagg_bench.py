@@ -6,7 +6,7 @@
    size of every reply a site sends in a round, through the Flower wiring).
 3. Secure vs plain aggregation time at 10 and 50 sites with 100k parameters: the
    protocol core (all sites' and the coordinator's work, one process, one core), and a
-   whole round through the Flower wiring on the in-process FakeGrid with instant training.
+   whole round through the Flower wiring on the in-process Grid with instant training.
 
     .venv/bin/python experiments/secagg_bench.py [--repeats 3]
 
@@ -168,8 +168,9 @@ def bench_flower(n_sites: int, settings: SecAggSettings, repeats: int) -> dict[s
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.common.serde import recorddict_to_proto
 
-    from flsuite.secagg import secure_train_round
-    from flsuite.secagg.fake_grid import FakeGrid, build_sites
+    from flsuite.coordinator.secure_round import secure_train_round
+    from flsuite.flower import InProcessGrid, new_run
+    from flsuite.site.testing import build_sites
 
     rng = np.random.default_rng(1)
     global_arrays = ArrayRecord({"fc1.weight": Array(rng.standard_normal((99_900,), dtype=np.float32) * 0.1),
@@ -188,7 +189,7 @@ def bench_flower(n_sites: int, settings: SecAggSettings, repeats: int) -> dict[s
         handlers, contexts = build_sites(tmp, nodes, train, run_id=3)
         secure_rounds, plain_rounds = [], []
         for r in range(repeats):
-            grid = FakeGrid(handlers, contexts, run_id=3)
+            grid = InProcessGrid(handlers, contexts, run=new_run(3), wire=True)
             with grid:
                 start = time.perf_counter()
                 secure_train_round(grid, node_ids=nodes, server_round=r + 1, global_arrays=global_arrays,
@@ -198,7 +199,7 @@ def bench_flower(n_sites: int, settings: SecAggSettings, repeats: int) -> dict[s
                 for received in grid.log:
                     up[received.node] += recorddict_to_proto(received.message.content).ByteSize()
                 # the plain round: the same train messages without secagg, FedAvg-style average
-                plain_grid = FakeGrid(handlers, contexts, run_id=3)
+                plain_grid = InProcessGrid(handlers, contexts, run=new_run(3), wire=True)
                 start = time.perf_counter()
                 replies = plain_grid.send_and_receive([
                     Message(RecordDict({"arrays": global_arrays, "config": ConfigRecord()}), dst_node_id=n,

@@ -1,13 +1,5 @@
-"""The Flower ServerApp of flsuite: thin wiring around ``flsuite.study.coordinator_main``."""
+"""The Flower ServerApp of flsuite (named in pyproject.toml): the coordinator, built by ``flsuite.coordinator``."""
 
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+from flsuite.coordinator.app import build_server_app
 
-from flsuite.study.coordinator_main import run_study
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    run_study(grid, context)
+app = build_server_app()

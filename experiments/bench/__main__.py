@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         command += f" --seeds {args.seeds}"
     bench: dict[str, Any] = {
         "meta": {"command": command, "quick": args.quick, "machine": machine_info(),
-                 "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "started_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                  "wall_s": 0.0, "modules": dict(MEASUREMENTS), "seconds": {}},
         "results": dict(previous.get("results", {})),
     }

@@ -164,8 +164,8 @@ BUCKETS = {
     ] + [("flsuite/secagg/coordinator.py", name) for name in
          ("setup_requests", "receive_keys", "receive_shares", "receive_masked", "receive_unmask")],
     "central evaluation": [("flsuite/training/local.py", "evaluate")],
-    "model <-> ArrayRecord": [("flsuite/federation/records.py", "load_arrays"), ("flsuite/federation/records.py", "model_to_arrays")],
-    "registry publishing": [("flsuite/study/publishing.py", "on_round")],
+    "model <-> ArrayRecord": [("flsuite/protocol.py", "load_arrays"), ("flsuite/protocol.py", "model_to_arrays")],
+    "registry publishing": [("flsuite/coordinator/publishing.py", "on_round")],
 }
 
 
@@ -174,7 +174,7 @@ def profile_rounds(overrides: list[str]) -> dict[str, Any]:
     import cProfile
     import pstats
 
-    from flsuite.study import progress as study_progress
+    from flsuite.coordinator import progress as study_progress
 
     profiler = cProfile.Profile()
     walls: list[float] = []
@@ -199,7 +199,7 @@ def profile_rounds(overrides: list[str]) -> dict[str, Any]:
 
     rounds_s = sum(walls[1:])
     buckets = {name: cumulative(pairs) for name, pairs in BUCKETS.items()}
-    delivered = cumulative([("flsuite/engines/inline.py", "_deliver")])
+    delivered = cumulative([("flsuite/flower/grid.py", "_deliver")])
     client_apps = cumulative([("flwr/clientapp/client_app.py", "__call__")])
     buckets["inline engine message copies"] = max(0.0, delivered - client_apps)
     buckets["everything else"] = rounds_s - sum(buckets.values())

@@ -120,7 +120,7 @@ def run_study(overrides: Sequence[str], root: Path | None = None) -> tuple[dict[
     """
     from flsuite.config import compose_study
     from flsuite.privacy.accounting import clear_cache
-    from flsuite.study.local_run import run_local_study
+    from flsuite.simulation import run_local_study
 
     # flsuite caches epsilon per phase list for the life of the process; a study run after
     # another in this process would find its accounting done. Each study starts cold, as in

@@ -22,8 +22,8 @@ def main(argv: list[str]) -> None:
 
     single_thread()
     from flsuite.config import compose_study
-    from flsuite.study import progress
-    from flsuite.study.local_run import run_local_study
+    from flsuite.coordinator import progress
+    from flsuite.simulation import run_local_study
 
     quiet_logs()
     imported = time.time()

@@ -37,9 +37,9 @@ def launch(
 ) -> None:
     """Submit a study to a real federation, follow its rounds, print its summary."""
     from flsuite.cli.study_commands import print_summary
+    from flsuite.coordinator.launch import check_coordinator_answers, plan_launch
+    from flsuite.coordinator.submit import submit_study
     from flsuite.deployment.config import load_coordinator_config
-    from flsuite.deployment.launch import check_coordinator_answers, plan_launch
-    from flsuite.deployment.submit import submit_study
 
     coordinator = load_coordinator_config(config) if config is not None else None
     plan = plan_launch(list(ctx.args), federation=federation, coordinator=coordinator, output_dir=output_dir)

@@ -10,13 +10,13 @@ import sys
 
 import typer
 
+from flsuite.cli.deployment_commands import coordinator_app, site_app
 from flsuite.cli.launch import LAUNCH_CONTEXT, LAUNCH_HELP, launch
+from flsuite.cli.pki_commands import pki_app
 from flsuite.cli.privacy_commands import privacy_app
+from flsuite.cli.registry_commands import audit_app, registry_app
 from flsuite.cli.study_commands import RUN_HELP, run
-from flsuite.deployment.cli import coordinator_app, site_app
 from flsuite.errors import FlsuiteError
-from flsuite.pki.cli import pki_app
-from flsuite.registry.cli import audit_app, registry_app
 
 app = typer.Typer(
     name="flsuite",

@@ -29,8 +29,8 @@ naming the site and by how much when the plan does not fit a site's remaining bu
 
 @privacy_app.command("plan", help=PLAN_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def plan(ctx: typer.Context) -> None:
-    from flsuite.study.privacy_planning import plan_privacy
-    from flsuite.study.simulated_status import simulated_statuses
+    from flsuite.coordinator.planning import plan_privacy
+    from flsuite.site.simulated_status import simulated_statuses
 
     study = compose_study(list(ctx.args))
     if not study.privacy.enabled:

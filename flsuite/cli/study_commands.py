@@ -14,7 +14,7 @@ from rich.table import Table
 
 from flsuite.config import compose_study, expand_sweep
 from flsuite.config.schema import StudyConfig
-from flsuite.study import progress
+from flsuite.coordinator import progress
 
 console = Console()
 
@@ -41,8 +41,9 @@ def run(
 ) -> None:
     overrides = list(ctx.args)
     if not verbose:
-        import flwr.supercore.logger  # noqa: F401  (creates Flower's logger, at DEBUG)
+        from flsuite.flower import enable_flower_logger
 
+        enable_flower_logger()  # Flower's logger starts at DEBUG
         logging.getLogger("flwr").setLevel(logging.WARNING)
     runs = expand_sweep(overrides) if multirun else [overrides]
     studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
@@ -65,7 +66,7 @@ def run(
 
 
 def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:
-    from flsuite.study.local_run import run_local_study
+    from flsuite.simulation import run_local_study
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as bar:

@@ -2,16 +2,21 @@
 
 from flsuite.config.bridge import from_run_config, to_run_config
 from flsuite.config.compose import compose_study, config_dir, expand_sweep
-from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
+from flsuite.config.pyproject_sync import sync
+from flsuite.config.schema import UNIT_OF_PRIVACY, DataConfig, FederationConfig, ModelConfig, StudyConfig
 from flsuite.config.validation import validate_study
 
 __all__ = [
     "UNIT_OF_PRIVACY",
+    "DataConfig",
+    "FederationConfig",
+    "ModelConfig",
     "StudyConfig",
     "compose_study",
     "config_dir",
     "expand_sweep",
     "from_run_config",
+    "sync",
     "to_run_config",
     "validate_study",
 ]

@@ -1,0 +1,20 @@
+"""Records for studies: scikit-learn's bundled datasets, a site's own CSV, and the split of a
+study's records into sites and a held-out test set."""
+
+from flsuite.lazy import lazy_exports
+
+_EXPORTS = {
+    "load_csv": "csv_source",
+    "Dataset": "datasets",
+    "load_builtin": "datasets",
+    "label_skew": "partition",
+    "partition": "partition",
+    "train_test_indices": "partition",
+    "ModelShape": "study_data",
+    "StudyData": "study_data",
+    "load_source": "study_data",
+    "model_shape": "study_data",
+    "split_study": "study_data",
+}
+
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

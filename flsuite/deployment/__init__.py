@@ -1,4 +1,6 @@
-"""Real federations across processes: the coordinator (SuperLink) and site (SuperNode) commands.
+"""Plumbing shared by the deployed coordinator and sites: their YAML configs, processes and network.
+
+The SuperLink lives in ``flsuite.coordinator.superlink``, the SuperNode in ``flsuite.site.node``.
 
 TLS: Flower 1.42 serves its SuperLink through uvicorn and passes only the certificate and
 key, so the minimum TLS version cannot be set; Python's default applies (TLS 1.2 or newer).
@@ -15,39 +17,38 @@ from flsuite.deployment.config import (
     load_coordinator_config,
     load_site_config,
 )
-from flsuite.deployment.coordinator import CoordinatorState, check_coordinator, start_coordinator, stop_coordinator
-from flsuite.deployment.errors import CoordinatorUnreachable, DeploymentError
-from flsuite.deployment.launch import Connection, LaunchPlan, check_coordinator_answers, plan_launch
-from flsuite.deployment.network import Address, probe_tls
-from flsuite.deployment.node_config import NODE_CONFIG_KEYS, format_node_config
-from flsuite.deployment.site import SiteState, check_site, site_node_config, start_site, stop_site
-from flsuite.deployment.submit import submit_study
+from flsuite.deployment.network import Address, ensure_port_free, free_port, parse_address, probe_tls
+from flsuite.deployment.processes import (
+    ProcessFiles,
+    descendants,
+    flower_environment,
+    flower_executable,
+    log_tail,
+    start_process,
+    stop_process,
+    terminate,
+    wait_for,
+)
 
 __all__ = [
-    "NODE_CONFIG_KEYS",
     "Address",
-    "Connection",
     "CoordinatorConfig",
-    "CoordinatorState",
-    "CoordinatorUnreachable",
-    "DeploymentError",
-    "LaunchPlan",
     "PrivacyCap",
+    "ProcessFiles",
     "SiteConfig",
-    "SiteState",
     "TlsFiles",
-    "check_coordinator",
-    "check_coordinator_answers",
-    "check_site",
-    "format_node_config",
+    "descendants",
+    "ensure_port_free",
+    "flower_environment",
+    "flower_executable",
+    "free_port",
     "load_coordinator_config",
     "load_site_config",
-    "plan_launch",
+    "log_tail",
+    "parse_address",
     "probe_tls",
-    "site_node_config",
-    "start_coordinator",
-    "start_site",
-    "stop_coordinator",
-    "stop_site",
-    "submit_study",
+    "start_process",
+    "stop_process",
+    "terminate",
+    "wait_for",
 ]

@@ -12,7 +12,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from flsuite.deployment.errors import CoordinatorUnreachable, DeploymentError
+from flsuite.errors import CoordinatorUnreachable, DeploymentError
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from flsuite.coordinator.superlink import CoordinatorState, start_coordinator, stop_coordinator
 from flsuite.deployment.config import CoordinatorConfig, SiteConfig, load_coordinator_config, load_site_config
-from flsuite.deployment.coordinator import CoordinatorState, start_coordinator, stop_coordinator
-from flsuite.deployment.site import stop_site
 from flsuite.pki.authority import init_authority, issue_coordinator, issue_site
+from flsuite.site.node import stop_site
 
 
 @dataclass(frozen=True)

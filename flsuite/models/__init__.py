@@ -1,0 +1,13 @@
+"""The networks sites train (all Opacus-compatible) and their weights as Flower ArrayRecords."""
+
+from flsuite.lazy import lazy_exports
+
+_EXPORTS = {
+    "ModelLayout": "weights",
+    "load_arrays": "weights",
+    "model_digest": "weights",
+    "model_to_arrays": "weights",
+    "build_model": "zoo",
+}
+
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -21,10 +21,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flsuite.errors import ConfigError
+from flsuite.errors import CertificateError, ConfigError
 from flsuite.pki import keys
 from flsuite.pki.checks import check_certificate, read_certificate, utc_now
-from flsuite.pki.errors import CertificateError
 from flsuite.pki.files import refuse_existing, write_private, write_public
 from flsuite.pki.identities import encode_identities, read_identities, validate_site_name
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from flsuite.pki.errors import CertificateError
+from flsuite.errors import CertificateError
 from flsuite.pki.keys import load_certificate_pem, load_private_key_pem, same_public_key
 
 EXPIRY_WARNING_DAYS = 30

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from flsuite.durable import fsync_dir
-from flsuite.pki.errors import OverwriteRefused
+from flsuite.errors import OverwriteRefused
 
 PRIVATE_MODE = 0o600
 PUBLIC_MODE = 0o644

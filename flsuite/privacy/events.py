@@ -16,16 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from flsuite.errors import DataError
+from flsuite.errors import DataError, InvalidDpEvent
 
 __all__ = ["ACCOUNTANTS", "DpEvent", "InvalidDpEvent", "data_fingerprint", "utc_now_iso"]
 
 #: Accountants whose epsilon flsuite reports; see accounting.py for why GDP is not one.
 ACCOUNTANTS = ("prv", "rdp")
-
-
-class InvalidDpEvent(DataError):
-    """A DP event (or its JSON record) with a missing, extra, mistyped or out-of-range field."""
 
 
 def utc_now_iso(clock: Callable[[], datetime] | None = None) -> str:

@@ -24,17 +24,13 @@ import os
 from pathlib import Path
 
 from flsuite.durable import fsync_dir
-from flsuite.errors import IntegrityError, UserError
+from flsuite.errors import IntegrityError, LedgerPathError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
 
 __all__ = ["GENESIS_HASH", "LedgerHead", "LedgerPathError", "PrivacyLedger"]
 
 GENESIS_HASH = "0" * 64
 _log = logging.getLogger(__name__)
-
-
-class LedgerPathError(UserError):
-    """The ledger's path cannot be created, read or written."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,15 +11,15 @@ auditor's machine needs neither. Typical use:
 """
 
 from flsuite.audit.keys import load_or_create_signing_key
-from flsuite.registry.digests import code_digest, config_hash
-from flsuite.registry.encryption import create_key_file, key_from_env, key_from_file
-from flsuite.registry.errors import (
+from flsuite.errors import (
     EncryptionKeyError,
     PromotionRefused,
     ReadOnlyRegistry,
     RegistryError,
     WeightsFormatError,
 )
+from flsuite.registry.digests import code_digest, config_hash
+from flsuite.registry.encryption import create_key_file, key_from_env, key_from_file
 from flsuite.registry.manifest import VersionInfo, validate_dp_certificate
 from flsuite.registry.policy import PromotionPolicy
 from flsuite.registry.registry import Registry

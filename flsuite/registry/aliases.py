@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flsuite.registry.errors import RegistryError
+from flsuite.errors import RegistryError
 
 __all__ = ["alias_stack", "current_aliases", "check_alias_name"]
 

@@ -18,8 +18,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from flsuite.errors import IntegrityError
-from flsuite.registry.errors import EncryptionKeyError
+from flsuite.errors import EncryptionKeyError, IntegrityError
 
 __all__ = [
     "ALGORITHM",

@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from flsuite.audit.canonical import canonical_sha256, sha256_hex
 from flsuite.audit.keys import key_id, load_public_key_pem, signature_valid
 from flsuite.audit.log import ENTRY_DOMAIN, AuditEntry, AuditLog
-from flsuite.errors import IntegrityError
+from flsuite.errors import EncryptionKeyError, IntegrityError
 from flsuite.registry.catalogue import VERSION_KIND
 from flsuite.registry.encryption import decrypt_blob, encryption_key_id
-from flsuite.registry.errors import EncryptionKeyError
 from flsuite.registry.layout import Layout
 from flsuite.registry.manifest import MANIFEST_DOMAIN, VersionInfo
 

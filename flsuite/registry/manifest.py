@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flsuite.registry.errors import RegistryError
+from flsuite.errors import RegistryError
 
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_DOMAIN", "VersionInfo", "build_manifest",
            "validate_dp_certificate"]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flsuite.registry.errors import RegistryError
+from flsuite.errors import RegistryError
 
 __all__ = ["PromotionPolicy"]
 

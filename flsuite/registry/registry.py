@@ -33,12 +33,11 @@ from flsuite.audit.keys import (
 )
 from flsuite.audit.log import AuditEntry, AuditLog
 from flsuite.durable import TEMP_PREFIX, write_atomic
-from flsuite.errors import IntegrityError
+from flsuite.errors import IntegrityError, PromotionRefused, ReadOnlyRegistry, RegistryError
 from flsuite.registry import integrity
 from flsuite.registry.aliases import alias_stack, check_alias_name, current_aliases
 from flsuite.registry.catalogue import ALIAS_KIND, VERSION_KIND, Catalogue
 from flsuite.registry.encryption import ALGORITHM, encrypt_blob, encryption_key_id
-from flsuite.registry.errors import PromotionRefused, ReadOnlyRegistry, RegistryError
 from flsuite.registry.layout import REGISTRY_FORMAT, Layout
 from flsuite.registry.manifest import MANIFEST_DOMAIN, VersionInfo, build_manifest
 from flsuite.registry.policy import PromotionPolicy

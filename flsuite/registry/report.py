@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flsuite.errors import FlsuiteError
+from flsuite.errors import FlsuiteError, RegistryError
 from flsuite.registry.catalogue import Catalogue
-from flsuite.registry.errors import RegistryError
 from flsuite.registry.layout import Layout
 
 __all__ = ["privacy_report", "CLAIM_RTOL"]

@@ -19,7 +19,7 @@ import numpy as np
 from safetensors.numpy import load as _safetensors_load
 from safetensors.numpy import save as _safetensors_save
 
-from flsuite.registry.errors import WeightsFormatError
+from flsuite.errors import WeightsFormatError
 
 __all__ = ["serialise_weights", "parse_weights", "read_weights_file", "tensor_summary"]
 

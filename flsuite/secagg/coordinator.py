@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from flsuite.errors import ConfigError
+from flsuite.errors import ConfigError, SecAggAborted
 
 from . import primitives as crypto
-from .errors import SecAggAborted
 from .graph import neighbour_graph, share_group
 from .quantize import average_error_bound, dequantise_sum
 from .settings import SecAggSettings

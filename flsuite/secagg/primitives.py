@@ -8,8 +8,9 @@ blocks), and the mask keystream (AES-256-CTR or ChaCha20 over zeros).
 
 from __future__ import annotations
 
+import hashlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from Crypto.Protocol.SecretSharing import Shamir
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 __all__ = [
+    "model_hash",
     "PROTOCOL",
     "RandomBytes",
     "apply_mask",
@@ -220,3 +222,18 @@ def combine_secret(shares: Sequence[tuple[int, bytes]]) -> bytes:
     first = Shamir.combine([(i, s[:16]) for i, s in shares], ssss=False)
     second = Shamir.combine([(i, s[16:]) for i, s in shares], ssss=False)
     return first + second
+
+
+def model_hash(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 over every array's name, dtype, shape and bytes, in sorted name order:
+    the model a secure round announces at setup and every site checks before training."""
+    h = hashlib.sha256(PROTOCOL + b"/model")
+    for key in sorted(arrays):
+        array = np.ascontiguousarray(arrays[key])
+        name = key.encode()
+        h.update(u64(len(name)) + name + array.dtype.str.encode() + u64(array.ndim))
+        for dim in array.shape:
+            h.update(u64(dim))
+        data = array.tobytes()
+        h.update(u64(len(data)) + data)
+    return h.digest()

@@ -17,10 +17,9 @@ from typing import Any, NoReturn
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from flsuite.errors import ConfigError
+from flsuite.errors import ConfigError, SecAggRefused
 
 from . import primitives as crypto
-from .errors import SecAggRefused
 from .graph import neighbour_graph, share_group
 from .quantize import check_range, quantise_vector
 from .settings import SecAggSettings

@@ -12,7 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import SecAggRefused
+from flsuite.errors import SecAggRefused
+
 from .primitives import PROTOCOL, u64
 
 __all__ = [

@@ -28,6 +28,7 @@ def _positive(entry: dict) -> bool:
     return entry["n"] >= 1 and 0 < entry["min"] <= entry["median"] <= entry["max"]
 
 
+@pytest.mark.slow  # the quick benchmark run takes minutes on 2 cores
 def test_quick_run_succeeds_and_writes_every_measurement(quick_run):
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-4000:]
@@ -39,6 +40,7 @@ def test_quick_run_succeeds_and_writes_every_measurement(quick_run):
     assert bench["meta"]["command"] == "python -m experiments.bench --quick"
 
 
+@pytest.mark.slow  # the quick benchmark run takes minutes on 2 cores
 def test_results_hold_the_ratios_the_tables_report(quick_run):
     _, out = quick_run
     results = json.loads((out / "bench.json").read_text())["results"]
@@ -64,6 +66,7 @@ def test_results_hold_the_ratios_the_tables_report(quick_run):
     assert all(p["status"] == "completed" and 0.0 <= p["accuracy"] <= 1.0 for p in utility["points"])
 
 
+@pytest.mark.slow  # the quick benchmark run takes minutes on 2 cores
 def test_plot_and_markdown_are_written(quick_run):
     _, out = quick_run
     assert (out / "utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -74,6 +77,7 @@ def test_plot_and_markdown_are_written(quick_run):
     assert "### Targets" in text and "| CNN DP time ratio" in text and "Failed" not in text
 
 
+@pytest.mark.slow  # the quick benchmark run takes minutes on 2 cores
 def test_readme_block_is_replaced_not_duplicated(quick_run, tmp_path):
     from experiments.bench.report import update_readme
 

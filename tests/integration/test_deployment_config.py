@@ -19,20 +19,14 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from flsuite.deployment import (
-    CoordinatorUnreachable,
-    check_coordinator,
-    check_site,
-    format_node_config,
-    load_coordinator_config,
-    load_site_config,
-    site_node_config,
-)
+from flsuite.coordinator import check_coordinator
+from flsuite.deployment import load_coordinator_config, load_site_config
 from flsuite.deployment.network import free_port
 from flsuite.deployment.processes import ProcessFiles, running_pid, start_process, stop_process
 from flsuite.deployment.testing import FederationFiles, point_sites_at, write_federation
-from flsuite.errors import ConfigError, DataError
+from flsuite.errors import ConfigError, CoordinatorUnreachable, DataError
 from flsuite.pki import CertificateError, init_authority, issue_coordinator
+from flsuite.site import check_site, format_node_config, site_node_config
 
 
 @pytest.fixture
@@ -278,8 +272,8 @@ def test_cli_sub_apps_explain_themselves_and_raise_user_errors(federation: Feder
     import typer
     from typer.testing import CliRunner
 
-    from flsuite.deployment.cli import coordinator_app, site_app
-    from flsuite.pki.cli import pki_app
+    from flsuite.cli.deployment_commands import coordinator_app, site_app
+    from flsuite.cli.pki_commands import pki_app
 
     root = typer.Typer()
     root.add_typer(pki_app, name="pki")

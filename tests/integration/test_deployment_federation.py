@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from flsuite.deployment import CoordinatorState, DeploymentError, start_site, stop_site
-from flsuite.deployment.coordinator import flwr_home, start_coordinator, stop_coordinator
+from flsuite.coordinator import CoordinatorState
+from flsuite.coordinator.superlink import flwr_home, start_coordinator, stop_coordinator
 from flsuite.deployment.processes import descendants, flower_environment, flower_executable, terminate
 from flsuite.deployment.testing import FederationFiles, running_federation, write_federation
+from flsuite.errors import DeploymentError
+from flsuite.site import start_site, stop_site
 
 pytestmark = pytest.mark.deployment
 

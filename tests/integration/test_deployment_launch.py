@@ -15,9 +15,7 @@ from pathlib import Path
 import pytest
 
 from flsuite.config import from_run_config
-from flsuite.deployment import CoordinatorUnreachable, DeploymentError
-from flsuite.deployment.coordinator import flwr_home, write_flower_connection
-from flsuite.deployment.launch import (
+from flsuite.coordinator.launch import (
     check_coordinator_answers,
     default_app_dir,
     plan_launch,
@@ -25,10 +23,11 @@ from flsuite.deployment.launch import (
     run_config_toml,
     stage_app,
 )
+from flsuite.coordinator.submit import failure_reason, progress_line
+from flsuite.coordinator.superlink import flwr_home, write_flower_connection
 from flsuite.deployment.network import Address, free_port
-from flsuite.deployment.submit import failure_reason, progress_line
 from flsuite.deployment.testing import FederationFiles, write_federation
-from flsuite.errors import ConfigError
+from flsuite.errors import ConfigError, CoordinatorUnreachable, DeploymentError
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from flsuite.deployment import start_site
 from flsuite.deployment.processes import descendants, flower_executable, terminate
 from flsuite.deployment.testing import FederationFiles, running_federation, write_federation, write_site_data
 from flsuite.privacy import PrivacyLedger
+from flsuite.site import start_site
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 

@@ -8,23 +8,20 @@ import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from flsuite.config import compose_study, to_run_config
-from flsuite.engines.inline import InlineGrid
-from flsuite.study.local_run import run_local_study, simulated_node_configs
+from flsuite.flower import InProcessGrid, new_run
+from flsuite.simulation import run_local_study, simulated_node_configs
+from flsuite.site import build_client_app
 
 
 def test_a_failing_site_becomes_an_error_reply_and_an_offline_site_none(tmp_path):
-    from flwr.supercore.run import Run
-
-    from clients.app import app as client_app
-
     study = compose_study(["experiment=smoke"])
-    run = Run.create_empty(1)
-    run.override_config = to_run_config(study)
-    grid = InlineGrid(client_app, run=run, node_configs=simulated_node_configs(study))
+    run = new_run(1, to_run_config(study))
+    grid = InProcessGrid.for_client_app(build_client_app(), run=run, node_configs=simulated_node_configs(study))
     nodes = list(grid.get_node_ids())
-    bad = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="train") for n in nodes[:2]]
-    grid.offline.add(nodes[1])
-    replies = list(grid.send_and_receive(bad, timeout=10))
+    with grid:
+        bad = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type="train") for n in nodes[:2]]
+        grid.offline.add(nodes[1])
+        replies = list(grid.send_and_receive(bad, timeout=10))
     assert len(replies) == 1 and replies[0].has_error()
     assert "arrays" in replies[0].error.reason
     assert nodes[1] not in grid.get_node_ids()

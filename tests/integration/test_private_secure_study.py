@@ -9,7 +9,7 @@ import pytest
 from flsuite.config import compose_study
 from flsuite.privacy import PrivacyLedger, epsilon
 from flsuite.registry import verify_registry
-from flsuite.study.local_run import run_local_study
+from flsuite.simulation import run_local_study
 from tests.conftest import run_cli
 
 
@@ -74,6 +74,7 @@ def test_sites_refuse_at_their_cap_and_the_study_ends_cleanly(tmp_path, secagg):
     assert (out / "metrics.csv").exists() and (out / "metrics.png").exists()
 
 
+@pytest.mark.slow
 def test_a_study_whose_plan_passes_a_sites_budget_fails_before_round_1(tmp_path):
     sites = tmp_path / "sites"
     run_local_study(study(tmp_path, "experiment=smoke", "privacy.target_epsilon=5"), tmp_path / "first")
@@ -103,7 +104,7 @@ def test_secure_aggregation_gives_the_plain_average(tmp_path):
 
 
 def test_a_site_that_falls_silent_mid_round_does_not_stop_a_secure_study(tmp_path):
-    from flsuite.federation.site import handle_query  # noqa: F401  (the ClientApp is importable)
+    from flsuite.site.handlers import handle_query  # noqa: F401  (the ClientApp is importable)
 
     silent = {}
 

@@ -64,6 +64,7 @@ def test_a_site_csv_study_runs(tmp_path):
     assert json.loads((out / "summary.json").read_text())["final_accuracy"] > 0.6
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_combination(tmp_path):
     result = run_cli("run", "-m", "experiment=smoke", "federation.rounds=1,2", "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr

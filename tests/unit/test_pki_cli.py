@@ -7,8 +7,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from flsuite.cli.pki_commands import pki_app
 from flsuite.pki import OverwriteRefused, init_authority, issue_coordinator
-from flsuite.pki.cli import pki_app
 
 runner = CliRunner()
 

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from flsuite.cli.registry_commands import audit_app, registry_app
 from flsuite.errors import UserError
 from flsuite.registry import Registry, read_weights_file
-from flsuite.registry.cli import audit_app, registry_app
 from flsuite.registry.testing import publish_sample, sample_weights
 
 app = typer.Typer()

@@ -1,5 +1,5 @@
 """Secure rounds end to end through Flower Messages: secagg_mod on the sites, secure_train_round
-on the coordinator, an in-process FakeGrid in between (contents pass Flower's protobuf encoding)."""
+on the coordinator, the in-process Grid in between (contents pass Flower's protobuf encoding)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from flsuite.secagg import SecAggAborted, SecAggSettings, secure_train_round
-from flsuite.secagg.fake_grid import FakeGrid, build_sites
+from flsuite.coordinator.secure_round import secure_train_round
+from flsuite.flower import InProcessGrid, new_run, stage_of
+from flsuite.secagg import SecAggAborted, SecAggSettings
+from flsuite.site.testing import build_sites
 
 torch.set_num_threads(1)
 RUN_ID = 7
@@ -40,11 +42,11 @@ class Federation:
         })
         return Message(content, reply_to=msg)
 
-    def grid(self, **kwargs) -> FakeGrid:
-        return FakeGrid(self.handlers, self.contexts, run_id=RUN_ID, **kwargs)
+    def grid(self, **kwargs) -> InProcessGrid:
+        return InProcessGrid(self.handlers, self.contexts, run=new_run(RUN_ID), wire=True, **kwargs)
 
 
-def run_round(fed: Federation, grid: FakeGrid, global_arrays: ArrayRecord, settings: SecAggSettings, server_round: int = 1):
+def run_round(fed: Federation, grid: InProcessGrid, global_arrays: ArrayRecord, settings: SecAggSettings, server_round: int = 1):
     with grid:
         return secure_train_round(grid, node_ids=fed.nodes, server_round=server_round, global_arrays=global_arrays,
                                   train_configs={n: ConfigRecord({"lr": 0.1}) for n in fed.nodes},
@@ -93,7 +95,7 @@ def test_secure_average_equals_plain_weighted_average_within_bound(tmp_path, sta
         fed.examples[node] = int(rng.integers(1, 1000))
     dropped = set(rng.choice(fed.nodes, size=drops, replace=False).tolist())
     event(f"{drops} dropout(s)")
-    grid = fed.grid(drop=lambda s, node: s == stage and node in dropped)
+    grid = fed.grid(drop=lambda m: stage_of(m) == stage and m.metadata.dst_node_id in dropped)
 
     result = run_round(fed, grid, global_arrays, settings)
 
@@ -195,7 +197,7 @@ def test_too_many_dropouts_abort_and_nothing_is_unmasked(tmp_path, stage):
         fed.examples[node] = 5
     settings = SecAggSettings(cohort_size=5, threshold=3)  # tolerates 2 dropouts
     lost = set(fed.nodes[:3])
-    grid = fed.grid(drop=lambda s, node: s == stage and node in lost)
+    grid = fed.grid(drop=lambda m: stage_of(m) == stage and m.metadata.dst_node_id in lost)
     with pytest.raises(SecAggAborted) as info:
         run_round(fed, grid, global_arrays, settings)
     assert info.value.stage == stage
@@ -215,7 +217,7 @@ def test_sites_that_drop_before_training_are_never_trained(tmp_path):
         fed.updates[node] = {"w": np.full(4, 0.2)}
         fed.examples[node] = 10
     lost = fed.nodes[0]
-    grid = fed.grid(drop=lambda s, node: s == "setup" and node == lost)
+    grid = fed.grid(drop=lambda m: stage_of(m) == "setup" and m.metadata.dst_node_id == lost)
     result = run_round(fed, grid, global_arrays, SecAggSettings(cohort_size=4, threshold=3))
     assert lost not in fed.train_calls and lost in result.dropped
     assert np.allclose(result.arrays["w"].numpy(), 0.2, atol=result.error_bound)

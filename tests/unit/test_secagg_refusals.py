@@ -10,20 +10,20 @@ import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from flsuite import protocol
+from flsuite.coordinator.secure_round import secure_train_round
+from flsuite.flower import InProcessGrid, new_run
 from flsuite.secagg import (
-    REFUSED_ERROR_CODE,
-    SITE_CONFIG_ERROR_CODE,
     CoordinatorRound,
     SecAggAborted,
     SecAggRefused,
     SecAggSettings,
     SiteRound,
     public_identity,
-    secure_train_round,
 )
 from flsuite.secagg import primitives as crypto
-from flsuite.secagg.fake_grid import FakeGrid, build_sites
 from flsuite.secagg.wire import KEY_SIZE, pack_blobs, pack_ids, pack_names, unpack_blobs, unpack_ids, unpack_names
+from flsuite.site.testing import build_sites
 
 torch.set_num_threads(1)
 RUN_ID = 7
@@ -46,7 +46,7 @@ class Sites:
 
     def run(self, *, tamper=None, settings=None, server_round=1):
         settings = settings or SecAggSettings(cohort_size=len(self.nodes), threshold=3)
-        self.grid = FakeGrid(self.handlers, self.contexts, run_id=RUN_ID, tamper=tamper)
+        self.grid = InProcessGrid(self.handlers, self.contexts, run=new_run(RUN_ID), wire=True, tamper=tamper)
         with self.grid:
             return secure_train_round(self.grid, node_ids=self.nodes, server_round=server_round,
                                       global_arrays=ArrayRecord({"w": Array(np.zeros(6))}),
@@ -119,7 +119,7 @@ def test_second_unmask_request_is_refused(tmp_path):
     unmask = next(m for m in sites.grid.sent if m.metadata.dst_node_id == node
                   and m.content["secagg"]["stage"] == "unmask")
     again = sites.handlers[node](unmask, sites.contexts[node])
-    assert again.has_error() and again.error.code == REFUSED_ERROR_CODE
+    assert again.has_error() and again.error.code == protocol.SECAGG_REFUSED
     assert again.error.reason.startswith("[repeated-unmask]")
 
 
@@ -187,7 +187,7 @@ def test_site_without_key_files_answers_with_a_config_error(tmp_path):
     context.node_config = {**context.node_config, "identity-key": str(tmp_path / "missing.pem")}
     sites.run()
     error = next(r.message.error for r in sites.grid.log if r.node == sites.nodes[0])
-    assert error.code == SITE_CONFIG_ERROR_CODE and "missing.pem" in error.reason
+    assert error.code == protocol.SECAGG_SITE_CONFIG and "missing.pem" in error.reason
 
 
 # --- the protocol core, with a coordinator that forges keys ------------------------------------

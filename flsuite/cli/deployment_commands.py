@@ -1,0 +1,75 @@
+"""`flsuite coordinator ...` and `flsuite site ...`: Typer sub-apps for a real federation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flsuite.coordinator.superlink import start_coordinator, stop_coordinator
+from flsuite.deployment.config import load_coordinator_config, load_site_config
+from flsuite.site.node import check_site, start_site, stop_site
+
+coordinator_app = typer.Typer(
+    name="coordinator",
+    help=(
+        "Run the federation's coordinator: Flower's SuperLink with TLS, SuperNode "
+        "authentication, a database file and no runtime dependency installation."
+    ),
+    no_args_is_help=True,
+)
+site_app = typer.Typer(
+    name="site",
+    help="Run this site's node: Flower's SuperNode with the site bundle, data path, ledger and privacy cap.",
+    no_args_is_help=True,
+)
+
+CoordinatorConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="Coordinator YAML config (see README: Run a real federation).")
+]
+SiteConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site YAML config (see README: Run a real federation).")]
+
+
+@coordinator_app.command("start")
+def coordinator_start(config: CoordinatorConfigOption) -> None:
+    """Check certificates and site keys, start the SuperLink, register the sites, print where it listens."""
+    settings = load_coordinator_config(config)
+    state = start_coordinator(settings)
+    typer.echo(f"coordinator listening on {state.listen} (PID {state.pid}, {state.tls_version})")
+    typer.echo(f"sites connect to:   {state.connect}  (--superlink in their config: coordinator)")
+    for site, node in state.nodes.items():
+        typer.echo(f"registered site {site}" + (f" as node {node}" if node is not None else " (already registered)"))
+    typer.echo(f"log:                {state.log_file}")
+    typer.echo(f"submit a study:     FLWR_HOME={state.flwr_home} flwr run . {state.federation} --stream")
+
+
+@coordinator_app.command("stop")
+def coordinator_stop(config: CoordinatorConfigOption) -> None:
+    """Stop the SuperLink this config started (by the PID in its state folder)."""
+    pid = stop_coordinator(load_coordinator_config(config))
+    typer.echo(f"stopped coordinator (PID {pid})" if pid else "no coordinator was running")
+
+
+@site_app.command("check")
+def site_check(config: SiteConfigOption) -> None:
+    """Check the bundle, data file, ledger path and that the coordinator answers over TLS; start nothing."""
+    version = check_site(load_site_config(config))
+    typer.echo(f"site config ok; coordinator answers over {version}")
+
+
+@site_app.command("start")
+def site_start(config: SiteConfigOption) -> None:
+    """Check everything, then start the SuperNode; the site's own settings travel in its node_config."""
+    settings = load_site_config(config)
+    state = start_site(settings)
+    joined = f"as node {state.node_id}" if state.node_id is not None else "(still connecting; see the log)"
+    typer.echo(f"site {settings.site} connected to {state.coordinator} {joined} (PID {state.pid}, {state.tls_version})")
+    typer.echo(f"log: {state.log_file}")
+
+
+@site_app.command("stop")
+def site_stop(config: SiteConfigOption) -> None:
+    """Stop the SuperNode this config started (by the PID in its state folder)."""
+    pid = stop_site(load_site_config(config))
+    typer.echo(f"stopped site (PID {pid})" if pid else "no site node was running")

@@ -1,0 +1,188 @@
+"""Command-line sub-apps the `flsuite` CLI mounts: `flsuite registry ...` and `flsuite audit ...`.
+
+Reads need no key; promote and rollback need the coordinator's signing key. User errors
+raise flsuite.errors.UserError subclasses (the main CLI prints them and exits 2);
+`audit verify` exits 0 only when everything verifies, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from flsuite.errors import RegistryError
+from flsuite.registry.encryption import key_from_env, key_from_file
+from flsuite.registry.policy import PromotionPolicy
+from flsuite.registry.registry import Registry
+from flsuite.registry.report import privacy_report
+from flsuite.registry.verify import verify_registry
+
+__all__ = ["registry_app", "audit_app"]
+
+registry_app = typer.Typer(help="Browse, promote, roll back and export model versions.",
+                           no_args_is_help=True)
+audit_app = typer.Typer(help="Verify a registry offline and report its privacy claims.",
+                        no_args_is_help=True)
+
+KEY_ENV = "FLSUITE_ENCRYPTION_KEY"
+RegistryOpt = Annotated[Path, typer.Option("--registry", envvar="FLSUITE_REGISTRY",
+                                           help="Registry folder (env FLSUITE_REGISTRY).")]
+RegistryArg = Annotated[Path, typer.Argument(envvar="FLSUITE_REGISTRY",
+                                             help="Registry folder (env FLSUITE_REGISTRY).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+SigningKeyOpt = Annotated[Path | None, typer.Option(
+    "--signing-key", envvar="FLSUITE_SIGNING_KEY", help="Coordinator's Ed25519 key (PEM, outside the registry).")]
+KeyFileOpt = Annotated[Path | None, typer.Option(
+    "--encryption-key-file", envvar="FLSUITE_ENCRYPTION_KEY_FILE",
+    help=f"File with the 32-byte blob key (or set {KEY_ENV} to the key itself).")]
+DEFAULT_REGISTRY = Path("registry")
+
+
+def _encryption_key(key_file: Path | None) -> bytes | None:
+    if key_file is not None:
+        return key_from_file(key_file)
+    return key_from_env(KEY_ENV) if os.environ.get(KEY_ENV) else None
+
+
+def _open(registry: Path, *, signing_key: Path | None = None, key_file: Path | None = None) -> Registry:
+    return Registry.open(registry, signing_key_path=signing_key, create=False,
+                         encryption_key=_encryption_key(key_file))
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True) if as_json else text)
+
+
+def _max_epsilon(info_dict: dict[str, Any]) -> float | None:
+    certificate = info_dict["manifest"]["dp_certificate"]
+    return max(c["epsilon"] for c in certificate["sites"].values()) if certificate else None
+
+
+@registry_app.command("list")
+def list_versions(registry: RegistryOpt = DEFAULT_REGISTRY, run: Annotated[str | None, typer.Option(
+        help="Only versions of this run.")] = None, as_json: JsonOpt = False) -> None:
+    """List every version with its lineage, metrics, epsilon and aliases."""
+    with _open(registry) as reg:
+        aliases = reg.aliases()
+        rows = [{**info.to_dict(), "aliases": sorted(a for a, n in aliases.items() if n == info.number)}
+                for info in reg.versions(run)]
+    lines = [f"{'version':>7}  {'parent':>6}  {'run':<16} {'round':>5}  {'max eps':>8}  metrics / aliases"]
+    for row in rows:
+        eps = _max_epsilon(row)
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(row["manifest"]["metrics"].items()))
+        lines.append(f"{row['number']:>7}  {row['parent'] if row['parent'] is not None else '-':>6}  "
+                     f"{row['run_id'][:16]:<16} {row['round']:>5}  "
+                     f"{'-' if eps is None else f'{eps:.4g}':>8}  {metrics} {' '.join(row['aliases'])}")
+    _emit({"registry": str(registry), "versions": rows, "aliases": aliases}, as_json,
+          "\n".join(lines) if rows else f"no versions in {registry}")
+
+
+@registry_app.command("show")
+def show(version: Annotated[str, typer.Argument(help="Version number or alias.")],
+         registry: RegistryOpt = DEFAULT_REGISTRY, as_json: JsonOpt = False) -> None:
+    """Show a version's signed manifest."""
+    with _open(registry) as reg:
+        info = reg.version(version)
+        data = {**info.to_dict(), "aliases": sorted(a for a, n in reg.aliases().items() if n == info.number)}
+    _emit(data, as_json, json.dumps(data, indent=2, sort_keys=True))
+
+
+@registry_app.command("promote")
+def promote(version: Annotated[str, typer.Argument(help="Version number or alias.")],
+            alias: Annotated[str, typer.Option("--alias", help="e.g. staging, production.")],
+            max_epsilon: Annotated[float | None, typer.Option(help="Max epsilon of any site.")] = None,
+            min_accuracy: Annotated[float | None, typer.Option(help="Minimum 'accuracy' metric.")] = None,
+            min_metric: Annotated[list[str] | None, typer.Option(
+                help="NAME=VALUE: minimum of another metric (repeatable).")] = None,
+            registry: RegistryOpt = DEFAULT_REGISTRY, signing_key: SigningKeyOpt = None,
+            key_file: KeyFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Point an alias at a version that verifies and meets the policy."""
+    minimums: dict[str, float] = {}
+    for item in min_metric or []:
+        name, sep, value = item.partition("=")
+        try:
+            minimums[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise RegistryError(f"--min-metric {item!r}: write NAME=VALUE, e.g. --min-metric auc=0.8")
+    if min_accuracy is not None:
+        minimums["accuracy"] = min_accuracy
+    policy = PromotionPolicy(max_epsilon=max_epsilon, min_metrics=minimums)
+    with _open(registry, signing_key=signing_key, key_file=key_file) as reg:
+        move = reg.promote(version, alias, policy)
+    _emit(move, as_json, f"{alias} -> version {move['to_version']} (was {move['from_version']}); "
+                         f"audit entry {move['seq']}")
+
+
+@registry_app.command("rollback")
+def rollback(alias: Annotated[str, typer.Option("--alias", help="Alias to move back.")],
+             registry: RegistryOpt = DEFAULT_REGISTRY, signing_key: SigningKeyOpt = None,
+             key_file: KeyFileOpt = None, as_json: JsonOpt = False) -> None:
+    """Move an alias back to the version it pointed at before."""
+    with _open(registry, signing_key=signing_key, key_file=key_file) as reg:
+        move = reg.rollback(alias)
+    _emit(move, as_json, f"{alias} -> version {move['to_version']} (rolled back from "
+                         f"{move['from_version']}); audit entry {move['seq']}")
+
+
+@registry_app.command("export")
+def export(version: Annotated[str, typer.Argument(help="Version number or alias.")],
+           out: Annotated[Path, typer.Option("--out", help="Safetensors file to write.")],
+           registry: RegistryOpt = DEFAULT_REGISTRY, key_file: KeyFileOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Write a version's weights (plaintext safetensors) and its signed manifest beside them."""
+    with _open(registry, key_file=key_file) as reg:
+        info = reg.version(version)
+        path = reg.export(info.number, out)
+    data = {"version": info.number, "weights": str(path), "sha256": info.blob_sha256,
+            "manifest": str(path.with_name(path.name + ".manifest.json"))}
+    _emit(data, as_json, f"version {info.number} -> {path} (sha256 {info.blob_sha256}); "
+                         f"signed manifest in {data['manifest']}")
+
+
+@audit_app.command("verify")
+def verify(registry: RegistryArg = DEFAULT_REGISTRY, key_file: KeyFileOpt = None,
+           expect_key: Annotated[str | None, typer.Option(
+               help="Key id (or its prefix) the registry must be signed with.")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Check every blob hash, signature, the whole chain and the signed head; exit 1 on any failure."""
+    if not registry.exists():
+        raise RegistryError(f"no registry at {registry}; give the registry folder to verify")
+    report = verify_registry(registry, encryption_key=_encryption_key(key_file), expected_key=expect_key)
+    text = [report.verdict()] + [f"  problem: {p}" for p in report.problems[1:]] \
+        + [f"  note: {n}" for n in report.notes]
+    if report.head_seq is not None:
+        text.append(f"  signed head: entry {report.head_seq}, hash {report.head_hash}")
+    _emit(report.to_dict(), as_json, "\n".join(text))
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@audit_app.command("report")
+def report(registry: RegistryArg = DEFAULT_REGISTRY,
+           version: Annotated[list[int] | None, typer.Option(help="Only these versions.")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Each version's DP certificate; each site's epsilon recomputed and compared with the claim."""
+    if not registry.exists():
+        raise RegistryError(f"no registry at {registry}; give the registry folder to report on")
+    data = privacy_report(registry, versions=version)
+    lines = [f"accounting: {data['accounting']}",
+             f"{'version':>7}  {'site':<16} {'claimed eps':>11} {'recomputed':>10}  {'delta':>8}  status"]
+    for row in data["versions"]:
+        if not row["certificate"]:
+            lines.append(f"{row['version']:>7}  (no DP certificate)")
+        for claim in row.get("claims", []):
+            recomputed = claim["recomputed_epsilon"]
+            lines.append(f"{row['version']:>7}  {claim['site'][:16]:<16} {claim['claimed_epsilon']:>11.4g} "
+                         f"{'-' if recomputed is None else f'{recomputed:.4g}':>10}  "
+                         f"{claim['delta']:>8.2g}  {claim['status']}")
+    if data["under_claimed_sites"]:
+        lines.append(f"UNDER-CLAIMED: {', '.join(data['under_claimed_sites'])}")
+    _emit(data, as_json, "\n".join(lines))
+    if not data["ok"]:
+        raise typer.Exit(code=1)

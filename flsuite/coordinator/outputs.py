@@ -1,0 +1,179 @@
+"""The files a study leaves in its output folder.
+
+``config.yaml`` (the resolved config), ``metrics.csv``/``metrics.json`` (one row per
+round), ``site_metrics.csv`` (one row per site and round), ``summary.json`` and
+``metrics.png``. Each file is written whole (temp file, then rename), so a crash never
+leaves half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flsuite import durable, protocol
+from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
+from flsuite.coordinator.rounds import RoundRecord, SiteReport, StudyResult
+
+ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "failures", "wall_s"]
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write an output file whole (text as UTF-8)."""
+    durable.write_atomic(path, data.encode() if isinstance(data, str) else data)
+
+
+def round_row(record: RoundRecord) -> dict[str, Any]:
+    weights = [site.metrics.get(protocol.NUM_EXAMPLES, 0.0) for site in record.sites]
+    losses = [site.metrics.get(protocol.TRAIN_LOSS, float("nan")) for site in record.sites]
+    total = sum(weights)
+    train_loss = sum(w * loss for w, loss in zip(weights, losses)) / total if total else (sum(losses) / len(losses) if losses else None)
+    return {
+        "round": record.round,
+        "accuracy": record.metrics.get("accuracy"),
+        "loss": record.metrics.get("loss"),
+        "auc": record.metrics.get("auc"),
+        "train_loss": train_loss,
+        "sites": len(record.sites),
+        "failures": record.failures,
+        "wall_s": round(record.wall_s, 4),
+    }
+
+
+def privacy_row(server_round: int, site: SiteReport) -> dict[str, Any]:
+    """One site's DP event of one round, with the epsilon it has spent in total since."""
+    event, status = site.dp_event, site.status
+    assert event is not None and status is not None
+    return {
+        "round": server_round,
+        "site": site.name,
+        "sample_rate": event.sample_rate,
+        "noise_multiplier": event.noise_multiplier,
+        "steps": event.steps,
+        "max_grad_norm": event.max_grad_norm,
+        "delta": event.delta,
+        "accountant": event.accountant,
+        "rng": event.rng,
+        "epsilon": status.spent_epsilon,
+        "max_epsilon": status.max_epsilon,
+        "empty_batches": int(site.metrics.get(protocol.EMPTY_BATCHES, 0)),
+    }
+
+
+class StudyOutputs:
+    """Writes a study's files as it goes: config first, metrics each round, summary last."""
+
+    def __init__(self, folder: Path, study: StudyConfig) -> None:
+        self.folder = folder
+        self.study = study
+        self.rows: list[dict[str, Any]] = []
+        self.site_rows: list[dict[str, Any]] = []
+        self.privacy_rows: list[dict[str, Any]] = []
+        self.plan_rows: list[dict[str, Any]] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
+
+    def on_round(self, record: RoundRecord) -> None:
+        self.rows.append(round_row(record))
+        for site in record.sites:
+            self.site_rows.append({"round": record.round, "site": site.name, **site.metrics})
+            if site.dp_event is not None and site.status is not None:
+                self.privacy_rows.append(privacy_row(record.round, site))
+        self._write_metrics()
+
+    def write_privacy_plan(self, rows: list[Any]) -> None:
+        self.plan_rows = [dict(vars(row)) for row in rows]
+        write_atomic(self.folder / "privacy_plan.csv", _csv(self.plan_rows, list(self.plan_rows[0]) if self.plan_rows else []))
+
+    def finish(self, result: StudyResult, *, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        last = self.rows[-1] if self.rows else {}
+        summary = {
+            "name": self.study.name,
+            "status": result.status,
+            "message": result.message,
+            "dataset": self.study.data.dataset,
+            "model": self.study.model.name,
+            "sites": self.study.federation.num_sites,
+            "sites_trained": len({row["site"] for row in self.site_rows}),
+            "rounds_planned": self.study.federation.rounds,
+            "rounds_completed": len(self.rows),
+            "final_accuracy": last.get("accuracy"),
+            "final_auc": last.get("auc"),
+            "final_loss": last.get("loss"),
+            "wall_s": round(wall_s, 3),
+            "engine": self.study.engine.name,
+            "output_dir": str(self.folder.resolve()),
+            "refusals": [refusal.to_summary() for refusal in result.refusals],
+            "aborted_rounds": result.aborted_rounds,
+            "privacy": self._privacy_summary(),
+            **(extra or {}),
+        }
+        self._write_metrics()  # also when no round finished: the files exist, with their headers
+        write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
+        self._plot()
+        return summary
+
+    def _privacy_summary(self) -> dict[str, Any] | None:
+        privacy = self.study.privacy
+        if not privacy.enabled:
+            return None
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.privacy_rows:
+            latest[row["site"]] = row
+        sites = {
+            name: {"epsilon_spent": row["epsilon"], "max_epsilon": row["max_epsilon"], "delta": row["delta"], "rng": row["rng"]}
+            for name, row in sorted(latest.items())
+        }
+        planned = {row["site"]: row for row in self.plan_rows}
+        for name, row in planned.items():
+            sites.setdefault(name, {"epsilon_spent": row["prior_epsilon"], "max_epsilon": row["max_epsilon"], "delta": None, "rng": None})
+            sites[name]["planned_sigma"] = row["noise_multiplier"]
+        return {
+            "unit_of_privacy": UNIT_OF_PRIVACY,
+            "accountant": privacy.accountant,
+            "target_epsilon": privacy.target_epsilon,
+            "noise_multiplier": privacy.noise_multiplier,
+            "max_grad_norm": privacy.max_grad_norm,
+            "sites": sites,
+        }
+
+    def _write_metrics(self) -> None:
+        write_atomic(self.folder / "metrics.json", json.dumps(self.rows, indent=2))
+        write_atomic(self.folder / "metrics.csv", _csv(self.rows, ROUND_COLUMNS))
+        site_columns = sorted({key for row in self.site_rows for key in row} - {"round", "site"})
+        write_atomic(self.folder / "site_metrics.csv", _csv(self.site_rows, ["round", "site", *site_columns]))
+        if self.privacy_rows:
+            privacy_columns = ["round", "site", *sorted({k for row in self.privacy_rows for k in row} - {"round", "site"})]
+            write_atomic(self.folder / "privacy.csv", _csv(self.privacy_rows, privacy_columns))
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        rounds = [row["round"] for row in self.rows]
+        left.plot(rounds, [row["accuracy"] for row in self.rows], marker="o")
+        left.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
+        right.plot(rounds, [row["loss"] for row in self.rows], marker="o", color="tab:red")
+        right.set(title="Test loss", xlabel="round", ylabel="cross-entropy")
+        figure.suptitle(f"{self.study.name}: {self.study.data.dataset}, {self.study.federation.num_sites} sites")
+        figure.tight_layout()
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=110)
+        plt.close(figure)
+        write_atomic(self.folder / "metrics.png", buffer.getvalue())
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -1,0 +1,124 @@
+"""Publishing a study's global models into the registry, with lineage and a DP certificate.
+
+The coordinator publishes after each round (or only the best and the final model, or
+only the final one) and records the study's events in the registry's audit log. Each
+version's DP certificate lists, per contributing site, the DP-SGD phases that produced
+this model and the epsilon they compose to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+
+from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
+from flsuite.coordinator.rounds import RoundRecord, StudyResult
+
+SOURCE_FOLDERS = ("flsuite", "server", "clients")
+
+
+def registry_paths(study: StudyConfig, output_dir: Path) -> tuple[Path, Path]:
+    """(registry folder, coordinator signing key) — the private key lives outside the registry."""
+    registry = Path(study.registry.path) if study.registry.path else output_dir / "registry"
+    key = Path(study.registry.signing_key) if study.registry.signing_key else registry.parent / "coordinator-signing.key"
+    return registry, key
+
+
+def encryption_key(study: StudyConfig) -> bytes | None:
+    from flsuite.registry import key_from_env, key_from_file
+
+    if study.registry.encryption_key_file:
+        return key_from_file(study.registry.encryption_key_file)
+    if study.registry.encryption_key_env:
+        return key_from_env(study.registry.encryption_key_env)
+    return None
+
+
+class RegistryPublisher:
+    """Publishes global models and study events of one run into a registry."""
+
+    def __init__(self, study: StudyConfig, output_dir: Path, *, run_id: str) -> None:
+        from flsuite.registry import Registry, code_digest, config_hash
+
+        self.study = study
+        self.run_id = run_id
+        self.path, key_path = registry_paths(study, output_dir)
+        self.registry = Registry.open(self.path, signing_key_path=key_path, encryption_key=encryption_key(study))
+        root = Path(__file__).resolve().parents[2]
+        self.code_digest = code_digest([root / folder for folder in SOURCE_FOLDERS if (root / folder).exists()])
+        self.config_hash = config_hash(study.model_dump(mode="json", exclude={"output_dir", "sites_dir"}))
+        self.phases: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.deltas: dict[str, float] = {}
+        self.best_accuracy = -1.0
+        self.published: list[int] = []
+        self.pending: tuple[RoundRecord, ArrayRecord] | None = None
+        self.registry.record("study.started", {"run_id": run_id, "study": study.name, "config_hash": self.config_hash})
+
+    def on_round(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        for site in record.sites:
+            if site.dp_event is not None:
+                event = site.dp_event
+                self.phases[site.name].append(
+                    {"q": event.sample_rate, "sigma": event.noise_multiplier, "steps": event.steps, "clip": event.max_grad_norm}
+                )
+                self.deltas[site.name] = event.delta
+        policy = self.study.registry.publish
+        accuracy = record.metrics.get("accuracy", -1.0)
+        if policy == "every_round" or (policy == "best_and_final" and accuracy > self.best_accuracy):
+            self._publish(record, arrays)
+        else:
+            self.pending = (record, arrays)
+        self.best_accuracy = max(self.best_accuracy, accuracy)
+
+    def finish(self, result: StudyResult) -> dict[str, Any]:
+        if self.pending is not None:  # the final model, when the policy did not publish it already
+            self._publish(*self.pending)
+        for refusal in result.refusals:
+            self.registry.record("site.refused", {"run_id": self.run_id, "round": refusal.round, "site": refusal.name, "reason": refusal.refusal.message})
+        for aborted in result.aborted_rounds:
+            self.registry.record("round.aborted", {"run_id": self.run_id, **aborted})
+        self.registry.record("study.finished", {"run_id": self.run_id, "status": result.status, "versions": self.published})
+        self.registry.close()
+        return {"registry": str(self.path.resolve()), "registry_versions": self.published, "final_version": self.published[-1] if self.published else None}
+
+    def _publish(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        weights = {name: np.asarray(array.numpy()) for name, array in arrays.items()}
+        sites = [site.name for site in record.sites]
+        info = self.registry.publish(
+            weights,
+            run_id=self.run_id,
+            study_id=self.study.name,
+            round=record.round,
+            config_hash=self.config_hash,
+            code_digest=self.code_digest,
+            sites=sites,
+            metrics={k: float(v) for k, v in record.metrics.items()},
+            dp_certificate=self._certificate(sites),
+        )
+        self.published.append(info.number)
+        self.pending = None
+
+    def _certificate(self, sites: list[str]) -> dict[str, Any] | None:
+        if not self.study.privacy.enabled or not self.phases:
+            return None
+        from flsuite.privacy import epsilon
+
+        accountant = self.study.privacy.accountant
+        per_site = {}
+        for name, phases in self.phases.items():
+            delta = self.deltas[name]
+            per_site[name] = {
+                "epsilon": epsilon([(p["q"], p["sigma"], p["steps"]) for p in phases], delta=delta, accountant=accountant),
+                "delta": delta,
+                "phases": list(phases),
+            }
+        return {"unit_of_privacy": UNIT_OF_PRIVACY, "accountant": accountant, "sites": per_site}
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,262 @@
+"""The coordinator's round loop: choose a cohort, train, aggregate, evaluate, report.
+
+It drives Flower's Message API through a ``Grid`` (in-process, Ray or a real SuperLink)
+and a Flower strategy for aggregation. How one round's training is exchanged is a
+``TrainRound``: ``PlainTrainRound`` sends each site the model and averages the replies;
+``flsuite.coordinator.secure_round.SecureTrainRound`` wraps the same round in secure
+aggregation, so the strategy only ever sees the securely averaged model. Sites that
+refuse (privacy budget spent) are left out of later rounds; when fewer than the minimum
+remain the study ends cleanly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from flsuite import protocol
+from flsuite.config.schema import StudyConfig
+from flsuite.coordinator.cohort import CohortGrid, choose_cohort
+from flsuite.errors import ProtocolError
+
+__all__ = [
+    "PlainTrainRound",
+    "Refusal",
+    "RoundLoop",
+    "RoundOutcome",
+    "RoundRecord",
+    "SiteReport",
+    "StudyResult",
+    "TrainRound",
+    "site_report",
+]
+
+Evaluator = Callable[[ArrayRecord], dict[str, float]]
+SiteConfigs = Callable[[int, list[int]], Mapping[int, dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class SiteReport:
+    """What one site said in one round: its metrics, its status and the DP event it recorded."""
+
+    node_id: int
+    name: str
+    metrics: dict[str, float]
+    status: protocol.SiteStatus | None = None
+    dp_event: protocol.DpEvent | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A site that declined to train in a round, and why (its typed refusal)."""
+
+    round: int
+    node_id: int
+    refusal: protocol.Refusal
+
+    @property
+    def name(self) -> str:
+        return self.refusal.site
+
+    def to_summary(self) -> dict[str, Any]:
+        refusal = self.refusal
+        return {
+            "round": self.round,
+            "node_id": self.node_id,
+            "name": refusal.site,
+            "kind": refusal.kind,
+            "reason": refusal.message,
+            "remaining_epsilon": refusal.remaining_epsilon,
+        }
+
+
+@dataclass
+class RoundRecord:
+    """The outcome of one round, as the coordinator saw it."""
+
+    round: int
+    metrics: dict[str, float]
+    sites: list[SiteReport]
+    failures: int
+    wall_s: float
+    secure: dict[str, Any] | None = None
+
+
+@dataclass
+class StudyResult:
+    """Everything a study produced, in memory."""
+
+    rounds: list[RoundRecord] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    aborted_rounds: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "completed"
+    message: str = ""
+    arrays: ArrayRecord | None = None
+
+
+@dataclass
+class RoundOutcome:
+    """What one round's training exchange produced: the new global model, or None (aborted)."""
+
+    arrays: ArrayRecord | None
+    sites: list[SiteReport]
+    refusals: list[Refusal]
+    failures: int
+    secure: dict[str, Any] | None = None
+    aborted: dict[str, Any] | None = None
+
+
+class TrainRound(Protocol):
+    """One round's training exchange with the cohort, aggregated by the strategy."""
+
+    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome: ...
+
+
+class PlainTrainRound:
+    """Send each site the global model, collect the replies, let the strategy average them."""
+
+    def __init__(self, grid: Grid, strategy: Strategy, *, timeout_s: float) -> None:
+        self.grid = grid
+        self.strategy = strategy
+        self.timeout_s = timeout_s
+
+    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
+        messages = [
+            Message(RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: configs[node]}), dst_node_id=node, message_type=protocol.TRAIN)
+            for node in cohort
+        ]
+        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
+        trained, refusals, failures = [], [], len(cohort) - len(replies)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                failures += 1
+            elif protocol.REFUSAL in reply.content.config_records:
+                refusal = _refusal(server_round, node, reply.content)
+                if refusal is None:
+                    failures += 1
+                else:
+                    refusals.append(refusal)
+            else:
+                trained.append(reply)
+        if not trained:
+            return RoundOutcome(None, [], refusals, failures)
+        new_arrays, _ = self.strategy.aggregate_train(server_round, trained)
+        sites = [site_report(reply.metadata.src_node_id, reply.content) for reply in trained]
+        return RoundOutcome(new_arrays, sites, refusals, failures)
+
+
+class RoundLoop:
+    """Runs the rounds of one study over a Grid, one ``TrainRound`` per round."""
+
+    def __init__(
+        self,
+        study: StudyConfig,
+        grid: Grid,
+        *,
+        strategy: Strategy,
+        train_round: TrainRound,
+        initial_arrays: ArrayRecord,
+        evaluator: Evaluator | None,
+        listeners: list[Callable[[RoundRecord, ArrayRecord], None]] | None = None,
+        site_configs: SiteConfigs | None = None,
+        excluded: set[int] | None = None,
+    ) -> None:
+        self.study = study
+        self.grid = grid
+        self.strategy = strategy
+        self.train_round = train_round
+        self.evaluator = evaluator
+        self.listeners = list(listeners or [])
+        self.site_configs = site_configs
+        self.arrays = initial_arrays
+        self.excluded: set[int] = set(excluded or ())  # refused, or left out of the privacy plan
+
+    def run(self) -> StudyResult:
+        result = StudyResult()
+        federation = self.study.federation
+        for server_round in range(1, federation.rounds + 1):
+            available = [n for n in self.grid.get_node_ids() if n not in self.excluded]
+            cohort = choose_cohort(
+                available,
+                fraction=federation.fraction_sites,
+                minimum=federation.min_sites,
+                seed=self.study.seed,
+                server_round=server_round,
+            )
+            if cohort is None:
+                result.status = "aborted"
+                result.message = (
+                    f"round {server_round}: only {len(available)} site(s) can still train, "
+                    f"fewer than federation.min_sites={federation.min_sites}"
+                )
+                break
+            record = self._round(server_round, cohort, result)
+            if record is None:
+                continue
+            result.rounds.append(record)
+            for listener in self.listeners:
+                listener(record, self.arrays)
+        result.arrays = self.arrays
+        return result
+
+    def _round(self, server_round: int, cohort: list[int], result: StudyResult) -> RoundRecord | None:
+        started = time.perf_counter()
+        outcome = self.train_round(server_round, cohort, self._configs(server_round, cohort), self.arrays)
+        result.refusals.extend(outcome.refusals)
+        self.excluded.update(refusal.node_id for refusal in outcome.refusals)
+        if outcome.aborted is not None:
+            result.aborted_rounds.append({"round": server_round, **outcome.aborted})
+        if outcome.arrays is None:
+            return None
+        self.arrays = outcome.arrays
+        metrics = self.evaluator(self.arrays) if self.evaluator else {}
+        return RoundRecord(
+            round=server_round,
+            metrics=metrics,
+            sites=sorted(outcome.sites, key=lambda s: s.name),
+            failures=outcome.failures,
+            wall_s=time.perf_counter() - started,
+            secure=outcome.secure,
+        )
+
+    def _configs(self, server_round: int, cohort: list[int]) -> dict[int, ConfigRecord]:
+        """Each site's train config: the strategy's (server round, FedProx's mu, ...) plus the plan's."""
+        base = ConfigRecord({protocol.SEED: self.study.seed})
+        messages = list(self.strategy.configure_train(server_round, self.arrays, base, CohortGrid(self.grid, cohort)))
+        shared = dict(messages[0].content[protocol.CONFIG]) if messages else dict(base)
+        extras = self.site_configs(server_round, cohort) if self.site_configs else {}
+        return {node: ConfigRecord({**shared, **extras.get(node, {})}) for node in cohort}
+
+
+def _refusal(server_round: int, node: int, content: RecordDict) -> Refusal | None:
+    try:
+        return Refusal(round=server_round, node_id=node, refusal=protocol.Refusal.from_record(content.config_records[protocol.REFUSAL]))
+    except ProtocolError:
+        return None
+
+
+def site_report(node: int, content: RecordDict) -> SiteReport:
+    """A site's train reply as the coordinator records it (its name from its status record)."""
+    status_record = content.config_records.get(protocol.SITE)
+    event_record = content.config_records.get(protocol.DP_EVENT)
+    metrics = content.metric_records.get(protocol.METRICS)
+    status = protocol.SiteStatus.from_record(status_record) if status_record is not None else None
+    return SiteReport(
+        node_id=node,
+        name=status.name if status else str(node),
+        metrics={key: float(value) for key, value in (metrics or {}).items()},
+        status=status,
+        dp_event=protocol.dp_event_from_record(event_record) if event_record is not None else None,
+    )
+
+
+def refusals_from(server_round: int, site_refusals: Mapping[int, protocol.Refusal]) -> list[Refusal]:
+    """The typed refusals a secure round collected, as round refusals."""
+    return [Refusal(round=server_round, node_id=node, refusal=refusal) for node, refusal in sorted(site_refusals.items())]

@@ -1,0 +1,183 @@
+"""Secure aggregation on the coordinator: one round's training exchange through a Grid.
+
+Four stages, each one ``grid.send_and_receive`` with a finite timeout: "setup" and
+"share-keys" (message type "query"), "train" (message type "train", carrying the global
+model and the site's train config) and "unmask" ("query"). Nodes that do not answer in
+time, or answer with an error, are dropped; below the minimum the round aborts with
+SecAggAborted, nothing is unmasked, and the caller keeps the global model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from flsuite import protocol
+from flsuite.coordinator.rounds import RoundOutcome, refusals_from, site_report
+from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
+from flsuite.models.weights import ModelLayout, model_digest
+from flsuite.secagg.coordinator import CoordinatorRound
+from flsuite.secagg.settings import SecAggSettings
+
+__all__ = ["SecureRoundResult", "SecureTrainRound", "secure_train_round"]
+
+SECAGG_RECORD, MASKED_RECORD = protocol.SECAGG_RECORD, protocol.MASKED_RECORD
+
+
+@dataclass(frozen=True)
+class SecureRoundResult:
+    """Outcome of a secure round.
+
+    arrays: global + sum(w*update)/sum(w), with the global model's names, shapes, dtypes.
+    total_weight: sum of the survivors' weights w = min(num-examples, weight_cap)/weight_cap.
+    survivors: nodes whose updates are in the average; dropped: the rest of the cohort.
+    replies: per survivor, the records of its train reply other than the masked vector
+        (MetricRecords without the example count, ConfigRecords such as a DP event).
+    error_bound: largest quantisation error of any averaged-update coordinate (before the
+        cast to the model's dtypes).
+    clipped_values: per survivor, update values clipped to the range (only with clip_out_of_range).
+    refusals: per node, why it was dropped when it said so (error replies, malformed replies).
+    site_refusals: per node, the typed refusal of a site that declined to train (its budget, ...).
+    """
+
+    arrays: ArrayRecord
+    total_weight: float
+    survivors: tuple[int, ...]
+    dropped: tuple[int, ...]
+    replies: dict[int, RecordDict]
+    error_bound: float
+    clipped_values: dict[int, int] = field(default_factory=dict)
+    refusals: dict[int, str] = field(default_factory=dict)
+    site_refusals: dict[int, protocol.Refusal] = field(default_factory=dict)
+
+
+def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int, global_arrays: ArrayRecord,
+                       train_configs: Mapping[int, ConfigRecord], settings: SecAggSettings,
+                       timeout_s: float) -> SecureRoundResult:
+    """Train one round on ``node_ids`` and return the securely aggregated weighted average."""
+    nodes = sorted(set(node_ids))
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
+        raise ConfigError(f"secagg timeout_s={timeout_s!r}: every stage needs a finite timeout > 0 seconds.")
+    missing = [n for n in nodes if n not in train_configs]
+    if missing:
+        raise ConfigError(f"train_configs lacks a ConfigRecord for nodes {missing}")
+    layout = ModelLayout.of(global_arrays)
+    global_vector = layout.flatten(global_arrays)
+    coordinator = CoordinatorRound(settings, run_id=grid.run.run_id, server_round=server_round, cohort=nodes,
+                                   model_hash=model_digest(global_arrays), vector_length=layout.size + 1)
+    refusals: dict[int, str] = {}
+    site_refusals: dict[int, protocol.Refusal] = {}
+    records: dict[int, RecordDict] = {}
+
+    def exchange(requests: Mapping[int, Mapping[str, Any]], stage: str) -> dict[int, dict[str, Any]]:
+        messages = []
+        for node, request in requests.items():
+            content = RecordDict({SECAGG_RECORD: ConfigRecord(dict(request))})
+            if stage == protocol.MASKED_TRAIN:
+                content[protocol.ARRAYS] = global_arrays
+                content[protocol.CONFIG] = train_configs[node]
+            message_type = protocol.TRAIN if stage == protocol.MASKED_TRAIN else protocol.QUERY
+            messages.append(Message(content, dst_node_id=node, message_type=message_type, group_id=str(server_round), ttl=float(timeout_s)))
+        replies: dict[int, dict[str, Any]] = {}
+        for reply in grid.send_and_receive(messages, timeout=float(timeout_s)):
+            node = reply.metadata.src_node_id
+            if node not in requests or node in replies or node in refusals:
+                continue
+            if reply.has_error():
+                refusals[node] = f"{stage}: {reply.error.reason or f'error {reply.error.code}'}"
+                continue
+            if protocol.REFUSAL in reply.content.config_records:
+                try:
+                    refusal = protocol.Refusal.from_record(reply.content.config_records[protocol.REFUSAL])
+                except ProtocolError as error:
+                    refusals[node] = f"{stage}: {error}"
+                    continue
+                site_refusals[node] = refusal
+                refusals[node] = f"{stage}: site {refusal.site!r} refused ({refusal.kind}): {refusal.message}"
+                continue
+            if SECAGG_RECORD not in reply.content.config_records:
+                refusals[node] = f"{stage}: reply without a {SECAGG_RECORD!r} record"
+                continue
+            answer = dict(reply.content.config_records[SECAGG_RECORD])
+            if stage == protocol.MASKED_TRAIN:
+                masked = reply.content.array_records.get(MASKED_RECORD)
+                vector = protocol.MASKED_VECTOR
+                answer[vector] = masked[vector].numpy() if masked is not None and vector in masked else None
+                records[node] = RecordDict({name: rec for name, rec in reply.content.items()
+                                            if name not in (SECAGG_RECORD, MASKED_RECORD)
+                                            and not isinstance(rec, ArrayRecord)})
+            replies[node] = answer
+        return replies
+
+    try:
+        keys = exchange(coordinator.setup_requests(), protocol.SETUP)
+        shares = exchange(coordinator.receive_keys(keys), protocol.SHARE_KEYS)
+        masked = exchange(coordinator.receive_shares(shares), protocol.MASKED_TRAIN)
+        unmasks = exchange(coordinator.receive_masked(masked), protocol.UNMASK)
+        summed = coordinator.receive_unmask(unmasks)
+    except SecAggAborted as exc:
+        every = {**coordinator.rejected, **refusals}
+        detail = "; ".join(f"node {n}: {why}" for n, why in sorted(every.items()))
+        aborted = SecAggAborted(f"{exc}{' Refusals: ' + detail if detail else ''}", stage=exc.stage, refusals=every)
+        aborted.site_refusals = dict(site_refusals)
+        raise aborted from None
+    if summed.total_weight <= 0:
+        raise SecAggAborted(f"round {server_round}: the survivors' total weight is 0 (no examples); nothing to average",
+                            stage=protocol.UNMASK)
+    average = summed.weighted_update_sum / summed.total_weight
+    return SecureRoundResult(
+        arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
+        survivors=summed.survivors, dropped=summed.dropped,
+        replies={n: records[n] for n in summed.survivors if n in records}, error_bound=summed.error_bound,
+        clipped_values=summed.clipped_values, refusals={**summed.rejected, **refusals}, site_refusals=site_refusals)
+
+
+class SecureTrainRound:
+    """A round's training exchange wrapped in secure aggregation.
+
+    The cohort trains through the four secure-aggregation stages; the strategy sees one
+    "reply", the securely averaged model weighted by the sum of the sites' weights. An
+    aborted round changes nothing: no model, and the reason in ``RoundOutcome.aborted``.
+    """
+
+    def __init__(self, grid: Grid, strategy: Strategy, *, settings_for: Callable[[int], SecAggSettings], timeout_s: float) -> None:
+        self.grid = grid
+        self.strategy = strategy
+        self.settings_for = settings_for
+        self.timeout_s = timeout_s
+
+    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
+        try:
+            secure = secure_train_round(
+                self.grid,
+                node_ids=cohort,
+                server_round=server_round,
+                global_arrays=arrays,
+                train_configs=configs,
+                settings=self.settings_for(len(cohort)),
+                timeout_s=self.timeout_s,
+            )
+        except SecAggAborted as exc:  # nothing was unmasked; the global model stays as it was
+            refusals = refusals_from(server_round, exc.site_refusals)  # type: ignore[arg-type]
+            return RoundOutcome(None, [], refusals, 0, aborted={"stage": exc.stage, "reason": str(exc)})
+        refusals = refusals_from(server_round, secure.site_refusals)
+        averaged = Message(
+            RecordDict({protocol.ARRAYS: secure.arrays, protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: secure.total_weight})}),
+            dst_node_id=0,
+            message_type=protocol.TRAIN,
+        )
+        new_arrays, _ = self.strategy.aggregate_train(server_round, [averaged])
+        sites = [site_report(node, content) for node, content in secure.replies.items()]
+        details = {
+            "survivors": len(secure.survivors),
+            "dropped": len(secure.dropped),
+            "quantisation_error_bound": secure.error_bound,
+            "clipped_values": sum(secure.clipped_values.values()),
+        }
+        return RoundOutcome(new_arrays, sites, refusals, len(secure.dropped) - len(refusals), secure=details)

@@ -1,0 +1,122 @@
+"""The coordinator's side of a study, as the ServerApp runs it on any engine.
+
+Reads the study from the run_config, evaluates on the held-out split that no site
+sees, runs the rounds, and writes the output folder. ``flsuite.coordinator.app``
+builds the ServerApp around ``run_study``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from flsuite import protocol
+from flsuite.config.bridge import from_run_config
+from flsuite.config.schema import StudyConfig
+from flsuite.coordinator import progress
+from flsuite.coordinator.outputs import StudyOutputs
+from flsuite.coordinator.planning import plan_privacy, query_status
+from flsuite.coordinator.publishing import RegistryPublisher, new_run_id
+from flsuite.coordinator.rounds import PlainTrainRound, RoundLoop, RoundRecord, TrainRound
+from flsuite.coordinator.strategies import build_strategy
+from flsuite.data.datasets import Dataset
+from flsuite.data.study_data import model_shape, split_study
+from flsuite.errors import DataError, PlanError
+from flsuite.models.weights import load_arrays, model_to_arrays
+from flsuite.models.zoo import build_model
+from flsuite.training.local import evaluate
+
+log = logging.getLogger("flwr")  # the ServerApp's log: what `flwr log` shows
+
+
+def study_from_context(context: Context) -> StudyConfig:
+    if not context.run_config:
+        raise PlanError("the ServerApp received no run_config: start the study with flsuite or `flwr run`")
+    return from_run_config(context.run_config)
+
+
+def run_study(grid: Grid, context: Context) -> dict[str, Any]:
+    """Run a whole study over ``grid`` and return its summary (also written to summary.json)."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    study = study_from_context(context)
+    folder = Path(study.output_dir or f"outputs/run-{context.run_id}")
+    test_data = _held_out(study)
+    shape = model_shape(study.data, test_data)
+    model = build_model(
+        study.model,
+        num_features=shape.num_features,
+        num_classes=shape.num_classes,
+        image_shape=shape.image_shape,
+        seed=study.seed,
+    )
+    outputs = StudyOutputs(folder, study)
+    publisher = RegistryPublisher(study, folder, run_id=new_run_id()) if study.registry.enabled else None
+
+    def evaluator(arrays: ArrayRecord) -> dict[str, float]:
+        load_arrays(model, arrays)
+        return evaluate(model, test_data)
+
+    def on_round(record: RoundRecord, arrays: ArrayRecord) -> None:
+        # One line per round in the ServerApp's log, so `flwr log` shows progress in a deployment.
+        log.info("round %d/%d: %s, %d sites", record.round, study.federation.rounds, _metrics_text(record.metrics), len(record.sites))
+        outputs.on_round(record)
+        if publisher:
+            publisher.on_round(record, arrays)
+        progress.publish(record)
+
+    site_configs, unplanned = None, set()
+    if study.privacy.enabled:
+        nodes = list(grid.get_node_ids())
+        plan = plan_privacy(study, query_status(grid, nodes, timeout=study.federation.round_timeout_s))
+        outputs.write_privacy_plan(plan.rows)
+        unplanned = set(nodes) - set(plan.sigma_by_node)
+        if study.privacy.target_epsilon is not None:
+            site_configs = lambda server_round, cohort: {n: {protocol.NOISE_MULTIPLIER: plan.sigma_by_node[n]} for n in cohort}  # noqa: E731
+
+    initial_arrays = model_to_arrays(model)
+    strategy = build_strategy(study.federation, initial_arrays)
+    coordinator = RoundLoop(
+        study,
+        grid,
+        strategy=strategy,
+        train_round=train_round(study, grid, strategy),
+        initial_arrays=initial_arrays,
+        evaluator=evaluator if test_data else None,
+        listeners=[on_round],
+        site_configs=site_configs,
+        excluded=unplanned,
+    )
+    result = coordinator.run()
+    extra = publisher.finish(result) if publisher else {}
+    return outputs.finish(result, wall_s=time.perf_counter() - started, extra=extra)
+
+
+def train_round(study: StudyConfig, grid: Grid, strategy: Strategy) -> TrainRound:
+    """A plain round, or one wrapped in secure aggregation when the study asks for it."""
+    if not study.secagg.enabled:
+        return PlainTrainRound(grid, strategy, timeout_s=study.federation.round_timeout_s)
+    from flsuite.coordinator.secure_round import SecureTrainRound
+
+    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for, timeout_s=study.secagg.stage_timeout_s)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:.4f}" for key, value in sorted(metrics.items())) or "no central evaluation"
+
+
+def _held_out(study: StudyConfig) -> Dataset | None:
+    """The coordinator's test split; None when the coordinator cannot read the data (real sites' CSVs)."""
+    try:
+        return split_study(study.data, study.federation.num_sites).test
+    except DataError:
+        if study.data.dataset == "csv":
+            return None
+        raise

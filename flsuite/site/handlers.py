@@ -1,0 +1,159 @@
+"""What a site does when the coordinator asks: train, evaluate, or report its status.
+
+``flsuite.site.app`` wires these handlers to Flower. A site reads the study settings
+from the run_config, and its own data, privacy cap and ledger from its node config: the
+site's own settings win. DP-SGD training is in ``privacy_guard``. Every reply is built
+from the contract's types (``flsuite.protocol``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from flsuite import protocol
+from flsuite.config.bridge import from_run_config
+from flsuite.config.schema import DataConfig, StudyConfig
+from flsuite.data.csv_source import load_csv
+from flsuite.data.datasets import Dataset
+from flsuite.data.study_data import model_shape, split_study
+from flsuite.errors import PlanError
+from flsuite.models.weights import load_arrays
+from flsuite.models.zoo import build_model
+from flsuite.site.replies import refusal_reply, train_reply
+from flsuite.training.local import evaluate, train_plain
+
+
+@dataclass(frozen=True)
+class SiteSetup:
+    """A site's view of the study: who it is, its records and the study settings."""
+
+    name: str
+    index: int
+    data: Dataset
+    study: StudyConfig
+
+
+def site_setup(context: Context) -> SiteSetup:
+    """Resolve the site's identity and records from its node config and the run_config."""
+    if not context.run_config:
+        raise PlanError("the site received no run_config: start the study with flsuite or `flwr run`")
+    study = from_run_config(context.run_config)
+    node = context.node_config
+    if protocol.DATA_PATH in node:
+        label_column = str(node.get(protocol.LABEL_COLUMN, study.data.label_column or "label"))
+        data = load_csv(str(node[protocol.DATA_PATH]), label_column=label_column, feature_columns=study.data.feature_columns)
+        name = str(node.get(protocol.SITE_NAME, data.name))
+        index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+        return SiteSetup(name=name, index=index, data=data, study=study)
+    index = int(node.get(protocol.PARTITION_ID, 0))
+    data = _simulated_site_data(study.data.model_dump_json(), study.federation.num_sites, index)
+    return SiteSetup(name=str(node.get(protocol.SITE_NAME, f"site-{index}")), index=index, data=data, study=study)
+
+
+@lru_cache(maxsize=16)
+def _simulated_site_data(data_config_json: str, num_sites: int, index: int) -> Dataset:
+    return split_study(DataConfig.model_validate_json(data_config_json), num_sites).sites[index]
+
+
+def site_model(setup: SiteSetup) -> torch.nn.Module:
+    shape = model_shape(setup.study.data, setup.data)
+    return build_model(
+        setup.study.model,
+        num_features=shape.num_features,
+        num_classes=shape.num_classes,
+        image_shape=shape.image_shape,
+        seed=setup.study.seed,
+    )
+
+
+def local_seed(study_seed: int, server_round: int, site_index: int) -> int:
+    """A seed per study, round and site, the same on every engine."""
+    text = json.dumps([study_seed, server_round, site_index])
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def requires_privacy(context: Context) -> bool:
+    """A site with its own privacy cap only answers with differentially private results."""
+    return protocol.MAX_EPSILON in context.node_config
+
+
+def _privacy_required(msg: Message, setup: SiteSetup, what: str) -> Message:
+    return refusal_reply(
+        msg,
+        protocol.Refusal(
+            kind="privacy-required",
+            site=setup.name,
+            message=f"site {setup.name!r} has a privacy cap and does not {what} without DP-SGD; the study has privacy.enabled=false",
+        ),
+    )
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Train the received global model on the site's records and reply with the new weights."""
+    torch.set_num_threads(1)
+    setup = site_setup(context)
+    if not setup.study.privacy.enabled and requires_privacy(context):
+        return _privacy_required(msg, setup, "train")
+    config = msg.content[protocol.CONFIG]
+    server_round = int(config.get(protocol.SERVER_ROUND, 0))
+    model = site_model(setup)
+    load_arrays(model, msg.content[protocol.ARRAYS])
+    # Only simulated sites train with a seed (reproducible studies); a real site's noise
+    # must come from its own entropy: whoever knows the seed can subtract the noise.
+    seed = local_seed(setup.study.seed, server_round, setup.index) if protocol.PARTITION_ID in context.node_config else None
+    if setup.study.privacy.enabled:
+        from flsuite.site.privacy_guard import train_private
+
+        sigma = config.get(protocol.NOISE_MULTIPLIER, setup.study.privacy.noise_multiplier)
+        if sigma is None:
+            raise PlanError(f"site {setup.name!r} received no noise multiplier for DP-SGD: it was not in the coordinator's plan")
+        return train_private(msg, context, setup=setup, model=model, noise_multiplier=float(sigma), seed=seed)
+    training = setup.study.training
+    started = time.perf_counter()
+    result = train_plain(
+        model,
+        setup.data,
+        epochs=training.local_epochs,
+        batch_size=training.batch_size,
+        optimizer=training.optimizer,
+        learning_rate=training.learning_rate,
+        seed=seed if seed is not None else secrets.randbits(63),
+        proximal_mu=float(config.get(protocol.PROXIMAL_MU, 0.0)),
+    )
+    metrics = {protocol.NUM_EXAMPLES: result.examples, protocol.TRAIN_LOSS: result.mean_loss, protocol.TRAIN_SECONDS: time.perf_counter() - started}
+    return train_reply(msg, model=model, metrics=metrics, status=protocol.SiteStatus(name=setup.name, records=len(setup.data)))
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on the site's own records (not at a site with a privacy cap:
+    exact metrics on its records are not differentially private)."""
+    torch.set_num_threads(1)
+    setup = site_setup(context)
+    if requires_privacy(context):
+        return _privacy_required(msg, setup, "report metrics on its records")
+    model = site_model(setup)
+    load_arrays(model, msg.content[protocol.ARRAYS])
+    metrics = evaluate(model, setup.data)
+    metrics[protocol.NUM_EXAMPLES] = len(setup.data)
+    status = protocol.SiteStatus(name=setup.name, records=len(setup.data))
+    content = RecordDict({protocol.METRICS: MetricRecord(metrics), protocol.SITE: ConfigRecord(status.to_record())})
+    return Message(content, reply_to=msg)
+
+
+def handle_query(msg: Message, context: Context) -> Message:
+    """Tell the coordinator what planning needs: the site's name, size and privacy status."""
+    setup = site_setup(context)
+    status = protocol.SiteStatus(name=setup.name, records=len(setup.data))
+    if setup.study.privacy.enabled:
+        from flsuite.site.privacy_guard import site_privacy
+
+        status = site_privacy(context.node_config, site=setup.name, features=setup.data.features, labels=setup.data.labels, study=setup.study).status()
+    return Message(RecordDict({protocol.SITE: ConfigRecord(status.to_record())}), reply_to=msg)

@@ -1,0 +1,122 @@
+"""The site side on Flower: a client mod that answers the secure-aggregation stages.
+
+Add it to the ClientApp (``ClientApp(mods=[secagg_mod])``) and register a ``@app.query()``
+function too: Flower only runs app mods around registered functions, and the protocol's
+key-exchange and unmask stages arrive as "query" messages (the mod answers them before
+the query function is reached). The mod reads the site's identity key, name and pinned
+identities file from its node config, keeps its per-round state in ``context.state`` (bytes
+in a ConfigRecord, so it works when every message runs in a fresh process), and passes
+train messages on as plain train messages (the model and the train config). From the
+training reply it sends back only the masked vector and the metric/config records, minus
+the example count; a site's typed refusal passes through unchanged. Record names are
+``flsuite.protocol``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+
+from flsuite import protocol
+from flsuite.errors import ConfigError, SecAggRefused
+from flsuite.models.weights import ModelLayout, model_digest
+from flsuite.secagg.identity import load_identity, load_pinned_identities
+from flsuite.secagg.site import SiteRound
+
+__all__ = ["secagg_mod"]
+
+SECAGG_RECORD, MASKED_RECORD, STATE_RECORD = protocol.SECAGG_RECORD, protocol.MASKED_RECORD, protocol.SECAGG_STATE
+
+
+def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Answer secure-aggregation stages; pass every other message on unchanged."""
+    if not msg.has_content() or SECAGG_RECORD not in msg.content.config_records:
+        return call_next(msg, context)
+    request: dict[str, Any] = dict(msg.content.config_records[SECAGG_RECORD])
+    try:
+        site = _load_site(context)
+    except ConfigError as exc:
+        return Message(Error(code=protocol.SECAGG_SITE_CONFIG, reason=str(exc)), reply_to=msg)
+    try:
+        stage = request.get(protocol.STAGE)
+        if stage == protocol.SETUP:
+            return _reply(msg, site.setup(request))
+        if stage == protocol.SHARE_KEYS:
+            return _reply(msg, site.share_keys(request))
+        if stage == protocol.UNMASK:
+            return _reply(msg, site.unmask(request))
+        if stage == protocol.MASKED_TRAIN:
+            return _train(msg, context, call_next, site, request)
+        site.refuse("bad-request", f"unknown secure-aggregation stage {stage!r}")
+    except SecAggRefused as refusal:
+        return Message(Error(code=protocol.SECAGG_REFUSED, reason=str(refusal)), reply_to=msg)
+    finally:
+        context.state[STATE_RECORD] = ConfigRecord(site.state)
+
+
+def _load_site(context: Context) -> SiteRound:
+    config = context.node_config
+    missing = [k for k in (protocol.IDENTITY_KEY, protocol.SITE_NAME, protocol.IDENTITIES_FILE) if not config.get(k)]
+    if missing:
+        raise ConfigError(f"node-config lacks {missing}; secure aggregation needs the site's identity key, "
+                          "site name and pinned identities file.")
+    stored = context.state.config_records.get(STATE_RECORD)
+    return SiteRound(node_id=context.node_id, run_id=context.run_id, site_name=str(config[protocol.SITE_NAME]),
+                     identity=load_identity(str(config[protocol.IDENTITY_KEY])),
+                     pinned=load_pinned_identities(str(config[protocol.IDENTITIES_FILE])),
+                     state=dict(stored) if stored is not None else None)
+
+
+def _reply(msg: Message, reply: dict[str, Any]) -> Message:
+    return Message(RecordDict({SECAGG_RECORD: ConfigRecord(reply)}), reply_to=msg)
+
+
+def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: SiteRound,
+           request: dict[str, Any]) -> Message:
+    records = msg.content.array_records
+    if protocol.ARRAYS not in records:
+        site.refuse("bad-request", f"the train stage carries no ArrayRecord {protocol.ARRAYS!r}")
+    global_arrays = records[protocol.ARRAYS]
+    site.begin_train(request, model_hash=model_digest(global_arrays))  # refuses before any training
+    config = msg.content.config_records.get(protocol.CONFIG, ConfigRecord())
+    msg.content = RecordDict({protocol.ARRAYS: global_arrays, protocol.CONFIG: config})
+    trained = call_next(msg, context)
+    if trained.has_error() or protocol.REFUSAL in trained.content.config_records:
+        return trained  # e.g. a budget refusal: nothing to mask, the coordinator drops this site
+    local = list(trained.content.array_records.values())
+    if len(local) != 1:
+        site.refuse("bad-local-update", f"the training reply has {len(local)} ArrayRecords, expected 1")
+    layout = ModelLayout.of(global_arrays)
+    try:
+        update = layout.flatten(local[0]) - layout.flatten(global_arrays)
+    except ValueError as exc:
+        site.refuse("bad-local-update", f"the trained weights do not fit the global model: {exc}")
+    try:
+        num_examples = _num_examples(trained.content.metric_records)
+    except SecAggRefused as refusal:
+        site.refuse(refusal.reason, refusal.detail)
+    masked = site.mask_update(update=update, num_examples=num_examples)
+    content = RecordDict()
+    content[SECAGG_RECORD] = ConfigRecord({k: v for k, v in masked.items() if k != protocol.MASKED_VECTOR})
+    content[MASKED_RECORD] = ArrayRecord({protocol.MASKED_VECTOR: Array(masked[protocol.MASKED_VECTOR])})
+    for name, record in trained.content.metric_records.items():
+        content[name] = MetricRecord({k: v for k, v in record.items() if k != protocol.NUM_EXAMPLES})
+    for name, record in trained.content.config_records.items():
+        if name != SECAGG_RECORD:
+            content[name] = record
+    return Message(content, reply_to=msg)
+
+
+def _num_examples(metric_records: Any) -> int:
+    for record in metric_records.values():
+        if protocol.NUM_EXAMPLES in record:
+            value = record[protocol.NUM_EXAMPLES]
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                return int(value)
+            raise SecAggRefused("bad-local-update", f"num-examples={value!r} is not a whole number")
+    raise SecAggRefused("bad-local-update", f"the training reply's MetricRecord carries no {protocol.NUM_EXAMPLES!r}")
