@@ -61,7 +61,7 @@ def load_csv(
             reader = csv.reader(handle)
             try:
                 return _parse(path, reader, label_column, feature_columns, num_classes)
-            except csv.Error as exc:  # a NUL byte, a field past csv.field_size_limit(), ...
+            except csv.Error as exc:  # e.g. a field longer than csv.field_size_limit()
                 raise DataError(f"{path} line {reader.line_num}: not a readable CSV record ({exc})") from None
     except UnicodeDecodeError:
         line = _first_line_not_utf8(path)
