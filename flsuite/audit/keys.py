@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from flsuite.durable import fsync_dir
+from flsuite.storage.durable import fsync_dir
 from flsuite.errors import ConfigError
 
 __all__ = [

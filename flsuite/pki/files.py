@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from flsuite.durable import fsync_dir
+from flsuite.storage.durable import fsync_dir
 from flsuite.pki.errors import OverwriteRefused
 
 PRIVATE_MODE = 0o600

@@ -32,7 +32,7 @@ from flsuite.audit.keys import (
     sign,
 )
 from flsuite.audit.log import AuditEntry, AuditLog
-from flsuite.durable import TEMP_PREFIX, write_atomic
+from flsuite.storage.durable import TEMP_PREFIX, write_atomic
 from flsuite.errors import IntegrityError
 from flsuite.registry import integrity
 from flsuite.registry.aliases import alias_stack, check_alias_name, current_aliases

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from flsuite import durable
+from flsuite.storage import durable
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.federation.coordinator import RoundRecord, StudyResult
 
