@@ -8,6 +8,15 @@ encryption key go through `keyfiles`.
 from flsuite.storage.canonical import canonical_json
 from flsuite.storage.chain import GENESIS, ChainEntry, ChainHead, ChainRead, HashChainLog, entry_hash
 from flsuite.storage.durable import TEMP_PREFIX, fsync_dir, write_atomic
+from flsuite.storage.keyfiles import (
+    InsecureKeyFile,
+    KeyFileError,
+    KeyFileExists,
+    check_private,
+    read_private,
+    write_private,
+    write_public,
+)
 
 __all__ = [
     "GENESIS",
@@ -16,8 +25,15 @@ __all__ = [
     "ChainHead",
     "ChainRead",
     "HashChainLog",
+    "InsecureKeyFile",
+    "KeyFileError",
+    "KeyFileExists",
     "canonical_json",
+    "check_private",
     "entry_hash",
     "fsync_dir",
+    "read_private",
     "write_atomic",
+    "write_private",
+    "write_public",
 ]
