@@ -4,6 +4,9 @@
     ├── UserError                 bad input from a person: the CLI prints the message and exits 2
     │   ├── ConfigError           a config value, key, group option or key file that is not allowed
     │   │   ├── CertificateError  a certificate or key that cannot be used (missing, expired, mismatched)
+    │   │   ├── KeyFileError      a key file that cannot be used or written as asked
+    │   │   │   ├── InsecureKeyFile  a private key file that group or other users may access
+    │   │   │   └── KeyFileExists    a key file would replace one that exists
     │   │   └── EncryptionKeyError  a missing, malformed or wrong registry encryption key
     │   ├── DataError             a dataset, CSV file or partition that cannot be used
     │   │   ├── InvalidDpEvent    a DP event (or its record) with a missing, extra or wrong field
@@ -39,8 +42,11 @@ __all__ = [
     "DeploymentError",
     "EncryptionKeyError",
     "FlsuiteError",
+    "InsecureKeyFile",
     "IntegrityError",
     "InvalidDpEvent",
+    "KeyFileError",
+    "KeyFileExists",
     "LedgerPathError",
     "OverwriteRefused",
     "PlanError",
@@ -74,6 +80,18 @@ class ConfigError(UserError):
 
 class CertificateError(ConfigError):
     """A certificate or key that cannot be used: missing, expired, wrongly signed, mismatched."""
+
+
+class KeyFileError(ConfigError):
+    """A key file that cannot be used or written as asked."""
+
+
+class InsecureKeyFile(KeyFileError):
+    """A private key file that group or other users may read or write."""
+
+
+class KeyFileExists(KeyFileError):
+    """A key file would replace one that exists, and overwriting was not asked for."""
 
 
 class EncryptionKeyError(ConfigError):

@@ -1,23 +1,17 @@
-"""Canonical JSON: the one byte form of a JSON value that every hash and signature covers.
+"""Canonical JSON and its SHA-256 for the audit chain and the registry.
 
-Keys sorted, no insignificant whitespace, UTF-8, no NaN or infinity; two equal values
-always give the same bytes, so an auditor recomputes every hash from the parsed value.
+`canonical_json` itself lives in `flsuite.storage.canonical` (the hash-chained log needs it
+too); this module adds the hex digests that manifests and entries record.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
+from flsuite.storage.canonical import canonical_json
+
 __all__ = ["canonical_json", "sha256_hex", "canonical_sha256"]
-
-
-def canonical_json(value: Any) -> bytes:
-    """The canonical UTF-8 bytes of a JSON-able value; ValueError/TypeError if it is not one."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
 
 
 def sha256_hex(data: bytes) -> str:

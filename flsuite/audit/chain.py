@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from flsuite.audit.canonical import canonical_json
 from flsuite.audit.keys import signature_valid
-from flsuite.audit.log import ENTRY_DOMAIN, GENESIS_PREV, AuditEntry
+from flsuite.audit.log import ENTRY_DOMAIN, AuditEntry
+from flsuite.storage.chain import GENESIS
 
 __all__ = ["Problem", "ChainResult", "verify_chain", "GENESIS_KIND"]
 
@@ -50,7 +51,7 @@ def verify_chain(lines: list[bytes], *, public_keys: dict[str, Ed25519PublicKey]
     problems: list[Problem] = []
     entries: list[AuditEntry | None] = []
     trusted: frozenset[str] = frozenset()
-    previous_hash: str | None = GENESIS_PREV
+    previous_hash: str | None = GENESIS
     for number, line in enumerate(lines, start=1):
         where = f"audit entry at line {number}"
         try:

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from flsuite.audit.canonical import canonical_json
 from flsuite.audit.keys import key_id, sign, signature_valid
 from flsuite.audit.log import AuditEntry
-from flsuite.durable import write_atomic
+from flsuite.storage.durable import write_atomic
 
 __all__ = ["SignedHead", "write_head", "read_head", "HEAD_DOMAIN"]
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from flsuite.durable import fsync_dir
 from flsuite.errors import ConfigError
+from flsuite.storage.keyfiles import KeyFileExists, read_private, write_private
 
 __all__ = [
     "load_or_create_signing_key",
@@ -35,7 +34,6 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
     path = Path(path)
     if path.exists():
         return load_signing_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
@@ -43,14 +41,9 @@ def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKe
         serialization.NoEncryption(),
     )
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it between exists() and open()
+        write_private(path, pem)
+    except KeyFileExists:  # another process created it between exists() and the write
         return load_signing_key(path)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
-    fsync_dir(path.parent)
     return key
 
 
@@ -58,14 +51,10 @@ def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """Load an Ed25519 private key (PEM PKCS8); refuse files others can read."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode
-        data = path.read_bytes()
+        data = read_private(path, what="signing key")
     except OSError as exc:
         raise ConfigError(f"signing key {path}: cannot be read ({exc.strerror}); "
                           "give the path of the coordinator's Ed25519 key") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"signing key {path}: mode {stat.S_IMODE(mode):o} lets others read it; "
-                          f"run `chmod 600 {path}`")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

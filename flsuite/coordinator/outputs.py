@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from flsuite import durable, protocol
+from flsuite import protocol
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.coordinator.rounds import RoundRecord, SiteReport, StudyResult
+from flsuite.storage import durable
 
 ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "failures", "wall_s"]
 

@@ -31,6 +31,7 @@ from flsuite.deployment.processes import (
 from flsuite.errors import CertificateError, CoordinatorUnreachable, DeploymentError
 from flsuite.pki.checks import check_certificate
 from flsuite.pki.keys import is_node_auth_public_key
+from flsuite.storage.keyfiles import check_private
 
 PROGRAM = "flower-superlink"
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
@@ -74,6 +75,7 @@ def check_coordinator(config: CoordinatorConfig, *, now: datetime | None = None)
     tls = config.tls
     check_certificate(tls.ca_certificate, ca=tls.ca_certificate, now=now)
     check_certificate(tls.certificate, ca=tls.ca_certificate, now=now, key=tls.key)
+    check_private(tls.key, what="coordinator TLS key")
     for site, public_key in config.sites.items():
         if not public_key.is_file():
             raise CertificateError(

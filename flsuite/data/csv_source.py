@@ -15,8 +15,8 @@ file, the line and the column.
 from __future__ import annotations
 
 import csv
-from operator import itemgetter
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 from typing import Protocol
 

@@ -179,7 +179,7 @@ def _load_authority(layout: PkiLayout, now: datetime) -> tuple[ec.EllipticCurveP
             f"no CA in {layout.root} (expected ca.crt and ca.key). Run `flsuite pki init --dir {layout.root}` first."
         )
     check_certificate(layout.ca_certificate, ca=layout.ca_certificate, now=now, key=layout.ca_key)
-    ca_key = keys.load_private_key_pem(layout.ca_key.read_bytes())
+    ca_key = keys.read_private_key(layout.ca_key, what="CA key")
     return ca_key, read_certificate(layout.ca_certificate)
 
 

@@ -1,21 +1,19 @@
-"""Atomic, mode-aware file writing for keys and certificates.
+"""Key and certificate files of the PKI, on `flsuite.storage.keyfiles`.
 
-Every file is written to a temporary file in the target folder, fsynced, and then moved
-into place, so a crash never leaves half a key behind. Private keys get mode 0600.
+Writes are atomic (temp file, fsync, link or rename, fsync of the folder), private keys
+get mode 0600, and an existing file is only replaced with --force.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from flsuite.durable import fsync_dir
 from flsuite.errors import OverwriteRefused
+from flsuite.storage import keyfiles
+from flsuite.storage.keyfiles import PRIVATE_MODE, PUBLIC_MODE
 
-PRIVATE_MODE = 0o600
-PUBLIC_MODE = 0o644
+__all__ = ["PRIVATE_MODE", "PUBLIC_MODE", "refuse_existing", "write_atomic", "write_private", "write_public"]
 
 
 def refuse_existing(paths: Iterable[Path], *, force: bool) -> None:
@@ -34,34 +32,14 @@ def write_atomic(path: Path, data: bytes, *, mode: int, force: bool = False) -> 
     """Write data to path atomically with the given permission mode.
 
     Without force an existing file is never replaced, even if it appears between the
-    caller's check and this write (the final step is a hard link, which fails if the
-    name exists).
+    caller's check and this write.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise OverwriteRefused(
-                    f"refusing to overwrite {path}: it already exists. Pass --force to replace it."
-                ) from None
-            tmp.unlink()
-        fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        return keyfiles.write_key_file(path, data, mode=mode, overwrite=force)
+    except keyfiles.KeyFileExists:
+        raise OverwriteRefused(
+            f"refusing to overwrite {path}: it already exists. Pass --force to replace it."
+        ) from None
 
 
 def write_private(path: Path, data: bytes, *, force: bool = False) -> Path:
@@ -72,4 +50,3 @@ def write_private(path: Path, data: bytes, *, force: bool = False) -> Path:
 def write_public(path: Path, data: bytes, *, force: bool = False) -> Path:
     """Write a certificate, public key or other shareable file (mode 0644)."""
     return write_atomic(path, data, mode=PUBLIC_MODE, force=force)
-

@@ -12,12 +12,15 @@ import base64
 import ipaddress
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flsuite.storage.keyfiles import read_private
 
 CURVE = ec.SECP384R1
 HASH = hashes.SHA384
@@ -178,3 +181,9 @@ def is_node_auth_public_key(data: bytes) -> bool:
     except (ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return isinstance(key, ec.EllipticCurvePublicKey)
+
+
+def read_private_key(path: Path, *, what: str = "private key"):  # noqa: ANN201 - any private key type
+    """Load an unencrypted PEM private key file, refusing one that group or others may read
+    (`flsuite.storage.keyfiles.InsecureKeyFile`); ValueError/TypeError when it is not a key."""
+    return load_private_key_pem(read_private(path, what=what))

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from flsuite.errors import EncryptionKeyError, IntegrityError
+from flsuite.storage.keyfiles import InsecureKeyFile, KeyFileExists, read_private, write_private
 
 __all__ = [
     "ALGORITHM",
@@ -37,10 +38,13 @@ _KEY_BYTES = 32
 
 
 def key_from_file(path: str | os.PathLike[str]) -> bytes:
-    """Read a 32-byte key from a file: 32 raw bytes, or 64 hex characters, or base64."""
+    """Read a 32-byte key from a file: 32 raw bytes, or 64 hex characters, or base64; refuse
+    a file that group or other users may read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_private(path, what="encryption key file")
+    except InsecureKeyFile as exc:
+        raise EncryptionKeyError(str(exc)) from None
     except OSError as exc:
         raise EncryptionKeyError(f"encryption key file {path}: cannot be read ({exc.strerror}); "
                                  "give the file that holds the registry's 32-byte key") from None
@@ -62,14 +66,10 @@ def create_key_file(path: str | os.PathLike[str]) -> bytes:
     """Write a fresh random key as hex to a new file with mode 0600; refuse to overwrite."""
     key = os.urandom(_KEY_BYTES)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+        write_private(path, (key.hex() + "\n").encode("ascii"))
+    except KeyFileExists:
         raise EncryptionKeyError(f"encryption key file {path} exists already; "
                                  "keep it, or choose another path") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key.hex() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
     return key
 
 

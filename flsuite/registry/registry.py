@@ -32,7 +32,6 @@ from flsuite.audit.keys import (
     sign,
 )
 from flsuite.audit.log import AuditEntry, AuditLog
-from flsuite.durable import TEMP_PREFIX, write_atomic
 from flsuite.errors import IntegrityError, PromotionRefused, ReadOnlyRegistry, RegistryError
 from flsuite.registry import integrity
 from flsuite.registry.aliases import alias_stack, check_alias_name, current_aliases
@@ -42,6 +41,7 @@ from flsuite.registry.layout import REGISTRY_FORMAT, Layout
 from flsuite.registry.manifest import MANIFEST_DOMAIN, VersionInfo, build_manifest
 from flsuite.registry.policy import PromotionPolicy
 from flsuite.registry.weights import parse_weights, serialise_weights, tensor_summary
+from flsuite.storage.durable import TEMP_PREFIX, write_atomic
 
 __all__ = ["Registry", "AuditRecord"]
 

@@ -22,13 +22,13 @@ from flsuite.audit.chain import Problem, verify_chain
 from flsuite.audit.head import read_head
 from flsuite.audit.keys import key_id, load_public_key_pem, signature_valid
 from flsuite.audit.log import AuditEntry, AuditLog
-from flsuite.durable import TEMP_PREFIX
 from flsuite.errors import FlsuiteError
 from flsuite.registry.aliases import alias_stack
 from flsuite.registry.catalogue import ALIAS_KIND, VERSION_KIND, Catalogue
 from flsuite.registry.integrity import open_blob
 from flsuite.registry.layout import Layout
 from flsuite.registry.manifest import MANIFEST_DOMAIN
+from flsuite.storage.durable import TEMP_PREFIX
 
 __all__ = ["VerifyReport", "verify_registry"]
 

@@ -27,25 +27,19 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from flsuite.errors import ConfigError
+from flsuite.storage.keyfiles import KeyFileExists, read_private, write_private, write_public
 
 __all__ = ["generate_identity", "load_identity", "load_pinned_identities", "public_identity", "write_pinned_identities"]
 
 
 def generate_identity(path: str | os.PathLike[str], *, overwrite: bool = False) -> bytes:
     """Write a new Ed25519 identity key (PEM PKCS8, mode 0600); return its raw public key."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise ConfigError(f"identity key {path} already exists; remove it or pass overwrite=True to replace it.")
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-    fd = os.open(path, flags, 0o600)
     try:
-        os.write(fd, pem)
-    finally:
-        os.close(fd)
-    os.chmod(path, 0o600)
+        write_private(path, pem, overwrite=overwrite)
+    except KeyFileExists:
+        raise ConfigError(f"identity key {path} already exists; remove it or pass overwrite=True to replace it.") from None
     return public_identity(key)
 
 
@@ -55,10 +49,10 @@ def public_identity(key: Ed25519PrivateKey) -> bytes:
 
 
 def load_identity(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Read a site's identity private key."""
+    """Read a site's identity private key; refuse a file other users may read."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_private(path, what="identity key")
     except FileNotFoundError:
         raise ConfigError(
             f"identity key {path} does not exist; set node-config 'identity-key' to the site's key "
@@ -84,7 +78,7 @@ def write_pinned_identities(path: str | os.PathLike[str], identities: Mapping[st
         _check_name(name, path)
         _check_public(public, name, path)
         sites[name] = base64.b64encode(public).decode("ascii")
-    Path(path).write_text(json.dumps({"sites": sites}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_public(path, (json.dumps({"sites": sites}, indent=2, sort_keys=True) + "\n").encode("utf-8"), overwrite=True)
 
 
 def load_pinned_identities(path: str | os.PathLike[str]) -> dict[str, bytes]:

@@ -82,7 +82,7 @@ def test_only_the_flower_package_touches_flower_internals():
     for path in library_modules():
         if path.is_relative_to(LIBRARY / "flower"):
             continue
-        for module, names in imports(path):
+        for module, _ in imports(path):
             if module.split(".")[0] == "flwr" and not module.startswith(PUBLIC_FLOWER) and module != "flwr":
                 offenders.append(f"{path.relative_to(REPO)}: imports {module}")
         text = path.read_text()

@@ -96,16 +96,15 @@ def test_an_edited_entry_fails_closed_naming_the_line(tmp_path):
 
 def test_a_rehashed_edit_still_breaks_the_chain(tmp_path):
     """An editor who recomputes the edited line's own hash still breaks the next line's link."""
-    from flsuite.privacy import DpEvent
-    from flsuite.privacy.ledger import _entry_hash
+    from flsuite.privacy.ledger import LEDGER_DOMAIN
+    from flsuite.storage import entry_hash
 
     ledger = filled(tmp_path / "ledger.jsonl", 3)
 
     def forge(line: str) -> str:
         record = json.loads(line)
         record["event"]["steps"] = 1
-        event = DpEvent.from_dict(record["event"])
-        record["hash"] = _entry_hash(record["prev"], event.to_json())
+        record["hash"] = entry_hash(LEDGER_DOMAIN, record["prev"], {"event": record["event"]})
         return json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n"
 
     _rewrite_line(ledger.path, 2, forge)

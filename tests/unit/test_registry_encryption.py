@@ -76,6 +76,7 @@ def test_key_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert stat.S_IMODE((tmp_path / "k").stat().st_mode) == 0o600
     assert key_from_file(tmp_path / "k") == key
     (tmp_path / "raw").write_bytes(key)
+    os.chmod(tmp_path / "raw", 0o600)
     assert key_from_file(tmp_path / "raw") == key
     monkeypatch.setenv("BLOB_KEY", key.hex())
     assert key_from_env("BLOB_KEY") == key

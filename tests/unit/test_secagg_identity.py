@@ -45,9 +45,11 @@ def test_unusable_identity_key_files_are_named_in_the_error(tmp_path):
         load_identity(tmp_path / "missing.pem")
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a key")
+    garbage.chmod(0o600)
     with pytest.raises(ConfigError, match="garbage.pem is not a PEM"):
         load_identity(garbage)
     ec = tmp_path / "ec.pem"
+    ec.touch(mode=0o600)
     ec.write_bytes(generate_private_key(SECP384R1()).private_bytes(Encoding.PEM, PrivateFormat.PKCS8,
                                                                    BestAvailableEncryption(b"pw")))
     with pytest.raises(ConfigError, match="encrypted"):

@@ -1,0 +1,269 @@
+"""The one append-only, hash-chained JSON-lines log under the privacy ledger and the audit log.
+
+A line is the canonical JSON of one entry: the user's body fields, ``prev`` (the hash of the
+entry before) and ``hash`` = sha256(domain "\\n" prev "\\n" canonical body), plus any fields
+the user declared unhashed (the audit log's signature over ``hash``). The domain names the
+user, so an entry of one log never verifies as an entry of another.
+
+Rules every user shares:
+- genesis: the first entry's prev is GENESIS (64 zeros); an absent or empty log has head
+  (0 entries, GENESIS).
+- torn tail: an entry counts once its newline is on disk. An unterminated last line is a
+  write that was never acknowledged: reading ignores it and reports it (`ChainRead.torn`);
+  the next append (or `repair_torn_tail`) moves its bytes to ``<file>.torn`` and truncates
+  it away, under the exclusive lock.
+- locking: writers hold an exclusive flock on the file, readers a shared one.
+- durability: one write of the whole line, then fsync of the file (and of its folder when
+  the file is new).
+- fail closed: reading and appending verify every line and refuse, with an IntegrityError
+  naming the line, a log whose chain is broken.
+POSIX only (fcntl).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from flsuite.errors import IntegrityError
+from flsuite.storage.canonical import canonical_json
+from flsuite.storage.durable import fsync_dir
+
+__all__ = ["GENESIS", "ChainEntry", "ChainHead", "ChainRead", "HashChainLog", "entry_hash"]
+
+GENESIS = "0" * 64
+_LINK_FIELDS = frozenset({"prev", "hash"})
+_log = logging.getLogger(__name__)
+
+
+def entry_hash(domain: str, prev: str, body: Mapping[str, Any]) -> str:
+    """The hash of an entry: SHA-256 over the log's domain, the previous hash and the body."""
+    return hashlib.sha256(b"%s\n%s\n%s" % (domain.encode(), prev.encode(), canonical_json(body))).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainHead:
+    """How many entries a log holds and the hash of the last one (GENESIS when empty): a
+    commitment a user can report or sign, so that a reset or rewritten log shows up elsewhere."""
+
+    entries: int
+    hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainEntry:
+    """One verified entry: its line number (from 1), body, links and unhashed fields."""
+
+    number: int
+    body: dict[str, Any]
+    prev: str
+    hash: str
+    unhashed: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        """The whole line as a JSON object."""
+        return {**self.body, **self.unhashed, "prev": self.prev, "hash": self.hash}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChainRead:
+    """A verified read: the committed entries, the head, and the bytes of a torn last line."""
+
+    entries: tuple[ChainEntry, ...]
+    head: ChainHead
+    torn: bytes
+    committed_bytes: int
+
+
+BodySource = Mapping[str, Any] | Callable[[ChainHead], Mapping[str, Any]]
+
+
+class HashChainLog:
+    """One hash-chained JSON-lines file.
+
+    `domain` separates this log's hashes from every other's; `unhashed` names the fields
+    a line carries besides its body that the hash does not cover (they are given at append
+    time as a function of the new hash, e.g. a signature); `check_body` raises ValueError on
+    a body the user cannot read (checked on every read and before every append); `name`
+    opens every error message; `mode` is the file's mode when created.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, domain: str, name: str,
+                 unhashed: Collection[str] = (), check_body: Callable[[dict[str, Any]], object] | None = None,
+                 mode: int = 0o600) -> None:
+        if not domain or "\n" in domain:
+            raise ValueError(f"domain must be a non-empty single line, got {domain!r}")
+        if _LINK_FIELDS & set(unhashed):
+            raise ValueError(f"unhashed fields {sorted(unhashed)} may not be 'prev' or 'hash'")
+        self.path = Path(path)
+        self.domain = domain
+        self.name = name
+        self.unhashed = frozenset(unhashed)
+        self.check_body = check_body
+        self.mode = mode
+
+    def __repr__(self) -> str:
+        return f"HashChainLog({str(self.path)!r}, domain={self.domain!r})"
+
+    # -- reading -------------------------------------------------------------------------
+    def read(self) -> ChainRead:
+        """Every committed entry, verified; IntegrityError naming the first bad line."""
+        return self._parse(self._read_bytes())
+
+    def head(self) -> ChainHead:
+        return self.read().head
+
+    def read_lines(self) -> tuple[list[bytes], bytes]:
+        """(committed lines without their newline, bytes of a torn last line or b''), not
+        verified: for an auditor who checks and reports every line itself."""
+        *lines, torn = self._read_bytes().split(b"\n")
+        return lines, torn
+
+    def _read_bytes(self) -> bytes:
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return b""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return _read_all(fd)
+        finally:
+            os.close(fd)
+
+    def _parse(self, data: bytes) -> ChainRead:
+        *lines, torn = data.split(b"\n")
+        entries: list[ChainEntry] = []
+        prev = GENESIS
+        for number, line in enumerate(lines, start=1):
+            entry = self._decode(line, number)
+            if entry.prev != prev:
+                raise self._broken(number, "hash chain broken")
+            if entry.hash != entry_hash(self.domain, prev, entry.body):
+                raise self._broken(number, "checksum mismatch")
+            entries.append(entry)
+            prev = entry.hash
+        return ChainRead(tuple(entries), ChainHead(len(entries), prev), torn, len(data) - len(torn))
+
+    def _decode(self, line: bytes, number: int) -> ChainEntry:
+        try:
+            record = _json_object(line)
+        except (ValueError, UnicodeDecodeError):
+            raise self._broken(number, "not a valid entry") from None
+        required = _LINK_FIELDS | self.unhashed
+        if not required <= record.keys() or not all(isinstance(record[k], str) for k in _LINK_FIELDS):
+            raise self._broken(number, "not a valid entry")
+        if canonical_json(record) != line:
+            raise self._broken(number, "not in canonical form")
+        body = {k: v for k, v in record.items() if k not in required}
+        if self.check_body is not None:
+            try:
+                self.check_body(body)
+            except ValueError:
+                raise self._broken(number, "not a valid entry") from None
+        return ChainEntry(number, body, record["prev"], record["hash"],
+                          {k: record[k] for k in sorted(self.unhashed)})
+
+    def _broken(self, number: int, what: str) -> IntegrityError:
+        return IntegrityError(f"{self.name} {self.path} line {number}: {what}")
+
+    # -- writing -------------------------------------------------------------------------
+    def append(self, body: BodySource, *,
+               unhashed: Callable[[str], Mapping[str, Any]] | None = None) -> ChainEntry:
+        """Durably append one entry after verifying the whole log; returns the new entry.
+
+        `body` is the entry's fields, or a function of the current head that returns them
+        (for entries that number themselves); `unhashed` maps the new entry's hash to the
+        fields declared unhashed (e.g. a signature of it).
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, self.mode)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if created:
+                fsync_dir(self.path.parent)
+            current = self._parse(_read_all(fd))
+            if current.torn:
+                self._set_aside(fd, current)
+            entry = self._seal(body(current.head) if callable(body) else body, current.head, unhashed)
+            os.lseek(fd, current.committed_bytes, os.SEEK_SET)
+            _write_all(fd, canonical_json(entry.record()) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return entry
+
+    def repair_torn_tail(self) -> int:
+        """Set aside and cut off a torn last line now; the number of bytes removed."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            data = _read_all(fd)
+            committed = data.rfind(b"\n") + 1
+            if committed == len(data):
+                return 0
+            torn = data[committed:]
+            self._set_aside(fd, ChainRead((), ChainHead(0, GENESIS), torn, committed))
+            return len(torn)
+        finally:
+            os.close(fd)
+
+    def _seal(self, body: Mapping[str, Any], head: ChainHead,
+              unhashed: Callable[[str], Mapping[str, Any]] | None) -> ChainEntry:
+        body = dict(body)
+        clash = (_LINK_FIELDS | self.unhashed) & body.keys()
+        if clash:
+            raise ValueError(f"{self.name}: body fields {sorted(clash)} are reserved")
+        digest = entry_hash(self.domain, head.hash, body)
+        extra = dict(unhashed(digest)) if unhashed is not None else {}
+        if extra.keys() != self.unhashed:
+            raise ValueError(f"{self.name}: unhashed fields {sorted(extra)} are not the declared "
+                             f"{sorted(self.unhashed)}")
+        return ChainEntry(head.entries + 1, body, head.hash, digest, extra)
+
+    def _set_aside(self, fd: int, current: ChainRead) -> None:
+        """Under the exclusive lock: keep the torn bytes in <file>.torn, then truncate them."""
+        side = self.path.with_name(self.path.name + ".torn")
+        _log.warning(
+            "%s %s: an unterminated last entry (%d bytes) from an interrupted write was never "
+            "acknowledged; moved to %s and removed", self.name, self.path, len(current.torn), side,
+        )
+        side_fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            _write_all(side_fd, current.torn + b"\n")
+            os.fsync(side_fd)
+        finally:
+            os.close(side_fd)
+        os.ftruncate(fd, current.committed_bytes)
+        os.fsync(fd)
+
+
+def _json_object(line: bytes) -> dict[str, Any]:
+    record = json.loads(line)
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    return record
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -1,0 +1,193 @@
+"""The one hash-chained log and its two users (privacy ledger, audit log): one genesis rule,
+one torn-tail rule, domain separation, fail-closed verification, and the import rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import flsuite.storage
+from flsuite.audit import AuditLog
+from flsuite.errors import IntegrityError
+from flsuite.privacy import PrivacyLedger
+from flsuite.storage import GENESIS, HashChainLog, entry_hash
+from tests.unit.test_privacy_events import make_event
+
+REPO = Path(__file__).resolve().parents[2]
+KEY = Ed25519PrivateKey.generate()
+
+
+@dataclass
+class User:
+    """One user of the shared log, driven through its own public API."""
+
+    path: Path
+    append: Callable[[int], None]  # append entry number n
+    count: Callable[[], int]  # committed entries as the user reads them
+
+
+def _ledger(folder: Path) -> User:
+    ledger = PrivacyLedger(folder / "ledger.jsonl")
+    return User(ledger.path, lambda n: ledger.append(make_event(round=n)), lambda: len(ledger.events()))
+
+
+def _audit(folder: Path) -> User:
+    log = AuditLog(folder / "audit.jsonl")
+
+    def append(n: int) -> None:
+        log.append(kind="study.note", payload={"n": n}, time=f"t{n}", signing_key=KEY)
+
+    def count() -> int:
+        last = log.last()
+        return 0 if last is None else last.seq
+
+    return User(log.path, append, count)
+
+
+USERS = pytest.mark.parametrize("make_user", [_ledger, _audit], ids=["privacy-ledger", "audit-log"])
+
+
+@USERS
+def test_both_users_start_from_the_one_genesis_constant(tmp_path: Path, make_user) -> None:
+    user = make_user(tmp_path)
+    user.append(1)
+    user.append(2)
+    first, second = (json.loads(line) for line in user.path.read_bytes().splitlines())
+    assert first["prev"] == GENESIS == flsuite.storage.GENESIS == "0" * 64
+    assert second["prev"] == first["hash"]
+
+
+def test_the_users_share_the_genesis_object_and_not_the_domain() -> None:
+    from flsuite.audit.log import GENESIS_PREV, LOG_DOMAIN
+    from flsuite.privacy.ledger import GENESIS_HASH, LEDGER_DOMAIN
+
+    assert GENESIS_HASH is GENESIS and GENESIS_PREV is GENESIS
+    assert LEDGER_DOMAIN != LOG_DOMAIN
+
+
+@USERS
+def test_a_torn_tail_is_ignored_by_readers_then_set_aside_by_the_next_append(tmp_path: Path, make_user) -> None:
+    user = make_user(tmp_path)
+    user.append(1)
+    user.append(2)
+    committed = user.path.read_bytes()
+    torn = committed.splitlines(keepends=True)[-1][:40]  # a third write cut short by a crash
+    user.path.write_bytes(committed + torn)
+    assert user.count() == 2
+    lines, tail = HashChainLog(user.path, domain="any", name="log").read_lines()
+    assert len(lines) == 2 and tail == torn
+    user.append(3)
+    assert user.count() == 3
+    assert user.path.read_bytes().startswith(committed)
+    assert user.path.with_name(user.path.name + ".torn").read_bytes() == torn + b"\n"
+
+
+@USERS
+def test_an_edited_middle_entry_stops_both_readers_and_writers(tmp_path: Path, make_user) -> None:
+    user = make_user(tmp_path)
+    for n in (1, 2, 3):
+        user.append(n)
+    lines = user.path.read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[1])
+    record["prev"] = "f" * 64
+    lines[1] = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    user.path.write_bytes(b"".join(lines))
+    with pytest.raises(IntegrityError, match="line 2: hash chain broken"):
+        user.append(4)
+    assert len(user.path.read_bytes().splitlines()) == 3
+
+
+def _log(path: Path, domain: str = "test.log/1", **kwargs) -> HashChainLog:
+    return HashChainLog(path, domain=domain, name="test log", **kwargs)
+
+
+def test_hash_is_domain_separated_and_covers_prev_and_body(tmp_path: Path) -> None:
+    log = _log(tmp_path / "a.jsonl")
+    entry = log.append({"x": 1})
+    assert entry.hash == entry_hash("test.log/1", GENESIS, {"x": 1})
+    assert entry_hash("other/1", GENESIS, {"x": 1}) != entry.hash
+    assert entry_hash("test.log/1", "1" * 64, {"x": 1}) != entry.hash
+    with pytest.raises(IntegrityError, match="line 1: checksum mismatch"):
+        _log(log.path, domain="other/1").read()  # an entry of one log is no entry of another
+
+
+def test_unhashed_fields_are_required_and_outside_the_hash(tmp_path: Path) -> None:
+    log = _log(tmp_path / "s.jsonl", unhashed=("sig",))
+    first = log.append(lambda head: {"n": head.entries + 1}, unhashed=lambda digest: {"sig": digest[:8]})
+    second = log.append(lambda head: {"n": head.entries + 1}, unhashed=lambda digest: {"sig": "x"})
+    assert (first.number, first.body, first.unhashed) == (1, {"n": 1}, {"sig": first.hash[:8]})
+    assert second.body == {"n": 2} and second.prev == first.hash
+    assert [e.body for e in log.read().entries] == [{"n": 1}, {"n": 2}]
+    assert log.head() == flsuite.storage.ChainHead(2, second.hash)
+    with pytest.raises(ValueError, match="unhashed fields"):
+        log.append({"n": 3})
+    with pytest.raises(ValueError, match="reserved"):
+        log.append({"prev": "x"}, unhashed=lambda d: {"sig": ""})
+    lines = log.path.read_bytes().splitlines()
+    record = json.loads(lines[1])
+    del record["sig"]
+    log.path.write_bytes(lines[0] + b"\n" + json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    with pytest.raises(IntegrityError, match="line 2: not a valid entry"):
+        log.read()
+
+
+def test_a_line_not_in_canonical_form_is_refused(tmp_path: Path) -> None:
+    log = _log(tmp_path / "c.jsonl")
+    log.append({"x": 1})
+    log.path.write_bytes(log.path.read_bytes().replace(b'"x":1', b'"x": 1'))
+    with pytest.raises(IntegrityError, match="line 1: not in canonical form"):
+        log.read()
+
+
+def test_empty_or_absent_log_has_the_genesis_head_and_repair_is_a_no_op(tmp_path: Path) -> None:
+    log = _log(tmp_path / "none.jsonl")
+    assert log.head() == flsuite.storage.ChainHead(0, GENESIS)
+    assert log.read_lines() == ([], b"") and log.repair_torn_tail() == 0
+    log.path.write_bytes(b"")
+    assert log.read().entries == () and log.repair_torn_tail() == 0
+
+
+def test_repair_sets_aside_a_torn_tail_under_the_lock(tmp_path: Path) -> None:
+    log = _log(tmp_path / "r.jsonl")
+    log.append({"x": 1})
+    whole = log.path.read_bytes()
+    log.path.write_bytes(whole + b'{"x":')
+    assert log.read().torn == b'{"x":'
+    assert log.repair_torn_tail() == 5
+    assert log.path.read_bytes() == whole
+    assert (tmp_path / "r.jsonl.torn").read_bytes() == b'{"x":\n'
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_changed_byte_of_a_committed_line_is_caught(tmp_path_factory, data) -> None:
+    log = _log(tmp_path_factory.mktemp("chain") / "p.jsonl")
+    for n in range(3):
+        log.append({"n": n, "text": "héllo", "delta": 1e-05})
+    raw = bytearray(log.path.read_bytes())
+    position = data.draw(st.integers(0, len(raw) - 2))  # keep the final newline
+    raw[position] = data.draw(st.integers(0, 255).filter(lambda b: b != raw[position]))
+    log.path.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError):
+        log.read()
+
+
+def test_storage_imports_neither_torch_nor_flwr_and_exports_what_it_lists() -> None:
+    code = ("import sys, flsuite.storage, flsuite.storage.keyfiles, flsuite.storage.chain, "
+            "flsuite.privacy.ledger, flsuite.audit.log; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'flwr')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    assert all(hasattr(flsuite.storage, name) for name in flsuite.storage.__all__)
+    public = {name for name in vars(flsuite.storage) if not name.startswith("_")}
+    modules = {"canonical", "chain", "durable", "keyfiles"}
+    assert public - modules == set(flsuite.storage.__all__)
