@@ -2,12 +2,14 @@
 
 from flsuite.config.bridge import from_run_config, to_run_config
 from flsuite.config.compose import compose_study, config_dir, expand_sweep
+from flsuite.config.preflight import check_inputs
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.config.validation import validate_study
 
 __all__ = [
     "UNIT_OF_PRIVACY",
     "StudyConfig",
+    "check_inputs",
     "compose_study",
     "config_dir",
     "expand_sweep",
