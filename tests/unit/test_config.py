@@ -88,7 +88,8 @@ def test_bridge_round_trip_property(rounds, alpha, lr, features, target):
     raw = StudyConfig().model_dump()
     raw["federation"]["rounds"] = rounds
     raw["data"]["dirichlet_alpha"] = alpha
-    raw["data"]["feature_columns"] = features
+    if features is not None:  # feature columns belong to a CSV dataset
+        raw["data"].update(dataset="csv", csv_path="x.csv", label_column="y", feature_columns=features)
     raw["training"]["learning_rate"] = lr
     raw["privacy"]["target_epsilon"] = target
     raw["privacy"]["noise_multiplier"] = 1.1 if target is None else None  # exactly one of the two
