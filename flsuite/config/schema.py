@@ -143,7 +143,7 @@ class PrivacyConfig(Section):
         if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ValueError(
                 f"privacy.noise_multiplier={self.noise_multiplier!r} and privacy.target_epsilon={self.target_epsilon!r} "
-                "are both set: keep one (privacy.target_epsilon=null for a fixed sigma)"
+                "are both set: keep one (for a fixed sigma set privacy.target_epsilon=null, \"\" in Flower's run_config)"
             )
         if self.noise_multiplier is None and self.target_epsilon is None:
             raise ValueError(
