@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flsuite.config import compose_study, expand_sweep
+from flsuite.config import check_inputs, compose_study, expand_sweep
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
 
@@ -48,13 +48,13 @@ def run(
     runs = expand_sweep(overrides) if multirun else [overrides]
     studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
     stamp = datetime.now()
+    folders = [_output_folder(study, output_dir, stamp, index if multirun else None) for index, study in enumerate(studies)]
+    for study, folder in zip(studies, folders):  # and every path they name, before anything is written
+        check_inputs(study, folder)
     summaries = []
-    for index, (run_overrides, study) in enumerate(zip(runs, studies)):
+    for index, (run_overrides, study, folder) in enumerate(zip(runs, studies, folders)):
         if multirun:
-            folder = (output_dir or Path("multirun") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S")) / str(index)
             console.print(f"[bold]run {index}[/bold]: {' '.join(run_overrides) or '(defaults)'}")
-        else:
-            folder = output_dir or Path("outputs") / stamp.strftime("%Y-%m-%d") / f"{stamp.strftime('%H-%M-%S')}_{study.name}"
         summary = _run_with_progress(study, folder)
         summaries.append((run_overrides, summary))
         print_summary(summary)
@@ -63,6 +63,13 @@ def run(
     failed = [s for _, s in summaries if s["status"] != "completed"]
     if failed:
         raise typer.Exit(3)
+
+
+def _output_folder(study: StudyConfig, output_dir: Path | None, stamp: datetime, index: int | None) -> Path:
+    """--output-dir, or outputs/DATE/TIME_NAME; a sweep's run ``index`` gets a numbered subfolder."""
+    if index is not None:
+        return (output_dir or Path("multirun") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S")) / str(index)
+    return output_dir or Path("outputs") / stamp.strftime("%Y-%m-%d") / f"{stamp.strftime('%H-%M-%S')}_{study.name}"
 
 
 def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from flsuite.config.bridge import from_run_config, to_run_config
 from flsuite.config.compose import compose_study, config_dir, expand_sweep
+from flsuite.config.preflight import check_inputs
 from flsuite.config.pyproject_sync import sync
 from flsuite.config.schema import UNIT_OF_PRIVACY, DataConfig, FederationConfig, ModelConfig, StudyConfig
 from flsuite.config.validation import validate_study
@@ -12,6 +13,7 @@ __all__ = [
     "FederationConfig",
     "ModelConfig",
     "StudyConfig",
+    "check_inputs",
     "compose_study",
     "config_dir",
     "expand_sweep",

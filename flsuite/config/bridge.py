@@ -5,6 +5,10 @@ keys that pyproject.toml's ``[tool.flwr.app.config]`` declares. So every setting
 always present: nested sections become dotted keys (``federation.rounds``), an unset
 optional value travels as ``""`` and lists as JSON text.
 ``from_run_config(to_run_config(c)) == c`` for every valid config.
+
+The schema is strict (text is not a number), so text that arrives for a number or a
+bool (``flwr run --run-config 'federation.rounds="3"'``) is decoded here, by the
+field's type; text that does not parse reaches the schema, which names the field.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def _field(parts: list[str]) -> FieldInfo | None:
 def _decode(field: FieldInfo | None, value: Any) -> Any:
     if field is None or not isinstance(value, str):
         return value
-    options = typing.get_args(field.annotation)
+    options = typing.get_args(field.annotation) or (field.annotation,)
     if value == UNSET and type(None) in options:
         return None
     if any(typing.get_origin(option) is list for option in options):
@@ -79,4 +83,16 @@ def _decode(field: FieldInfo | None, value: Any) -> Any:
             return json.loads(value)
         except json.JSONDecodeError:
             return value
+    for kind, parse in ((bool, _parse_bool), (int, int), (float, float)):
+        if kind in options:
+            try:
+                return parse(value.strip())
+            except ValueError:
+                return value
     return value
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    raise ValueError(text)

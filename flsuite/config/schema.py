@@ -1,45 +1,64 @@
 """The one configuration schema of a flsuite study.
 
 Hydra composes YAML from ``configs/``; this schema validates the result once, at the
-boundary. Every section is frozen and refuses unknown keys, so a typo is an error and
-not a silently ignored setting.
+boundary. Its defaults are those of the default study (``flsuite run`` with no
+overrides); the YAML groups state only what they change. Every section is frozen, refuses
+unknown keys (a typo is an error, not a silently ignored setting) and is strict: numbers
+must be finite, true/false is not a number and text is not a number.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 UNIT_OF_PRIVACY = "one record at one site"
 
+MAX_SEED = 2**32 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"a random seed, 0 to {MAX_SEED} (numpy's range)")]
+CSV_ONLY_FIELDS = ("csv_path", "label_column", "feature_columns", "num_classes")
+
 
 class Section(BaseModel):
-    """Base of every config section: immutable, unknown keys refused."""
+    """Base of every config section: immutable, unknown keys refused, strict types.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Strict means a bool is not taken for a number, nor text for a number or a bool
+    (an int is still a valid float), and ``allow_inf_nan=False`` refuses inf and nan.
+    Values that reach the schema as text (Flower's run_config) are decoded by the bridge.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
     """Which records, and how they are split across simulated sites."""
 
     dataset: Literal["breast_cancer", "digits", "csv"] = "breast_cancer"
-    csv_path: str | None = None
+    csv_path: str | None = Field(None, description="the CSV file of dataset=csv (data=csv); refused for other datasets")
     label_column: str | None = None
     feature_columns: list[str] | None = None
     num_classes: int | None = Field(None, ge=2)
     partitioning: Literal["iid", "dirichlet", "size_skew"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0)
     size_skew_sigma: float = Field(1.0, gt=0)
-    min_site_records: int = Field(2, ge=2)
+    min_site_records: int = Field(40, ge=2)
     test_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _csv_needs_path_and_label(self) -> DataConfig:
         if self.dataset == "csv" and (not self.csv_path or not self.label_column):
             raise ValueError("dataset=csv needs data.csv_path and data.label_column")
+        if self.dataset != "csv":
+            given = [f"data.{name}={getattr(self, name)!r}" for name in CSV_ONLY_FIELDS if getattr(self, name) is not None]
+            if given:
+                verb = "applies" if len(given) == 1 else "apply"
+                raise ValueError(
+                    f"{', '.join(given)} {verb} only to dataset=csv, but data.dataset={self.dataset!r}: "
+                    "add `data=csv` to train on the CSV file, or drop the setting"
+                )
         return self
 
 
@@ -57,7 +76,7 @@ class FederationConfig(Section):
     rounds: int = Field(10, ge=1)
     num_sites: int = Field(5, ge=1)
     fraction_sites: float = Field(1.0, gt=0, le=1)
-    min_sites: int = Field(2, ge=1)
+    min_sites: int = Field(3, ge=1)
     round_timeout_s: float = Field(600.0, gt=0)
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0)
@@ -76,31 +95,60 @@ class FederationConfig(Section):
 class TrainingConfig(Section):
     """Local training at each site."""
 
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(32, ge=1)
+    local_epochs: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.1, gt=0)
+    learning_rate: float = Field(0.5, gt=0)
 
 
 class PrivacyConfig(Section):
-    """Site-level DP-SGD; the unit of privacy is one record at one site."""
+    """Site-level DP-SGD; the unit of privacy is one record at one site.
 
-    enabled: bool = False
-    noise_multiplier: float | None = Field(None, ge=0)
-    target_epsilon: float | None = Field(None, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    delta: float | None = Field(None, gt=0, lt=1)
+    The noise is set one way: a study budget (``target_epsilon``, the default) from
+    which each site's sigma is planned, or a fixed ``noise_multiplier``. Giving
+    ``noise_multiplier`` alone drops the default target; giving both is refused.
+    """
+
+    enabled: bool = True
+    noise_multiplier: float | None = Field(
+        None,
+        gt=0,
+        description="a fixed sigma for every site (> 0); setting it alone clears the default "
+        "target_epsilon, setting both is an error",
+    )
+    target_epsilon: float | None = Field(
+        3.0,
+        gt=0,
+        description="the epsilon this study may spend, from which sigma is planned; "
+        "cleared when noise_multiplier is given alone (or set it to null)",
+    )
+    max_grad_norm: float = Field(2.0, gt=0)
+    delta: float | None = Field(1e-5, gt=0, lt=1)
     accountant: Literal["prv", "rdp"] = "prv"
     max_epsilon: float = Field(10.0, gt=0)
     grad_sample_mode: Literal["hooks", "ghost"] = "hooks"
     secure_rng: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fixed_noise_replaces_the_default_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("noise_multiplier") is not None and "target_epsilon" not in data:
+            return {**data, "target_epsilon": None}
+        return data
+
     @model_validator(mode="after")
     def _one_way_to_set_noise(self) -> PrivacyConfig:
-        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+        if not self.enabled:
+            return self
+        if self.noise_multiplier is not None and self.target_epsilon is not None:
             raise ValueError(
-                "with privacy.enabled=true set exactly one of privacy.noise_multiplier "
-                "and privacy.target_epsilon"
+                f"privacy.noise_multiplier={self.noise_multiplier!r} and privacy.target_epsilon={self.target_epsilon!r} "
+                "are both set: keep one (for a fixed sigma set privacy.target_epsilon=null, \"\" in Flower's run_config)"
+            )
+        if self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError(
+                "with privacy.enabled=true set privacy.target_epsilon or privacy.noise_multiplier "
+                "(or privacy=none for no DP)"
             )
         return self
 
@@ -112,7 +160,7 @@ class SecAggConfig(Section):
     answer to rebuild its secrets; ``neighbours`` empty means every other site.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     threshold_fraction: float = Field(0.6, gt=0.5, le=1)
     neighbours: int | None = Field(None, ge=2)
     max_dropouts: int | None = Field(None, ge=0)
@@ -162,8 +210,8 @@ class RegistryConfig(Section):
 class StudyConfig(Section):
     """A whole federated study."""
 
-    name: str = "study"
-    seed: int = 0
+    name: str = "default"
+    seed: Seed = 0
     output_dir: str | None = None
     sites_dir: str = ".flsuite/sites"
     data: DataConfig = DataConfig()

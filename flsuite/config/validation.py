@@ -32,22 +32,34 @@ def describe_validation_error(exc: ValidationError, raw: Mapping[str, Any]) -> s
         location = [str(part) for part in error["loc"]]
         field = ".".join(location) or "(config)"
         value = _lookup(raw, error["loc"])
-        allowed = _allowed(error)
+        allowed = _allowed(error, value)
         if error["type"] == "extra_forbidden":
             parent = ".".join(location[:-1]) or "the top level"
             lines.append(f"{field}: unknown key (not a setting of {parent}); check the spelling")
         elif error["type"] == "value_error":
-            prefix = f"{field}: " if location else ""
-            lines.append(prefix + error["msg"].removeprefix("Value error, "))
+            message = error["msg"].removeprefix("Value error, ")
+            named = not location or message.startswith(f"{field}.")
+            lines.append(message if named else f"{field}: {message}")
         else:
             shown = "missing" if value is _MISSING else repr(value)
             lines.append(f"{field}={shown} is not allowed: {allowed}")
     return "invalid config: " + "; ".join(lines)
 
 
-def _allowed(error: Mapping[str, Any]) -> str:
+_EXPECTED = {
+    "int": "expected an integer",
+    "float": "expected a number",
+    "bool": "expected true or false",
+    "string": "expected text",
+    "list": "expected a list",
+}
+
+
+def _allowed(error: Mapping[str, Any], value: Any = _MISSING) -> str:
     context = error.get("ctx") or {}
     kind = error["type"]
+    if kind == "finite_number":
+        return "expected a finite number (not inf or nan)"
     if kind == "literal_error":
         return f"expected one of {context.get('expected')}"
     bounds = {
@@ -59,7 +71,13 @@ def _allowed(error: Mapping[str, Any]) -> str:
     if kind in bounds:
         return bounds[kind].format(**context)
     if kind.endswith("_parsing") or kind.endswith("_type"):
-        return f"expected a {kind.split('_')[0]}"
+        base = kind.split("_")[0]
+        expected = _EXPECTED.get(base, f"expected a {base}")
+        if isinstance(value, bool) and base in ("int", "float"):
+            return f"{expected}; true/false is not a number"
+        if isinstance(value, str) and base in ("int", "float", "bool"):
+            return f"{expected}, not text"
+        return expected
     return error["msg"].removeprefix("Value error, ")
 
 
