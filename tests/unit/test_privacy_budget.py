@@ -129,7 +129,7 @@ def test_a_request_far_from_the_cap_never_runs_the_exact_accountant(tmp_path, mo
     projection = budget.require(ledger, FP, (0.02, 1.2, 50))
     assert projection.allowed
     with pytest.raises(ExactAccountantCalled):  # the exact epsilons are still there, when read
-        projection.projected
+        _ = projection.projected
 
 
 def test_near_the_cap_the_exact_accountant_decides(monkeypatch):
