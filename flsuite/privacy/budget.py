@@ -4,31 +4,83 @@ The site projects epsilon over everything its ledger holds for this data plus th
 phase, and refuses (BudgetExhausted, carrying what is left) before any training when the
 projection passes ``max_epsilon``. Checking never writes: the event is appended only after
 the training it describes, by the caller.
+
+Checking is cheap: a request whose certified screening bound (RDP from cached per-step curves,
+times the report tolerance for PRV) is within the cap is allowed without the exact accountant,
+which runs only near the cap. The decision is the one the exact accountant would make; the
+projection's epsilons are the exact ones, computed when first read.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from flsuite.errors import BudgetExhausted, ConfigError
-from flsuite.privacy.accounting import PhaseLike, epsilon, normalize_phases, validate_accountant, validate_delta
+from flsuite.privacy.accounting import (
+    PhaseLike,
+    epsilon,
+    normalize_phases,
+    screening_bound,
+    validate_accountant,
+    validate_delta,
+)
 from flsuite.privacy.events import DpEvent
 from flsuite.privacy.ledger import PrivacyLedger
 
 __all__ = ["BudgetProjection", "SiteBudget"]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
 class BudgetProjection:
-    """What the site has spent, what it would have spent after the request, what is left now."""
+    """What the site has spent, what it would have spent after the request, what is left now.
 
-    spent: float
-    projected: float
-    remaining: float
-    max_epsilon: float
-    allowed: bool
+    ``allowed`` is decided when the projection is made; ``spent`` and ``projected`` (exact
+    epsilons) are computed on first read and kept, so an allowed request far from the cap
+    costs no exact accounting unless someone reads them.
+    """
+
+    def __init__(
+        self,
+        *,
+        spent: float | Callable[[], float],
+        projected: float | Callable[[], float],
+        max_epsilon: float,
+        allowed: bool,
+    ) -> None:
+        self._spent, self._projected = spent, projected
+        self.max_epsilon = max_epsilon
+        self.allowed = allowed
+
+    @property
+    def spent(self) -> float:
+        if callable(self._spent):
+            self._spent = float(self._spent())
+        return self._spent
+
+    @property
+    def projected(self) -> float:
+        if callable(self._projected):
+            self._projected = float(self._projected())
+        return self._projected
+
+    @property
+    def remaining(self) -> float:
+        """The cap minus the exact spend so far (never below 0)."""
+        return max(0.0, self.max_epsilon - self.spent)
+
+    def __repr__(self) -> str:
+        return (
+            f"BudgetProjection(spent={self.spent}, projected={self.projected}, remaining={self.remaining}, "
+            f"max_epsilon={self.max_epsilon}, allowed={self.allowed})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BudgetProjection):
+            return NotImplemented
+        mine = (self.spent, self.projected, self.max_epsilon, self.allowed)
+        return mine == (other.spent, other.projected, other.max_epsilon, other.allowed)
+
+    __hash__ = None  # mutable cache inside; equal projections need not hash alike
 
 
 class SiteBudget:
@@ -47,18 +99,28 @@ class SiteBudget:
         return f"SiteBudget(max_epsilon={self.max_epsilon}, delta={self.delta}, accountant={self.accountant!r})"
 
     def project_phases(self, prior: Iterable[PhaseLike], proposed: PhaseLike | Sequence[PhaseLike]) -> BudgetProjection:
-        """The projection from phases already spent and the proposed phase(s); pure."""
+        """The projection from phases already spent and the proposed phase(s); pure.
+
+        Allowed without the exact accountant when the screening bound is within the cap; the
+        exact projected epsilon decides only when it is not.
+        """
         prior = normalize_phases(prior)
         proposed_phases = normalize_phases([proposed] if _is_one_phase(proposed) else proposed)
-        spent = epsilon(prior, delta=self.delta, accountant=self.accountant)
-        projected = epsilon(prior + proposed_phases, delta=self.delta, accountant=self.accountant)
-        return BudgetProjection(
-            spent=spent,
-            projected=projected,
-            remaining=max(0.0, self.max_epsilon - spent),
-            max_epsilon=self.max_epsilon,
-            allowed=projected <= self.max_epsilon,
-        )
+        after = prior + proposed_phases
+
+        def spent() -> float:
+            return epsilon(prior, delta=self.delta, accountant=self.accountant)
+
+        def projected() -> float:
+            return epsilon(after, delta=self.delta, accountant=self.accountant)
+
+        projection: float | Callable[[], float] = projected
+        if screening_bound(after, delta=self.delta, accountant=self.accountant) <= self.max_epsilon:
+            allowed = True
+        else:
+            projection = projected()
+            allowed = projection <= self.max_epsilon
+        return BudgetProjection(spent=spent, projected=projection, max_epsilon=self.max_epsilon, allowed=allowed)
 
     def project(self, ledger: PrivacyLedger, fingerprint: str, proposed: PhaseLike) -> BudgetProjection:
         """Project the ledger's events for ``fingerprint`` plus ``proposed`` (q, sigma, steps)."""

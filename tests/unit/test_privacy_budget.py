@@ -103,3 +103,64 @@ def test_over_random_requests_and_caps_a_site_never_ends_above_its_cap(cap, requ
 def test_with_prv_a_site_never_ends_above_its_cap(cap, requests):
     final, _ = _simulate_site(cap, requests, "prv")
     assert final <= cap
+
+
+class ExactAccountantCalled(Exception):
+    """Raised by the patched exact accountants: not one of the errors accounting falls back on."""
+
+
+def _forbid_exact_accounting(monkeypatch):
+    from flsuite.privacy import accounting
+
+    def exact(*args, **kwargs):
+        raise ExactAccountantCalled(args)
+
+    accounting.clear_cache()
+    for name in ("_prv_bounds", "_prv_epsilon", "_pld_at"):  # _prv_epsilon: the name before the screen
+        monkeypatch.setattr(accounting, name, exact, raising=False)
+
+
+def test_a_request_far_from_the_cap_never_runs_the_exact_accountant(tmp_path, monkeypatch):
+    ledger = PrivacyLedger(tmp_path / "l.jsonl")
+    for round_number in range(1, 6):
+        ledger.append(make_event(round=round_number, sample_rate=0.02, noise_multiplier=1.2, steps=50))
+    _forbid_exact_accounting(monkeypatch)
+    budget = SiteBudget(max_epsilon=8.0, delta=1e-5, accountant="prv")
+    projection = budget.require(ledger, FP, (0.02, 1.2, 50))
+    assert projection.allowed
+    with pytest.raises(ExactAccountantCalled):  # the exact epsilons are still there, when read
+        _ = projection.projected
+
+
+def test_near_the_cap_the_exact_accountant_decides(monkeypatch):
+    _forbid_exact_accounting(monkeypatch)
+    budget = SiteBudget(max_epsilon=1.0, delta=1e-5, accountant="prv")
+    with pytest.raises(ExactAccountantCalled):
+        budget.project_phases([(0.02, 1.2, 250)], (0.02, 1.2, 50))
+
+
+# (prior, proposed): fresh, some spent, mixed phases, and a small-sigma one where PRV fails.
+BUDGET_CASES = [
+    ((), (0.05, 1.3, 200)),
+    (((0.02, 1.2, 250),), (0.02, 1.2, 50)),
+    (((0.01, 1.0, 300), (0.05, 1.5, 60)), (0.03, 1.1, 80)),
+    (((0.1, 0.7, 100),), (0.1, 0.7, 30)),
+]
+
+
+@pytest.mark.parametrize("prior, proposed", BUDGET_CASES)
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+def test_budget_decisions_equal_the_exact_decisions_near_and_far_from_the_cap(prior, proposed, accountant):
+    from flsuite.privacy.accounting import screening_bound
+
+    spent = epsilon(prior, delta=1e-5, accountant=accountant)
+    exact = epsilon(list(prior) + [proposed], delta=1e-5, accountant=accountant)
+    bound = screening_bound(list(prior) + [proposed], delta=1e-5, accountant=accountant)
+    assert bound >= exact
+    caps = {exact * 0.98, exact * (1 - 1e-6), exact, exact * (1 + 1e-6), exact * 1.02, (exact + bound) / 2, bound, bound * 1.5}
+    for cap in sorted(c for c in caps if c > 0):
+        budget = SiteBudget(max_epsilon=cap, delta=1e-5, accountant=accountant)
+        projection = budget.project_phases(prior, proposed)
+        assert projection.allowed == (exact <= cap), (cap, exact)
+        assert projection.projected == exact and projection.spent == spent
+        assert projection.remaining == max(0.0, cap - spent)
