@@ -15,7 +15,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
 from flsuite import protocol
-from flsuite.config.bridge import to_run_config
+from flsuite.config import check_inputs, to_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.app import build_server_app
 from flsuite.data.study_data import split_study
@@ -45,6 +45,7 @@ def run_local_study(
     """
     if study.engine.name == "deployment":
         raise ConfigError("engine=deployment runs on a real federation: use `flsuite launch --federation NAME`")
+    check_inputs(study, output_dir)  # every file the study names, before anything is written
     split_study(study.data, study.federation.num_sites)  # bad data fails here, before any engine starts
     if study.privacy.enabled and study.privacy.secure_rng:
         from flsuite.privacy import require_secure_rng

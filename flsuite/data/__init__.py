@@ -4,6 +4,7 @@ study's records into sites and a held-out test set."""
 from flsuite.lazy import lazy_exports
 
 _EXPORTS = {
+    "check_labels": "csv_source",
     "load_csv": "csv_source",
     "Dataset": "datasets",
     "load_builtin": "datasets",

@@ -50,7 +50,9 @@ def model_shape(config: DataConfig, data: Dataset | None) -> ModelShape:
 
 def load_source(config: DataConfig) -> Dataset:
     if config.dataset == "csv":
-        return load_csv(config.csv_path or "", label_column=config.label_column or "", feature_columns=config.feature_columns)
+        return load_csv(
+            config.csv_path or "", label_column=config.label_column or "", feature_columns=config.feature_columns, num_classes=config.num_classes
+        )
     return load_builtin(config.dataset)
 
 

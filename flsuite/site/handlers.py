@@ -49,7 +49,13 @@ def site_setup(context: Context) -> SiteSetup:
     node = context.node_config
     if protocol.DATA_PATH in node:
         label_column = str(node.get(protocol.LABEL_COLUMN, study.data.label_column or "label"))
-        data = load_csv(str(node[protocol.DATA_PATH]), label_column=label_column, feature_columns=study.data.feature_columns)
+        # The coordinator's model has data.num_classes outputs: a label beyond it is refused here, naming the line.
+        data = load_csv(
+            str(node[protocol.DATA_PATH]),
+            label_column=label_column,
+            feature_columns=study.data.feature_columns,
+            num_classes=study.data.num_classes,
+        )
         name = str(node.get(protocol.SITE_NAME, data.name))
         index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
         return SiteSetup(name=name, index=index, data=data, study=study)
