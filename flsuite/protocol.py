@@ -31,6 +31,7 @@ __all__ = [
     "IDENTITIES_FILE",
     "IDENTITY_KEY",
     "LABEL_COLUMN",
+    "LEDGER_HEAD",
     "LEDGER_PATH",
     "MASKED_RECORD",
     "MASKED_TRAIN",
@@ -66,6 +67,7 @@ __all__ = [
     "UNKNOWN_REQUEST",
     "UNMASK",
     "DpEvent",
+    "LedgerHead",
     "Refusal",
     "SiteStatus",
     "dp_event_from_record",
@@ -84,6 +86,7 @@ METRICS = "metrics"  # MetricRecord: what the site reports about its training
 SITE = "site"  # ConfigRecord: the site's status (SiteStatus)
 DP_EVENT = "dp"  # ConfigRecord: the DP event the site recorded for this reply
 REFUSAL = "refusal"  # ConfigRecord: the site's typed refusal (Refusal), instead of an update
+LEDGER_HEAD = "ledger-head"  # ConfigRecord: the site's signed ledger head (LedgerHead), with every DP reply
 SECAGG_RECORD = "secagg"  # ConfigRecord: a secure-aggregation stage request or reply
 MASKED_RECORD = "secagg-masked"  # ArrayRecord: the masked update vector, under "masked"
 SECAGG_STATE = "flsuite.secagg"  # ConfigRecord in the site's context.state: its round state
@@ -158,6 +161,52 @@ class Refusal:
             site=str(record["site"]),
             message=str(record["message"]),
             remaining_epsilon=record.get("remaining-epsilon"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LedgerHead:
+    """A site's privacy-ledger head, signed with the site's Ed25519 identity key.
+
+    ``entries`` and ``hash`` commit to every event the site's ledger holds for ``dataset``
+    (the budget's key, declared by the site). The site anchors it outside the ledger and
+    sends it with every reply; the coordinator checks the signature against the site's
+    pinned identity and records it in the registry's DP certificate, so a ledger cut short
+    or rewritten later shows up against what was signed. ``signature`` is hex.
+    """
+
+    site: str
+    dataset: str
+    entries: int
+    hash: str
+    signature: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.site, str) or not self.site or not isinstance(self.dataset, str) or not self.dataset:
+            raise ProtocolError("a ledger head names its site and dataset")
+        if isinstance(self.entries, bool) or not isinstance(self.entries, int) or self.entries < 0:
+            raise ProtocolError(f"ledger head entries must be an integer >= 0, got {self.entries!r}")
+        for field in ("hash", "signature"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not value or any(c not in "0123456789abcdef" for c in value):
+                raise ProtocolError(f"ledger head {field} must be lower-case hex, got {value!r}")
+
+    def payload(self) -> bytes:
+        """The bytes the site signs: domain, site, dataset, entries and hash, one per line."""
+        return f"flsuite.ledger-head/1\n{self.site}\n{self.dataset}\n{self.entries}\n{self.hash}".encode()
+
+    def to_record(self) -> dict[str, Any]:
+        return {"site": self.site, "dataset": self.dataset, "entries": self.entries, "hash": self.hash, "signature": self.signature}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LedgerHead:
+        _expect_keys(record, required={"site", "dataset", "entries", "hash", "signature"}, optional=set(), what="ledger head")
+        return cls(
+            site=str(record["site"]),
+            dataset=str(record["dataset"]),
+            entries=_integer(record["entries"], "entries"),
+            hash=str(record["hash"]),
+            signature=str(record["signature"]),
         )
 
 

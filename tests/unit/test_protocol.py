@@ -87,6 +87,15 @@ def test_a_refusal_round_trips_through_its_record_and_the_wire(refusal):
     assert protocol.Refusal.from_record(through_the_wire(refusal.to_record())) == refusal
 
 
+@settings(max_examples=40, deadline=None)
+@given(names, names, st.integers(0, 10**9), st.text(alphabet="0123456789abcdef", min_size=1, max_size=64))
+def test_a_ledger_head_round_trips_and_its_payload_binds_every_field(site, dataset, entries, digest):
+    head = protocol.LedgerHead(site=site, dataset=dataset, entries=entries, hash=digest, signature="ab" * 32)
+    assert protocol.LedgerHead.from_record(through_the_wire(head.to_record())) == head
+    other = protocol.LedgerHead(site=site, dataset=dataset, entries=entries + 1, hash=digest, signature="ab" * 32)
+    assert other.payload() != head.payload()
+
+
 def test_a_refusal_of_an_unknown_kind_or_with_extra_keys_is_refused():
     with pytest.raises(ProtocolError, match="kind"):
         protocol.Refusal(kind="free-pass", site="a", message="")
