@@ -67,7 +67,7 @@ def test_default_output_folder_is_dated_and_absolute(files: FederationFiles, tmp
 def test_run_config_file_reads_back_as_the_same_study_through_flower(files: FederationFiles, tmp_path: Path) -> None:
     from flwr.common.config import flatten_dict, parse_config_args
 
-    plan = plan_launch(["secagg.enabled=true", "federation.min_sites=3", "data.feature_columns=[a,b]",
+    plan = plan_launch(["secagg.enabled=true", "federation.min_sites=3", "data=csv", "data.csv_path=sites.csv", "data.feature_columns=[a,b]",
                         'name="two words"'], coordinator=files.coordinator(), output_dir=tmp_path / "o d")
     path = tmp_path / "run_config.toml"
     path.write_text(run_config_toml(plan.run_config()))
