@@ -4,6 +4,11 @@
 ``poisson_schedule``, the same function the planner uses), per-sample clipping to C and
 Gaussian noise sigma * C, and returns the plain trained weights with the mechanism it ran.
 Privacy is accounted from the site's ledger, never from the throwaway PrivacyEngine here.
+
+The sampling and the noise never come from a seed: every call seeds two fresh generators from
+the OS's entropy (``os.urandom``), so no study seed, round number or coordinator message can
+make two releases share their noise (which would let their difference reveal the clipped
+gradients). FedProx's proximal term is part of each record's loss, so it is clipped with it.
 """
 
 from __future__ import annotations
@@ -11,11 +16,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import secrets
+import os
 import warnings
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -57,11 +61,23 @@ def require_secure_rng() -> None:
         )
 
 
+SEED_BITS = 64  # fresh OS entropy per generator and per training request
+
+
 def rng_description(*, secure: bool = False) -> str:
     """Text naming the generator that makes the noise and the sampling; never its seed."""
     if secure:
         return "torchcsprng (Opacus secure_mode, cryptographically secure)"
-    return f"torch.Generator mt19937 on cpu, torch {torch.__version__} (not cryptographically secure)"
+    return (
+        f"torch.Generator mt19937 on cpu, torch {torch.__version__}, sampling and noise each seeded per request "
+        f"from os.urandom ({SEED_BITS} bits), never from the study seed (fresh noise; MT19937 is not "
+        "cryptographically secure)"
+    )
+
+
+def fresh_generator() -> torch.Generator:
+    """A CPU generator seeded from 64 bits of OS entropy: nothing outside this call can know its seed."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(SEED_BITS // 8), "little"))
 
 
 def check_dp_compatible(model: nn.Module) -> None:
@@ -126,18 +142,22 @@ def train_dp(
     local_epochs: int,
     optimizer: str = "sgd",
     lr: float,
-    seed: int | None = None,
+    proximal_mu: float = 0.0,
     grad_sample_mode: str = "hooks",
     initial_state: Mapping[str, torch.Tensor] | None = None,
     secure_rng: bool = False,
+    seed: None = None,
 ) -> DpTrainingResult:
     """DP-SGD on a copy of ``model`` (left untouched), cross-entropy on logits.
 
-    ``seed`` seeds the sampling and noise generators (tests, simulation); None draws it from
-    the OS. In deployment the seed must come from the site, never from the coordinator: who
-    knows the seed can subtract the noise. ``initial_state`` (plain keys) is loaded first.
+    Poisson sampling and Gaussian noise draw from two generators seeded from fresh OS entropy
+    on every call (or from torchcsprng with ``secure_rng``); ``seed`` exists only to refuse one:
+    whoever knows the seed of the noise can subtract it. ``initial_state`` (plain keys) is
+    loaded first and is the anchor of FedProx's proximal term when ``proximal_mu > 0``: each
+    record's loss becomes ``loss_i + mu/2 * ||w - w_initial||^2``, so its gradient
+    ``g_i + mu * (w - w_initial)`` is clipped to C per record like any other (hooks mode only).
     """
-    _validate(noise_multiplier, max_grad_norm, lr, optimizer, grad_sample_mode, seed)
+    _validate(noise_multiplier, max_grad_norm, lr, optimizer, grad_sample_mode, proximal_mu, seed)
     if secure_rng:
         require_secure_rng()
     features, labels = _check_data(features, labels)
@@ -147,13 +167,13 @@ def train_dp(
         local.load_state_dict(initial_state)
     local.train()
     check_dp_compatible(local)
-    sampling_seed, noise_seed = np.random.SeedSequence(seed if seed is not None else secrets.randbits(128)).generate_state(2)
-    sampling_rng = torch.Generator().manual_seed(int(sampling_seed))
-    noise_rng = torch.Generator().manual_seed(int(noise_seed))
+    # Two independent fresh generators, made anew for every request (never reused, never seeded
+    # from the study): one drives Poisson sampling, the other the Gaussian noise.
+    sampling_rng, noise_rng = fresh_generator(), fresh_generator()
 
     loss_sum, nonempty, empty, steps = _run(
         local, features, labels, schedule, noise_multiplier, max_grad_norm, optimizer, lr,
-        grad_sample_mode, sampling_rng, noise_rng, secure_rng,
+        grad_sample_mode, sampling_rng, noise_rng, secure_rng, float(proximal_mu),
     )
     return DpTrainingResult(
         state_dict={k: v.detach().clone() for k, v in local.state_dict().items()},
@@ -170,7 +190,7 @@ def train_dp(
 
 
 def _run(local, features, labels, schedule: PoissonSchedule, sigma, clip, optimizer_name, lr,
-         grad_sample_mode, sampling_rng, noise_rng, secure_rng):
+         grad_sample_mode, sampling_rng, noise_rng, secure_rng, proximal_mu):
     params = [p for p in local.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr) if optimizer_name == "sgd" else torch.optim.Adam(params, lr=lr)
     plain_loader = torch.utils.data.DataLoader(
@@ -183,14 +203,17 @@ def _run(local, features, labels, schedule: PoissonSchedule, sigma, clip, optimi
         warnings.filterwarnings("ignore", message=".*Optimal order is the (largest|smallest) alpha.*")
         warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
         return _make_private_and_train(
-            local, optimizer, plain_loader, schedule, sigma, clip, grad_sample_mode, noise_rng, secure_rng
+            local, optimizer, plain_loader, schedule, sigma, clip, grad_sample_mode, noise_rng, secure_rng,
+            proximal_mu,
         )
 
 
 def _make_private_and_train(local, optimizer, plain_loader, schedule, sigma, clip, grad_sample_mode, noise_rng,
-                            secure_rng):
+                            secure_rng, proximal_mu):
     from opacus import PrivacyEngine
 
+    # FedProx's anchor: the weights the request started from (the global model).
+    anchor = [p.detach().clone() for p in local.parameters() if p.requires_grad] if proximal_mu > 0 else []
     engine = PrivacyEngine(accountant="prv", secure_mode=secure_rng)
     try:
         wrapped = engine.make_private(
@@ -216,11 +239,12 @@ def _make_private_and_train(local, optimizer, plain_loader, schedule, sigma, cli
                 dp_optimizer.zero_grad()
                 loss = criterion(module(batch_x), batch_y)
                 loss.backward()
+                proximal = _add_proximal_term(dp_optimizer.params, anchor, proximal_mu) if anchor else 0.0
                 dp_optimizer.step()  # an empty batch still adds noise and still counts as a step
                 if len(batch_y) == 0:
                     empty += 1
                 else:
-                    loss_sum += float(loss.item())
+                    loss_sum += float(loss.item()) + proximal
                     nonempty += 1
     finally:
         module.to_standard_module()  # removes Opacus' hooks from the local copy
@@ -228,7 +252,30 @@ def _make_private_and_train(local, optimizer, plain_loader, schedule, sigma, cli
     return loss_sum, nonempty, empty, history[2]
 
 
-def _validate(sigma, clip, lr, optimizer, grad_sample_mode, seed) -> None:
+def _add_proximal_term(params, anchor, mu: float) -> float:
+    """Add FedProx's term to every record's loss, before Opacus clips each record's gradient.
+
+    Opacus builds per-record gradients (``p.grad_sample``, shape [batch, *p.shape], the gradient
+    of loss_i for the mean loss) from layer hooks, so a term added to the batch loss that does not
+    flow through a layer would be silently dropped. The gradient of mu/2 * ||w - w0||^2 is
+    mu * (w - w0) for every record, so adding it to each row of ``grad_sample`` is exactly training
+    on loss_i + mu/2 * ||w - w0||^2: the optimizer then clips each record's whole gradient to C,
+    sums, adds noise sigma * C and divides by the expected batch size, as for any loss. Each
+    record's contribution stays bounded by C, so the sensitivity, and the accounting, do not change.
+    Returns the term's value (for the reported loss).
+    """
+    squared = 0.0
+    for p, start in zip(params, anchor, strict=True):
+        per_record = p.grad_sample
+        if not isinstance(per_record, torch.Tensor):
+            raise RuntimeError(f"expected one per-record gradient tensor for a parameter of shape {tuple(p.shape)}, got {type(per_record).__name__}")
+        moved = p.detach() - start
+        p.grad_sample = per_record + mu * moved.unsqueeze(0).to(per_record.dtype)
+        squared += float((moved**2).sum())
+    return mu / 2 * squared
+
+
+def _validate(sigma, clip, lr, optimizer, grad_sample_mode, mu, seed) -> None:
     for name, value in (("noise_multiplier", sigma), ("max_grad_norm", clip), ("lr", lr)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"privacy/training {name} must be a finite number > 0, got {value!r}")
@@ -236,8 +283,20 @@ def _validate(sigma, clip, lr, optimizer, grad_sample_mode, seed) -> None:
         raise ConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {optimizer!r}")
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise ConfigError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, got {grad_sample_mode!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ConfigError(f"seed must be an integer >= 0 or None, got {seed!r}")
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (mu >= 0 and math.isfinite(mu)):
+        raise ConfigError(f"federation.proximal_mu must be a finite number >= 0, got {mu!r}")
+    if mu > 0 and grad_sample_mode != "hooks":
+        raise ConfigError(
+            f"FedProx under DP (proximal_mu={mu}) needs privacy.grad_sample_mode=hooks: ghost clipping never forms "
+            "each record's gradient, so the proximal term cannot be clipped with it; set "
+            "privacy.grad_sample_mode=hooks or federation.strategy=fedavg"
+        )
+    if seed is not None:
+        raise ConfigError(
+            f"train_dp takes no seed (got {seed!r}): DP-SGD's sampling and noise are drawn from fresh OS entropy "
+            "for every request, since whoever knows the seed can subtract the noise; the study seed governs "
+            "data splits and model initialisation only"
+        )
 
 
 def _check_data(features, labels):

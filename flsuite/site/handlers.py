@@ -81,7 +81,7 @@ def site_model(setup: SiteSetup) -> torch.nn.Module:
 
 
 def local_seed(study_seed: int, server_round: int, site_index: int) -> int:
-    """A seed per study, round and site, the same on every engine."""
+    """A seed per study, round and site, the same on every engine: for non-private shuffling only."""
     text = json.dumps([study_seed, server_round, site_index])
     return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
@@ -112,16 +112,19 @@ def handle_train(msg: Message, context: Context) -> Message:
     server_round = int(config.get(protocol.SERVER_ROUND, 0))
     model = site_model(setup)
     load_arrays(model, msg.content[protocol.ARRAYS])
-    # Only simulated sites train with a seed (reproducible studies); a real site's noise
-    # must come from its own entropy: whoever knows the seed can subtract the noise.
-    seed = local_seed(setup.study.seed, server_round, setup.index) if protocol.PARTITION_ID in context.node_config else None
+    # FedProx's mu arrives in the train config (Flower's FedProx puts it there); 0 is plain FedAvg.
+    proximal_mu = float(config.get(protocol.PROXIMAL_MU, 0.0))
     if setup.study.privacy.enabled:
+        # DP-SGD never takes a seed: its sampling and noise come from fresh OS entropy for every
+        # request, so no study seed or round can make two releases share their noise.
         from flsuite.site.privacy_guard import train_private
 
         sigma = config.get(protocol.NOISE_MULTIPLIER, setup.study.privacy.noise_multiplier)
         if sigma is None:
             raise PlanError(f"site {setup.name!r} received no noise multiplier for DP-SGD: it was not in the coordinator's plan")
-        return train_private(msg, context, setup=setup, model=model, noise_multiplier=float(sigma), seed=seed)
+        return train_private(msg, context, setup=setup, model=model, noise_multiplier=float(sigma), proximal_mu=proximal_mu)
+    # Non-private training: simulated sites shuffle with a seed (reproducible studies), a real site from its own entropy.
+    seed = local_seed(setup.study.seed, server_round, setup.index) if protocol.PARTITION_ID in context.node_config else None
     training = setup.study.training
     started = time.perf_counter()
     result = train_plain(
@@ -132,7 +135,7 @@ def handle_train(msg: Message, context: Context) -> Message:
         optimizer=training.optimizer,
         learning_rate=training.learning_rate,
         seed=seed if seed is not None else secrets.randbits(63),
-        proximal_mu=float(config.get(protocol.PROXIMAL_MU, 0.0)),
+        proximal_mu=proximal_mu,
     )
     metrics = {protocol.NUM_EXAMPLES: result.examples, protocol.TRAIN_LOSS: result.mean_loss, protocol.TRAIN_SECONDS: time.perf_counter() - started}
     return train_reply(msg, model=model, metrics=metrics, status=protocol.SiteStatus(name=setup.name, records=len(setup.data)))

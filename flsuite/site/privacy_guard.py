@@ -77,7 +77,7 @@ def site_privacy(node: Mapping[str, Any], *, site: str, features, labels, study)
 
 
 def train_private(
-    msg: Message, context: Context, *, setup, model: torch.nn.Module, noise_multiplier: float, seed: int | None
+    msg: Message, context: Context, *, setup, model: torch.nn.Module, noise_multiplier: float, proximal_mu: float = 0.0
 ) -> Message:
     """Check the request against the cap, run DP-SGD, append the DP event, reply."""
     from flsuite.privacy import train_dp
@@ -106,7 +106,7 @@ def train_private(
         local_epochs=training.local_epochs,
         optimizer=training.optimizer,
         lr=training.learning_rate,
-        seed=seed,
+        proximal_mu=proximal_mu,
         grad_sample_mode=study.privacy.grad_sample_mode,
         secure_rng=study.privacy.secure_rng,
     )
