@@ -27,16 +27,21 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def root(
-    version: bool = typer.Option(False, "--version", help="Print the flsuite version and exit.", is_eager=True),
-) -> None:
-    """Federated, privacy-preserving training with Flower and Opacus, and an auditable model registry."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from flsuite import __version__
 
         print(f"flsuite {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the flsuite version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """Federated, privacy-preserving training with Flower and Opacus, and an auditable model registry."""
 
 
 app.command(

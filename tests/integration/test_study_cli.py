@@ -71,3 +71,8 @@ def test_sweep_runs_each_combination(tmp_path):
     rounds = [json.loads((tmp_path / str(i) / "summary.json").read_text())["rounds_completed"] for i in range(2)]
     assert rounds == [1, 2]
     assert "Sweep" in result.stdout
+
+
+def test_version_prints_and_exits_0():
+    result = run_cli("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip().startswith("flsuite ")
