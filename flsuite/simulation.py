@@ -70,6 +70,7 @@ def run_local_study(
     else:
         from flsuite.flower import run_inline
 
+        grid_options.setdefault("workers", study.engine.parallel_sites)
         run_inline(server_app, client_app, run_config=run_config, node_configs=simulated_node_configs(study), **grid_options)
     summary_path = output_dir / "summary.json"
     if not summary_path.is_file():

@@ -194,6 +194,12 @@ class EngineConfig(Section):
 
     name: Literal["inline", "ray", "deployment"] = "inline"
     threads_per_site: int = Field(1, ge=1)
+    parallel_sites: int = Field(
+        1,
+        ge=1,
+        description="inline engine: how many simulated sites handle a request at once, in threads "
+        "(1: one after another; threads share the GIL, so more is not always faster)",
+    )
 
 
 class RegistryConfig(Section):

@@ -13,6 +13,8 @@ inline engine and the tests alike; the options a test needs are part of it:
   arrives; a reply that would arrive after the ``send_and_receive`` timeout is lost;
 - ``tamper(message)``: a dishonest coordinator's hand on each outgoing message (return a
   replacement, or None to swallow it);
+- ``workers``: how many sites handle their messages at once (threads; 1: one after another).
+  Every round closes at its timeout whatever a site does: a hung site gives no reply;
 - ``sent`` and ``log`` keep every message the coordinator sent and every reply it received.
 
 Flower stamps each new Message with a process-global task identity; the grid sets it while
@@ -24,6 +26,7 @@ with Flower's Ray engine.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -96,9 +99,12 @@ class InProcessGrid(Grid):
         drop: Callable[[Message], bool] | None = None,
         delay: Callable[[Message], float] | None = None,
         tamper: Callable[[Message], Message | None] | None = None,
+        workers: int = 1,
     ) -> None:
         if set(handlers) != set(contexts):
             raise ValueError("every node needs both a handler and a context")
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         self._handlers = dict(handlers)
         self._contexts = dict(contexts)
         self._run = run
@@ -106,7 +112,9 @@ class InProcessGrid(Grid):
         self.drop = drop
         self.delay = delay
         self.tamper = tamper
+        self.workers = workers
         self.offline: set[int] = set()
+        self._lock = threading.Lock()
         self.sent: list[Message] = []
         self.log: list[Received] = []
         self._replies: dict[str, Message] = {}
@@ -162,24 +170,45 @@ class InProcessGrid(Grid):
         return self._push(messages, timeout=None)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._replies.pop(message_id) for message_id in list(message_ids) if message_id in self._replies]
+        with self._lock:
+            return [self._replies.pop(message_id) for message_id in list(message_ids) if message_id in self._replies]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Deliver each message; a reply that would arrive after ``timeout`` is lost.
 
-        Sites answer one after another here, but each reply is timed as if all sites had
-        started together: its site's own handling time plus its ``delay``. So a slow site
-        misses the deadline and the others do not.
+        Up to ``workers`` sites handle their messages at once, each in its own thread. The
+        round closes at ``timeout``: a site still working then (hung, or just slow) gives
+        no reply, and a message no worker could start before then is never delivered. A
+        reply is also timed as if every site had started at once: its own handling time
+        plus its ``delay``.
         """
         return self.pull_messages(self._push(messages, timeout=timeout))
 
     def _push(self, messages: Iterable[Message], *, timeout: float | None) -> list[str]:
-        ids = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ids, slots, threads = [], threading.BoundedSemaphore(self.workers), []
         for message in messages:
             message_id = str(uuid4())
             message.metadata.__dict__["_message_id"] = message_id
             ids.append(message_id)
-            self._deliver(message_id, message, timeout)
+            if not slots.acquire(timeout=_remaining(deadline)):
+                continue  # no worker came free before the deadline: never delivered
+            if deadline is not None and time.monotonic() >= deadline:
+                slots.release()
+                continue
+
+            def deliver(message_id: str = message_id, message: Message = message) -> None:
+                try:
+                    self._deliver(message_id, message, timeout)
+                finally:
+                    slots.release()
+
+            # Daemon threads: a site that hangs forever cannot keep the study's process alive.
+            thread = threading.Thread(target=deliver, name=f"site-{message.metadata.dst_node_id}", daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(_remaining(deadline))
         return ids
 
     def _deliver(self, message_id: str, message: Message, timeout: float | None) -> None:
@@ -188,7 +217,8 @@ class InProcessGrid(Grid):
             if tampered is None:
                 return
             message = tampered
-        self.sent.append(message)
+        with self._lock:
+            self.sent.append(message)
         node = message.metadata.dst_node_id
         if node not in self._handlers or node in self.offline:
             return
@@ -207,8 +237,13 @@ class InProcessGrid(Grid):
         if self.wire:
             reply = _through_the_wire(reply)
         reply.metadata.__dict__["_message_id"] = str(uuid4())
-        self._replies[message_id] = reply
-        self.log.append(Received(node=node, stage=stage_of(message), message=reply))
+        with self._lock:
+            self._replies[message_id] = reply
+            self.log.append(Received(node=node, stage=stage_of(message), message=reply))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _through_the_wire(message: Message) -> Message:

@@ -124,3 +124,28 @@ def test_entering_the_grid_restores_flowers_task_identity_afterwards():
     with make_in_process():
         assert TaskIdentity._run_id == 5
     assert (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id) == before
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_hung_site_does_not_hold_the_round_past_its_timeout(workers):
+    """The attack of issue 12.3: a site that never answers. The round closes at its timeout."""
+    import threading
+
+    release = threading.Event()
+
+    def hang(msg: Message, context: Context) -> Message:
+        release.wait(60)  # stands for a site that hangs; released when the test ends
+        return echo(msg, context)
+
+    contexts = {n: Context(run_id=5, node_id=n, node_config={}, state=RecordDict(), run_config={}) for n in NODES}
+    handlers = {NODES[0]: echo, NODES[1]: hang, NODES[2]: echo}
+    grid = InProcessGrid(handlers, contexts, run=new_run(5), workers=workers)
+    try:
+        with grid:
+            replies = list(grid.send_and_receive([request(n) for n in NODES], timeout=0.5))
+        assert not release.is_set()  # we got here while the hung site was still hanging
+        answered = sorted(r.metadata.src_node_id for r in replies)
+        # In parallel every other site answers; one after another, the site queued behind the hung one is never started.
+        assert answered == ([NODES[0], NODES[2]] if workers == 2 else [NODES[0]])
+    finally:
+        release.set()
