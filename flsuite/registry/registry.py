@@ -5,9 +5,10 @@ read-only (what an auditor or a reader needs). Every write takes the folder's fc
 brings the catalogue up to the log, appends one signed log entry (the commit point),
 applies it to the catalogue and re-signs the head. See `flsuite.registry.layout`.
 
-The catalogue is a cache of the log: a reader opening the registry and a writer before
-each write check it against the log and the signed head, and refuse (IntegrityError) a
-catalogue that disagrees, so that no alias or version is read from an edited cache.
+The catalogue is a cache of the log: a reader opening the registry checks it row by row
+against the verified log, a writer before each write checks that it is neither behind the
+signed head nor ahead of the log; both refuse (IntegrityError) a catalogue that disagrees,
+so that no alias or version is read from an edited cache.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Registry:
                 with registry._locked():
                     registry._reconcile()
             else:
-                registry._check_cache(rebuilding=False)
+                registry._check_cache(thorough=True)
         except BaseException:
             registry.close()
             raise
@@ -335,8 +336,8 @@ class Registry:
         self._step("head-written")
         return entry
 
-    def _check_cache(self, *, rebuilding: bool) -> None:
-        problem = catalogue_disagreement(self._layout, self._catalogue, rebuilding=rebuilding)
+    def _check_cache(self, *, thorough: bool) -> None:
+        problem = catalogue_disagreement(self._layout, self._catalogue, thorough=thorough)
         if problem is not None:
             raise IntegrityError(
                 f"registry {self.path}: the catalogue is not the audit log's cache ({problem}); run "
@@ -348,7 +349,7 @@ class Registry:
         committed entries it lacks, re-sign a stale head, remove temporary files of
         interrupted writes."""
         self._log.repair_torn_tail()
-        self._check_cache(rebuilding=True)
+        self._check_cache(thorough=False)
         for folder in (self._layout.root, self._layout.blobs):
             for leftover in folder.glob(f"{TEMP_PREFIX}*"):
                 leftover.unlink(missing_ok=True)
