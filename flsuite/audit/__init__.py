@@ -5,8 +5,15 @@ its verification.
 """
 
 from flsuite.audit.canonical import canonical_json, canonical_sha256, sha256_hex
-from flsuite.audit.chain import GENESIS_KIND, ChainResult, Problem, verify_chain
-from flsuite.audit.head import SignedHead, read_head, write_head
+from flsuite.audit.chain import GENESIS_KIND, PIN_MIN_CHARS, ChainResult, Problem, check_pin, verify_chain
+from flsuite.audit.head import (
+    SignedHead,
+    continuation_problem,
+    read_head,
+    read_saved_head,
+    save_head,
+    write_head,
+)
 from flsuite.audit.keys import (
     key_id,
     load_or_create_signing_key,
@@ -21,6 +28,7 @@ from flsuite.audit.log import ENTRY_DOMAIN, AuditEntry, AuditLog, seal
 __all__ = [
     "ENTRY_DOMAIN",
     "GENESIS_KIND",
+    "PIN_MIN_CHARS",
     "AuditEntry",
     "AuditLog",
     "ChainResult",
@@ -28,12 +36,16 @@ __all__ = [
     "SignedHead",
     "canonical_json",
     "canonical_sha256",
+    "check_pin",
+    "continuation_problem",
     "key_id",
     "load_or_create_signing_key",
     "load_public_key_pem",
     "load_signing_key",
     "public_key_pem",
     "read_head",
+    "read_saved_head",
+    "save_head",
     "seal",
     "sha256_hex",
     "sign",

@@ -2,6 +2,11 @@
 
 Pure functions over the log's lines and the registry's public keys; each failed check is
 a `Problem` naming the entry, so a report can say which entry is bad and why.
+
+A pin (`expected_key`, a key id or a prefix of at least PIN_MIN_CHARS hex digits) means
+that every entry is signed by that one key: the genesis entry must list it, and an entry
+signed by any other key, even one the genesis also lists, fails. So a log re-signed by an
+attacker whose genesis lists the genuine key id beside their own gains nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from flsuite.audit.canonical import canonical_json
 from flsuite.audit.keys import signature_valid
 from flsuite.audit.log import ENTRY_DOMAIN, AuditEntry
+from flsuite.errors import ConfigError
 from flsuite.storage.chain import GENESIS
 
-__all__ = ["Problem", "ChainResult", "verify_chain", "GENESIS_KIND"]
+__all__ = ["Problem", "ChainResult", "verify_chain", "check_pin", "GENESIS_KIND", "PIN_MIN_CHARS"]
 
 GENESIS_KIND = "registry.created"
+PIN_MIN_CHARS = 16
+_HEX = frozenset("0123456789abcdef")
 
 
 @dataclass(frozen=True)
@@ -36,9 +44,20 @@ class Problem:
         return {"where": self.where, "check": self.check, "message": self.message}
 
 
+def check_pin(expected_key: str) -> str:
+    """The pin in lower case; ConfigError unless it is 16 to 64 hex digits (a key id or its prefix)."""
+    pin = expected_key.strip().lower() if isinstance(expected_key, str) else ""
+    if not PIN_MIN_CHARS <= len(pin) <= 64 or not set(pin) <= _HEX:
+        raise ConfigError(f"--expect-key {expected_key!r}: give the coordinator's key id (64 hex "
+                          f"digits, or at least its first {PIN_MIN_CHARS}), as `flsuite audit verify` "
+                          "prints it for a registry you trust")
+    return pin
+
+
 @dataclass(frozen=True)
 class ChainResult:
-    """The parsed entries (None where a line could not be read), the trusted keys, problems."""
+    """The parsed entries (None where a line could not be read), the trusted keys (under a
+    pin: only the pinned key), problems."""
 
     entries: list[AuditEntry | None]
     trusted_keys: frozenset[str]
@@ -47,7 +66,9 @@ class ChainResult:
 
 def verify_chain(lines: list[bytes], *, public_keys: dict[str, Ed25519PublicKey],
                  expected_key: str | None = None) -> ChainResult:
-    """Check every line; the registry's keys are those its first (genesis) entry names."""
+    """Check every line; the registry's keys are those its first (genesis) entry names, and
+    under a pin only the pinned one of them (ConfigError for a malformed pin)."""
+    pin = None if expected_key is None else check_pin(expected_key)
     problems: list[Problem] = []
     entries: list[AuditEntry | None] = []
     trusted: frozenset[str] = frozenset()
@@ -64,7 +85,7 @@ def verify_chain(lines: list[bytes], *, public_keys: dict[str, Ed25519PublicKey]
         entries.append(entry)
         where = f"audit entry {entry.seq}" + ("" if entry.seq == number else f" (line {number})")
         if number == 1:
-            trusted, genesis_problem = _genesis_keys(entry, expected_key)
+            trusted, genesis_problem = _genesis_keys(entry, pin)
             if genesis_problem:
                 problems.append(Problem(where, "genesis", genesis_problem))
         if entry.seq != number:
@@ -77,24 +98,31 @@ def verify_chain(lines: list[bytes], *, public_keys: dict[str, Ed25519PublicKey]
         if previous_hash is not None and entry.prev != previous_hash:
             problems.append(Problem(where, "chain", "prev does not match the hash of the entry "
                                     "before it (reordered, inserted or deleted)"))
-        problems.extend(_signature_problems(entry, where, trusted, public_keys))
+        problems.extend(_signature_problems(entry, where, trusted, public_keys, pin))
         previous_hash = entry.hash
     return ChainResult(entries=entries, trusted_keys=trusted, problems=problems)
 
 
-def _genesis_keys(entry: AuditEntry, expected_key: str | None) -> tuple[frozenset[str], str]:
+def _genesis_keys(entry: AuditEntry, pin: str | None) -> tuple[frozenset[str], str]:
     keys = entry.payload.get("keys") if entry.kind == GENESIS_KIND else None
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
         return frozenset(), f"the first entry is not a {GENESIS_KIND} entry naming the keys"
-    trusted = frozenset(keys)
-    if expected_key is not None and not any(k.startswith(expected_key.lower()) for k in trusted):
-        return trusted, f"registry keys {sorted(trusted)} do not include the expected key {expected_key}"
-    return trusted, ""
+    if pin is None:
+        return frozenset(keys), ""
+    pinned = frozenset(k for k in keys if k.startswith(pin))
+    if not pinned:
+        return pinned, f"registry keys {sorted(keys)} do not include the expected key {pin}"
+    if len(pinned) > 1:
+        return frozenset(), f"the expected key {pin} matches several registry keys; give the whole key id"
+    return pinned, ""
 
 
 def _signature_problems(entry: AuditEntry, where: str, trusted: frozenset[str],
-                        public_keys: dict[str, Ed25519PublicKey]) -> list[Problem]:
+                        public_keys: dict[str, Ed25519PublicKey], pin: str | None) -> list[Problem]:
     if entry.key not in trusted:
+        if pin is not None:
+            return [Problem(where, "pin", f"signed by key {entry.key[:16]}, not by the expected "
+                            f"key {pin[:16]}")]
         return [Problem(where, "signature", f"signed by key {entry.key[:16]}, which is not a "
                         "key of this registry")]
     public_key = public_keys.get(entry.key)

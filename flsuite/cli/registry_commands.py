@@ -2,7 +2,8 @@
 
 Reads need no key; promote and rollback need the coordinator's signing key. User errors
 raise flsuite.errors.UserError subclasses (the main CLI prints them and exits 2);
-`audit verify` exits 0 only when everything verifies, 1 otherwise.
+`audit verify` exits 0 only when everything verifies, 1 otherwise; a registry whose
+catalogue disagrees with its audit log is refused by every command (IntegrityError, 1).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flsuite.audit import read_saved_head, save_head
 from flsuite.errors import RegistryError
 from flsuite.registry.encryption import key_from_env, key_from_file
 from flsuite.registry.policy import PromotionPolicy
@@ -39,6 +41,9 @@ SigningKeyOpt = Annotated[Path | None, typer.Option(
 KeyFileOpt = Annotated[Path | None, typer.Option(
     "--encryption-key-file", envvar="FLSUITE_ENCRYPTION_KEY_FILE",
     help=f"File with the 32-byte blob key (or set {KEY_ENV} to the key itself).")]
+ExpectKeyOpt = Annotated[str | None, typer.Option(
+    "--expect-key", help="The coordinator's key id (at least its first 16 hex digits): every audit "
+    "entry, manifest and the signed head must be signed by this key.")]
 DEFAULT_REGISTRY = Path("registry")
 
 
@@ -147,17 +152,32 @@ def export(version: Annotated[str, typer.Argument(help="Version number or alias.
 
 @audit_app.command("verify")
 def verify(registry: RegistryArg = DEFAULT_REGISTRY, key_file: KeyFileOpt = None,
-           expect_key: Annotated[str | None, typer.Option(
-               help="Key id (or its prefix) the registry must be signed with.")] = None,
+           expect_key: ExpectKeyOpt = None,
+           since: Annotated[Path | None, typer.Option(
+               "--since", help="A head saved by an earlier --write-head: fail when this registry's "
+               "log is older than it or diverges from it (rollback).")] = None,
+           write_head: Annotated[Path | None, typer.Option(
+               "--write-head", help="After a successful verification, save the signed head here "
+               "(for a later --since; may be the same file).")] = None,
            as_json: JsonOpt = False) -> None:
-    """Check every blob hash, signature, the whole chain and the signed head; exit 1 on any failure."""
+    """Check every blob hash, signature, the whole chain, the signed head and the catalogue;
+    exit 1 on any failure."""
     if not registry.exists():
         raise RegistryError(f"no registry at {registry}; give the registry folder to verify")
-    report = verify_registry(registry, encryption_key=_encryption_key(key_file), expected_key=expect_key)
+    saved = read_saved_head(since) if since is not None else None
+    report = verify_registry(registry, encryption_key=_encryption_key(key_file), expected_key=expect_key,
+                             since=saved)
     text = [report.verdict()] + [f"  problem: {p}" for p in report.problems[1:]] \
         + [f"  note: {n}" for n in report.notes]
+    if report.pinned_key is not None:
+        text.append(f"  pinned key: {report.pinned_key}")
+    if saved is not None:
+        text.append(f"  since: saved head at entry {saved.seq}")
     if report.head_seq is not None:
         text.append(f"  signed head: entry {report.head_seq}, hash {report.head_hash}")
+    if report.ok and write_head is not None and report.signed_head is not None:
+        save_head(write_head, report.signed_head)
+        text.append(f"  head saved to {write_head}")
     _emit(report.to_dict(), as_json, "\n".join(text))
     if not report.ok:
         raise typer.Exit(code=1)
@@ -166,12 +186,14 @@ def verify(registry: RegistryArg = DEFAULT_REGISTRY, key_file: KeyFileOpt = None
 @audit_app.command("report")
 def report(registry: RegistryArg = DEFAULT_REGISTRY,
            version: Annotated[list[int] | None, typer.Option(help="Only these versions.")] = None,
-           as_json: JsonOpt = False) -> None:
-    """Each version's DP certificate; each site's epsilon recomputed and compared with the claim."""
+           expect_key: ExpectKeyOpt = None, as_json: JsonOpt = False) -> None:
+    """Each version's DP certificate (from the verified audit log); each site's epsilon
+    recomputed and compared with the claim. Exit 1 when the registry does not verify or a
+    claim is too low."""
     if not registry.exists():
         raise RegistryError(f"no registry at {registry}; give the registry folder to report on")
-    data = privacy_report(registry, versions=version)
-    lines = [f"accounting: {data['accounting']}",
+    data = privacy_report(registry, versions=version, expected_key=expect_key)
+    lines = [data["verdict"], f"accounting: {data['accounting']}",
              f"{'version':>7}  {'site':<16} {'claimed eps':>11} {'recomputed':>10}  {'delta':>8}  status"]
     for row in data["versions"]:
         if not row["certificate"]:

@@ -4,23 +4,113 @@ The audit log is the record of truth; the catalogue is the fast index derived fr
 Rows are applied in one transaction per log entry together with `applied_seq`, so after
 a crash the catalogue is at most behind the log, never ahead, and the next writer
 replays what is missing. Triggers make versions and alias moves immutable.
+
+Being a cache, the catalogue can be checked: `expected_state(entries)` rebuilds from log
+entries the exact rows (versions, alias moves, applied_seq) the catalogue must hold, and
+`differences(expected, Catalogue.state())` names every row that is missing, extra or
+different, and every alias whose current target differs.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flsuite.audit.canonical import canonical_json
 from flsuite.audit.log import AuditEntry
+from flsuite.registry.aliases import current_aliases
 from flsuite.registry.manifest import VersionInfo
 
-__all__ = ["Catalogue", "VERSION_KIND", "ALIAS_KIND"]
+__all__ = ["Catalogue", "CatalogueState", "expected_state", "differences", "VERSION_KIND",
+           "ALIAS_KIND"]
 
 VERSION_KIND = "version.published"
 ALIAS_KIND = "alias.moved"
+
+_VERSION_COLUMNS = ("number", "run_id", "study_id", "round", "parent", "blob_sha256", "stored_sha256",
+                    "manifest", "manifest_hash", "manifest_sig", "seq", "created_at")
+_MOVE_COLUMNS = ("seq", "alias", "action", "from_version", "to_version", "time")
+
+
+def _version_row(entry: AuditEntry) -> tuple[Any, ...]:
+    """The versions row a version.published entry becomes (in _VERSION_COLUMNS order)."""
+    p = entry.payload
+    m = p["manifest"]
+    return (m["version"], m["run_id"], m["study_id"], m["round"], m["parent"], m["blob"]["sha256"],
+            m["blob"]["stored_sha256"], canonical_json(m).decode("utf-8"), p["manifest_hash"],
+            p["manifest_sig"], entry.seq, m["created_at"])
+
+
+def _move_row(entry: AuditEntry) -> tuple[Any, ...]:
+    """The alias_moves row an alias.moved entry becomes (in _MOVE_COLUMNS order)."""
+    p = entry.payload
+    return (entry.seq, p["alias"], p["action"], p["from_version"], p["to_version"], entry.time)
+
+
+@dataclass
+class CatalogueState:
+    """Everything the catalogue holds, as plain rows: what is compared with the log."""
+
+    applied_seq: int = 0
+    versions: dict[int, dict[str, Any]] = field(default_factory=dict)  # number -> row
+    moves: dict[int, dict[str, Any]] = field(default_factory=dict)  # seq -> row
+
+    def aliases(self) -> dict[str, int]:
+        return current_aliases(self.moves[seq] for seq in sorted(self.moves))
+
+
+def expected_state(entries: Iterable[AuditEntry]) -> CatalogueState:
+    """The catalogue a writer builds by applying `entries` (KeyError/TypeError if malformed)."""
+    state = CatalogueState()
+    for entry in entries:
+        if entry.kind == VERSION_KIND:
+            row = dict(zip(_VERSION_COLUMNS, _version_row(entry), strict=True))
+            state.versions[row["number"]] = row
+        elif entry.kind == ALIAS_KIND:
+            state.moves[entry.seq] = dict(zip(_MOVE_COLUMNS, _move_row(entry), strict=True))
+        state.applied_seq = entry.seq
+    return state
+
+
+def differences(expected: CatalogueState, actual: CatalogueState) -> list[tuple[str, str]]:
+    """(where, what) for every row of `actual` that is not exactly as in `expected`."""
+    found: list[tuple[str, str]] = []
+    if actual.applied_seq != expected.applied_seq:
+        found.append(("catalogue applied_seq", f"is {actual.applied_seq}, the log gives "
+                      f"{expected.applied_seq}"))
+    for number in sorted(expected.versions.keys() | actual.versions.keys()):
+        want, have = expected.versions.get(number), actual.versions.get(number)
+        where = f"version {number}" + (f" (audit entry {want['seq']})" if want else "")
+        if have is None:
+            found.append((where, "missing from the catalogue"))
+        elif want is None:
+            found.append((where, "in the catalogue but not published in the audit log"))
+        elif want != have:
+            columns = ", ".join(c for c in _VERSION_COLUMNS if want[c] != have.get(c))
+            found.append((where, f"the catalogue's row differs from the signed audit entry in "
+                          f"{columns} (edited or swapped)"))
+    for seq in sorted(expected.moves.keys() | actual.moves.keys()):
+        want, have = expected.moves.get(seq), actual.moves.get(seq)
+        where = f"alias move at audit entry {seq}"
+        if have is None:
+            found.append((where, f"missing from the catalogue (alias {want['alias']!r} -> "
+                          f"version {want['to_version']})"))
+        elif want is None:
+            found.append((where, "in the catalogue but not in the audit log"))
+        elif want != have:
+            columns = ", ".join(c for c in _MOVE_COLUMNS if want[c] != have.get(c))
+            found.append((where, f"the catalogue's row differs from the audit entry in {columns}"))
+    want_aliases, have_aliases = expected.aliases(), actual.aliases()
+    for alias in sorted(want_aliases.keys() | have_aliases.keys()):
+        if want_aliases.get(alias) != have_aliases.get(alias):
+            found.append((f"alias {alias!r}", f"the catalogue points it at version "
+                          f"{have_aliases.get(alias)}, the audit log at {want_aliases.get(alias)}"))
+    return found
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,6 +194,16 @@ class Catalogue:
                                "ORDER BY number LIMIT 1", (blob_sha256,)).fetchone()
         return None if row is None else (row[0], json.loads(row[1])["blob"])
 
+    def state(self) -> CatalogueState:
+        """Every row and applied_seq, for comparison with the log (ValueError if unreadable)."""
+        self._db.execute("BEGIN")  # one snapshot, even while a writer applies entries
+        try:
+            versions = {row["number"]: row for row in self.rows()}
+            moves = {row["seq"]: row for row in self.alias_moves()}
+            return CatalogueState(applied_seq=self.applied_seq(), versions=versions, moves=moves)
+        finally:
+            self._db.execute("COMMIT")
+
     def alias_moves(self, alias: str | None = None) -> list[dict[str, Any]]:
         query, args = "SELECT * FROM alias_moves", ()
         if alias is not None:
@@ -119,12 +219,10 @@ class Catalogue:
         try:
             for entry in entries:
                 if entry.kind == VERSION_KIND:
-                    self._insert_version(entry)
+                    self._db.execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     _version_row(entry))
                 elif entry.kind == ALIAS_KIND:
-                    p = entry.payload
-                    self._db.execute("INSERT INTO alias_moves VALUES (?, ?, ?, ?, ?, ?)",
-                                     (entry.seq, p["alias"], p["action"], p["from_version"],
-                                      p["to_version"], entry.time))
+                    self._db.execute("INSERT INTO alias_moves VALUES (?, ?, ?, ?, ?, ?)", _move_row(entry))
             self._db.execute("INSERT INTO meta VALUES ('applied_seq', ?) ON CONFLICT(key) DO "
                              "UPDATE SET value = excluded.value", (str(entries[-1].seq),))
             self._db.execute("COMMIT")
@@ -135,15 +233,6 @@ class Catalogue:
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                          "value = excluded.value", (key, value))
-
-    def _insert_version(self, entry: AuditEntry) -> None:
-        p = entry.payload
-        m = p["manifest"]
-        self._db.execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (m["version"], m["run_id"], m["study_id"], m["round"], m["parent"],
-             m["blob"]["sha256"], m["blob"]["stored_sha256"], canonical_json(m).decode("utf-8"),
-             p["manifest_hash"], p["manifest_sig"], entry.seq, m["created_at"]))
 
     @staticmethod
     def _info(row: sqlite3.Row) -> VersionInfo:

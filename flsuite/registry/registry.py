@@ -4,6 +4,11 @@
 read-only (what an auditor or a reader needs). Every write takes the folder's fcntl lock,
 brings the catalogue up to the log, appends one signed log entry (the commit point),
 applies it to the catalogue and re-signs the head. See `flsuite.registry.layout`.
+
+The catalogue is a cache of the log: a reader opening the registry checks it row by row
+against the verified log, a writer before each write checks that it is neither behind the
+signed head nor ahead of the log; both refuse (IntegrityError) a catalogue that disagrees,
+so that no alias or version is read from an edited cache.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from flsuite.registry.encryption import ALGORITHM, encrypt_blob, encryption_key_
 from flsuite.registry.layout import REGISTRY_FORMAT, Layout
 from flsuite.registry.manifest import MANIFEST_DOMAIN, VersionInfo, build_manifest
 from flsuite.registry.policy import PromotionPolicy
+from flsuite.registry.verify import catalogue_disagreement
 from flsuite.registry.weights import parse_weights, serialise_weights, tensor_summary
 from flsuite.storage.durable import TEMP_PREFIX, write_atomic
 
@@ -107,14 +113,16 @@ class Registry:
                                 "audit.jsonl); point --registry at a registry folder")
         registry = cls(layout, signing_key=signing_key, encryption_key=encryption_key, clock=clock,
                        checkpoint_every=checkpoint_every)
-        if signing_key is not None:
-            try:
+        try:
+            if signing_key is not None:
                 registry._check_signing_key()
                 with registry._locked():
                     registry._reconcile()
-            except BaseException:
-                registry.close()
-                raise
+            else:
+                registry._check_cache(thorough=True)
+        except BaseException:
+            registry.close()
+            raise
         return registry
 
     def close(self) -> None:
@@ -328,10 +336,20 @@ class Registry:
         self._step("head-written")
         return entry
 
+    def _check_cache(self, *, thorough: bool) -> None:
+        problem = catalogue_disagreement(self._layout, self._catalogue, thorough=thorough)
+        if problem is not None:
+            raise IntegrityError(
+                f"registry {self.path}: the catalogue is not the audit log's cache ({problem}); run "
+                f"`flsuite audit verify {self.path}`. To rebuild the catalogue from a log that "
+                "verifies, remove catalogue.sqlite* and open the registry with its signing key")
+
     def _reconcile(self) -> None:
-        """Under the lock: cut a torn log tail, replay committed entries the catalogue lacks,
-        re-sign a stale head, remove temporary files of interrupted writes."""
+        """Under the lock: cut a torn log tail, check the catalogue against the log, replay
+        committed entries it lacks, re-sign a stale head, remove temporary files of
+        interrupted writes."""
         self._log.repair_torn_tail()
+        self._check_cache(thorough=False)
         for folder in (self._layout.root, self._layout.blobs):
             for leftover in folder.glob(f"{TEMP_PREFIX}*"):
                 leftover.unlink(missing_ok=True)

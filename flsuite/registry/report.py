@@ -4,6 +4,10 @@ recomputed from the recorded DP phases and compared with what was claimed.
 Recomputation uses `flsuite.privacy.accounting.epsilon(phases, *, delta, accountant)`,
 imported lazily so the registry itself needs no accounting libraries. A claim passes when
 recomputed <= claimed * (1 + 1e-3) (+1e-6); a lower claim is marked "under-claimed".
+
+The certificates are read from the audit log after `verify_registry` has checked it
+(without blob hashes), under the auditor's pin when one is given; a registry that does
+not verify gives a report that is not ok and names the first problem.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from flsuite.errors import FlsuiteError, RegistryError
-from flsuite.registry.catalogue import Catalogue
 from flsuite.registry.layout import Layout
+from flsuite.registry.manifest import VersionInfo
+from flsuite.registry.verify import verify_registry
 
 __all__ = ["privacy_report", "CLAIM_RTOL"]
 
@@ -24,22 +29,26 @@ EpsilonFn = Callable[..., float]
 
 
 def privacy_report(path: str | Path, *, versions: list[int] | None = None,
-                   epsilon_fn: EpsilonFn | None = None) -> dict[str, Any]:
+                   epsilon_fn: EpsilonFn | None = None, expected_key: str | None = None) -> dict[str, Any]:
     """Per version and per site: claimed vs recomputed epsilon. Reads only; needs no key.
 
     `epsilon_fn` replaces the accountant (tests); by default flsuite.privacy's is used when
-    importable, otherwise epsilons are reported as not recomputed.
+    importable, otherwise epsilons are reported as not recomputed. `expected_key` pins the
+    coordinator's key as for `verify_registry`; "ok" needs the registry to verify.
     """
     layout = Layout(Path(path).absolute())
     if not layout.is_registry():
         raise RegistryError(f"{layout.root} is not an flsuite registry; point --registry (or the "
                             "REGISTRY argument) at a registry folder")
+    verification = verify_registry(layout.root, expected_key=expected_key, check_blobs=False)
     accounting, epsilon_fn = _accountant(epsilon_fn)
-    catalogue = Catalogue(layout.catalogue, writable=False)
-    try:
-        infos = catalogue.versions()
-    finally:
-        catalogue.close()
+    infos = []
+    for _, logged in sorted(verification.published.items()):
+        try:
+            infos.append(VersionInfo.from_manifest(logged["manifest"], manifest_hash=logged["manifest_hash"],
+                                                   manifest_sig=logged["manifest_sig"], seq=logged["seq"]))
+        except (KeyError, TypeError, AttributeError):
+            continue  # a malformed manifest: verification names it
     cache: dict[str, tuple[float | None, str]] = {}
     out_versions, per_site = [], {}
     for info in infos:
@@ -60,9 +69,11 @@ def privacy_report(path: str | Path, *, versions: list[int] | None = None,
         out_versions.append(row)
     under = sorted({c["site"] for v in out_versions for c in v.get("claims", [])
                     if c["status"] == "under-claimed"})
-    return {"registry": str(layout.root), "accounting": accounting, "versions": out_versions,
+    return {"registry": str(layout.root), "verified": verification.ok,
+            "verdict": verification.verdict(), "pinned_key": verification.pinned_key,
+            "accounting": accounting, "versions": out_versions,
             "sites": dict(sorted(per_site.items())), "under_claimed_sites": under,
-            "ok": not under}
+            "ok": verification.ok and not under}
 
 
 def _accountant(epsilon_fn: EpsilonFn | None) -> tuple[str, EpsilonFn | None]:

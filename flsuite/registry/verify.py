@@ -4,9 +4,16 @@
 `VerifyReport` listing each problem (naming the entry, version or file and the check
 that failed) and notes about harmless leftovers of interrupted writes.
 
-What counts as committed: an audit log line (with its newline). The catalogue may lag
-behind the log after a crash (noted, replayed by the next writer) but never lead it; a
+What counts as committed: an audit log line (with its newline). The catalogue is a cache
+of the log: its rows are rebuilt from the log and compared one by one. It may lag behind
+the log only for entries past the signed head (a writer killed between its append and its
+head update: noted, replayed by the next writer), never lead it, and never lag the signed
+head (a writer applies an entry to the catalogue before it signs the head naming it). A
 torn last line without newline and blobs no version names are leftovers, not versions.
+
+`expected_key` pins the coordinator's key: every entry, every manifest and the signed
+head must then be signed by that key. `since` is a head the auditor verified before: the
+log must be that log or a continuation of it (not older, not diverging).
 """
 
 from __future__ import annotations
@@ -18,19 +25,25 @@ from pathlib import Path
 from typing import Any
 
 from flsuite.audit.canonical import canonical_sha256, sha256_hex
-from flsuite.audit.chain import Problem, verify_chain
-from flsuite.audit.head import read_head
+from flsuite.audit.chain import Problem, check_pin, verify_chain
+from flsuite.audit.head import SignedHead, continuation_problem, read_head
 from flsuite.audit.keys import key_id, load_public_key_pem, signature_valid
 from flsuite.audit.log import AuditEntry, AuditLog
 from flsuite.errors import FlsuiteError
 from flsuite.registry.aliases import alias_stack
-from flsuite.registry.catalogue import ALIAS_KIND, VERSION_KIND, Catalogue
-from flsuite.registry.integrity import open_blob
+from flsuite.registry.catalogue import (
+    ALIAS_KIND,
+    VERSION_KIND,
+    Catalogue,
+    differences,
+    expected_state,
+)
+from flsuite.registry.integrity import open_blob, public_keys
 from flsuite.registry.layout import Layout
 from flsuite.registry.manifest import MANIFEST_DOMAIN
 from flsuite.storage.durable import TEMP_PREFIX
 
-__all__ = ["VerifyReport", "verify_registry"]
+__all__ = ["VerifyReport", "verify_registry", "catalogue_disagreement"]
 
 CHECKPOINT_KIND = "log.checkpoint"
 
@@ -50,6 +63,10 @@ class VerifyReport:
     head_hash: str | None = None
     blobs_checked: int = 0
     blobs_decrypted: int = 0
+    pinned_key: str | None = None
+    since_seq: int | None = None
+    signed_head: SignedHead | None = None  # the verified head.json (None when it did not verify)
+    published: dict[int, dict[str, Any]] = field(default_factory=dict)  # number -> logged payload + seq
 
     @property
     def ok(self) -> bool:
@@ -66,13 +83,19 @@ class VerifyReport:
         return {"ok": self.ok, "verdict": self.verdict(), "registry": self.registry,
                 "registry_id": self.registry_id, "key_ids": self.key_ids, "entries": self.entries,
                 "versions": self.versions, "head": {"seq": self.head_seq, "hash": self.head_hash},
+                "pinned_key": self.pinned_key, "since_seq": self.since_seq,
                 "blobs_checked": self.blobs_checked, "blobs_decrypted": self.blobs_decrypted,
                 "problems": [p.to_dict() for p in self.problems], "notes": self.notes}
 
 
 def verify_registry(path: str | Path, *, encryption_key: bytes | None = None,
-                    expected_key: str | None = None, check_blobs: bool = True) -> VerifyReport:
-    """Audit the registry at `path` offline; with `encryption_key` also decrypt and check blobs."""
+                    expected_key: str | None = None, since: SignedHead | None = None,
+                    check_blobs: bool = True) -> VerifyReport:
+    """Audit the registry at `path` offline; with `encryption_key` also decrypt and check blobs.
+
+    ConfigError for a malformed `expected_key`; everything else is a problem in the report.
+    """
+    pin = None if expected_key is None else check_pin(expected_key)
     layout = Layout(Path(path).absolute())
     report = VerifyReport(registry=str(layout.root))
     if not layout.is_registry():
@@ -84,15 +107,21 @@ def verify_registry(path: str | Path, *, encryption_key: bytes | None = None,
     if torn:
         report.notes.append(f"a torn, uncommitted last line ({len(torn)} bytes) follows entry "
                             f"{len(lines)}: an interrupted write; the next writer removes it")
-    chain = verify_chain(lines, public_keys=keys, expected_key=expected_key)
+    chain = verify_chain(lines, public_keys=keys, expected_key=pin)
     report.problems.extend(chain.problems)
     report.entries = len(lines)
     report.key_ids = sorted(chain.trusted_keys)
+    if pin is not None and chain.trusted_keys:
+        report.pinned_key = min(chain.trusted_keys)
     trusted = {k: v for k, v in keys.items() if k in chain.trusted_keys}
-    _check_head(layout, chain.entries, trusted, report)
+    head = _check_head(layout, chain.entries, trusted, report)
+    report.signed_head = head
     state = _replay(chain.entries, trusted, report)
     report.versions = len(state.versions)
-    _check_catalogue(layout, state, len(lines), report)
+    report.published = state.versions
+    _check_catalogue(layout, chain.entries, head, report)
+    if since is not None:
+        _check_since(since, chain.entries, state.registry_id, trusted, report)
     if check_blobs:
         _check_blobs(layout, state, encryption_key, report)
     return report
@@ -120,21 +149,25 @@ def _load_keys(layout: Layout, report: VerifyReport) -> dict[str, Any]:
 
 
 def _check_head(layout: Layout, entries: list[AuditEntry | None], keys: dict[str, Any],
-                report: VerifyReport) -> None:
+                report: VerifyReport) -> SignedHead | None:
+    """The signed head when its signature verifies with a trusted (under a pin: the pinned) key."""
     try:
         head = read_head(layout.head)
     except ValueError as exc:
         report.problems.append(Problem("head.json", "head", f"malformed ({exc})"))
-        return
+        return None
     if head is None:
         report.problems.append(Problem("head.json", "head", "the signed head is missing"))
-        return
+        return None
     report.head_seq, report.head_hash = head.seq, head.hash
     key = keys.get(head.key)
     if key is None or not head.signature_valid(key):
-        report.problems.append(Problem("head.json", "head", "signature does not verify with a "
-                                       "key of this registry"))
-        return
+        which = "the expected key" if report.pinned_key else "a key of this registry"
+        report.problems.append(Problem("head.json", "head", f"signature does not verify with {which}"))
+        return None
+    if head.seq < 1:
+        report.problems.append(Problem("head.json", "head", f"names entry {head.seq}"))
+        return None
     genesis = entries[0] if entries else None
     if genesis is not None and genesis.payload.get("registry_id") != head.registry_id:
         report.problems.append(Problem("head.json", "head", "names another registry"))
@@ -148,6 +181,23 @@ def _check_head(layout: Layout, entries: list[AuditEntry | None], keys: dict[str
     elif head.seq < len(entries):
         report.notes.append(f"the log runs {len(entries) - head.seq} entries past the signed head "
                             "(a writer stopped before re-signing it; the next writer does)")
+    return head
+
+
+def _check_since(saved: SignedHead, entries: list[AuditEntry | None], registry_id: str | None,
+                 keys: dict[str, Any], report: VerifyReport) -> None:
+    """Rollback detection: the log must be the one of `saved` (a head verified before) or
+    continue it."""
+    report.since_seq = saved.seq
+    key = keys.get(saved.key)
+    if key is None or not saved.signature_valid(key):
+        which = "the expected key" if report.pinned_key else "a key of this registry"
+        report.problems.append(Problem("saved head", "since", f"its signature does not verify "
+                                       f"with {which} (another registry's head, or edited)"))
+        return
+    problem = continuation_problem(saved, entries, registry_id)
+    if problem is not None:
+        report.problems.append(Problem(problem[0], "since", problem[1]))
 
 
 def _replay(entries: list[AuditEntry | None], keys: dict[str, Any], report: VerifyReport) -> _State:
@@ -208,45 +258,95 @@ def _replay_move(entry: AuditEntry, where: str, state: _State, report: VerifyRep
     state.moves.append({**p, "seq": entry.seq, "time": entry.time})
 
 
-def _check_catalogue(layout: Layout, state: _State, log_length: int, report: VerifyReport) -> None:
+def _check_catalogue(layout: Layout, entries: list[AuditEntry | None], head: SignedHead | None,
+                     report: VerifyReport) -> None:
+    """Rebuild the catalogue from the log up to its applied_seq and compare every row."""
     try:
         catalogue = Catalogue(layout.catalogue, writable=False)
         try:
-            applied, rows, moves = catalogue.applied_seq(), catalogue.rows(), catalogue.alias_moves()
+            actual = catalogue.state()
         finally:
             catalogue.close()
     except (sqlite3.Error, ValueError) as exc:
         report.problems.append(Problem("catalogue.sqlite", "catalogue", f"cannot be read ({exc})"))
         return
+    applied, log_length = actual.applied_seq, len(entries)
     if applied > log_length:
         report.problems.append(Problem(f"audit entry {log_length + 1}", "truncation", f"missing: the "
                                        f"catalogue has applied entry {applied} (the log was truncated)"))
-    by_number = {row["number"]: row for row in rows}
-    for number, logged in sorted(state.versions.items()):
-        row = by_number.pop(number, None)
-        where = f"version {number} (audit entry {logged['seq']})"
-        if row is None:
-            if logged["seq"] <= applied:
-                report.problems.append(Problem(where, "catalogue", "missing from the catalogue"))
-            else:
-                report.notes.append(f"{where} is committed in the log, not yet in the catalogue "
-                                    "(an interrupted publish; the next writer replays it)")
-            continue
-        if (json.loads(row["manifest"]) != logged["manifest"] or row["manifest_hash"] != logged["manifest_hash"]
-                or row["manifest_sig"] != logged["manifest_sig"] or row["seq"] != logged["seq"]
-                or row["blob_sha256"] != logged["manifest"]["blob"]["sha256"]
-                or row["stored_sha256"] != logged["manifest"]["blob"]["stored_sha256"]):
-            report.problems.append(Problem(where, "catalogue", "the catalogue's manifest differs "
-                                           "from the signed audit entry (edited or swapped)"))
-    for number in sorted(by_number):
-        report.problems.append(Problem(f"version {number}", "catalogue", "in the catalogue but "
-                                       "not published in the audit log"))
-    logged_moves = [(m["seq"], m["alias"], m["action"], m["from_version"], m["to_version"])
-                    for m in state.moves if m["seq"] <= applied]
-    rows_moves = [(m["seq"], m["alias"], m["action"], m["from_version"], m["to_version"]) for m in moves]
-    if logged_moves != rows_moves:
-        report.problems.append(Problem("catalogue.sqlite", "catalogue", "alias moves differ from "
-                                       "the audit log"))
+    if head is not None and applied < head.seq <= log_length:
+        report.problems.append(Problem("catalogue applied_seq", "catalogue", f"is {applied}, behind "
+                                       f"the signed head (entry {head.seq}): committed entries were "
+                                       "removed from the catalogue or applied_seq was lowered"))
+    try:
+        expected = expected_state(e for e in entries[:applied] if e is not None)
+    except (KeyError, TypeError, AttributeError):
+        return  # a malformed payload: _replay has named the entry
+    if applied <= log_length:
+        expected.applied_seq = applied
+    for where, message in differences(expected, actual):
+        if where == "catalogue applied_seq" and applied > log_length:
+            continue  # reported as truncation above
+        report.problems.append(Problem(where, "catalogue", message))
+    for entry in entries[applied:]:
+        if entry is not None and entry.kind in (VERSION_KIND, ALIAS_KIND):
+            what = (f"version {entry.payload.get('version')}" if entry.kind == VERSION_KIND
+                    else f"alias move of {entry.payload.get('alias')!r}")
+            report.notes.append(f"{what} (audit entry {entry.seq}) is committed in the log, not yet "
+                                "in the catalogue (an interrupted write; the next writer replays it)")
+
+
+def catalogue_disagreement(layout: Layout, catalogue: Catalogue, *, thorough: bool = True) -> str | None:
+    """Why `catalogue` is not a faithful cache of the registry's audit log, or None when it is.
+
+    Always: the signed head verifies with a key the genesis names, and the catalogue's
+    applied_seq lies between that head and the log's end (an empty catalogue, which a
+    writer rebuilds, is allowed when not `thorough`). `thorough` (readers) also checks the
+    log's chain and signatures and that the catalogue holds exactly the rows the log gives
+    up to applied_seq; writers skip that O(log) work before each write, `flsuite audit
+    verify` and every reader do it. Reads head, catalogue and log in the reverse of a
+    writer's order (log, catalogue, head), so a concurrent writer never makes a sound
+    registry look inconsistent.
+    """
+    try:
+        head = read_head(layout.head)
+    except ValueError as exc:
+        return f"head.json: malformed ({exc})"
+    try:
+        actual = catalogue.state() if thorough else None
+        applied = actual.applied_seq if actual is not None else catalogue.applied_seq()
+    except (sqlite3.Error, ValueError) as exc:
+        return f"catalogue.sqlite: cannot be read ({exc})"
+    lines, _ = AuditLog(layout.log).read_lines()
+    keys = public_keys(layout)
+    if thorough:
+        chain = verify_chain(lines, public_keys=keys)
+        if chain.problems:
+            return str(chain.problems[0])
+        trusted = chain.trusted_keys
+    else:
+        try:
+            trusted = frozenset(json.loads(lines[0])["payload"]["keys"]) if lines else frozenset()
+        except (ValueError, KeyError, TypeError):
+            return "audit entry 1: unreadable genesis entry"
+    if head is None or head.key not in trusted or head.key not in keys \
+            or not head.signature_valid(keys[head.key]):
+        return "head.json: missing, or its signature does not verify with a key of this registry"
+    if not thorough and applied == 0 and catalogue.latest_number() is None and not catalogue.alias_moves():
+        return None  # an empty catalogue: the writer rebuilds it from the log
+    if applied > len(lines):
+        return f"catalogue applied_seq: is {applied}, but the log ends at entry {len(lines)}"
+    if applied < head.seq:
+        return (f"catalogue applied_seq: is {applied}, behind the signed head (entry {head.seq}): "
+                "committed entries were removed from the catalogue or applied_seq was lowered")
+    if actual is None:
+        return None
+    try:
+        expected = expected_state(e for e in chain.entries[:applied] if e is not None)
+    except (KeyError, TypeError, AttributeError) as exc:
+        return f"audit log: a malformed entry ({exc!r})"
+    found = differences(expected, actual)
+    return None if not found else f"{found[0][0]}: {found[0][1]}"
 
 
 def _check_blobs(layout: Layout, state: _State, encryption_key: bytes | None,

@@ -10,8 +10,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flsuite.audit import AuditLog, key_id, read_head, verify_chain, write_head
-from flsuite.errors import IntegrityError
+from flsuite.audit import (
+    AuditLog,
+    continuation_problem,
+    key_id,
+    read_head,
+    read_saved_head,
+    save_head,
+    verify_chain,
+    write_head,
+)
+from flsuite.errors import ConfigError, IntegrityError
 
 KEY = Ed25519PrivateKey.generate()
 KEYS = {key_id(KEY): KEY.public_key()}
@@ -88,3 +97,44 @@ def test_any_changed_byte_of_a_committed_line_is_caught(tmp_path_factory, data) 
     raw[position] = value
     lines = bytes(raw).rpartition(b"\n")[0].split(b"\n")
     assert verify_chain(lines, public_keys=KEYS).problems, f"byte {position} -> {value} unnoticed"
+
+
+def test_a_pin_accepts_no_entry_of_another_key_the_genesis_lists(tmp_path: Path) -> None:
+    """The genesis lists two keys; only entries of the pinned one pass under the pin."""
+    other = Ed25519PrivateKey.generate()
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append(kind="registry.created", payload={"keys": [key_id(KEY), key_id(other)], "registry_id": "r"},
+               time="t", signing_key=KEY)
+    log.append(kind="study.note", payload={}, time="t", signing_key=KEY)
+    log.append(kind="study.note", payload={}, time="t", signing_key=other)
+    keys = {**KEYS, key_id(other): other.public_key()}
+    lines = log.read_lines()[0]
+    assert verify_chain(lines, public_keys=keys).problems == []  # without a pin both keys count
+    pinned = verify_chain(lines, public_keys=keys, expected_key=key_id(KEY)[:16].upper())
+    assert [(p.where, p.check) for p in pinned.problems] == [("audit entry 3", "pin")]
+    assert pinned.trusted_keys == {key_id(KEY)}
+    with pytest.raises(ConfigError, match="--expect-key"):
+        verify_chain(lines, public_keys=keys, expected_key=key_id(KEY)[:8])
+
+
+def test_continuation_of_a_saved_head(tmp_path: Path) -> None:
+    log = _log(tmp_path, 3)
+    head = write_head(tmp_path / "head.json", log.last(), registry_id="r", time="t", signing_key=KEY)
+    save_head(tmp_path / "kept.json", head)
+    saved = read_saved_head(tmp_path / "kept.json")
+    entries = verify_chain(log.read_lines()[0], public_keys=KEYS).entries
+    assert saved == head and continuation_problem(saved, entries, "r") is None
+    assert continuation_problem(saved, entries[:2], "r")[0] == "audit entry 3"  # older
+    log.append(kind="study.note", payload={}, time="t", signing_key=KEY)
+    longer = verify_chain(log.read_lines()[0], public_keys=KEYS).entries
+    assert continuation_problem(saved, longer, "r") is None  # a continuation
+    fork = _log(tmp_path / "fork", 2)  # same first two entries, then another third one
+    fork.append(kind="study.note", payload={"forked": True}, time="t", signing_key=KEY)
+    fork.append(kind="study.note", payload={}, time="t", signing_key=KEY)
+    other = verify_chain(fork.read_lines()[0], public_keys=KEYS).entries
+    assert other[1].hash == entries[1].hash
+    assert "differs" in continuation_problem(saved, other, "r")[1]  # diverging
+    assert "names registry" in continuation_problem(saved, entries, "s")[1]
+    (tmp_path / "kept.json").write_text('{"seq": 1}')
+    with pytest.raises(ConfigError, match="malformed"):
+        read_saved_head(tmp_path / "kept.json")
