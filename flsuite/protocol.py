@@ -23,6 +23,7 @@ from flsuite.privacy.events import DpEvent, InvalidDpEvent
 __all__ = [
     "ARRAYS",
     "CONFIG",
+    "DATASET",
     "DATA_PATH",
     "DELTA",
     "DP_EVENT",
@@ -120,7 +121,8 @@ IDENTITY_KEY = "identity-key"
 IDENTITIES_FILE = "identities-file"
 MAX_EPSILON = "max-epsilon"
 DELTA = "delta"
-NODE_CONFIG_KEYS = (SITE_NAME, DATA_PATH, LABEL_COLUMN, LEDGER_PATH, IDENTITY_KEY, IDENTITIES_FILE, MAX_EPSILON, DELTA)
+DATASET = "dataset"  # the name of the data the site's budget belongs to (its own declaration; default: the site name)
+NODE_CONFIG_KEYS = (SITE_NAME, DATA_PATH, LABEL_COLUMN, LEDGER_PATH, IDENTITY_KEY, IDENTITIES_FILE, MAX_EPSILON, DELTA, DATASET)
 
 # -- Error codes of error replies --------------------------------------------------------------
 SECAGG_REFUSED = 4100  # an honest site refuses a secure-aggregation request; reason "[code] text"
@@ -215,8 +217,9 @@ class SiteStatus:
     """What a site tells the coordinator for planning, and with each private reply.
 
     ``records`` is the site's training-record count (disclosed for planning). With DP, the
-    site's cap, delta, epsilon spent so far and the DP events its ledger holds, so the
-    coordinator can plan the remaining budget with any accountant.
+    site's cap, delta, epsilon spent so far and the DP events its ledger charges to its
+    dataset (open reservations included), so the coordinator can plan the remaining budget
+    with any accountant, and ``ledger_head``: the site's signed ledger head.
     """
 
     name: str
@@ -225,10 +228,13 @@ class SiteStatus:
     delta: float | None = None
     spent_epsilon: float | None = None
     prior_events: tuple[DpEvent, ...] = ()
+    ledger_head: LedgerHead | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ProtocolError("a site status names its site")
+        if self.ledger_head is not None and not isinstance(self.ledger_head, LedgerHead):
+            raise ProtocolError(f"site {self.name!r}: ledger_head must be a LedgerHead, got {type(self.ledger_head).__name__}")
         if isinstance(self.records, bool) or not isinstance(self.records, int) or self.records < 0:
             raise ProtocolError(f"site {self.name!r}: record count must be an integer >= 0, got {self.records!r}")
         for field in ("max_epsilon", "delta", "spent_epsilon"):
@@ -251,6 +257,8 @@ class SiteStatus:
             # A ConfigRecord holds flat lists of scalars: one list per DP event field.
             for field in _EVENT_FIELDS:
                 record[f"prior-{field}"] = [getattr(event, field) for event in self.prior_events]
+        if self.ledger_head is not None:
+            record.update({f"head-{key}": value for key, value in self.ledger_head.to_record().items()})
         return record
 
     @classmethod
@@ -258,7 +266,10 @@ class SiteStatus:
         private = "max-epsilon" in record
         prior = {f"prior-{field}" for field in _EVENT_FIELDS}
         optional = {"max-epsilon", "delta", "spent-epsilon", *prior} if private else set()
-        _expect_keys(record, required={"name", "records", *(optional if private else ())}, optional=optional, what="site status")
+        head_keys = {f"head-{key}" for key in _HEAD_FIELDS}
+        has_head = any(key in record for key in head_keys)
+        required = {"name", "records", *optional, *(head_keys if has_head else ())}
+        _expect_keys(record, required=required, optional=optional | head_keys, what="site status")
         events: tuple[DpEvent, ...] = ()
         if private:
             columns = {field: list(record[f"prior-{field}"]) for field in _EVENT_FIELDS}
@@ -276,9 +287,11 @@ class SiteStatus:
             delta=_float_or_none(record.get("delta")),
             spent_epsilon=_float_or_none(record.get("spent-epsilon")),
             prior_events=events,
+            ledger_head=LedgerHead.from_record({key: record[f"head-{key}"] for key in _HEAD_FIELDS}) if has_head else None,
         )
 
 
+_HEAD_FIELDS = tuple(field.name for field in dataclasses.fields(LedgerHead))
 _EVENT_FIELDS = tuple(field.name for field in dataclasses.fields(DpEvent))
 
 

@@ -54,7 +54,7 @@ def run_local_study(
     server_app = server_app or build_server_app()
     client_app = client_app or build_client_app()
     sites_dir = Path(study.sites_dir).resolve()
-    prepare_simulated_sites(sites_dir, study.federation.num_sites)
+    prepare_simulated_sites(sites_dir, study)  # refuses a delta other than an existing site's
     study = study.model_copy(update={"output_dir": str(output_dir.resolve()), "sites_dir": str(sites_dir)})
     run_config = to_run_config(study)
     if study.engine.name == "ray":

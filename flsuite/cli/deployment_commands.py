@@ -9,6 +9,7 @@ import typer
 
 from flsuite.coordinator.superlink import start_coordinator, stop_coordinator
 from flsuite.deployment.config import load_coordinator_config, load_site_config
+from flsuite.errors import ConfigError
 from flsuite.site.node import check_site, start_site, stop_site
 
 coordinator_app = typer.Typer(
@@ -64,6 +65,8 @@ def site_start(config: SiteConfigOption) -> None:
     settings = load_site_config(config)
     state = start_site(settings)
     joined = f"as node {state.node_id}" if state.node_id is not None else "(still connecting; see the log)"
+    if state.ledger_created:
+        typer.echo(f"new privacy ledger {settings.ledger}: genesis head anchored and signed")
     typer.echo(f"site {settings.site} connected to {state.coordinator} {joined} (PID {state.pid}, {state.tls_version})")
     typer.echo(f"log: {state.log_file}")
 
@@ -73,3 +76,36 @@ def site_stop(config: SiteConfigOption) -> None:
     """Stop the SuperNode this config started (by the PID in its state folder)."""
     pid = stop_site(load_site_config(config))
     typer.echo(f"stopped site (PID {pid})" if pid else "no site node was running")
+
+
+@site_app.command("reset-ledger")
+def site_reset_ledger(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Site YAML config of a real site.")] = None,
+    sites_dir: Annotated[Path | None, typer.Option("--sites-dir", help="A simulation's sites_dir (with --site).")] = None,
+    site: Annotated[str | None, typer.Option("--site", help="The simulated site to reset, e.g. site-0.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm: the site starts over from 0 spent.")] = False,
+) -> None:
+    """Start a site's privacy ledger over: archive (never delete) the ledger and its anchored
+    head, write a fresh signed genesis anchor, log it beside the ledger. Only for a site whose
+    ledger was lost or cannot be trusted: every past release still happened."""
+    from flsuite.site import reset_ledger
+
+    if (config is None) == (sites_dir is None) or (sites_dir is not None) != (site is not None):
+        raise ConfigError("pass either --config SITE.yaml, or --sites-dir DIR --site NAME")
+    if not yes:
+        raise ConfigError(
+            "resetting a privacy ledger lets the site spend its whole cap again on data it already released: "
+            "pass --yes to confirm (the old ledger and anchor are archived, not deleted)"
+        )
+    if config is not None:
+        from flsuite.pki.authority import SiteBundle
+
+        settings = load_site_config(config)
+        done = reset_ledger(settings.ledger, site=settings.site, dataset=settings.budget_dataset,
+                            identity_key=SiteBundle(settings.bundle).identity_key)
+    else:
+        from flsuite.site import reset_simulated_ledger
+
+        done = reset_simulated_ledger(sites_dir, site)
+    for line in done.lines():
+        typer.echo(line)

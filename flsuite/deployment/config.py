@@ -99,7 +99,18 @@ class SiteConfig(_Frozen):
         None, ge=1, le=65535, description="Local port of the SuperNode's runtime API; null picks a free one."
     )
     privacy: PrivacyCap
+    dataset: str | None = Field(
+        None,
+        pattern=_NAME,
+        description="The name of the data this site's privacy budget belongs to; default: the site name. Every "
+        "DP event the ledger holds for it counts against the cap, whatever a study does with the data.",
+    )
     connect_timeout: float = Field(10.0, gt=0, description="Seconds to wait for the coordinator to answer.")
+
+    @property
+    def budget_dataset(self) -> str:
+        """The dataset this site declares: ``dataset``, else the site name."""
+        return self.dataset or self.site
 
 
 def load_coordinator_config(path: Path | str) -> CoordinatorConfig:

@@ -17,11 +17,14 @@ from flsuite.privacy.accounting import (
     validate_accountant,
 )
 from flsuite.privacy.budget import BudgetProjection, SiteBudget
-from flsuite.privacy.events import DpEvent, InvalidDpEvent, data_fingerprint, utc_now_iso
-from flsuite.privacy.ledger import LedgerHead, LedgerPathError, PrivacyLedger
+from flsuite.privacy.events import DpEvent, InvalidDpEvent, utc_now_iso, valid_dataset_name
+from flsuite.privacy.ledger import LedgerHead, LedgerPathError, LedgerState, PrivacyLedger, Reservation
 from flsuite.privacy.plan import PlanRow, SitePlanInput, StudyOverBudget, plan_study
 from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 
+# The anchor signs the contract's LedgerHead; flsuite.protocol imports this package, so the
+# anchor's names load on first use.
+_ANCHOR = ("RESET_HINT", "LedgerAnchor", "anchor_path", "sign_head", "verify_head")
 _TRAINING = (
     "DpTrainingResult",
     "check_dp_compatible",
@@ -38,25 +41,32 @@ __all__ = [
     "InvalidDpEvent",
     "LedgerHead",
     "LedgerPathError",
+    "LedgerState",
     "PlanRow",
     "PoissonSchedule",
     "PrivacyLedger",
+    "Reservation",
     "SiteBudget",
     "SitePlanInput",
     "StudyOverBudget",
     "check_delta",
-    "data_fingerprint",
     "epsilon",
     "noise_multiplier_for",
     "plan_study",
     "poisson_schedule",
     "utc_now_iso",
+    "valid_dataset_name",
     "validate_accountant",
+    *_ANCHOR,
     *_TRAINING,
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _ANCHOR:
+        from flsuite.privacy import anchor
+
+        return getattr(anchor, name)
     if name in _TRAINING:
         from flsuite.privacy import dp_training
 

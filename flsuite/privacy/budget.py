@@ -1,9 +1,10 @@
 """Site-side budget enforcement: check a training request against the site's own cap, then spend.
 
-The site projects epsilon over everything its ledger holds for this data plus the requested
-phase, and refuses (BudgetExhausted, carrying what is left) before any training when the
-projection passes ``max_epsilon``. Checking never writes: the event is appended only after
-the training it describes, by the caller.
+The site projects epsilon over everything its ledger charges to the dataset it declared
+(every final event and every open reservation) plus the requested phase, and refuses
+(BudgetExhausted, carrying what is left) before any training when the projection passes
+``max_epsilon``. ``admit`` is the check the ledger runs under its exclusive lock before it
+appends a reservation (``PrivacyLedger.reserve``): check and reservation are one operation.
 
 Checking is cheap: a request whose certified screening bound (RDP from cached per-step curves,
 times the report tolerance for PRV) is within the cap is allowed without the exact accountant,
@@ -122,26 +123,30 @@ class SiteBudget:
             allowed = projection <= self.max_epsilon
         return BudgetProjection(spent=spent, projected=projection, max_epsilon=self.max_epsilon, allowed=allowed)
 
-    def project(self, ledger: PrivacyLedger, fingerprint: str, proposed: PhaseLike) -> BudgetProjection:
-        """Project the ledger's events for ``fingerprint`` plus ``proposed`` (q, sigma, steps)."""
-        return self.project_phases(ledger.events(fingerprint), proposed)
+    def project(self, ledger: PrivacyLedger, dataset: str, proposed: PhaseLike) -> BudgetProjection:
+        """Project everything the ledger charges to ``dataset`` plus ``proposed`` (q, sigma, steps)."""
+        return self.project_phases(ledger.charged(dataset), proposed)
 
-    def check_cap(self, ledger: PrivacyLedger, fingerprint: str) -> float:
-        """At site start: refuse (ConfigError) a cap below what the ledger already spent on this
-        data; returns the epsilon spent so far."""
-        spent = epsilon(ledger.events(fingerprint), delta=self.delta, accountant=self.accountant)
+    def check_cap(self, ledger: PrivacyLedger, dataset: str) -> float:
+        """At site start: refuse (ConfigError) a cap below what the ledger already charged to
+        this dataset; returns the epsilon spent so far."""
+        spent = epsilon(ledger.charged(dataset), delta=self.delta, accountant=self.accountant)
         if spent > self.max_epsilon:
             raise ConfigError(
                 f"site privacy cap max_epsilon={self.max_epsilon:g} is below what this site already spent "
-                f"on this data: epsilon {spent:.4f} (delta {self.delta:g}, {self.accountant}, ledger "
+                f"on dataset {dataset!r}: epsilon {spent:.4f} (delta {self.delta:g}, {self.accountant}, ledger "
                 f"{ledger.path}). A cap cannot undo past releases; set max_epsilon >= {spent:.4f} "
                 "to train further, or keep it and the site will refuse every training request."
             )
         return spent
 
-    def require(self, ledger: PrivacyLedger, fingerprint: str, proposed: PhaseLike) -> BudgetProjection:
+    def require(self, ledger: PrivacyLedger, dataset: str, proposed: PhaseLike) -> BudgetProjection:
         """Like ``project``, but raise BudgetExhausted when the request would pass the cap."""
-        projection = self.project(ledger, fingerprint, proposed)
+        return self.admit(ledger.charged(dataset), proposed)
+
+    def admit(self, prior: Iterable[PhaseLike], proposed: PhaseLike) -> BudgetProjection:
+        """The projection of ``prior`` plus ``proposed``; BudgetExhausted when it passes the cap."""
+        projection = self.project_phases(prior, proposed)
         if not projection.allowed:
             raise BudgetExhausted(
                 f"privacy budget exhausted: this request would bring epsilon to "

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from flsuite.errors import ConfigError, DataError, PlanError
-from flsuite.privacy.events import DpEvent, data_fingerprint, utc_now_iso
+from flsuite.privacy.events import DpEvent, utc_now_iso
 from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 
 __all__ = [
@@ -111,7 +111,6 @@ class DpTrainingResult:
     mean_loss: float
     examples: int
     empty_batches: int
-    data_fingerprint: str
     rng: str
 
     @property
@@ -119,12 +118,12 @@ class DpTrainingResult:
         return (self.sample_rate, self.noise_multiplier, self.steps)
 
     def dp_event(
-        self, *, study_id: str, run_id: str, round: int, site: str, delta: float, accountant: str,
+        self, *, study_id: str, run_id: str, round: int, site: str, dataset: str, delta: float, accountant: str,
         recorded_at: str | None = None,
     ) -> DpEvent:
         """The DP event for the site's ledger; ``recorded_at`` defaults to now (UTC)."""
         return DpEvent(
-            study_id=study_id, run_id=run_id, round=round, site=site, data_fingerprint=self.data_fingerprint,
+            study_id=study_id, run_id=run_id, round=round, site=site, dataset=dataset,
             sample_rate=self.sample_rate, noise_multiplier=self.noise_multiplier, steps=self.steps,
             max_grad_norm=self.max_grad_norm, delta=delta, accountant=accountant, rng=self.rng,
             recorded_at=recorded_at or utc_now_iso(),
@@ -184,7 +183,6 @@ def train_dp(
         mean_loss=loss_sum / nonempty if nonempty else math.nan,
         examples=len(features),
         empty_batches=empty,
-        data_fingerprint=data_fingerprint(features.numpy(), labels.numpy()),
         rng=rng_description(secure=secure_rng),
     )
 

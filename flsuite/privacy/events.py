@@ -1,24 +1,25 @@
 """DP events: the immutable records a site's privacy ledger keeps, one per local training run.
 
 An event stores the mechanism (sample rate q, noise multiplier sigma, steps, clip C),
-never an epsilon, so that any accountant can recompute the spend later. Pure: numpy only.
+never an epsilon, so that any accountant can recompute the spend later. Its ``dataset`` is
+the budget's key: the name the site DECLARES for its data (its site config), never a
+fingerprint of bytes, so that every event a site records for that dataset composes into
+every later check, whatever rows, columns or dtypes a study uses. Pure: standard library only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
+from flsuite.errors import InvalidDpEvent
 
-from flsuite.errors import DataError, InvalidDpEvent
-
-__all__ = ["ACCOUNTANTS", "DpEvent", "InvalidDpEvent", "data_fingerprint", "utc_now_iso"]
+__all__ = ["ACCOUNTANTS", "DATASET_NAME", "DpEvent", "InvalidDpEvent", "utc_now_iso", "valid_dataset_name"]
 
 #: Accountants whose epsilon flsuite reports; see accounting.py for why GDP is not one.
 ACCOUNTANTS = ("prv", "rdp")
@@ -32,23 +33,16 @@ def utc_now_iso(clock: Callable[[], datetime] | None = None) -> str:
     return now.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def data_fingerprint(features: np.ndarray, labels: np.ndarray) -> str:
-    """A sha256 over dtype, shape and bytes of a site's training data: the ledger's key.
-
-    Two copies of the same records give the same fingerprint; any change of a value, of the
-    order of records, of the dtype or of the shape gives another one.
-    """
-    digest = hashlib.sha256(b"flsuite-data-fingerprint-v1\n")
-    for name, array in (("features", features), ("labels", labels)):
-        array = np.ascontiguousarray(np.asarray(array))
-        if array.dtype == object:
-            raise DataError(f"cannot fingerprint {name}: dtype object; convert it to a numeric array first")
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}\n".encode())
-        digest.update(array.tobytes())
-    return "sha256:" + digest.hexdigest()
+#: A dataset name: what a site declares for the data its budget belongs to (like a site name).
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-_TEXT = ("study_id", "run_id", "site", "data_fingerprint", "accountant", "rng", "recorded_at")
+def valid_dataset_name(name: object) -> bool:
+    """True for a name of 1-64 letters, digits, '.', '_' or '-' that starts with a letter or digit."""
+    return isinstance(name, str) and DATASET_NAME.fullmatch(name) is not None
+
+
+_TEXT = ("study_id", "run_id", "site", "dataset", "accountant", "rng", "recorded_at")
 _INT = ("round", "steps")
 _FLOAT = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta")
 
@@ -57,6 +51,7 @@ _FLOAT = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta")
 class DpEvent:
     """One local DP-SGD run at one site: Poisson rate q, sigma, steps, clip C, and who/when.
 
+    ``dataset`` is the name the site declared for its data: the key of its budget.
     ``rng`` names the generator that made the noise (never its seed: whoever holds the seed
     can subtract the noise). ``recorded_at`` is ISO 8601 UTC.
     """
@@ -65,7 +60,7 @@ class DpEvent:
     run_id: str
     round: int
     site: str
-    data_fingerprint: str
+    dataset: str
     sample_rate: float
     noise_multiplier: float
     steps: int
@@ -80,6 +75,11 @@ class DpEvent:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise InvalidDpEvent(f"DP event field {name!r}: expected a non-empty string, got {value!r}")
+        if not valid_dataset_name(self.dataset):
+            raise InvalidDpEvent(
+                f"DP event field 'dataset': expected a dataset name (1-64 of A-Z a-z 0-9 . _ -, starting "
+                f"with a letter or digit), got {self.dataset!r}"
+            )
         for name in _INT:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -1,17 +1,39 @@
 """The site's privacy ledger: the DP events of one site, in the shared hash-chained log.
 
-Each line is ``{"event": {...}, "prev": ..., "hash": ...}`` in `flsuite.storage.HashChainLog`
-under the domain LEDGER_DOMAIN, which gives the ledger its rules: the genesis hash, one
-write + fsync per event under an exclusive lock, and the torn-tail rule (an unterminated
-last line was never acknowledged, since the site replies only after ``append`` returns:
-reading ignores it, the next append moves it to ``<ledger>.torn``). An edited, reordered
-or removed entry fails closed with an IntegrityError naming the line. Pass
-``on_torn_tail="refuse"`` to fail closed on a torn tail too.
+Each line is one entry of `flsuite.storage.HashChainLog` under the domain LEDGER_DOMAIN,
+which gives the ledger its rules: the genesis hash, one write + fsync per entry, and the
+torn-tail rule (an unterminated last line was never acknowledged: reading ignores it, the
+next append moves it to ``<ledger>.torn``). An edited, reordered or removed entry fails
+closed with an IntegrityError naming the line. Pass ``on_torn_tail="refuse"`` to fail
+closed on a torn tail too. An entry's body is one of:
+
+- ``{"event": E}``: a DP event recorded as it is (after the training it describes);
+- ``{"reserve": {"id": R, "event": E}}``: a durable reservation of the projected event E,
+  appended BEFORE training, under the ledger's exclusive lock, by the same operation that
+  checked the budget (``reserve(event, admit=...)``), so two concurrent requests cannot
+  both pass a check that only one of them fits;
+- ``{"spend": {"reservation": R, "event": E}}``: the final event E, which replaces the
+  reservation R;
+- ``{"cancel": {"reservation": R, "reason": text}}``: reservation R released because the
+  training failed before anything left the site.
+
+A reservation that is never closed (the site crashed) counts as spent: ``charged`` returns
+every final event and every open reservation's event, which is what the budget composes.
+
+Writers hold an exclusive flock on ``<ledger>.lock`` across read, check and append (and the
+caller's anchoring of the new head); readers who need a view consistent with the anchor
+hold it shared (``locked(shared=True)``). POSIX only (fcntl).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import os
+import secrets
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +41,181 @@ from flsuite.errors import IntegrityError, LedgerPathError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
 from flsuite.storage.chain import GENESIS, ChainHead, ChainRead, HashChainLog
 
-__all__ = ["GENESIS_HASH", "LEDGER_DOMAIN", "LedgerHead", "LedgerPathError", "PrivacyLedger"]
+__all__ = [
+    "GENESIS_HASH",
+    "LEDGER_DOMAIN",
+    "LedgerHead",
+    "LedgerPathError",
+    "LedgerState",
+    "PrivacyLedger",
+    "Reservation",
+]
 
 LEDGER_DOMAIN = "flsuite.privacy.ledger/2"
 GENESIS_HASH = GENESIS
-LedgerHead = ChainHead  # (entries, hash of the last one): what a site reports each round
+LedgerHead = ChainHead  # (entries, hash of the last one): what a site anchors, signs and reports
+_KINDS = ("event", "reserve", "spend", "cancel")
 
 
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """An open reservation: the projected event of a training run that has not replied yet."""
+
+    id: str
+    event: DpEvent
+    entry: int  # its line number
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerState:
+    """A verified read of the ledger: head, entry hashes, final events and open reservations."""
+
+    exists: bool
+    head: LedgerHead
+    hashes: tuple[str, ...]  # hashes[n - 1] is the hash of entry n
+    final: tuple[tuple[int, DpEvent], ...]  # (line number, event) of every final event
+    open: tuple[Reservation, ...]
+
+    @property
+    def events(self) -> tuple[DpEvent, ...]:
+        return tuple(event for _, event in self.final)
+
+    def hash_at(self, entries: int) -> str:
+        """The head hash after the first ``entries`` entries (GENESIS for 0)."""
+        return GENESIS if entries == 0 else self.hashes[entries - 1]
+
+    def charged(self, dataset: str | None = None) -> tuple[DpEvent, ...]:
+        """What counts against the cap, in ledger order: final events and open reservations."""
+        rows = [*self.final, *((r.entry, r.event) for r in self.open)]
+        return tuple(event for _, event in sorted(rows, key=lambda row: row[0]) if dataset is None or event.dataset == dataset)
 
 
 class PrivacyLedger:
-    """Append-only DP events of one site, on the site's own disk."""
+    """Append-only DP events and reservations of one site, on the site's own disk."""
 
     def __init__(self, path: str | os.PathLike[str], *, on_torn_tail: str = "recover") -> None:
         if on_torn_tail not in ("recover", "refuse"):
             raise ValueError(f"on_torn_tail must be 'recover' or 'refuse', got {on_torn_tail!r}")
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.on_torn_tail = on_torn_tail
-        self._log = HashChainLog(self.path, domain=LEDGER_DOMAIN, name="privacy ledger", check_body=_event)
+        self._log = HashChainLog(self.path, domain=LEDGER_DOMAIN, name="privacy ledger", check_body=_check_body)
+        self._held = threading.local()
 
     def __repr__(self) -> str:
         return f"PrivacyLedger({str(self.path)!r})"
 
-    def events(self, fingerprint: str | None = None) -> tuple[DpEvent, ...]:
-        """Every committed event, oldest first; only those of one data fingerprint if given."""
+    # -- reading ---------------------------------------------------------------------------
+    def state(self) -> LedgerState:
+        """The verified ledger: IntegrityError when an entry is bad or a spend/cancel names no
+        open reservation."""
         read = self._read()
-        events = tuple(_event(entry.body) for entry in read.entries)
-        if fingerprint is None:
-            return events
-        return tuple(e for e in events if e.data_fingerprint == fingerprint)
+        final: list[tuple[int, DpEvent]] = []
+        open_: dict[str, Reservation] = {}
+        for entry in read.entries:
+            kind, value = next(iter(entry.body.items()))
+            if kind == "event":
+                final.append((entry.number, DpEvent.from_dict(value)))
+            elif kind == "reserve":
+                if value["id"] in open_:
+                    raise IntegrityError(f"privacy ledger {self.path} line {entry.number}: reservation id used twice")
+                open_[value["id"]] = Reservation(value["id"], DpEvent.from_dict(value["event"]), entry.number)
+            else:
+                if open_.pop(value["reservation"], None) is None:
+                    raise IntegrityError(f"privacy ledger {self.path} line {entry.number}: {kind} of no open reservation")
+                if kind == "spend":
+                    final.append((entry.number, DpEvent.from_dict(value["event"])))
+        return LedgerState(
+            exists=self.path.exists(),
+            head=read.head,
+            hashes=tuple(entry.hash for entry in read.entries),
+            final=tuple(final),
+            open=tuple(open_.values()),
+        )
+
+    def events(self, dataset: str | None = None) -> tuple[DpEvent, ...]:
+        """Every final event, oldest first; only those of one dataset if given."""
+        return tuple(e for e in self.state().events if dataset is None or e.dataset == dataset)
+
+    def charged(self, dataset: str | None = None) -> tuple[DpEvent, ...]:
+        """Final events and open reservations (a crash never closed them): what the cap composes."""
+        return self.state().charged(dataset)
 
     def head(self) -> LedgerHead:
         return self._read().head
 
-    def append(self, event: DpEvent) -> LedgerHead:
-        """Durably append one event; returns the new head. Refuses (IntegrityError) to append
-        to a ledger that does not verify."""
-        if not isinstance(event, DpEvent):
-            raise TypeError(f"append takes a DpEvent, got {type(event).__name__}")
+    # -- locking ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, *, shared: bool = False) -> Iterator[None]:
+        """Hold the ledger's lock (``<ledger>.lock``); re-entrant within one thread."""
+        depth = getattr(self._held, "depth", 0)
+        if depth:
+            if not shared and self._held.shared:
+                raise RuntimeError("cannot take the ledger's exclusive lock while holding it shared")
+            self._held.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._held.depth -= 1
+            return
         try:
-            entry = self._log.append({"event": event.to_dict()})
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise self._path_error("lock", error) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            self._held.depth, self._held.shared = 1, shared
+            try:
+                yield
+            finally:
+                self._held.depth = 0
+        finally:
+            os.close(fd)
+
+    # -- writing ---------------------------------------------------------------------------
+    def append(self, event: DpEvent) -> LedgerHead:
+        """Durably append one final event; returns the new head. Refuses (IntegrityError) to
+        append to a ledger that does not verify."""
+        _require_event(event)
+        with self.locked():
+            self.state()
+            return self._write({"event": event.to_dict()})
+
+    def reserve(self, event: DpEvent, *, admit: Callable[[LedgerState], None] | None = None) -> Reservation:
+        """Under the exclusive lock: read the ledger, let ``admit`` refuse (by raising), then
+        durably append a reservation of ``event``. Check and append are one operation."""
+        _require_event(event)
+        with self.locked():
+            state = self.state()
+            if admit is not None:
+                admit(state)
+            reservation_id = secrets.token_hex(16)
+            head = self._write({"reserve": {"id": reservation_id, "event": event.to_dict()}})
+            return Reservation(reservation_id, event, head.entries)
+
+    def spend(self, reservation: Reservation, event: DpEvent) -> LedgerHead:
+        """Replace an open reservation by the final event of the training it reserved."""
+        _require_event(event)
+        with self.locked():
+            self._require_open(reservation)
+            return self._write({"spend": {"reservation": reservation.id, "event": event.to_dict()}})
+
+    def cancel(self, reservation: Reservation, reason: str) -> LedgerHead:
+        """Release an open reservation whose training failed before anything left the site."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError("a cancelled reservation needs a reason")
+        with self.locked():
+            self._require_open(reservation)
+            return self._write({"cancel": {"reservation": reservation.id, "reason": reason}})
+
+    def _require_open(self, reservation: Reservation) -> None:
+        if reservation.id not in {r.id for r in self.state().open}:
+            raise IntegrityError(f"privacy ledger {self.path}: reservation {reservation.id} is not open")
+
+    def _write(self, body: dict[str, Any]) -> LedgerHead:
+        try:
+            entry = self._log.append(body)
         except OSError as error:
             raise self._path_error("write", error) from None
         return LedgerHead(entry.number, entry.hash)
@@ -79,11 +236,31 @@ class PrivacyLedger:
         )
 
 
-def _event(body: dict[str, Any]) -> DpEvent:
-    """The DP event of an entry's body; ValueError if the body is not one."""
-    if set(body) != {"event"}:
+def _require_event(event: object) -> None:
+    if not isinstance(event, DpEvent):
+        raise TypeError(f"the ledger records DpEvents, got {type(event).__name__}")
+
+
+def _check_body(body: dict[str, Any]) -> None:
+    """ValueError unless the body is one of the four entry kinds, well formed."""
+    if len(body) != 1 or next(iter(body)) not in _KINDS:
         raise ValueError("not a ledger entry")
+    kind, value = next(iter(body.items()))
     try:
-        return DpEvent.from_dict(body["event"])
+        if kind == "event":
+            DpEvent.from_dict(value)
+            return
+        if not isinstance(value, dict):
+            raise ValueError("not a ledger entry")
+        keys = {"reserve": {"id", "event"}, "spend": {"reservation", "event"}, "cancel": {"reservation", "reason"}}[kind]
+        if set(value) != keys:
+            raise ValueError("not a ledger entry")
+        reference = value.get("id", value.get("reservation"))
+        if not isinstance(reference, str) or not reference:
+            raise ValueError("not a ledger entry")
+        if "event" in value:
+            DpEvent.from_dict(value["event"])
+        elif not isinstance(value["reason"], str):
+            raise ValueError("not a ledger entry")
     except InvalidDpEvent as exc:
         raise ValueError(str(exc)) from None

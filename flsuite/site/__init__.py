@@ -3,6 +3,7 @@ privacy budget, take part in secure aggregation, and run as a deployed node.
 
 Modules: ``handlers`` (requests), ``privacy_guard`` (check, train, record), ``secure_aggregation``
 (the ClientApp mod), ``simulated`` and ``simulated_status`` (simulated sites' folders),
+``ledger_admin`` (a ledger's genesis anchor and the operator's reset),
 ``node`` and ``node_config`` (the deployed SuperNode process), ``app`` (the ClientApp).
 Names load on first use, so the node commands do not import torch.
 """
@@ -18,9 +19,14 @@ _EXPORTS = {
     "site_privacy": "privacy_guard",
     "secagg_mod": "secure_aggregation",
     "prepare_simulated_sites": "simulated",
+    "read_site_config": "simulated",
+    "reset_simulated_ledger": "simulated",
     "simulated_node_config": "simulated",
     "simulated_site_mod": "simulated",
     "simulated_statuses": "simulated_status",
+    "LedgerReset": "ledger_admin",
+    "ensure_site_ledger": "ledger_admin",
+    "reset_ledger": "ledger_admin",
     "SiteState": "node",
     "check_site": "node",
     "site_node_config": "node",

@@ -3,7 +3,7 @@
 Start checks everything before anything runs: the bundle (CA certificate, keys, pinned
 identity), the data file, that the ledger path is writable, and that the coordinator
 answers over TLS with a certificate the site's CA accepts. The site's data path, ledger,
-identity and privacy cap travel in the SuperNode's node_config; the ClientApp takes them
+identity, privacy cap and declared dataset travel in the SuperNode's node_config; the ClientApp takes them
 from there, so the coordinator cannot override them.
 """
 
@@ -33,6 +33,7 @@ from flsuite.pki.authority import SiteBundle
 from flsuite.pki.checks import check_certificate
 from flsuite.pki.identities import read_identities
 from flsuite.pki.keys import identity_public_b64, load_private_key_pem
+from flsuite.site.ledger_admin import ensure_site_ledger
 from flsuite.site.node_config import format_node_config
 
 PROGRAM = "flower-supernode"
@@ -49,6 +50,7 @@ class SiteState:
     node_id: int | None
     log_file: str
     tls_version: str
+    ledger_created: bool = False  # a brand-new site: its ledger's genesis anchor was written
 
 
 def site_files(config: SiteConfig) -> ProcessFiles:
@@ -66,6 +68,7 @@ def site_node_config(config: SiteConfig) -> dict[str, str | float]:
         protocol.IDENTITIES_FILE: str(bundle.identities),
         protocol.MAX_EPSILON: float(config.privacy.max_epsilon),
         protocol.DELTA: float(config.privacy.delta),
+        protocol.DATASET: config.budget_dataset,
     }
     if config.label_column:
         values[protocol.LABEL_COLUMN] = config.label_column
@@ -105,6 +108,10 @@ def check_site(config: SiteConfig, *, now: datetime | None = None, probe: bool =
 def start_site(config: SiteConfig, *, now: datetime | None = None, connect_timeout: float = 30.0) -> SiteState:
     """Check, then start the SuperNode; wait until it reports its node id or gives up."""
     tls_version = check_site(config, now=now) or "unknown"
+    # A brand-new site anchors its empty ledger; an existing one must match its anchor.
+    ledger_created = ensure_site_ledger(
+        config.ledger, site=config.site, dataset=config.budget_dataset, identity_key=SiteBundle(config.bundle).identity_key
+    )
     coordinator = parse_address(config.coordinator, field="coordinator")
     files = site_files(config)
     port = config.port or free_port()
@@ -139,7 +146,8 @@ def start_site(config: SiteConfig, *, now: datetime | None = None, connect_timeo
             f"refused it or could not be reached. Log {files.log_file}:\n{log_tail(files)}"
         )
     return SiteState(pid=process.pid, coordinator=str(coordinator), port=port,
-                     node_id=found[0] if found else None, log_file=str(files.log_file), tls_version=tls_version)
+                     node_id=found[0] if found else None, log_file=str(files.log_file), tls_version=tls_version,
+                     ledger_created=ledger_created)
 
 
 def stop_site(config: SiteConfig, *, timeout: float = 15.0) -> int | None:

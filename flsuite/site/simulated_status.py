@@ -1,7 +1,9 @@
 """The privacy status of simulated sites, read straight from their folders (no Flower needed).
 
 ``flsuite privacy plan`` uses it to print the coordinator's plan for a simulated study
-without training: the same partitions, the same ledgers, the same planner.
+without training: the same partitions, the same site configs and ledgers, the same planner.
+A site whose folder does not exist yet is shown as it would be created: the study's cap
+and delta, nothing spent.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from flsuite.config.schema import StudyConfig
 from flsuite.data.study_data import split_study
 from flsuite.protocol import SiteStatus
 from flsuite.site.privacy_guard import site_privacy
-from flsuite.site.simulated import simulated_node_config, simulated_site_name
+from flsuite.site.simulated import (
+    SITE_CONFIG_FILE,
+    new_site_config,
+    simulated_node_config,
+    simulated_site_name,
+    site_folder,
+)
 
 
 def simulated_statuses(study: StudyConfig) -> dict[int, SiteStatus]:
@@ -22,8 +30,12 @@ def simulated_statuses(study: StudyConfig) -> dict[int, SiteStatus]:
     statuses = {}
     for index, site_data in enumerate(data.sites):
         name = simulated_site_name(index)
-        guard = site_privacy(
-            simulated_node_config(sites_dir, index), site=name, features=site_data.features, labels=site_data.labels, study=study
-        )
-        statuses[index] = guard.status()
+        if not (site_folder(sites_dir, name) / SITE_CONFIG_FILE).exists():
+            new = new_site_config(study, index)
+            statuses[index] = SiteStatus(
+                name=name, records=len(site_data), max_epsilon=new.max_epsilon, delta=new.delta, spent_epsilon=0.0
+            )
+            continue
+        node = simulated_node_config(sites_dir, index, study=study)
+        statuses[index] = site_privacy(node, site=name, labels=site_data.labels, study=study).status()
     return statuses

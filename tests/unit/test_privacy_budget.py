@@ -13,7 +13,7 @@ from flsuite.errors import BudgetExhausted, ConfigError
 from flsuite.privacy import PrivacyLedger, SiteBudget, epsilon
 from tests.unit.test_privacy_events import make_event
 
-FP = "sha256:" + "a" * 64
+FP = "site-0"  # the dataset make_event declares
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_a_request_past_the_cap_is_refused_with_what_is_left_and_nothing_is_writ
 
 def test_other_data_at_the_same_site_does_not_count(tmp_path):
     ledger = PrivacyLedger(tmp_path / "l.jsonl")
-    ledger.append(make_event(data_fingerprint="sha256:" + "b" * 64, sample_rate=0.5, noise_multiplier=0.7, steps=500))
+    ledger.append(make_event(dataset="other-data", sample_rate=0.5, noise_multiplier=0.7, steps=500))
     budget = SiteBudget(max_epsilon=3.0, delta=1e-5, accountant="rdp")
     assert budget.project(ledger, FP, (0.1, 1.5, 10)).spent == 0.0
 

@@ -12,7 +12,6 @@ from torch import nn
 from flsuite.errors import ConfigError, DataError, PlanError
 from flsuite.privacy import (
     DpEvent,
-    data_fingerprint,
     poisson_schedule,
     require_secure_rng,
     secure_rng_available,
@@ -180,9 +179,9 @@ def test_global_weights_load_before_training(breast_cancer):
 def test_the_result_becomes_a_ledger_event(breast_cancer):
     x, y, _, _ = breast_cancer
     result = train_dp(nn.Linear(30, 2), x, y, **TRAIN)
-    event = result.dp_event(study_id="s", run_id="r", round=2, site="site-1", delta=1e-5, accountant="prv")
+    event = result.dp_event(study_id="s", run_id="r", round=2, site="site-1", dataset="ward-7", delta=1e-5, accountant="prv")
     assert DpEvent.from_json(event.to_json()) == event
-    assert event.data_fingerprint == data_fingerprint(x.numpy(), y.numpy())
+    assert event.dataset == "ward-7"  # the declared dataset, never a fingerprint of the bytes
     assert (event.sample_rate, event.noise_multiplier, event.steps, event.max_grad_norm) == (1 / 13, 1.0, 39, 1.0)
     assert "mt19937" in event.rng and "not cryptographically secure" in event.rng
     assert "os.urandom" in event.rng and "per request" in event.rng  # the ledger says the noise was fresh

@@ -19,21 +19,21 @@ from flsuite.privacy.ledger import GENESIS_HASH
 from tests.unit.test_privacy_events import make_event
 
 REPO = Path(__file__).resolve().parents[2]
-FP_A, FP_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+FP_A, FP_B = "site-0", "other-data"
 
 
-def filled(path: Path, n: int = 3, fingerprint: str = FP_A) -> PrivacyLedger:
+def filled(path: Path, n: int = 3, dataset: str = FP_A) -> PrivacyLedger:
     ledger = PrivacyLedger(path)
     for i in range(n):
-        ledger.append(make_event(round=i + 1, data_fingerprint=fingerprint))
+        ledger.append(make_event(round=i + 1, dataset=dataset))
     return ledger
 
 
-def test_appended_events_read_back_in_order_and_filter_by_fingerprint(tmp_path):
+def test_appended_events_read_back_in_order_and_filter_by_dataset(tmp_path):
     ledger = PrivacyLedger(tmp_path / "site" / "ledger.jsonl")  # the folder is created
     assert ledger.events() == () and ledger.head().hash == GENESIS_HASH
     first = make_event(round=1)
-    other = make_event(round=2, data_fingerprint=FP_B, noise_multiplier=2.0)
+    other = make_event(round=2, dataset=FP_B, noise_multiplier=2.0)
     head = ledger.append(first)
     ledger.append(other)
     assert head.entries == 1
@@ -146,7 +146,7 @@ def test_two_studies_on_the_same_data_compose(tmp_path):
     after_first = budget.project(ledger, FP_A, (0.1, 1.2, 0)).spent
     for r in range(1, 4):
         ledger.append(make_event(study_id="second", round=r, sample_rate=0.05, noise_multiplier=1.0, steps=20))
-    ledger.append(make_event(study_id="other-data", data_fingerprint=FP_B, steps=10_000))
+    ledger.append(make_event(study_id="other-data", dataset=FP_B, steps=10_000))
     reopened = PrivacyLedger(ledger.path)
     both = budget.project(reopened, FP_A, (0.1, 1.2, 0)).spent
     second_alone = budget.project_phases([(0.05, 1.0, 60)], (0.1, 1.0, 0)).spent

@@ -23,7 +23,7 @@ def dp_events(draw) -> protocol.DpEvent:
         run_id=draw(names),
         round=draw(st.integers(0, 10_000)),
         site=draw(names),
-        data_fingerprint="sha256:" + draw(st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)),
+        dataset=draw(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", fullmatch=True)),
         sample_rate=draw(st.floats(min_value=1e-6, max_value=1.0)),
         noise_multiplier=draw(positive),
         steps=draw(st.integers(0, 10**6)),
@@ -107,7 +107,7 @@ def test_a_refusal_of_an_unknown_kind_or_with_extra_keys_is_refused():
 def test_a_dp_event_record_missing_a_field_or_with_a_wrong_value_is_refused():
     record = protocol.dp_event_to_record(
         protocol.DpEvent(
-            study_id="s", run_id="r", round=1, site="a", data_fingerprint="sha256:" + "0" * 64, sample_rate=0.1,
+            study_id="s", run_id="r", round=1, site="a", dataset="a", sample_rate=0.1,
             noise_multiplier=1.0, steps=10, max_grad_norm=1.0, delta=1e-5, accountant="prv", rng="os",
             recorded_at="2026-11-30T06:00:00+00:00",
         )
