@@ -317,3 +317,9 @@ def test_run_study_records_rejections_late_sites_and_withheld_training_loss(tmp_
     assert site_rows and {row["train-loss"] for row in site_rows} == {"withheld"}
     assert "site-2" not in {row["site"] for row in site_rows}
     assert json.loads((out / "metrics.json").read_text())[0]["train_loss"] == "withheld"
+
+
+def test_the_coordinator_reads_the_identities_file_simulated_sites_write():
+    from flsuite.site.simulated import PINNED_FILE
+
+    assert PINNED_IDENTITIES == PINNED_FILE
