@@ -4,6 +4,11 @@
 round), ``site_metrics.csv`` (one row per site and round), ``summary.json`` and
 ``metrics.png``. Each file is written whole (temp file, then rename), so a crash never
 leaves half a file.
+
+A site that does not release its training loss (a DP site: the loss of its records is not
+accounted) has "withheld" in its place: in site_metrics.csv, and for the round's
+train_loss in metrics.csv/metrics.json and the summary whenever any site of the round
+withheld it (an average over the others would pass for the round's).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from flsuite.coordinator.rounds import RoundRecord, SiteReport, StudyResult
 from flsuite.storage import durable
 
 ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "failures", "wall_s"]
+WITHHELD = "withheld"  # a metric the site did not release
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -30,20 +36,31 @@ def write_atomic(path: Path, data: str | bytes) -> None:
 
 
 def round_row(record: RoundRecord) -> dict[str, Any]:
-    weights = [site.metrics.get(protocol.NUM_EXAMPLES, 0.0) for site in record.sites]
-    losses = [site.metrics.get(protocol.TRAIN_LOSS, float("nan")) for site in record.sites]
-    total = sum(weights)
-    train_loss = sum(w * loss for w, loss in zip(weights, losses)) / total if total else (sum(losses) / len(losses) if losses else None)
     return {
         "round": record.round,
         "accuracy": record.metrics.get("accuracy"),
         "loss": record.metrics.get("loss"),
         "auc": record.metrics.get("auc"),
-        "train_loss": train_loss,
+        "train_loss": round_train_loss(record.sites),
         "sites": len(record.sites),
         "failures": record.failures,
         "wall_s": round(record.wall_s, 4),
     }
+
+
+def round_train_loss(sites: list[SiteReport]) -> float | str | None:
+    """The sites' training loss weighted by examples; "withheld" when any site did not release its own."""
+    if any(protocol.TRAIN_LOSS not in site.metrics for site in sites):
+        return WITHHELD
+    weights = [site.metrics.get(protocol.NUM_EXAMPLES, 0.0) for site in sites]
+    losses = [site.metrics[protocol.TRAIN_LOSS] for site in sites]
+    total = sum(weights)
+    return sum(w * loss for w, loss in zip(weights, losses)) / total if total else (sum(losses) / len(losses) if losses else None)
+
+
+def site_row(server_round: int, site: SiteReport) -> dict[str, Any]:
+    """One site's metrics of one round; its training loss says "withheld" when the site did not release it."""
+    return {"round": server_round, "site": site.name, protocol.TRAIN_LOSS: WITHHELD, **site.metrics}
 
 
 def privacy_row(server_round: int, site: SiteReport) -> dict[str, Any]:
@@ -82,7 +99,7 @@ class StudyOutputs:
     def on_round(self, record: RoundRecord) -> None:
         self.rows.append(round_row(record))
         for site in record.sites:
-            self.site_rows.append({"round": record.round, "site": site.name, **site.metrics})
+            self.site_rows.append(site_row(record.round, site))
             if site.dp_event is not None and site.status is not None:
                 self.privacy_rows.append(privacy_row(record.round, site))
         self._write_metrics()
@@ -106,12 +123,13 @@ class StudyOutputs:
             "final_accuracy": last.get("accuracy"),
             "final_auc": last.get("auc"),
             "final_loss": last.get("loss"),
+            "final_train_loss": last.get("train_loss"),
             "wall_s": round(wall_s, 3),
             "engine": self.study.engine.name,
             "output_dir": str(self.folder.resolve()),
             "refusals": [refusal.to_summary() for refusal in result.refusals],
             "aborted_rounds": result.aborted_rounds,
-            "privacy": self._privacy_summary(),
+            "privacy": self._privacy_summary(result),
             **(extra or {}),
         }
         self._write_metrics()  # also when no round finished: the files exist, with their headers
@@ -119,7 +137,7 @@ class StudyOutputs:
         self._plot()
         return summary
 
-    def _privacy_summary(self) -> dict[str, Any] | None:
+    def _privacy_summary(self, result: StudyResult) -> dict[str, Any] | None:
         privacy = self.study.privacy
         if not privacy.enabled:
             return None
@@ -141,6 +159,7 @@ class StudyOutputs:
             "noise_multiplier": privacy.noise_multiplier,
             "max_grad_norm": privacy.max_grad_norm,
             "sites": sites,
+            "planning": list(result.planning),  # every site planned (round 0: before round 1) or left out, with why
         }
 
     def _write_metrics(self) -> None:

@@ -4,14 +4,15 @@ With ``privacy.target_epsilon`` the coordinator computes, before round 1, the no
 multiplier that lands each site at or below the target after all planned rounds and
 local steps, from that site's own size; a study that would pass a site's remaining
 budget fails here, naming the site and by how much. With a fixed noise multiplier the
-plan only projects, and sites refuse once their cap is reached.
+plan only projects, and sites refuse once their cap is reached. ``plan_site`` plans one
+site by the same rules (a site admitted after round 1, see ``admission``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -20,6 +21,8 @@ from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.errors import PlanError, ProtocolError
 from flsuite.privacy import PlanRow, SitePlanInput, StudyOverBudget, plan_study
+
+__all__ = ["PrivacyPlan", "StatusReplies", "ledger_head_of", "over_budget_text", "plan_privacy", "plan_site", "query_status", "status_replies"]
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +36,26 @@ class PrivacyPlan:
     over_budget: list[PlanRow]
 
 
-def query_status(grid: Grid, node_ids: list[int], *, timeout: float) -> dict[int, protocol.SiteStatus]:
-    """Each site's name, size and privacy status (sites that do not answer are left out)."""
+@dataclass
+class StatusReplies:
+    """The status replies of one query: each node's status and signed ledger head, and who failed."""
+
+    statuses: dict[int, protocol.SiteStatus] = field(default_factory=dict)
+    heads: dict[int, protocol.LedgerHead] = field(default_factory=dict)
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+def ledger_head_of(status: protocol.SiteStatus | None, content: RecordDict) -> protocol.LedgerHead | None:
+    """The signed ledger head a reply carries: in its status, or as its own record; ProtocolError when malformed."""
+    head = getattr(status, "ledger_head", None)
+    if head is not None:
+        return head
+    record = content.config_records.get(protocol.LEDGER_HEAD)
+    return None if record is None else protocol.LedgerHead.from_record(dict(record))
+
+
+def status_replies(grid: Grid, node_ids: list[int], *, timeout: float) -> StatusReplies:
+    """Ask each node for its status; never raises for a node that fails (see ``failures``)."""
     messages = [
         Message(
             RecordDict({protocol.CONFIG: ConfigRecord({protocol.QUERY_KIND: protocol.STATUS_QUERY})}),
@@ -43,20 +64,38 @@ def query_status(grid: Grid, node_ids: list[int], *, timeout: float) -> dict[int
         )
         for node in node_ids
     ]
-    statuses, failures = {}, []
+    answers = StatusReplies()
     for reply in grid.send_and_receive(messages, timeout=timeout):
+        node = reply.metadata.src_node_id
+        if node not in node_ids:
+            continue
         if reply.has_error():
-            failures.append(f"node {reply.metadata.src_node_id}: {reply.error.reason.strip().splitlines()[0]}")
+            answers.failures[node] = (reply.error.reason or f"error {reply.error.code}").strip().splitlines()[0]
             continue
         try:
-            statuses[reply.metadata.src_node_id] = protocol.SiteStatus.from_record(reply.content.config_records[protocol.SITE])
+            status = protocol.SiteStatus.from_record(reply.content.config_records[protocol.SITE])
+            head = ledger_head_of(status, reply.content)
         except (KeyError, ProtocolError) as error:
-            failures.append(f"node {reply.metadata.src_node_id}: an unusable status reply ({error})")
+            answers.failures[node] = f"an unusable status reply ({error})"
+            continue
+        answers.statuses[node] = status
+        if head is not None:
+            answers.heads[node] = head
+    for node in node_ids:
+        if node not in answers.statuses and node not in answers.failures:
+            answers.failures[node] = f"no status reply within {timeout:g} s"
+    return answers
+
+
+def query_status(grid: Grid, node_ids: list[int], *, timeout: float) -> dict[int, protocol.SiteStatus]:
+    """Each site's name, size and privacy status (sites that do not answer are left out)."""
+    answers = status_replies(grid, node_ids, timeout=timeout)
+    failures = [f"node {node}: {why}" for node, why in sorted(answers.failures.items())]
     if failures:
         log.warning("left out of the privacy plan (no status): %s", "; ".join(failures))
-    if not statuses:
+    if not answers.statuses:
         raise PlanError("no site reported its privacy status: " + ("; ".join(failures) or "none answered in time"))
-    return statuses
+    return answers.statuses
 
 
 def plan_privacy(study: StudyConfig, statuses: Mapping[int, protocol.SiteStatus]) -> PrivacyPlan:
@@ -64,35 +103,47 @@ def plan_privacy(study: StudyConfig, statuses: Mapping[int, protocol.SiteStatus]
     privacy = study.privacy
     rows, sigma_by_node, over = [], {}, []
     for node, status in sorted(statuses.items(), key=lambda item: item[1].name):
-        if not status.private:
-            raise PlanError(f"site {status.name!r} reported no privacy status (cap, delta): it cannot be planned for DP")
-        site = SitePlanInput(name=status.name, records=status.records, prior_phases=status.prior_phases, max_epsilon=status.max_epsilon)
-        try:
-            row = plan_study(
-                [site],
-                batch_size=study.training.batch_size,
-                local_epochs=study.training.local_epochs,
-                rounds=study.federation.rounds,
-                delta=float(status.delta),
-                target_epsilon=privacy.target_epsilon,
-                noise_multiplier=privacy.noise_multiplier,
-                accountant=privacy.accountant,
-            )[0]
-        except StudyOverBudget as exc:
-            row = exc.rows[0]
+        row, fits = plan_site(study, status)
+        if not fits:
             over.append(row)
         rows.append(row)
         sigma_by_node[node] = row.noise_multiplier
     if over and privacy.target_epsilon is not None:
         raise StudyOverBudget(
             "the study does not fit every site's remaining privacy budget: "
-            + "; ".join(
-                f"site {r.site!r} would reach epsilon {r.projected_epsilon:.3f} (spent {r.prior_epsilon:.3f} before) "
-                f"against its cap {r.max_epsilon:g}: over by {r.projected_epsilon - (r.max_epsilon or 0):.3f}"
-                for r in over
-            )
+            + "; ".join(over_budget_text(r) for r in over)
             + ". Lower privacy.target_epsilon, run fewer rounds or local epochs, or leave those sites out.",
             rows=rows,
             over_budget=over,
         )
     return PrivacyPlan(rows=rows, sigma_by_node=sigma_by_node, over_budget=over)
+
+
+def plan_site(study: StudyConfig, status: protocol.SiteStatus) -> tuple[PlanRow, bool]:
+    """One site's plan row with its own delta and cap, and whether the study fits its remaining budget."""
+    if not status.private:
+        raise PlanError(f"site {status.name!r} reported no privacy status (cap, delta): it cannot be planned for DP")
+    privacy = study.privacy
+    site = SitePlanInput(name=status.name, records=status.records, prior_phases=status.prior_phases, max_epsilon=status.max_epsilon)
+    try:
+        row = plan_study(
+            [site],
+            batch_size=study.training.batch_size,
+            local_epochs=study.training.local_epochs,
+            rounds=study.federation.rounds,
+            delta=float(status.delta),  # type: ignore[arg-type]
+            target_epsilon=privacy.target_epsilon,
+            noise_multiplier=privacy.noise_multiplier,
+            accountant=privacy.accountant,
+        )[0]
+    except StudyOverBudget as exc:
+        return exc.rows[0], False
+    return row, True
+
+
+def over_budget_text(row: PlanRow) -> str:
+    return (
+        f"site {row.site!r} would reach epsilon {row.projected_epsilon:.3f} (spent {row.prior_epsilon:.3f} before) "
+        f"against its cap {row.max_epsilon:g}: over by {row.projected_epsilon - (row.max_epsilon or 0):.3f}"
+    )
+

@@ -1,9 +1,12 @@
 """Publishing a study's global models into the registry, with lineage and a DP certificate.
 
 The coordinator publishes after each round (or only the best and the final model, or
-only the final one) and records the study's events in the registry's audit log. Each
-version's DP certificate lists, per contributing site, the DP-SGD phases that produced
-this model and the epsilon they compose to.
+only the final one) and records the study's events in the registry's audit log (refusals,
+rejected replies, sites planned late or left out, aborted rounds). Each version's DP
+certificate lists, per contributing site, the DP-SGD phases of this study that produced
+this model and the epsilon they compose to; the site's total epsilon over every event its
+ledger recorded (what it spent before this study, and this study's events); and the
+signed ledger head of its latest accepted reply, with how the head was checked.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord
 
+from flsuite import protocol
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
-from flsuite.coordinator.rounds import RoundRecord, StudyResult
+from flsuite.coordinator.rounds import REJECTED_REPLY, RoundRecord, StudyResult
 
 SOURCE_FOLDERS = ("flsuite", "server", "clients")
 
@@ -53,7 +57,10 @@ class RegistryPublisher:
         self.code_digest = code_digest([root / folder for folder in SOURCE_FOLDERS if (root / folder).exists()])
         self.config_hash = config_hash(study.model_dump(mode="json", exclude={"output_dir", "sites_dir"}))
         self.phases: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.events: dict[str, list[protocol.DpEvent]] = defaultdict(list)  # this study's, per site
+        self.known: dict[str, tuple[protocol.DpEvent, ...]] = {}  # per site, the events its latest status listed
         self.deltas: dict[str, float] = {}
+        self.admission: Any = None  # a DP study's DpAdmission: prior events, ledger heads and their checks
         self.best_accuracy = -1.0
         self.published: list[int] = []
         self.pending: tuple[RoundRecord, ArrayRecord] | None = None
@@ -66,7 +73,10 @@ class RegistryPublisher:
                 self.phases[site.name].append(
                     {"q": event.sample_rate, "sigma": event.noise_multiplier, "steps": event.steps, "clip": event.max_grad_norm}
                 )
+                self.events[site.name].append(event)
                 self.deltas[site.name] = event.delta
+                if site.status is not None:
+                    self.known[site.name] = site.status.prior_events
         policy = self.study.registry.publish
         accuracy = record.metrics.get("accuracy", -1.0)
         if policy == "every_round" or (policy == "best_and_final" and accuracy > self.best_accuracy):
@@ -79,7 +89,12 @@ class RegistryPublisher:
         if self.pending is not None:  # the final model, when the policy did not publish it already
             self._publish(*self.pending)
         for refusal in result.refusals:
-            self.registry.record("site.refused", {"run_id": self.run_id, "round": refusal.round, "site": refusal.name, "reason": refusal.refusal.message})
+            kind = "reply.rejected" if refusal.kind == REJECTED_REPLY else "site.refused"
+            self.registry.record(kind, {"run_id": self.run_id, "round": refusal.round, "site": refusal.name, "kind": refusal.kind,
+                                        "reason": refusal.reason})
+        for event in result.planning:
+            kind = "site.planned" if event["action"] == "planned" else "site.left_out"
+            self.registry.record(kind, {"run_id": self.run_id, **event})
         for aborted in result.aborted_rounds:
             self.registry.record("round.aborted", {"run_id": self.run_id, **aborted})
         self.registry.record("study.finished", {"run_id": self.run_id, "status": result.status, "versions": self.published})
@@ -112,12 +127,25 @@ class RegistryPublisher:
         per_site = {}
         for name, phases in self.phases.items():
             delta = self.deltas[name]
-            per_site[name] = {
+            claim: dict[str, Any] = {
                 "epsilon": epsilon([(p["q"], p["sigma"], p["steps"]) for p in phases], delta=delta, accountant=accountant),
+                "total_epsilon": epsilon([e.phase for e in self._every_event(name)], delta=delta, accountant=accountant),
                 "delta": delta,
                 "phases": list(phases),
             }
+            head = self.admission.heads.get(name) if self.admission is not None else None
+            if head is not None:
+                claim["ledger_head"] = head.to_record()
+                claim["ledger_head_check"] = self.admission.head_check(name)
+            per_site[name] = claim
         return {"unit_of_privacy": UNIT_OF_PRIVACY, "accountant": accountant, "sites": per_site}
+
+    def _every_event(self, site: str) -> list[protocol.DpEvent]:
+        """Every DP event the site's ledger recorded that the coordinator knows of, each once: the
+        events its planning status listed, this study's, and those its latest reply's status listed."""
+        prior = self.admission.prior_events.get(site, ()) if self.admission is not None else ()
+        unique = {event.to_json(): event for event in (*prior, *self.events[site], *self.known.get(site, ()))}
+        return list(unique.values())
 
 
 def new_run_id() -> str:

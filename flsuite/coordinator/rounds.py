@@ -6,7 +6,9 @@ and a Flower strategy for aggregation. How one round's training is exchanged is 
 ``flsuite.coordinator.secure_round.SecureTrainRound`` wraps the same round in secure
 aggregation, so the strategy only ever sees the securely averaged model. Sites that
 refuse (privacy budget spent) are left out of later rounds; when fewer than the minimum
-remain the study ends cleanly.
+remain the study ends cleanly. A ``ReplyCheck`` (a DP study's: ``flsuite.coordinator.admission``)
+may reject a site's train reply: it is left out of the average, recorded as a ``Rejection``,
+and the site is not asked again. An ``Admit`` hook decides which available nodes may train.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ __all__ = [
     "RoundLoop",
     "RoundOutcome",
     "RoundRecord",
+    "REJECTED_REPLY",
+    "Rejection",
+    "ReplyCheck",
     "SiteReport",
     "StudyResult",
     "TrainRound",
@@ -39,6 +44,12 @@ __all__ = [
 
 Evaluator = Callable[[ArrayRecord], dict[str, float]]
 SiteConfigs = Callable[[int, list[int]], Mapping[int, dict[str, Any]]]
+#: (server round, node, reply content) -> None to accept the train reply, else why it is rejected.
+ReplyCheck = Callable[[int, int, RecordDict], "str | None"]
+#: (server round, available nodes) -> the nodes that may train this round.
+Admit = Callable[[int, list[int]], list[int]]
+
+REJECTED_REPLY = "rejected-reply"  # the kind of a round refusal the coordinator made: a reply it did not accept
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,14 @@ class Refusal:
     def name(self) -> str:
         return self.refusal.site
 
+    @property
+    def kind(self) -> str:
+        return self.refusal.kind
+
+    @property
+    def reason(self) -> str:
+        return self.refusal.message
+
     def to_summary(self) -> dict[str, Any]:
         refusal = self.refusal
         return {
@@ -73,6 +92,27 @@ class Refusal:
             "kind": refusal.kind,
             "reason": refusal.message,
             "remaining_epsilon": refusal.remaining_epsilon,
+        }
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A train reply the coordinator refused (kind "rejected-reply"): it is not in the average."""
+
+    round: int
+    node_id: int
+    name: str
+    reason: str
+    kind: str = REJECTED_REPLY
+
+    def to_summary(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "node_id": self.node_id,
+            "name": self.name,
+            "kind": self.kind,
+            "reason": self.reason,
+            "remaining_epsilon": None,
         }
 
 
@@ -93,7 +133,8 @@ class StudyResult:
     """Everything a study produced, in memory."""
 
     rounds: list[RoundRecord] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
+    refusals: list[Refusal | Rejection] = field(default_factory=list)
+    planning: list[dict[str, Any]] = field(default_factory=list)  # sites planned or left out (DP studies)
     aborted_rounds: list[dict[str, Any]] = field(default_factory=list)
     status: str = "completed"
     message: str = ""
@@ -106,7 +147,7 @@ class RoundOutcome:
 
     arrays: ArrayRecord | None
     sites: list[SiteReport]
-    refusals: list[Refusal]
+    refusals: list[Refusal | Rejection]
     failures: int
     secure: dict[str, Any] | None = None
     aborted: dict[str, Any] | None = None
@@ -119,12 +160,13 @@ class TrainRound(Protocol):
 
 
 class PlainTrainRound:
-    """Send each site the global model, collect the replies, let the strategy average them."""
+    """Send each site the global model, collect the replies, let the strategy average the accepted ones."""
 
-    def __init__(self, grid: Grid, strategy: Strategy, *, timeout_s: float) -> None:
+    def __init__(self, grid: Grid, strategy: Strategy, *, timeout_s: float, reply_check: ReplyCheck | None = None) -> None:
         self.grid = grid
         self.strategy = strategy
         self.timeout_s = timeout_s
+        self.reply_check = reply_check
 
     def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
         messages = [
@@ -132,7 +174,8 @@ class PlainTrainRound:
             for node in cohort
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        trained, refusals, failures = [], [], len(cohort) - len(replies)
+        trained, failures = [], len(cohort) - len(replies)
+        refusals: list[Refusal | Rejection] = []
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
@@ -144,7 +187,11 @@ class PlainTrainRound:
                 else:
                     refusals.append(refusal)
             else:
-                trained.append(reply)
+                why = self.reply_check(server_round, node, reply.content) if self.reply_check else None
+                if why is None:
+                    trained.append(reply)
+                else:
+                    refusals.append(Rejection(round=server_round, node_id=node, name=reported_name(node, reply.content), reason=why))
         if not trained:
             return RoundOutcome(None, [], refusals, failures)
         new_arrays, _ = self.strategy.aggregate_train(server_round, trained)
@@ -167,6 +214,7 @@ class RoundLoop:
         listeners: list[Callable[[RoundRecord, ArrayRecord], None]] | None = None,
         site_configs: SiteConfigs | None = None,
         excluded: set[int] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         self.study = study
         self.grid = grid
@@ -176,13 +224,16 @@ class RoundLoop:
         self.listeners = list(listeners or [])
         self.site_configs = site_configs
         self.arrays = initial_arrays
-        self.excluded: set[int] = set(excluded or ())  # refused, or left out of the privacy plan
+        self.excluded: set[int] = set(excluded or ())  # refused, rejected, or left out of the privacy plan
+        self.admit = admit  # a DP study's: only planned nodes train
 
     def run(self) -> StudyResult:
         result = StudyResult()
         federation = self.study.federation
         for server_round in range(1, federation.rounds + 1):
             available = [n for n in self.grid.get_node_ids() if n not in self.excluded]
+            if self.admit is not None:
+                available = self.admit(server_round, available)
             cohort = choose_cohort(
                 available,
                 fraction=federation.fraction_sites,
@@ -240,6 +291,13 @@ def _refusal(server_round: int, node: int, content: RecordDict) -> Refusal | Non
         return Refusal(round=server_round, node_id=node, refusal=protocol.Refusal.from_record(content.config_records[protocol.REFUSAL]))
     except ProtocolError:
         return None
+
+
+def reported_name(node: int, content: RecordDict) -> str:
+    """The site name a reply claims in its status record, else the node id (for the record of a rejection)."""
+    record = content.config_records.get(protocol.SITE)
+    name = record.get("name") if record is not None else None
+    return name if isinstance(name, str) and name else str(node)
 
 
 def site_report(node: int, content: RecordDict) -> SiteReport:

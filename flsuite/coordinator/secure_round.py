@@ -5,6 +5,11 @@ Four stages, each one ``grid.send_and_receive`` with a finite timeout: "setup" a
 model and the site's train config) and "unmask" ("query"). Nodes that do not answer in
 time, or answer with an error, are dropped; below the minimum the round aborts with
 SecAggAborted, nothing is unmasked, and the caller keeps the global model.
+
+A masked train reply carries its site's status and DP event in the clear next to the
+masked vector. A ``reply_check`` (a DP study's) looks at them before the unmask stage: a
+reply it rejects is dropped there, like a site that fell silent, so its masked input is
+removed from the sum (its mask is reconstructed from the shares) and never averaged.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flsuite import protocol
-from flsuite.coordinator.rounds import RoundOutcome, refusals_from, site_report
+from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, refusals_from, reported_name, site_report
 from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
 from flsuite.models.weights import ModelLayout, model_digest
 from flsuite.secagg.coordinator import CoordinatorRound
@@ -44,6 +49,8 @@ class SecureRoundResult:
     clipped_values: per survivor, update values clipped to the range (only with clip_out_of_range).
     refusals: per node, why it was dropped when it said so (error replies, malformed replies).
     site_refusals: per node, the typed refusal of a site that declined to train (its budget, ...).
+    rejected: per node, (site name, reason) of a masked train reply the reply check refused
+        before the unmask stage: dropped, its masked input is not in the average.
     """
 
     arrays: ArrayRecord
@@ -55,12 +62,17 @@ class SecureRoundResult:
     clipped_values: dict[int, int] = field(default_factory=dict)
     refusals: dict[int, str] = field(default_factory=dict)
     site_refusals: dict[int, protocol.Refusal] = field(default_factory=dict)
+    rejected: dict[int, tuple[str, str]] = field(default_factory=dict)
 
 
 def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int, global_arrays: ArrayRecord,
                        train_configs: Mapping[int, ConfigRecord], settings: SecAggSettings,
-                       timeout_s: float) -> SecureRoundResult:
-    """Train one round on ``node_ids`` and return the securely aggregated weighted average."""
+                       timeout_s: float, reply_check: ReplyCheck | None = None) -> SecureRoundResult:
+    """Train one round on ``node_ids`` and return the securely aggregated weighted average.
+
+    ``reply_check(round, node, records)`` sees each masked train reply's clear records
+    (status, DP event, ...) before the unmask stage; a reply it rejects is dropped there.
+    """
     nodes = sorted(set(node_ids))
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
         raise ConfigError(f"secagg timeout_s={timeout_s!r}: every stage needs a finite timeout > 0 seconds.")
@@ -74,6 +86,19 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     refusals: dict[int, str] = {}
     site_refusals: dict[int, protocol.Refusal] = {}
     records: dict[int, RecordDict] = {}
+    rejected: dict[int, tuple[str, str]] = {}
+
+    def checked(masked: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """The masked replies the reply check accepts; the others are dropped before unmasking."""
+        if reply_check is None:
+            return masked
+        for node in sorted(masked):
+            why = reply_check(server_round, node, records.get(node, RecordDict()))
+            if why is not None:
+                rejected[node] = (reported_name(node, records.get(node, RecordDict())), why)
+                refusals[node] = f"{protocol.MASKED_TRAIN}: reply rejected: {why}"
+                del masked[node]
+        return masked
 
     def exchange(requests: Mapping[int, Mapping[str, Any]], stage: str) -> dict[int, dict[str, Any]]:
         messages = []
@@ -118,7 +143,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     try:
         keys = exchange(coordinator.setup_requests(), protocol.SETUP)
         shares = exchange(coordinator.receive_keys(keys), protocol.SHARE_KEYS)
-        masked = exchange(coordinator.receive_shares(shares), protocol.MASKED_TRAIN)
+        masked = checked(exchange(coordinator.receive_shares(shares), protocol.MASKED_TRAIN))
         unmasks = exchange(coordinator.receive_masked(masked), protocol.UNMASK)
         summed = coordinator.receive_unmask(unmasks)
     except SecAggAborted as exc:
@@ -126,6 +151,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         detail = "; ".join(f"node {n}: {why}" for n, why in sorted(every.items()))
         aborted = SecAggAborted(f"{exc}{' Refusals: ' + detail if detail else ''}", stage=exc.stage, refusals=every)
         aborted.site_refusals = dict(site_refusals)
+        aborted.rejected = dict(rejected)  # type: ignore[attr-defined]
         raise aborted from None
     if summed.total_weight <= 0:
         raise SecAggAborted(f"round {server_round}: the survivors' total weight is 0 (no examples); nothing to average",
@@ -135,7 +161,8 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
         survivors=summed.survivors, dropped=summed.dropped,
         replies={n: records[n] for n in summed.survivors if n in records}, error_bound=summed.error_bound,
-        clipped_values=summed.clipped_values, refusals={**summed.rejected, **refusals}, site_refusals=site_refusals)
+        clipped_values=summed.clipped_values, refusals={**summed.rejected, **refusals}, site_refusals=site_refusals,
+        rejected=rejected)
 
 
 class SecureTrainRound:
@@ -146,11 +173,13 @@ class SecureTrainRound:
     aborted round changes nothing: no model, and the reason in ``RoundOutcome.aborted``.
     """
 
-    def __init__(self, grid: Grid, strategy: Strategy, *, settings_for: Callable[[int], SecAggSettings], timeout_s: float) -> None:
+    def __init__(self, grid: Grid, strategy: Strategy, *, settings_for: Callable[[int], SecAggSettings], timeout_s: float,
+                 reply_check: ReplyCheck | None = None) -> None:
         self.grid = grid
         self.strategy = strategy
         self.settings_for = settings_for
         self.timeout_s = timeout_s
+        self.reply_check = reply_check
 
     def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
         try:
@@ -162,11 +191,12 @@ class SecureTrainRound:
                 train_configs=configs,
                 settings=self.settings_for(len(cohort)),
                 timeout_s=self.timeout_s,
+                reply_check=self.reply_check,
             )
         except SecAggAborted as exc:  # nothing was unmasked; the global model stays as it was
-            refusals = refusals_from(server_round, exc.site_refusals)  # type: ignore[arg-type]
+            refusals = [*refusals_from(server_round, exc.site_refusals), *_rejections(server_round, getattr(exc, "rejected", {}))]  # type: ignore[arg-type]
             return RoundOutcome(None, [], refusals, 0, aborted={"stage": exc.stage, "reason": str(exc)})
-        refusals = refusals_from(server_round, secure.site_refusals)
+        refusals = [*refusals_from(server_round, secure.site_refusals), *_rejections(server_round, secure.rejected)]
         averaged = Message(
             RecordDict({protocol.ARRAYS: secure.arrays, protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: secure.total_weight})}),
             dst_node_id=0,
@@ -181,3 +211,7 @@ class SecureTrainRound:
             "clipped_values": sum(secure.clipped_values.values()),
         }
         return RoundOutcome(new_arrays, sites, refusals, len(secure.dropped) - len(refusals), secure=details)
+
+
+def _rejections(server_round: int, rejected: Mapping[int, tuple[str, str]]) -> list[Rejection]:
+    return [Rejection(round=server_round, node_id=node, name=name, reason=why) for node, (name, why) in sorted(rejected.items())]

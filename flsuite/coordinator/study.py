@@ -1,7 +1,8 @@
 """The coordinator's side of a study, as the ServerApp runs it on any engine.
 
-Reads the study from the run_config, evaluates on the held-out split that no site
-sees, runs the rounds, and writes the output folder. ``flsuite.coordinator.app``
+Reads the study from the run_config, plans its privacy (only planned sites train in a
+DP study, and only replies that match the plan are averaged: ``admission``), evaluates
+on the held-out split that no site sees, runs the rounds, and writes the output folder. ``flsuite.coordinator.app``
 builds the ServerApp around ``run_study``.
 """
 
@@ -17,14 +18,13 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from flsuite import protocol
 from flsuite.config.bridge import from_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
+from flsuite.coordinator.admission import DpAdmission, HeadVerifier
 from flsuite.coordinator.outputs import StudyOutputs
-from flsuite.coordinator.planning import plan_privacy, query_status
 from flsuite.coordinator.publishing import RegistryPublisher, new_run_id
-from flsuite.coordinator.rounds import PlainTrainRound, RoundLoop, RoundRecord, TrainRound
+from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundRecord, TrainRound
 from flsuite.coordinator.strategies import build_strategy
 from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import model_shape, split_study
@@ -72,14 +72,14 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
             publisher.on_round(record, arrays)
         progress.publish(record)
 
-    site_configs, unplanned = None, set()
+    # With DP, only planned sites train: a node that appears later is planned first or left out,
+    # and a train reply whose DP event or ledger head does not match the plan is not averaged.
+    admission = None
     if study.privacy.enabled:
-        nodes = list(grid.get_node_ids())
-        plan = plan_privacy(study, query_status(grid, nodes, timeout=study.federation.round_timeout_s))
-        outputs.write_privacy_plan(plan.rows)
-        unplanned = set(nodes) - set(plan.sigma_by_node)
-        if study.privacy.target_epsilon is not None:
-            site_configs = lambda server_round, cohort: {n: {protocol.NOISE_MULTIPLIER: plan.sigma_by_node[n]} for n in cohort}  # noqa: E731
+        admission = DpAdmission(study, grid, verifier=HeadVerifier.for_study(study), on_plan=outputs.write_privacy_plan)
+        admission.plan()
+        if publisher:
+            publisher.admission = admission
 
     initial_arrays = model_to_arrays(model)
     strategy = build_strategy(study.federation, initial_arrays)
@@ -87,25 +87,28 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
         study,
         grid,
         strategy=strategy,
-        train_round=train_round(study, grid, strategy),
+        train_round=train_round(study, grid, strategy, reply_check=admission.check_reply if admission else None),
         initial_arrays=initial_arrays,
         evaluator=evaluator if test_data else None,
         listeners=[on_round],
-        site_configs=site_configs,
-        excluded=unplanned,
+        site_configs=admission.site_configs if admission else None,
+        admit=admission.admit if admission else None,
     )
     result = coordinator.run()
+    if admission:
+        result.planning = list(admission.events)
     extra = publisher.finish(result) if publisher else {}
     return outputs.finish(result, wall_s=time.perf_counter() - started, extra=extra)
 
 
-def train_round(study: StudyConfig, grid: Grid, strategy: Strategy) -> TrainRound:
+def train_round(study: StudyConfig, grid: Grid, strategy: Strategy, *, reply_check: ReplyCheck | None = None) -> TrainRound:
     """A plain round, or one wrapped in secure aggregation when the study asks for it."""
     if not study.secagg.enabled:
-        return PlainTrainRound(grid, strategy, timeout_s=study.federation.round_timeout_s)
+        return PlainTrainRound(grid, strategy, timeout_s=study.federation.round_timeout_s, reply_check=reply_check)
     from flsuite.coordinator.secure_round import SecureTrainRound
 
-    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for, timeout_s=study.secagg.stage_timeout_s)
+    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for, timeout_s=study.secagg.stage_timeout_s,
+                            reply_check=reply_check)
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:

@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flsuite.errors import RegistryError
+from flsuite import protocol
+from flsuite.errors import ProtocolError, RegistryError
 
 __all__ = ["MANIFEST_FORMAT", "MANIFEST_DOMAIN", "VersionInfo", "build_manifest",
            "validate_dp_certificate"]
@@ -106,7 +107,11 @@ def validate_dp_certificate(certificate: Mapping[str, Any], *, sites: Sequence[s
 
     Shape: {"unit_of_privacy": str, "accountant": str, "sites": {site: {"epsilon": float,
     "delta": float, "phases": [{"q": float, "sigma": float, "steps": int, "clip": float}]}}};
-    every contributing site must have an entry.
+    every contributing site must have an entry. ``epsilon`` is what this study's phases
+    compose to. A site's entry may also carry ``total_epsilon`` (everything the site's ledger
+    recorded, this study included: never below ``epsilon``), its signed ``ledger_head``
+    (site, dataset, entries, hash, signature; it must name the site) and
+    ``ledger_head_check`` (how the coordinator checked the signature), which come together.
     """
     where = "publish: dp_certificate"
     if not isinstance(certificate, Mapping):
@@ -143,9 +148,43 @@ def validate_dp_certificate(certificate: Mapping[str, Any], *, sites: Sequence[s
                                "sigma": _number(phase["sigma"], f"{pat}['sigma']", low=0.0, open_low=True),
                                "steps": steps,
                                "clip": _number(phase["clip"], f"{pat}['clip']", low=0.0, open_low=True)})
-        out_sites[str(site)] = {"epsilon": epsilon, "delta": delta, "phases": out_phases}
+        out_sites[str(site)] = {"epsilon": epsilon, "delta": delta, "phases": out_phases, **_site_totals(claim, at, str(site), epsilon)}
     return {"unit_of_privacy": certificate["unit_of_privacy"],
             "accountant": certificate["accountant"], "sites": out_sites}
+
+
+def _site_totals(claim: Mapping[str, Any], at: str, site: str, epsilon: float) -> dict[str, Any]:
+    """The optional total epsilon and signed ledger head of one site's claim, checked."""
+    unknown = sorted(set(claim) - {"epsilon", "delta", "phases", "total_epsilon", "ledger_head", "ledger_head_check"})
+    if unknown:
+        raise RegistryError(f"{at} has unknown keys {unknown}")
+    out: dict[str, Any] = {}
+    if "total_epsilon" in claim:
+        total = _number(claim["total_epsilon"], f"{at}['total_epsilon']", low=0.0)
+        if total < epsilon * (1 - 1e-9):
+            raise RegistryError(f"{at}['total_epsilon']={total!r} is below this study's epsilon {epsilon!r}: "
+                                "a site's total composes this study's events with every earlier one")
+        out["total_epsilon"] = total
+    if ("ledger_head" in claim) != ("ledger_head_check" in claim):
+        raise RegistryError(f"{at}: 'ledger_head' and 'ledger_head_check' come together (the head, and how its signature was checked)")
+    if "ledger_head" in claim:
+        head = claim["ledger_head"]
+        try:
+            parsed = protocol.LedgerHead.from_record(head) if isinstance(head, Mapping) else None
+        except ProtocolError as error:
+            raise RegistryError(f"{at}['ledger_head'] is not a signed ledger head: {error}") from None
+        if parsed is None:
+            raise RegistryError(f"{at}['ledger_head'] must be a dict with site, dataset, entries, hash, signature")
+        if parsed.site != site:
+            raise RegistryError(f"{at}['ledger_head'] names site {parsed.site!r}, not {site!r}")
+        if "total_epsilon" not in claim:
+            raise RegistryError(f"{at}: a certificate with a ledger head states the site's total_epsilon at that head")
+        check = claim["ledger_head_check"]
+        if not isinstance(check, str) or not check:
+            raise RegistryError(f"{at}['ledger_head_check']={check!r} must be a non-empty string")
+        out["ledger_head"] = parsed.to_record()
+        out["ledger_head_check"] = check
+    return out
 
 
 def _metrics(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -8,7 +8,7 @@ import pytest
 
 from flsuite.config import compose_study
 from flsuite.privacy import PrivacyLedger, epsilon
-from flsuite.registry import verify_registry
+from flsuite.registry import Registry, verify_registry
 from flsuite.simulation import run_local_study
 from tests.conftest import run_cli
 
@@ -53,6 +53,21 @@ def test_a_second_study_on_the_same_data_starts_from_what_was_spent(tmp_path):
         assert spent_first < spent_second < 2 * spent_first + 1e-9  # composes, and not worse than adding
     plan = (tmp_path / "b" / "privacy_plan.csv").read_text()
     assert "prior_epsilon" in plan and ",0.0," not in plan.splitlines()[1]
+
+
+def test_the_second_studys_certificate_shows_this_study_and_each_sites_total_from_its_ledger(tmp_path):
+    """Issue 11.10: an auditor reads per-study epsilon and the site's total over every recorded event."""
+    run_local_study(study(tmp_path, "experiment=smoke"), tmp_path / "a")
+    second = run_local_study(study(tmp_path, "experiment=smoke"), tmp_path / "b")
+    with Registry.open(second["registry"]) as registry:
+        certificate = registry.version(second["final_version"]).dp_certificate
+    assert set(certificate["sites"]) == {f"site-{i}" for i in range(5)}
+    for name, claim in certificate["sites"].items():
+        events = PrivacyLedger(tmp_path / "sites" / name / "ledger.jsonl").events()
+        from_ledger = epsilon(events, delta=claim["delta"], accountant=certificate["accountant"])
+        assert claim["epsilon"] < claim["total_epsilon"]
+        assert claim["total_epsilon"] == pytest.approx(from_ledger, rel=1e-6)
+        assert claim["total_epsilon"] == pytest.approx(second["privacy"]["sites"][name]["epsilon_spent"], rel=1e-6)
 
 
 @pytest.mark.parametrize("secagg", ["none", "secure"])
