@@ -32,7 +32,6 @@ __all__ = [
     "IDENTITIES_FILE",
     "IDENTITY_KEY",
     "LABEL_COLUMN",
-    "LEDGER_HEAD",
     "LEDGER_PATH",
     "MASKED_RECORD",
     "MASKED_TRAIN",
@@ -87,7 +86,6 @@ METRICS = "metrics"  # MetricRecord: what the site reports about its training
 SITE = "site"  # ConfigRecord: the site's status (SiteStatus)
 DP_EVENT = "dp"  # ConfigRecord: the DP event the site recorded for this reply
 REFUSAL = "refusal"  # ConfigRecord: the site's typed refusal (Refusal), instead of an update
-LEDGER_HEAD = "ledger-head"  # ConfigRecord: the site's signed ledger head (LedgerHead), with every DP reply
 SECAGG_RECORD = "secagg"  # ConfigRecord: a secure-aggregation stage request or reply
 MASKED_RECORD = "secagg-masked"  # ArrayRecord: the masked update vector, under "masked"
 SECAGG_STATE = "flsuite.secagg"  # ConfigRecord in the site's context.state: its round state

@@ -46,12 +46,8 @@ class StatusReplies:
 
 
 def ledger_head_of(status: protocol.SiteStatus | None, content: RecordDict) -> protocol.LedgerHead | None:
-    """The signed ledger head a reply carries: in its status, or as its own record; ProtocolError when malformed."""
-    head = getattr(status, "ledger_head", None)
-    if head is not None:
-        return head
-    record = content.config_records.get(protocol.LEDGER_HEAD)
-    return None if record is None else protocol.LedgerHead.from_record(dict(record))
+    """The signed ledger head a reply carries in its status (None without one)."""
+    return None if status is None else status.ledger_head
 
 
 def status_replies(grid: Grid, node_ids: list[int], *, timeout: float) -> StatusReplies:

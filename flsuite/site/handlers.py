@@ -164,5 +164,5 @@ def handle_query(msg: Message, context: Context) -> Message:
     if setup.study.privacy.enabled:
         from flsuite.site.privacy_guard import site_privacy
 
-        status = site_privacy(context.node_config, site=setup.name, features=setup.data.features, labels=setup.data.labels, study=setup.study).status()
+        status = site_privacy(context.node_config, site=setup.name, labels=setup.data.labels, study=setup.study).status()
     return Message(RecordDict({protocol.SITE: ConfigRecord(status.to_record())}), reply_to=msg)

@@ -111,14 +111,13 @@ class SitePrivacy:
             self.anchor.write(self.ledger.cancel(reservation, reason))
 
 
-def site_privacy(node: Mapping[str, Any], *, site: str, labels, study, features=None) -> SitePrivacy:
+def site_privacy(node: Mapping[str, Any], *, site: str, labels, study) -> SitePrivacy:
     """The site's privacy guard from its OWN node config: cap, delta, dataset, ledger, identity key.
 
     Nothing the coordinator sends names the budget's key or the cap: the study contributes
-    only its accountant. ``labels`` gives the record count; ``features`` is not read (the
-    budget belongs to the declared dataset, never to the bytes of a study's view of it).
+    only its accountant. ``labels`` gives the record count; the records themselves are not
+    read (the budget belongs to the declared dataset, never to the bytes of a study's view of it).
     """
-    del features
     for key, what in (
         (protocol.LEDGER_PATH, "a privacy ledger on its own disk (set ledger in the site config)"),
         (protocol.MAX_EPSILON, "its own privacy cap (set privacy.max_epsilon in the site config)"),

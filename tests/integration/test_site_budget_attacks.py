@@ -69,9 +69,9 @@ def test_float64_rows_and_a_new_partition_change_nothing_about_the_key(tmp_path)
     study = compose_study([f"sites_dir={tmp_path}", "experiment=smoke", "secagg=none"])
     prepare_simulated_sites(tmp_path, study)
     node = simulated_node_config(tmp_path, 0, study=study)
-    x, y = load_breast_cancer(return_X_y=True)
-    guard32 = site_privacy(node, site="site-0", features=x.astype(np.float32), labels=y, study=study)
-    guard64 = site_privacy(node, site="site-0", features=x.astype(np.float64), labels=y, study=study)
+    _, y = load_breast_cancer(return_X_y=True)
+    guard32 = site_privacy(node, site="site-0", labels=y.astype(np.int32), study=study)
+    guard64 = site_privacy(node, site="site-0", labels=y.astype(np.int64), study=study)
     assert guard32.dataset == guard64.dataset == "site-0"
     repartitioned = compose_study([f"sites_dir={tmp_path}", "experiment=smoke", "secagg=none", "data.dirichlet_alpha=0.6"])
     assert simulated_node_config(tmp_path, 0, study=repartitioned)[protocol.DATASET] == "site-0"

@@ -22,8 +22,9 @@ from flsuite.data.study_data import model_shape, split_study
 from flsuite.flower import InProcessGrid, new_run
 from flsuite.models.weights import load_arrays, model_to_arrays
 from flsuite.models.zoo import build_model
+from flsuite.secagg import generate_identity
 from flsuite.simulation import run_local_study
-from flsuite.site import build_client_app
+from flsuite.site import build_client_app, ensure_site_ledger
 
 SIGMA = 2.0
 
@@ -35,7 +36,17 @@ def one_step_site(tmp_path):
     probe = compose_study(base)
     records = len(split_study(probe.data, 1).sites[0])
     study = compose_study([f"sites_dir={tmp_path}", *base, f"training.batch_size={records}"])
-    node = {protocol.PARTITION_ID: 0, protocol.SITE_NAME: "hospital-a", protocol.LEDGER_PATH: str(tmp_path / "ledger.jsonl")}
+    key = tmp_path / "identity.key"
+    generate_identity(key)
+    ensure_site_ledger(tmp_path / "ledger.jsonl", site="hospital-a", dataset="hospital-a", identity_key=key)
+    node = {
+        protocol.PARTITION_ID: 0,
+        protocol.SITE_NAME: "hospital-a",
+        protocol.LEDGER_PATH: str(tmp_path / "ledger.jsonl"),
+        protocol.IDENTITY_KEY: str(key),
+        protocol.MAX_EPSILON: 1000.0,
+        protocol.DELTA: 1e-5,
+    }
     grid = InProcessGrid.for_client_app(build_client_app(), run=new_run(7, to_run_config(study)), node_configs=[node])
     return study, grid, split_study(study.data, 1).sites[0]
 

@@ -46,11 +46,12 @@ class Site:
         self.events: list[protocol.DpEvent] = []
         self.trained: list[int] = []
 
-    def status(self) -> protocol.SiteStatus:
+    def status(self, *, lying: bool = False) -> protocol.SiteStatus:
         if not self.private:
             return protocol.SiteStatus(name=self.name, records=RECORDS)
+        head = self.head(lying=lying) if self.send_head and not (lying and self.lie == "no-head") else None
         return protocol.SiteStatus(name=self.name, records=RECORDS, max_epsilon=self.cap, delta=DELTA, spent_epsilon=0.0,
-                                   prior_events=tuple(self.events))
+                                   prior_events=tuple(self.events), ledger_head=head)
 
     def head(self, *, lying: bool) -> protocol.LedgerHead:
         unsigned = protocol.LedgerHead(site=self.name, dataset="records", entries=len(self.events), hash="ab" * 32, signature="00")
@@ -63,10 +64,7 @@ class Site:
                                    signature=key.sign(unsigned.payload()).hex())
 
     def records(self, *, lying: bool = False) -> dict[str, ConfigRecord]:
-        out = {protocol.SITE: ConfigRecord(self.status().to_record())}
-        if self.private and self.send_head and not (lying and self.lie == "no-head"):
-            out[protocol.LEDGER_HEAD] = ConfigRecord(self.head(lying=lying).to_record())
-        return out
+        return {protocol.SITE: ConfigRecord(self.status(lying=lying).to_record())}
 
     def query(self, msg: Message, context: Context) -> Message:
         return Message(RecordDict(self.records()), reply_to=msg)
@@ -79,7 +77,7 @@ class Site:
         sigma = float(config[protocol.NOISE_MULTIPLIER]) * (0.5 if self.lie == "low-sigma" else 1.0)
         schedule = poisson_schedule(records=RECORDS, batch_size=study.training.batch_size, local_epochs=study.training.local_epochs)
         event = protocol.DpEvent(
-            study_id=study.name, run_id=str(RUN_ID), round=server_round, site=self.name, data_fingerprint="records",
+            study_id=study.name, run_id=str(RUN_ID), round=server_round, site=self.name, dataset="records",
             sample_rate=schedule.sample_rate, noise_multiplier=sigma, steps=schedule.steps_per_round,
             max_grad_norm=study.privacy.max_grad_norm, delta=DELTA, accountant=study.privacy.accountant, rng="test", recorded_at=utc_now_iso(),
         ) if self.private else None
@@ -98,7 +96,7 @@ class Site:
 
 def old_event(site: str, index: int) -> protocol.DpEvent:
     """An event of an earlier study."""
-    return protocol.DpEvent(study_id="earlier", run_id=str(index), round=1, site=site, data_fingerprint="records", sample_rate=0.1,
+    return protocol.DpEvent(study_id="earlier", run_id=str(index), round=1, site=site, dataset="records", sample_rate=0.1,
                             noise_multiplier=5.0, steps=10, max_grad_norm=2.0, delta=DELTA, accountant="prv", rng="test",
                             recorded_at=utc_now_iso())
 
