@@ -91,7 +91,12 @@ def reset_ledger(ledger: Path, *, site: str, dataset: str, identity_key: Path) -
 
 
 def _log_line(ledger: Path, record: dict) -> Path:
-    path = reset_log_path(ledger)
+    return log_reset(reset_log_path(ledger), record)
+
+
+def log_reset(path: Path, record: dict) -> Path:
+    """Append one JSON line (with the time and the operator) to a reset log, durably."""
+    record = {"at": utc_now_iso(), "operator": _operator(), **record}
     with path.open("a", encoding="utf-8") as log:
         log.write(json.dumps(record, sort_keys=True) + "\n")
         log.flush()

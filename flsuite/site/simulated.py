@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,13 +133,20 @@ def prepare_simulated_sites(sites_dir: Path, study: StudyConfig) -> None:
     new site folder its site config and its ledger's genesis anchor; check the study against
     the existing ones (PlanError before anything runs)."""
     names = [simulated_site_name(index) for index in range(study.federation.num_sites)]
-    for name in names if study.privacy.enabled else ():  # every existing site, before anything is written
-        folder = site_folder(sites_dir, name)
-        if (folder / SITE_CONFIG_FILE).exists():
-            check_study_privacy(read_site_config(folder), study, folder)
-    sites_dir.mkdir(parents=True, exist_ok=True)
     pinned_path = sites_dir / PINNED_FILE
     pinned = load_pinned_identities(pinned_path) if pinned_path.exists() else {}
+    for name in names:  # every existing site, before anything is written
+        folder = site_folder(sites_dir, name)
+        if name in pinned and not ((folder / IDENTITY_FILE).exists() and (folder / SITE_CONFIG_FILE).exists()):
+            # A site that lost its folder must not come back from 0 spent unnoticed.
+            raise PlanError(
+                f"simulated site {name!r} is pinned in {pinned_path} but its folder {folder} lost its identity key or "
+                "site config, so what it already spent is unknown. Only the operator can start it over: "
+                f"`flsuite site reset-ledger --sites-dir {sites_dir} --site {name} --yes` (logged)."
+            )
+        if study.privacy.enabled and (folder / SITE_CONFIG_FILE).exists():
+            check_study_privacy(read_site_config(folder), study, folder)
+    sites_dir.mkdir(parents=True, exist_ok=True)
     changed = False
     for index in range(study.federation.num_sites):
         name = simulated_site_name(index)
@@ -166,10 +174,35 @@ def reset_simulated_ledger(sites_dir: Path, name: str):  # noqa: ANN201 (a Ledge
     from flsuite.site.ledger_admin import reset_ledger
 
     folder = site_folder(Path(sites_dir), name)
+    if not ((folder / IDENTITY_FILE).exists() and (folder / SITE_CONFIG_FILE).exists()):
+        return _forget_lost_site(Path(sites_dir), name)
     site = read_site_config(folder)
     if site.name != name:
         raise ConfigError(f"{folder / SITE_CONFIG_FILE} names site {site.name!r}, not {name!r}")
     return reset_ledger(folder / LEDGER_FILE, site=site.name, dataset=site.dataset, identity_key=folder / IDENTITY_FILE)
+
+
+def _forget_lost_site(sites_dir: Path, name: str):  # noqa: ANN202 (a LedgerReset)
+    """A simulated site whose folder was lost: archive what is left, drop its pin, log it; the
+    next study gives it a new folder (new identity, genesis ledger)."""
+    from flsuite.site.ledger_admin import LedgerReset, log_reset
+
+    folder = site_folder(sites_dir, name)
+    pinned_path = sites_dir / PINNED_FILE
+    pinned = load_pinned_identities(pinned_path) if pinned_path.exists() else {}
+    if name not in pinned and not folder.exists():
+        raise ConfigError(f"there is no simulated site {name!r} under {sites_dir}")
+    archived: tuple[Path, ...] = ()
+    if folder.exists():
+        target = folder.with_name(f"{folder.name}.archived-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}")
+        folder.rename(target)
+        archived = (target,)
+    if name in pinned:
+        del pinned[name]
+        write_pinned_identities(pinned_path, pinned)
+    ledger = folder / LEDGER_FILE
+    log_file = log_reset(sites_dir / "reset.log", {"action": "forget-lost-site", "site": name, "archived": [str(p) for p in archived]})
+    return LedgerReset(ledger=ledger, archived=archived, old_state="lost with its folder (unknown spend)", log_file=log_file)
 
 
 def simulated_site_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

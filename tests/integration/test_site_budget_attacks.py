@@ -175,3 +175,21 @@ def test_only_the_explicit_reset_command_starts_a_cut_ledger_over_and_it_archive
     assert '"action": "reset"' in (tmp_path / "site-0" / "ledger.jsonl.reset.log").read_text()
     status = site_privacy(node, site="site-0", labels=np.zeros(400), study=study).status()
     assert status.prior_events == () and status.ledger_head.entries == 0
+
+
+def test_deleting_a_simulated_sites_whole_folder_does_not_start_it_over_unnoticed(tmp_path):
+    import shutil
+
+    study = compose_study([f"sites_dir={tmp_path}", "experiment=smoke", "secagg=none", "privacy.accountant=rdp"])
+    prepare_simulated_sites(tmp_path, study)
+    node = simulated_node_config(tmp_path, 0, study=study)
+    site_privacy(node, site="site-0", labels=np.zeros(400), study=study).reserve(_projected(steps=10))
+    shutil.rmtree(tmp_path / "site-0")  # identity key, site config, ledger and anchor: all gone
+    with pytest.raises(PlanError, match="reset-ledger"):
+        prepare_simulated_sites(tmp_path, study)
+    assert not (tmp_path / "site-0").exists()  # refused before anything was written
+    done = CliRunner().invoke(site_app, ["reset-ledger", "--sites-dir", str(tmp_path), "--site", "site-0", "--yes"])
+    assert done.exit_code == 0, done.output
+    assert '"action": "forget-lost-site"' in (tmp_path / "reset.log").read_text()
+    prepare_simulated_sites(tmp_path, study)  # after the logged reset: a new site
+    assert site_privacy(simulated_node_config(tmp_path, 0, study=study), site="site-0", labels=np.zeros(400), study=study).status().prior_events == ()
