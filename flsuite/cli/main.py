@@ -12,6 +12,7 @@ import typer
 
 from flsuite.cli.deployment_commands import coordinator_app, site_app
 from flsuite.cli.launch import LAUNCH_CONTEXT, LAUNCH_HELP, launch
+from flsuite.cli.ledger_commands import audit_ledger_command
 from flsuite.cli.pki_commands import pki_app
 from flsuite.cli.privacy_commands import privacy_app
 from flsuite.cli.registry_commands import audit_app, registry_app
@@ -53,6 +54,7 @@ app.command(
 app.command("launch", help=LAUNCH_HELP, context_settings=LAUNCH_CONTEXT)(launch)
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(registry_app, name="registry", help="List, inspect, promote, roll back and export model versions.")
+audit_app.command("ledger")(audit_ledger_command)
 app.add_typer(audit_app, name="audit", help="Verify a registry offline and review every site's privacy spend.")
 app.add_typer(pki_app, name="pki", help="Issue the federation's CA, coordinator certificate and site bundles.")
 app.add_typer(coordinator_app, name="coordinator", help="Start and stop the coordinator (Flower SuperLink with TLS and node auth).")

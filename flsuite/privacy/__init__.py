@@ -25,6 +25,7 @@ from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 # The anchor signs the contract's LedgerHead; flsuite.protocol imports this package, so the
 # anchor's names load on first use.
 _ANCHOR = ("RESET_HINT", "LedgerAnchor", "anchor_path", "sign_head", "verify_head")
+_LEDGER_AUDIT = ("LedgerAudit", "audit_ledger", "pld_epsilon")
 _TRAINING = (
     "DpTrainingResult",
     "check_dp_compatible",
@@ -58,6 +59,7 @@ __all__ = [
     "valid_dataset_name",
     "validate_accountant",
     *_ANCHOR,
+    *_LEDGER_AUDIT,
     *_TRAINING,
 ]
 
@@ -67,6 +69,10 @@ def __getattr__(name: str) -> Any:
         from flsuite.privacy import anchor
 
         return getattr(anchor, name)
+    if name in _LEDGER_AUDIT:
+        from flsuite.privacy import ledger_audit
+
+        return getattr(ledger_audit, name)
     if name in _TRAINING:
         from flsuite.privacy import dp_training
 

@@ -1,0 +1,107 @@
+"""An auditor's check of one site's privacy ledger, offline, against the head the site signed.
+
+Given a site's ledger (a copy is enough), its anchored head (``<ledger>.head``) and the
+site's pinned public identity, it checks that the hash chain verifies, that the anchored
+head is signed by that identity, and that the ledger holds exactly what was signed (not
+cut, not rewritten); then it recomputes the site's total epsilon from every charged event
+(final events and open reservations) with Google's dp_accounting PLD accountant, an
+accountant flsuite did not write. Pure: no torch, no flwr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from flsuite.errors import FlsuiteError, ProtocolError
+from flsuite.privacy.anchor import anchor_path, verify_head
+from flsuite.privacy.events import DpEvent
+from flsuite.privacy.ledger import PrivacyLedger
+from flsuite.protocol import LedgerHead
+
+__all__ = ["LedgerAudit", "audit_ledger", "pld_epsilon"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerAudit:
+    """What the auditor found; ``ok`` only when every check passed."""
+
+    ledger: Path
+    entries: int
+    head_hash: str
+    anchored: LedgerHead | None
+    signature: str  # "verified", "not signed by the pinned identity", "not checked: ..."
+    problems: tuple[str, ...]
+    charged: tuple[DpEvent, ...]
+    delta: float | None
+    epsilon_pld: float | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {
+            "ledger": str(self.ledger),
+            "ok": self.ok,
+            "entries": self.entries,
+            "head_hash": self.head_hash,
+            "anchored_head": self.anchored.to_record() if self.anchored else None,
+            "signature": self.signature,
+            "problems": list(self.problems),
+            "charged_events": len(self.charged),
+            "delta": self.delta,
+            "epsilon_pld": self.epsilon_pld,
+        }
+
+
+def pld_epsilon(events: tuple[DpEvent, ...], delta: float) -> float:
+    """Epsilon of every event composed, by dp_accounting's PLD accountant (pessimistic estimate)."""
+    import dp_accounting
+    from dp_accounting import pld
+
+    if not events:
+        return 0.0
+    accountant = pld.PLDAccountant()
+    for event in events:
+        q, sigma, steps = event.phase
+        if steps:
+            accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    return float(accountant.get_epsilon(delta))
+
+
+def audit_ledger(ledger: str | Path, *, public_key: bytes | None) -> LedgerAudit:
+    """Check one ledger against its anchored head and recompute its spend with PLD."""
+    ledger = Path(ledger)
+    problems: list[str] = []
+    try:
+        state = PrivacyLedger(ledger).state()
+    except FlsuiteError as error:
+        return LedgerAudit(ledger, 0, "", None, "not checked: the ledger does not verify", (str(error),), (), None, None)
+    anchored = _read_anchor(anchor_path(ledger), problems)
+    signature = "not checked: no pinned identity given"
+    if anchored is not None:
+        if public_key is not None:
+            signature = "verified" if verify_head(anchored, public_key) else "not signed by the pinned identity"
+            if signature != "verified":
+                problems.append(f"the anchored head is {signature}")
+        if state.head.entries < anchored.entries:
+            problems.append(f"the ledger holds {state.head.entries} entries, fewer than the {anchored.entries} its site signed (cut)")
+        elif state.hash_at(anchored.entries) != anchored.hash:
+            problems.append(f"entry {anchored.entries} differs from the head its site signed (rewritten)")
+    charged = state.charged()
+    deltas = {event.delta for event in charged}
+    delta = max(deltas) if deltas else None
+    epsilon = pld_epsilon(charged, delta) if delta is not None else 0.0
+    return LedgerAudit(ledger, state.head.entries, state.head.hash, anchored, signature, tuple(problems), charged, delta, epsilon)
+
+
+def _read_anchor(path: Path, problems: list[str]) -> LedgerHead | None:
+    try:
+        return LedgerHead.from_record(json.loads(path.read_text()))
+    except FileNotFoundError:
+        problems.append(f"no anchored head at {path}: the ledger cannot be checked against what its site signed")
+    except (ValueError, ProtocolError) as error:
+        problems.append(f"the anchored head {path} is malformed ({error})")
+    return None
