@@ -80,7 +80,7 @@ def running_pid(files: ProcessFiles, *, program: str) -> int | None:
         started = record.get("started")
     except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if recorded_program != program:
+    if pid <= 0 or recorded_program != program:  # kill(0) and kill(-1) reach whole groups
         return None
     if started is not None:
         return pid if _alive(pid) and _start_stamp(pid) == started else None

@@ -80,6 +80,14 @@ def test_a_reused_pid_running_the_same_program_is_not_ours(tmp_path: Path) -> No
         other.wait()
 
 
+@pytest.mark.parametrize("pid", [0, -1])
+def test_a_pid_file_naming_a_process_group_or_everyone_is_ignored(tmp_path: Path, pid: int) -> None:
+    # kill(0, sig) signals our own process group, kill(-1, sig) every process we may signal.
+    files = ProcessFiles(tmp_path, "sleeper")
+    files.pid_file.write_text(json.dumps({"pid": pid, "program": "sleep"}))
+    assert running_pid(files, program="sleep") is None
+
+
 @contextmanager
 def sigterm_ignored() -> Iterator[None]:
     """Children started inside ignore SIGTERM from their first instruction (dispositions survive exec)."""
