@@ -1,9 +1,12 @@
 """Background processes that flsuite starts and later stops by the PID it recorded.
 
 A started process gets its own session, a log file and a pid file in its state folder.
-Stopping reads the pid file, checks that the PID still runs the program we started
-(a PID can be reused after a reboot), sends SIGTERM, waits, and only then SIGKILLs. Child
-processes Flower spawns in their own sessions (SuperExec, app processes) are found
+The pid file records when the process started (boot id and start time, fixed at fork);
+stopping signals the PID only while it is still that process, since a PID can be reused
+(after a reboot even by another copy of the same program). The command line cannot tell:
+Linux shows it empty until the child has finished execve, after Popen has returned.
+Stopping sends SIGTERM, waits, SIGKILLs what is left and returns once all have exited.
+Child processes Flower spawns in their own sessions (SuperExec, app processes) are found
 through /proc before the signal and stopped the same way.
 """
 
@@ -65,11 +68,22 @@ def flower_environment(extra: Mapping[str, str] = ()) -> dict[str, str]:
 
 
 def running_pid(files: ProcessFiles, *, program: str) -> int | None:
-    """The PID in the pid file if that process is alive and runs `program`, else None."""
+    """The PID in the pid file if that process is alive and is the `program` we started, else None.
+
+    A pid file without a start stamp (written before flsuite recorded one, or where /proc is
+    missing) falls back to the command line: the PID must run `program`.
+    """
     try:
-        pid = int(json.loads(files.pid_file.read_text())["pid"])
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        record = json.loads(files.pid_file.read_text())
+        pid = int(record["pid"])
+        recorded_program = record.get("program", program)
+        started = record.get("started")
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
         return None
+    if pid <= 0 or recorded_program != program:  # kill(0) and kill(-1) reach whole groups
+        return None
+    if started is not None:
+        return pid if _alive(pid) and _start_stamp(pid) == started else None
     return pid if _runs(pid, program) else None
 
 
@@ -93,8 +107,10 @@ def start_process(
             start_new_session=True,
             cwd=files.state_dir,
         )
+    # Our unreaped child keeps its PID, so this is its stamp even if it already exited.
+    record = {"pid": process.pid, "program": program, "started": _start_stamp(process.pid), "command": list(command)}
     tmp = files.pid_file.with_suffix(".pid.tmp")
-    tmp.write_text(json.dumps({"pid": process.pid, "program": program, "command": list(command)}))
+    tmp.write_text(json.dumps(record))
     os.replace(tmp, files.pid_file)
     return process
 
@@ -111,18 +127,39 @@ def stop_process(files: ProcessFiles, *, program: str, timeout: float = 15.0) ->
     return pid
 
 
+KILL_GRACE = 5.0  # seconds a SIGKILLed process may take to exit: it has to be scheduled once more
+
+
 def terminate(pids: Sequence[int], *, timeout: float = 15.0, sleep: Callable[[float], None] = time.sleep) -> None:
-    """SIGTERM each PID, wait up to timeout for all to exit, then SIGKILL what is left."""
+    """SIGTERM each PID, wait up to timeout for all to exit, then SIGKILL what is left.
+
+    Returns once every PID has exited and our own children are reaped, or KILL_GRACE seconds
+    after the SIGKILL if one is stuck in the kernel (it exits when it leaves, SIGKILL pending).
+    """
     for pid in pids:
         _signal(pid, signal.SIGTERM)
+    left = _wait_exited(pids, timeout=timeout, sleep=sleep)
+    for pid in left:
+        _signal(pid, signal.SIGKILL)
+    # SIGKILL is only queued: the process exits when it next runs, so a reap right away misses it.
+    _wait_exited(left, timeout=KILL_GRACE, sleep=sleep)
+
+
+def _wait_exited(pids: Sequence[int], *, timeout: float, sleep: Callable[[float], None]) -> list[int]:
+    """Wait up to timeout until every PID has exited; return those still running.
+
+    A PID seen exiting is never looked at again: once reaped it may belong to another process.
+    Polls at 1 ms, doubling up to 100 ms: most processes exit within milliseconds of the signal.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        sleep(0.1)
-    for pid in pids:
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
-    for pid in pids:
-        _reap(pid)
+    left, interval = list(pids), 0.001
+    while True:
+        left = [pid for pid in left if not _exited(pid)]
+        remaining = deadline - time.monotonic()
+        if not left or remaining <= 0:
+            return left
+        sleep(min(interval, remaining))
+        interval = min(2 * interval, 0.1)
 
 
 def descendants(pid: int) -> list[int]:
@@ -164,6 +201,20 @@ def log_tail(files: ProcessFiles, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _start_stamp(pid: int) -> str | None:
+    """When pid started, as "<boot id>:<start time in clock ticks since boot>"; None without /proc.
+
+    Set at fork and kept across exec, so it names one process of one boot from the moment
+    Popen returns, unlike the command line, which is empty until execve has finished.
+    """
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        started = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{started}"
+
+
 def _runs(pid: int, program: str) -> bool:
     if not _alive(pid):
         return False
@@ -194,8 +245,14 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _reap(pid: int) -> None:
+def _exited(pid: int) -> bool:
+    """Whether pid has exited; reaps it if it is our child.
+
+    waitpid reaps a child only once its whole thread group is gone, while /proc already shows
+    a multithreaded leader as a zombie when the leader's own thread is done.
+    """
     try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child: its parent reaps its zombie
+        return not _alive(pid)
+    return reaped == pid
