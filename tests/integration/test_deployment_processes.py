@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from flsuite.deployment.errors import DeploymentError
 from flsuite.deployment.processes import ProcessFiles, running_pid, start_process, stop_process, terminate
+from flsuite.errors import DeploymentError
 
 
 @contextmanager
