@@ -10,11 +10,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flsuite.config import compose_study, to_run_config
 from flsuite.flower import InProcessGrid, new_run
 from flsuite.simulation import run_local_study, simulated_node_configs
-from flsuite.site import build_client_app
+from flsuite.site import build_client_app, prepare_simulated_sites
 
 
 def test_a_failing_site_becomes_an_error_reply_and_an_offline_site_none(tmp_path):
-    study = compose_study(["experiment=smoke"])
+    study = compose_study(["experiment=smoke", f"sites_dir={tmp_path}"])
+    prepare_simulated_sites(tmp_path, study)
     run = new_run(1, to_run_config(study))
     grid = InProcessGrid.for_client_app(build_client_app(), run=run, node_configs=simulated_node_configs(study))
     nodes = list(grid.get_node_ids())
