@@ -81,8 +81,9 @@ class FederationConfig(Section):
     max_update_norm: float = Field(
         100.0,
         gt=0,
-        description="the largest L2 norm of a site's update (its weights minus the global model's) that a plain round "
-        "averages; a reply beyond it is rejected. Honest updates of the default study reach about NORM",
+        description="the largest L2 norm of a site's update (its weights minus the global model's) that a round "
+        "averages; a reply beyond it is rejected. Measured largest honest update (10 or 15 rounds x 5 sites): "
+        "6.1 in the default study (DP-SGD noise), 1.7 without DP, 4.0 in experiment=digits_dp, 1.3 digits MLP, 1.9 digits CNN",
     )
     max_site_records: int = Field(
         10_000_000,
