@@ -14,10 +14,9 @@ the clip range fill. A garbage or shifted masked vector leaves one or both.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
