@@ -78,6 +78,18 @@ class FederationConfig(Section):
     fraction_sites: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(3, ge=1)
     round_timeout_s: float = Field(600.0, gt=0)
+    max_update_norm: float = Field(
+        100.0,
+        gt=0,
+        description="the largest L2 norm of a site's update (its weights minus the global model's) that a round "
+        "averages; a reply beyond it is rejected. Measured largest honest update (10 or 15 rounds x 5 sites): "
+        "6.1 in the default study (DP-SGD noise), 1.7 without DP, 4.0 in experiment=digits_dp, 1.3 digits MLP, 1.9 digits CNN",
+    )
+    max_site_records: int = Field(
+        10_000_000,
+        ge=1,
+        description="the most training records a site may declare; its declared count is its aggregation weight",
+    )
     strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
     proximal_mu: float = Field(0.01, ge=0)
     server_learning_rate: float = Field(0.1, gt=0)

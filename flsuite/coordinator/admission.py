@@ -7,10 +7,11 @@ outputs), or it is left out with its reason; it is never sent a train request un
 
 ``DpAdmission.check_reply`` accepts a train reply only when its DP event matches what was
 planned for that site (study, round, q, sigma, steps per round, clip C =
-``privacy.max_grad_norm``, delta) and, when the study's sites send signed ledger heads (a
-planning status carried one), its head is there, names the site and its dataset, never
-shrinks, and its signature verifies against the site's pinned identity
-(``sites_dir/identities.json``). A reply that fails is rejected: left out of the average
+``privacy.max_grad_norm``, delta), its status declares the record count it was planned
+with (``declared``: the site's aggregation weight), and, when the study's sites send
+signed ledger heads (a planning status carried one), its head is there, names the site
+and its dataset, never shrinks, and its signature verifies against the site's pinned
+identity (``sites_dir/identities.json``). A reply that fails is rejected: left out of the average
 and recorded with its reason. Without a pinned identities file (a deployment without one)
 a head is recorded as unverified, never claimed as verified.
 """
@@ -55,6 +56,7 @@ class PlannedSite:
     max_grad_norm: float
     delta: float
     admitted_round: int  # 0: planned before round 1
+    records: int = 0  # the record count its planning status declared: its aggregation weight
 
     def mismatches(self, event: protocol.DpEvent, *, study_id: str, server_round: int) -> list[str]:
         """How ``event`` differs from this plan (empty: it matches)."""
@@ -178,6 +180,11 @@ class DpAdmission:
                 self._plan_changed()
         return [n for n in available if n in self.planned]
 
+    @property
+    def declared(self) -> Mapping[int, int]:
+        """Each planned node's record count, as its planning status declared it: its aggregation weight."""
+        return _PlannedRecords(self.planned)
+
     def site_configs(self, server_round: int, cohort: list[int]) -> dict[int, dict[str, Any]]:
         """Each planned node's sigma, in its train config."""
         return {node: {protocol.NOISE_MULTIPLIER: self.planned[node].noise_multiplier} for node in cohort if node in self.planned}
@@ -197,6 +204,8 @@ class DpAdmission:
             return f"the reply's site status is unusable ({error})"
         if status.name != planned.name:
             return f"the reply names site {status.name!r}, but node {node} was planned as {planned.name!r}"
+        if status.records != planned.records:
+            return f"the reply's status declares {status.records} records, the site was planned with {planned.records}"
         event_record = content.config_records.get(protocol.DP_EVENT)
         if event_record is None:
             return f"no DP event: site {planned.name!r} was planned for DP-SGD with sigma {planned.noise_multiplier:.4g}"
@@ -261,6 +270,7 @@ class DpAdmission:
             max_grad_norm=self.study.privacy.max_grad_norm,
             delta=float(status.delta),  # type: ignore[arg-type]
             admitted_round=server_round,
+            records=status.records,
         )
         self.rows.append(row)
         self.prior_events[status.name] = status.prior_events
@@ -280,3 +290,19 @@ class DpAdmission:
     def _plan_changed(self) -> None:
         if self.on_plan is not None:
             self.on_plan(list(self.rows))
+
+
+class _PlannedRecords(Mapping[int, int]):
+    """A live view of the planned nodes' record counts (late sites appear as they are planned)."""
+
+    def __init__(self, planned: Mapping[int, PlannedSite]) -> None:
+        self._planned = planned
+
+    def __getitem__(self, node: int) -> int:
+        return self._planned[node].records
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._planned)
+
+    def __len__(self) -> int:
+        return len(self._planned)

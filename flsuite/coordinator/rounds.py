@@ -9,6 +9,13 @@ refuse (privacy budget spent) are left out of later rounds; when fewer than the 
 remain the study ends cleanly. A ``ReplyCheck`` (a DP study's: ``flsuite.coordinator.admission``)
 may reject a site's train reply: it is left out of the average, recorded as a ``Rejection``,
 and the site is not asked again. An ``Admit`` hook decides which available nodes may train.
+
+Every reply is checked before it is averaged (``flsuite.coordinator.integrity``): the
+global model's array names, shapes and dtypes, finite values, an update norm within
+``federation.max_update_norm``, and an example count equal to the record count its site
+declared in its status (asked once per node, or the DP plan's): that declaration, not the
+reply, is the site's weight. A round with fewer valid replies than ``federation.min_sites``
+publishes nothing: it is recorded as aborted with its reason (``RoundRules.quorum``).
 """
 
 from __future__ import annotations
@@ -18,13 +25,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.cohort import CohortGrid, choose_cohort
+from flsuite.coordinator.integrity import DeclaredSizes, reply_weight_problem, update_problem
 from flsuite.errors import ProtocolError
 
 __all__ = [
@@ -36,6 +44,7 @@ __all__ = [
     "REJECTED_REPLY",
     "Rejection",
     "ReplyCheck",
+    "RoundRules",
     "SiteReport",
     "StudyResult",
     "TrainRound",
@@ -153,10 +162,26 @@ class RoundOutcome:
     aborted: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class RoundRules:
+    """What a round's replies are held to.
+
+    quorum: fewest valid replies the round publishes with (``federation.min_sites``);
+    declared: per node, the record count its site declared (its weight; None: a reply's
+        own positive count is taken, as when a train round is used on its own);
+    max_update_norm: the largest ||w_site - w_global|| a plain round averages (None: no bound).
+    """
+
+    quorum: int = 1
+    declared: Mapping[int, int] | None = None
+    max_update_norm: float | None = None
+
+
 class TrainRound(Protocol):
     """One round's training exchange with the cohort, aggregated by the strategy."""
 
-    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome: ...
+    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord,
+                 rules: RoundRules | None = None) -> RoundOutcome: ...
 
 
 class PlainTrainRound:
@@ -168,13 +193,16 @@ class PlainTrainRound:
         self.timeout_s = timeout_s
         self.reply_check = reply_check
 
-    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
+    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord,
+                 rules: RoundRules | None = None) -> RoundOutcome:
+        rules = rules or RoundRules()
         messages = [
             Message(RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: configs[node]}), dst_node_id=node, message_type=protocol.TRAIN)
             for node in cohort
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        trained, failures = [], len(cohort) - len(replies)
+        trained: list[Message] = []
+        failures = len(cohort) - len(replies)
         refusals: list[Refusal | Rejection] = []
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -187,16 +215,50 @@ class PlainTrainRound:
                 else:
                     refusals.append(refusal)
             else:
-                why = self.reply_check(server_round, node, reply.content) if self.reply_check else None
+                why = self._problem(server_round, node, reply.content, arrays, rules)
                 if why is None:
                     trained.append(reply)
                 else:
                     refusals.append(Rejection(round=server_round, node_id=node, name=reported_name(node, reply.content), reason=why))
-        if not trained:
-            return RoundOutcome(None, [], refusals, failures)
-        new_arrays, _ = self.strategy.aggregate_train(server_round, trained)
+        if len(trained) < rules.quorum:
+            return RoundOutcome(None, [], refusals, failures, aborted=quorum_failure(server_round, len(trained), len(cohort), rules.quorum))
+        checked = [_checked_reply(reply, rules) for reply in trained]
+        new_arrays, _ = self.strategy.aggregate_train(server_round, checked)
+        if new_arrays is None:
+            return RoundOutcome(None, [], refusals, failures, aborted={"stage": protocol.TRAIN, "reason": "the strategy produced no model"})
         sites = [site_report(reply.metadata.src_node_id, reply.content) for reply in trained]
         return RoundOutcome(new_arrays, sites, refusals, failures)
+
+    def _problem(self, server_round: int, node: int, content: RecordDict, arrays: ArrayRecord, rules: RoundRules) -> str | None:
+        """Why a train reply may not be averaged (its model, its weight, the DP plan), or None."""
+        declared = rules.declared.get(node) if rules.declared is not None else None
+        if rules.declared is not None and declared is None:
+            return f"node {node} declared no record count (its status), so it has no aggregation weight"
+        why = update_problem(arrays, content, max_update_norm=rules.max_update_norm)
+        if why is None:
+            why = reply_weight_problem(content, declared=declared)
+        if why is None and self.reply_check is not None:
+            why = self.reply_check(server_round, node, content)
+        return why
+
+
+def quorum_failure(server_round: int, valid: int, asked: int, quorum: int) -> dict[str, Any]:
+    """The record of a round aborted for want of valid replies."""
+    return {
+        "stage": protocol.TRAIN,
+        "reason": f"round {server_round}: {valid} valid repl{'y' if valid == 1 else 'ies'} from the {asked} site(s) asked, fewer than "
+        f"federation.min_sites={quorum}; nothing was published for this round",
+    }
+
+
+def _checked_reply(reply: Message, rules: RoundRules) -> Message:
+    """What the strategy sees of an accepted reply: its model and metrics, weighted by the declared count."""
+    metrics = dict(reply.content.metric_records[protocol.METRICS])
+    node = reply.metadata.src_node_id
+    if rules.declared is not None:
+        metrics[protocol.NUM_EXAMPLES] = rules.declared[node]
+    content = RecordDict({protocol.ARRAYS: reply.content.array_records[protocol.ARRAYS], protocol.METRICS: MetricRecord(metrics)})
+    return Message(content, dst_node_id=node, message_type=protocol.TRAIN)
 
 
 class RoundLoop:
@@ -215,6 +277,7 @@ class RoundLoop:
         site_configs: SiteConfigs | None = None,
         excluded: set[int] | None = None,
         admit: Admit | None = None,
+        declared: Mapping[int, int] | None = None,
     ) -> None:
         self.study = study
         self.grid = grid
@@ -226,6 +289,9 @@ class RoundLoop:
         self.arrays = initial_arrays
         self.excluded: set[int] = set(excluded or ())  # refused, rejected, or left out of the privacy plan
         self.admit = admit  # a DP study's: only planned nodes train
+        # Each node's declared record count (its weight): a DP plan's (``declared``), else its status, asked once.
+        self.sizes = DeclaredSizes(grid, timeout_s=study.federation.round_timeout_s, max_records=study.federation.max_site_records,
+                                   known=declared)
 
     def run(self) -> StudyResult:
         result = StudyResult()
@@ -234,6 +300,7 @@ class RoundLoop:
             available = [n for n in self.grid.get_node_ids() if n not in self.excluded]
             if self.admit is not None:
                 available = self.admit(server_round, available)
+            available = self._declared(server_round, available, result)
             cohort = choose_cohort(
                 available,
                 fraction=federation.fraction_sites,
@@ -257,9 +324,23 @@ class RoundLoop:
         result.arrays = self.arrays
         return result
 
+    def _declared(self, server_round: int, available: list[int], result: StudyResult) -> list[int]:
+        """The available nodes with a declared record count; a node that declares an unusable one is rejected."""
+        answers = self.sizes.declare(available)
+        for node, why in sorted(answers.rejected.items()):
+            result.refusals.append(Rejection(round=server_round, node_id=node, name=answers.names.get(node, str(node)),
+                                             reason=f"its status: {why}"))
+            self.excluded.add(node)
+        return [n for n in available if self.sizes.get(n) is not None]
+
+    def _rules(self, cohort: list[int]) -> RoundRules:
+        federation = self.study.federation
+        declared = {node: count for node in cohort if (count := self.sizes.get(node)) is not None}
+        return RoundRules(quorum=federation.min_sites, declared=declared, max_update_norm=federation.max_update_norm)
+
     def _round(self, server_round: int, cohort: list[int], result: StudyResult) -> RoundRecord | None:
         started = time.perf_counter()
-        outcome = self.train_round(server_round, cohort, self._configs(server_round, cohort), self.arrays)
+        outcome = self.train_round(server_round, cohort, self._configs(server_round, cohort), self.arrays, self._rules(cohort))
         result.refusals.extend(outcome.refusals)
         self.excluded.update(refusal.node_id for refusal in outcome.refusals)
         if outcome.aborted is not None:

@@ -10,6 +10,13 @@ A masked train reply carries its site's status and DP event in the clear next to
 masked vector. A ``reply_check`` (a DP study's) looks at them before the unmask stage: a
 reply it rejects is dropped there, like a site that fell silent, so its masked input is
 removed from the sum (its mask is reconstructed from the shares) and never averaged.
+
+Weights are the declared ones (``declared``: each node's record count from its status or
+the DP plan): a masked reply whose clear status declares another count is dropped the same
+way, and the unmasked sum must carry exactly the survivors' declared weights and lie in
+the range honest updates fill (``flsuite.secagg.quantize.sum_problem``); a sum that fails
+aborts the round and nothing is published. Fewer valid masked replies than ``quorum``
+(``federation.min_sites``) abort it before anything is unmasked.
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flsuite import protocol
-from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, refusals_from, reported_name, site_report
+from flsuite.coordinator.integrity import status_count_problem
+from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, RoundRules, refusals_from, reported_name, site_report
 from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
 from flsuite.models.weights import ModelLayout, model_digest
 from flsuite.secagg.coordinator import CoordinatorRound
@@ -67,11 +76,14 @@ class SecureRoundResult:
 
 def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int, global_arrays: ArrayRecord,
                        train_configs: Mapping[int, ConfigRecord], settings: SecAggSettings,
-                       timeout_s: float, reply_check: ReplyCheck | None = None) -> SecureRoundResult:
+                       timeout_s: float, reply_check: ReplyCheck | None = None, quorum: int = 1,
+                       declared: Mapping[int, int] | None = None) -> SecureRoundResult:
     """Train one round on ``node_ids`` and return the securely aggregated weighted average.
 
     ``reply_check(round, node, records)`` sees each masked train reply's clear records
     (status, DP event, ...) before the unmask stage; a reply it rejects is dropped there.
+    ``declared``: each node's declared record count; the unmasked total weight must be the
+    survivors' (None: not checked). ``quorum``: fewest valid masked replies to unmask.
     """
     nodes = sorted(set(node_ids))
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
@@ -81,19 +93,24 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         raise ConfigError(f"train_configs lacks a ConfigRecord for nodes {missing}")
     layout = ModelLayout.of(global_arrays)
     global_vector = layout.flatten(global_arrays)
+    if declared is not None and any(n not in declared for n in nodes):
+        raise ConfigError(f"declared lacks a record count for nodes {[n for n in nodes if n not in declared]}")
     coordinator = CoordinatorRound(settings, run_id=grid.run.run_id, server_round=server_round, cohort=nodes,
-                                   model_hash=model_digest(global_arrays), vector_length=layout.size + 1)
+                                   model_hash=model_digest(global_arrays), vector_length=layout.size + 1,
+                                   declared={n: declared[n] for n in nodes} if declared is not None else None)
     refusals: dict[int, str] = {}
     site_refusals: dict[int, protocol.Refusal] = {}
     records: dict[int, RecordDict] = {}
     rejected: dict[int, tuple[str, str]] = {}
 
     def checked(masked: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        """The masked replies the reply check accepts; the others are dropped before unmasking."""
-        if reply_check is None:
-            return masked
+        """The masked replies the checks accept; the others are dropped before unmasking."""
         for node in sorted(masked):
-            why = reply_check(server_round, node, records.get(node, RecordDict()))
+            content = records.get(node, RecordDict())
+            status = content.config_records.get(protocol.SITE)
+            why = status_count_problem(status, declared=declared[node]) if declared is not None and status is not None else None
+            if why is None and reply_check is not None:
+                why = reply_check(server_round, node, content)
             if why is not None:
                 rejected[node] = (reported_name(node, records.get(node, RecordDict())), why)
                 refusals[node] = f"{protocol.MASKED_TRAIN}: reply rejected: {why}"
@@ -144,7 +161,11 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         keys = exchange(coordinator.setup_requests(), protocol.SETUP)
         shares = exchange(coordinator.receive_keys(keys), protocol.SHARE_KEYS)
         masked = checked(exchange(coordinator.receive_shares(shares), protocol.MASKED_TRAIN))
-        unmasks = exchange(coordinator.receive_masked(masked), protocol.UNMASK)
+        unmask_requests = coordinator.receive_masked(masked)
+        if len(unmask_requests) < quorum:
+            raise SecAggAborted(f"round {server_round}: {len(unmask_requests)} valid masked repl{'y' if len(unmask_requests) == 1 else 'ies'}, "
+                                f"fewer than federation.min_sites={quorum}. Nothing was unmasked.", stage=protocol.MASKED_TRAIN)
+        unmasks = exchange(unmask_requests, protocol.UNMASK)
         summed = coordinator.receive_unmask(unmasks)
     except SecAggAborted as exc:
         every = {**coordinator.rejected, **refusals}
@@ -157,6 +178,8 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         raise SecAggAborted(f"round {server_round}: the survivors' total weight is 0 (no examples); nothing to average",
                             stage=protocol.UNMASK)
     average = summed.weighted_update_sum / summed.total_weight
+    if not np.all(np.isfinite(average)):
+        raise SecAggAborted(f"round {server_round}: the unmasked average is not finite; nothing was published", stage=CoordinatorRound.SUM_CHECK)
     return SecureRoundResult(
         arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
         survivors=summed.survivors, dropped=summed.dropped,
@@ -181,7 +204,9 @@ class SecureTrainRound:
         self.timeout_s = timeout_s
         self.reply_check = reply_check
 
-    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
+    def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord,
+                 rules: RoundRules | None = None) -> RoundOutcome:
+        rules = rules or RoundRules()
         try:
             secure = secure_train_round(
                 self.grid,
@@ -192,6 +217,8 @@ class SecureTrainRound:
                 settings=self.settings_for(len(cohort)),
                 timeout_s=self.timeout_s,
                 reply_check=self.reply_check,
+                quorum=rules.quorum,
+                declared=rules.declared,
             )
         except SecAggAborted as exc:  # nothing was unmasked; the global model stays as it was
             refusals = [*refusals_from(server_round, exc.site_refusals), *_rejections(server_round, getattr(exc, "rejected", {}))]  # type: ignore[arg-type]

@@ -4,7 +4,10 @@ It routes keys and encrypted shares between sites, adds up the masked vectors as
 arrive (it never sees one site's update unmasked), and at the end rebuilds only the
 self masks of survivors and the mask keys of dropped sites. Sites that do not answer a
 stage, or answer malformed, are dropped; below the minimum the round aborts with
-SecAggAborted and nothing is unmasked.
+SecAggAborted and nothing is unmasked. The unmasked sum is checked before it is returned
+(``quantize.sum_problem``): its total weight must equal the survivors' declared weights
+(from ``declared``, each node's declared record count, when the coordinator knows them) and every coordinate must lie in the range
+honest updates fill; a sum that fails aborts the round (stage "sum-check").
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from flsuite.errors import ConfigError, SecAggAborted
 
 from . import primitives as crypto
 from .graph import neighbour_graph, share_group
-from .quantize import average_error_bound, dequantise_sum
+from .quantize import average_error_bound, dequantise_sum, site_weight, sum_problem
 from .settings import SecAggSettings
 from .wire import (
     CIPHERTEXT_SIZE,
@@ -52,8 +55,11 @@ class RoundSum:
 class CoordinatorRound:
     """Drive one round: setup_requests, then receive_keys, receive_shares, receive_masked, receive_unmask."""
 
+    SUM_CHECK = "sum-check"  # the stage of an abort whose unmasked sum cannot be honest sites' sum
+
     def __init__(self, settings: SecAggSettings, *, run_id: int, server_round: int, cohort: Sequence[int],
-                 model_hash: bytes, vector_length: int) -> None:
+                 model_hash: bytes, vector_length: int, declared: Mapping[int, int] | None = None) -> None:
+        """``declared``: per node, its declared record count, which gives its weight (None: unknown)."""
         cohort = sorted(set(cohort))
         if len(cohort) != settings.cohort_size:
             raise ConfigError(f"secagg.cohort_size={settings.cohort_size} but the round selected {len(cohort)} sites; "
@@ -62,6 +68,7 @@ class CoordinatorRound:
         self.run_id, self.server_round = run_id, server_round
         self.cohort = cohort
         self.model_hash, self.vector_length = model_hash, vector_length
+        self.weights = {n: site_weight(count, settings.weight_cap) for n, count in declared.items()} if declared is not None else None
         self.graph = neighbour_graph(cohort, neighbours=settings.neighbour_count, run_id=run_id, server_round=server_round)
         self.rejected: dict[int, str] = {}
         self._stage = "setup"
@@ -198,6 +205,12 @@ class CoordinatorRound:
                                                node_a=peer, node_b=node)
                 # the survivor added this mask if its id is the lower one; take it out
                 crypto.apply_mask(total, key, cipher=cipher, subtract=peer < node)
+        weights = [self.weights.get(n) if self.weights is not None else None for n in self._survivors]
+        problem = sum_problem(total, weights=weights, levels=self.settings.levels)
+        if problem is not None:
+            self._stage = "aborted"
+            raise SecAggAborted(f"round {self.server_round}: the unmasked sum fails its check: {problem}. Nothing was published.",
+                                stage=self.SUM_CHECK)
         numerator, weight = dequantise_sum(total, sites=len(self._survivors), clip_range=self.settings.clip_range,
                                            levels=self.settings.levels)
         bound = average_error_bound(sites=len(self._survivors), total_weight=weight,

@@ -5,15 +5,23 @@ w in [0, 1]. Update coordinates map [-R, R] onto the integers [0, L]; the weight
 [0, 1] onto [0, L]. With L = floor((2**32 - 1) / cohort_size) the plain sum of a full
 cohort is below 2**32, so summing modulo 2**32 (which is what cancels the masks) gives
 the exact integer sum. Rounding to nearest: each site is off by at most half a step.
+
+``sum_problem`` checks an unmasked integer sum against what honest sites can produce: its
+weight coordinate equals the sum of the survivors' quantised weights exactly, and every
+update coordinate lies in the band sum_i [L(1 - w_i)/2, L(1 + w_i)/2] that updates within
+the clip range fill. A garbage or shifted masked vector leaves one or both.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RangeCheck", "check_range", "dequantise_sum", "quantise_vector", "average_error_bound"]
+__all__ = ["RangeCheck", "check_range", "dequantise_sum", "quantise_vector", "average_error_bound", "site_weight", "sum_problem",
+           "weight_level"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +49,43 @@ def quantise_vector(update: np.ndarray, weight: float, *, clip_range: float, lev
     scaled = (np.asarray(update, dtype=np.float64) * weight + clip_range) * (levels / (2.0 * clip_range))
     out = np.empty(scaled.size + 1, dtype=np.uint32)
     out[:-1] = np.clip(np.rint(scaled), 0, levels).astype(np.uint32)
-    out[-1] = np.uint32(min(levels, round(weight * levels)))
+    out[-1] = np.uint32(weight_level(weight, levels))
     return out
+
+
+def site_weight(num_examples: int, weight_cap: int) -> float:
+    """A site's weight in [0, 1]: min(num_examples, weight_cap) / weight_cap."""
+    return min(int(num_examples), weight_cap) / weight_cap
+
+
+def weight_level(weight: float, levels: int) -> int:
+    """The quantised weight a site adds to the sum's last coordinate."""
+    return min(levels, round(weight * levels))
+
+
+def sum_problem(total: np.ndarray, *, weights: Sequence[float | None], levels: int) -> str | None:
+    """Why ``total`` (the unmasked uint32 sum) is not the sum of honest vectors of sites with ``weights``, or None.
+
+    A weight of None is unknown: the total weight is then not checked, and that site's band is the widest (w = 1).
+    """
+    total = np.asarray(total, dtype=np.uint32)
+    if total.size == 0 or not all(isinstance(w, (int, float)) and math.isfinite(w) and 0 <= w <= 1 for w in weights if w is not None):
+        return "the unmasked sum or the declared weights are malformed"
+    expected = sum(weight_level(w, levels) for w in weights if w is not None)
+    got = int(total[-1])
+    if None not in weights and got != expected:
+        return (f"the unmasked total weight is {got / levels:.6g}, the survivors' declared weights add up to {expected / levels:.6g}: "
+                "a site sent a weight other than its declared one, or a garbage or shifted masked vector")
+    # one level of slack per site for rounding at the ends of the band
+    known = [1.0 if w is None else float(w) for w in weights]
+    low = sum(math.floor(levels * (1.0 - w) / 2.0) - 1 for w in known)
+    high = sum(math.ceil(levels * (1.0 + w) / 2.0) + 1 for w in known)
+    coordinates = total[:-1].astype(np.int64)
+    outside = int(np.count_nonzero((coordinates < low) | (coordinates > high)))
+    if outside:
+        return (f"{outside} of {coordinates.size} coordinates of the unmasked sum lie outside the range updates within the clip "
+                f"range give ([{low}, {high}]): a site sent a garbage or shifted masked vector")
+    return None
 
 
 def dequantise_sum(total: np.ndarray, *, sites: int, clip_range: float, levels: int) -> tuple[np.ndarray, float]:

@@ -20,9 +20,13 @@ NODES = [11, 12, 13, 14]
 
 
 def site(name: str, *, shift: float, examples: int, refuse_from_round: int | None = None, crash: bool = False):
-    """A site that adds ``shift`` to every weight, or refuses (budget) from a given round on."""
+    """A site that declares ``examples`` records in its status and adds ``shift`` to every weight,
+    or refuses (budget) from a given round on."""
 
     def handler(msg: Message, context: Context) -> Message:
+        if msg.metadata.message_type == protocol.QUERY:
+            status = protocol.SiteStatus(name=name, records=examples)
+            return Message(RecordDict({protocol.SITE: ConfigRecord(status.to_record())}), reply_to=msg)
         server_round = int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND])
         if crash:
             raise RuntimeError("disk on fire")
@@ -84,7 +88,8 @@ def test_a_site_that_refuses_is_recorded_and_never_asked_again():
 
     def counting(handler):
         def wrapped(msg, context):
-            asked.append((int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND]), context.node_id))
+            if msg.metadata.message_type == protocol.TRAIN:
+                asked.append((int(msg.content[protocol.CONFIG][protocol.SERVER_ROUND]), context.node_id))
             return handler(msg, context)
 
         return wrapped
@@ -113,7 +118,10 @@ def test_the_study_ends_aborted_when_fewer_sites_than_the_quorum_remain():
     with grid:
         result = loop(grid, study("federation.rounds=4", "federation.min_sites=2")).run()
     assert result.status == "aborted" and "min_sites=2" in result.message
-    assert [r.round for r in result.rounds] == [1, 2]  # round 2 still had site a; round 3 could not start
+    # round 2 had one valid reply (site a), fewer than min_sites=2: nothing published; round 3 could not start
+    assert [r.round for r in result.rounds] == [1]
+    (aborted,) = result.aborted_rounds
+    assert aborted["round"] == 2 and "1 valid reply" in aborted["reason"] and "min_sites=2" in aborted["reason"]
 
 
 def test_a_crashing_site_is_a_failure_and_the_others_carry_the_round():
@@ -127,6 +135,8 @@ def test_a_crashing_site_is_a_failure_and_the_others_carry_the_round():
 
 def test_a_malformed_refusal_counts_as_a_failure_not_a_refusal():
     def liar(msg, context):
+        if msg.metadata.message_type == protocol.QUERY:
+            return Message(RecordDict({protocol.SITE: ConfigRecord(protocol.SiteStatus(name="x", records=10).to_record())}), reply_to=msg)
         return Message(RecordDict({protocol.REFUSAL: ConfigRecord({"kind": "free-pass", "site": "x", "message": ""})}), reply_to=msg)
 
     grid = grid_of({11: site("a", shift=1.0, examples=10), 12: liar})
@@ -174,6 +184,6 @@ def test_the_loop_sends_training_only_to_the_chosen_cohort(fraction):
         loop(grid, study("federation.rounds=2", "federation.min_sites=2", f"federation.fraction_sites={fraction}")).run()
     for server_round in (1, 2):
         sent = sorted(
-            m.metadata.dst_node_id for m in grid.sent if int(m.content[protocol.CONFIG][protocol.SERVER_ROUND]) == server_round
+            m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == protocol.TRAIN and int(m.content[protocol.CONFIG][protocol.SERVER_ROUND]) == server_round
         )
         assert sent == choose_cohort(NODES, fraction=fraction, minimum=2, seed=0, server_round=server_round)
