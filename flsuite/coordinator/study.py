@@ -93,6 +93,7 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
         listeners=[on_round],
         site_configs=admission.site_configs if admission else None,
         admit=admission.admit if admission else None,
+        declared=admission.declared if admission else None,
     )
     result = coordinator.run()
     if admission:
