@@ -40,6 +40,10 @@ def run_local_study(
 ) -> dict[str, Any]:
     """Run ``study`` with its outputs in ``output_dir``; returns the summary.
 
+    A study that did not complete returns its summary too (its status says so and its
+    ``reasons`` say why): the caller picks the exit code. StudyAborted only when no summary
+    was written.
+
     The apps default to flsuite's coordinator and site. ``grid_options`` (inline engine
     only) are the in-process Grid's test options: ``drop``, ``delay``, ``tamper``, ``wire``.
     """
@@ -57,6 +61,22 @@ def run_local_study(
     prepare_simulated_sites(sites_dir, study)  # refuses a delta other than an existing site's
     study = study.model_copy(update={"output_dir": str(output_dir.resolve()), "sites_dir": str(sites_dir)})
     run_config = to_run_config(study)
+    summary_path = output_dir / "summary.json"
+    before = _stamp(summary_path)  # a summary.json left by an earlier study is not this one's
+    try:
+        _run_engine(study, server_app, client_app, run_config, grid_options)
+    except StudyAborted:
+        # The ServerApp raises after writing the outputs of a study that did not complete, so that
+        # Flower records a failed run; the caller reads the verdict from the summary it wrote.
+        if _stamp(summary_path) in (None, before):
+            raise
+    if _stamp(summary_path) in (None, before):
+        raise StudyAborted(f"the study ended without writing {summary_path}; see the log above")
+    return json.loads(summary_path.read_text())
+
+
+def _run_engine(study: StudyConfig, server_app: ServerApp, client_app: ClientApp, run_config: dict[str, Any],
+                grid_options: dict[str, Any]) -> None:
     if study.engine.name == "ray":
         from flsuite.flower import run_ray
 
@@ -72,7 +92,12 @@ def run_local_study(
 
         grid_options.setdefault("workers", study.engine.parallel_sites)
         run_inline(server_app, client_app, run_config=run_config, node_configs=simulated_node_configs(study), **grid_options)
-    summary_path = output_dir / "summary.json"
-    if not summary_path.is_file():
-        raise StudyAborted(f"the study ended without writing {summary_path}; see the log above")
-    return json.loads(summary_path.read_text())
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of a file, None when there is none: outputs are written by rename, so a new file differs."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns

@@ -1,7 +1,9 @@
 """The ``flsuite`` command: one entry point for research teams, sites, operators and auditors.
 
 User errors (a bad config value, a missing file) print one message and exit 2, with no
-traceback; integrity failures exit 1; a study that stops early exits 3.
+traceback; integrity failures, and a file the system could not read or write (a full
+disk), exit 1; a study that did not complete exits 3. README's "Exit codes" table lists
+each case; tests/integration/test_exit_codes.py runs them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ def main() -> None:
     except FlsuiteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 1))
+    except OSError as exc:  # a full disk, a folder that went away: the path and the cause, no traceback
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def os_error_message(exc: OSError) -> str:
+    """An OSError in plain words: the file it concerns and what the system said."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}"
 
 
 if __name__ == "__main__":

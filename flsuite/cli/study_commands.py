@@ -9,6 +9,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -29,7 +30,8 @@ RUN_HELP = (
     "what was spent.\n\n"
     "Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv, metrics.json, "
     "site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json, metrics.png and registry/ (the signed model "
-    "versions). Exit code 3 when the study ended early (too few sites left), 2 on bad input."
+    "versions). Exit code 3 when the study did not complete (a round aborted, fewer rounds than planned, too few "
+    "sites left, a full disk; each reason is printed), 2 on bad input."
 )
 
 
@@ -122,8 +124,33 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     if summary.get("privacy"):
         console.print(privacy_table(summary["privacy"]))
-    if summary.get("message"):
-        console.print(f"[yellow]{summary['message']}[/yellow]")
+    print_reasons(summary)
+
+
+def print_reasons(summary: dict[str, Any]) -> None:
+    """Why the study did not complete, one reason a line; then every site refused, rejected or failed."""
+    reasons = summary.get("reasons")
+    if reasons is None:  # a summary written before the verdict existed
+        reasons = [summary["message"]] if summary.get("message") else []
+    if summary.get("status") != "completed":
+        console.print(f"[bold red]The study {summary.get('status')}[/bold red]:", highlight=False)
+    for reason in reasons:
+        console.print(f"  [red]-[/red] {escape(str(reason))}", highlight=False, soft_wrap=True)
+    notes = [
+        *(f"round {r['round']}: {r['name']} {_refusal_verb(r['kind'])}: {r['reason']}" for r in summary.get("refusals") or []),
+        *(f"round {f['round']}: node {f['node_id']} failed on its {f['stage']} message: {f['reason']}"
+          for f in summary.get("site_failures") or []),
+        *(f"{e['site'] or 'node ' + str(e['node_id'])} left out of the privacy plan (round {e['round']}): {e['reason']}"
+          for e in ((summary.get("privacy") or {}).get("planning") or []) if e.get("action") == "left-out"),
+    ]
+    if notes:
+        console.print("[yellow]Sites that refused, were rejected, failed or were left out, with their reasons:[/yellow]", highlight=False)
+    for note in notes:
+        console.print(f"  [yellow]-[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+
+
+def _refusal_verb(kind: str) -> str:
+    return "reply rejected" if kind == "rejected-reply" else f"refused ({kind})"
 
 
 def privacy_table(privacy: dict[str, Any]) -> Table:

@@ -1,11 +1,31 @@
-"""The coordinator's Flower ServerApp: one study per run."""
+"""The coordinator's Flower ServerApp: one study per run.
+
+The ServerApp raises StudyAborted when the study did not complete (an aborted round, fewer
+completed rounds than planned, a full disk), after its outputs are written: Flower then
+records the run as failed, under `flwr run`, `flsuite launch` and the local engines alike.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-__all__ = ["build_server_app"]
+from flsuite.errors import StudyAborted
+
+__all__ = ["build_server_app", "raise_unless_completed"]
+
+
+def raise_unless_completed(summary: dict[str, Any]) -> None:
+    """StudyAborted listing every reason, unless the summary's status is "completed"."""
+    if summary.get("status") == "completed":
+        return
+    reasons = summary.get("reasons") or [summary.get("message") or "no reason recorded"]
+    raise StudyAborted(
+        f"study {summary.get('name')} {summary.get('status')} ({summary.get('rounds_completed')} of "
+        f"{summary.get('rounds_planned')} rounds): " + "; ".join(reasons) + f". Outputs: {summary.get('output_dir')}"
+    )
 
 
 def build_server_app() -> ServerApp:
@@ -16,6 +36,6 @@ def build_server_app() -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         from flsuite.coordinator.study import run_study
 
-        run_study(grid, context)
+        raise_unless_completed(run_study(grid, context))
 
     return app

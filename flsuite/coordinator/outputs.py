@@ -2,7 +2,9 @@
 
 ``config.yaml`` (the resolved config), ``metrics.csv``/``metrics.json`` (one row per
 round), ``site_metrics.csv`` (one row per site and round), ``summary.json`` and
-``metrics.png``. Each file is written whole (temp file, then rename), so a crash never
+``metrics.png``. summary.json carries the study's verdict (``flsuite.coordinator.verdict``):
+its status, every reason it did not complete, every refusal, aborted round and site
+failure with its reason. Each file is written whole (temp file, then rename), so a crash never
 leaves half a file.
 
 A site that does not release its training loss (a DP site: the loss of its records is not
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ import yaml
 from flsuite import protocol
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.coordinator.rounds import RoundRecord, SiteReport, StudyResult
+from flsuite.coordinator.verdict import SiteFailure, Verdict
 from flsuite.storage import durable
 
 ROUND_COLUMNS = ["round", "accuracy", "loss", "auc", "train_loss", "sites", "failures", "wall_s"]
@@ -108,12 +112,15 @@ class StudyOutputs:
         self.plan_rows = [dict(vars(row)) for row in rows]
         write_atomic(self.folder / "privacy_plan.csv", _csv(self.plan_rows, list(self.plan_rows[0]) if self.plan_rows else []))
 
-    def finish(self, result: StudyResult, *, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, result: StudyResult, *, wall_s: float, verdict: Verdict, failures: Iterable[SiteFailure] = (),
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write summary.json (and the metrics files, the plot) with the study's ``verdict``; returns the summary."""
         last = self.rows[-1] if self.rows else {}
         summary = {
             "name": self.study.name,
-            "status": result.status,
-            "message": result.message,
+            "status": verdict.status,
+            "message": verdict.message,
+            "reasons": list(verdict.reasons),
             "dataset": self.study.data.dataset,
             "model": self.study.model.name,
             "sites": self.study.federation.num_sites,
@@ -129,6 +136,7 @@ class StudyOutputs:
             "output_dir": str(self.folder.resolve()),
             "refusals": [refusal.to_summary() for refusal in result.refusals],
             "aborted_rounds": result.aborted_rounds,
+            "site_failures": [failure.to_summary() for failure in failures],
             "privacy": self._privacy_summary(result),
             **(extra or {}),
         }

@@ -2,7 +2,8 @@
 
 The coordinator publishes after each round (or only the best and the final model, or
 only the final one) and records the study's events in the registry's audit log (refusals,
-rejected replies, sites planned late or left out, aborted rounds). Each version's DP
+rejected replies, sites that failed with their reason, sites planned late or left out,
+aborted rounds, and how the study ended with every reason it did not complete). Each version's DP
 certificate lists, per contributing site, the DP-SGD phases of this study that produced
 this model and the epsilon they compose to; the site's total epsilon over every event its
 ledger recorded (what it spent before this study, and this study's events); and the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from flwr.app import ArrayRecord
 from flsuite import protocol
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.coordinator.rounds import REJECTED_REPLY, RoundRecord, StudyResult
+from flsuite.coordinator.verdict import SiteFailure, Verdict
 
 SOURCE_FOLDERS = ("flsuite", "server", "clients")
 
@@ -85,21 +88,38 @@ class RegistryPublisher:
             self.pending = (record, arrays)
         self.best_accuracy = max(self.best_accuracy, accuracy)
 
-    def finish(self, result: StudyResult) -> dict[str, Any]:
-        if self.pending is not None:  # the final model, when the policy did not publish it already
-            self._publish(*self.pending)
+    def finish(self, result: StudyResult, *, failures: Iterable[SiteFailure] = ()) -> None:
+        """Record the study's events in the audit log, then publish the final model if the policy held it back.
+
+        Events go first: when the disk fills up, what the study refused and why is already on record.
+        """
         for refusal in result.refusals:
             kind = "reply.rejected" if refusal.kind == REJECTED_REPLY else "site.refused"
             self.registry.record(kind, {"run_id": self.run_id, "round": refusal.round, "site": refusal.name, "kind": refusal.kind,
                                         "reason": refusal.reason})
+        for failure in failures:
+            self.registry.record("site.failed", {"run_id": self.run_id, **failure.to_summary()})
         for event in result.planning:
             kind = "site.planned" if event["action"] == "planned" else "site.left_out"
             self.registry.record(kind, {"run_id": self.run_id, **event})
         for aborted in result.aborted_rounds:
             self.registry.record("round.aborted", {"run_id": self.run_id, **aborted})
-        self.registry.record("study.finished", {"run_id": self.run_id, "status": result.status, "versions": self.published})
-        self.registry.close()
-        return {"registry": str(self.path.resolve()), "registry_versions": self.published, "final_version": self.published[-1] if self.published else None}
+        if self.pending is not None:  # the final model, when the policy did not publish it already
+            self._publish(*self.pending)
+
+    def close(self, verdict: Verdict | None) -> None:
+        """Record how the study ended (with every reason it did not complete) and close the registry."""
+        try:
+            if verdict is not None:
+                self.registry.record("study.finished", {"run_id": self.run_id, "status": verdict.status,
+                                                        "reasons": list(verdict.reasons), "versions": self.published})
+        finally:
+            self.registry.close()
+
+    def outputs(self) -> dict[str, Any]:
+        """What the summary says about the registry: its folder and the versions this study published."""
+        return {"registry": str(self.path.resolve()), "registry_versions": list(self.published),
+                "final_version": self.published[-1] if self.published else None}
 
     def _publish(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         weights = {name: np.asarray(array.numpy()) for name, array in arrays.items()}

@@ -2,19 +2,23 @@
 
 Reads the study from the run_config, plans its privacy (only planned sites train in a
 DP study, and only replies that match the plan are averaged: ``admission``), evaluates
-on the held-out split that no site sees, runs the rounds, and writes the output folder. ``flsuite.coordinator.app``
-builds the ServerApp around ``run_study``.
+on the held-out split that no site sees, runs the rounds, and writes the output folder with
+the study's verdict: "completed" only when every planned round completed (``verdict``).
+``flsuite.coordinator.app`` builds the ServerApp around ``run_study`` and raises when the
+study did not complete, so Flower records the run as failed.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -24,11 +28,12 @@ from flsuite.coordinator import progress
 from flsuite.coordinator.admission import DpAdmission, HeadVerifier
 from flsuite.coordinator.outputs import StudyOutputs
 from flsuite.coordinator.publishing import RegistryPublisher, new_run_id
-from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundRecord, TrainRound
+from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundOutcome, RoundRecord, TrainRound
 from flsuite.coordinator.strategies import build_strategy
+from flsuite.coordinator.verdict import FailureWatch, Verdict, study_verdict
 from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import model_shape, split_study
-from flsuite.errors import DataError, PlanError
+from flsuite.errors import DataError, PlanError, StudyAborted
 from flsuite.models.weights import load_arrays, model_to_arrays
 from flsuite.models.zoo import build_model
 from flsuite.training.local import evaluate
@@ -43,11 +48,24 @@ def study_from_context(context: Context) -> StudyConfig:
 
 
 def run_study(grid: Grid, context: Context) -> dict[str, Any]:
-    """Run a whole study over ``grid`` and return its summary (also written to summary.json)."""
+    """Run a whole study over ``grid`` and return its summary (also written to summary.json).
+
+    The summary's status is the study's verdict (``flsuite.coordinator.verdict``); the
+    ServerApp raises StudyAborted after this returns when it is not "completed". A write
+    that fails (a full disk) stops the study: no later round runs, the summary says why.
+    When even the summary cannot be written, StudyAborted names the path and the cause.
+    """
     torch.set_num_threads(1)
     started = time.perf_counter()
     study = study_from_context(context)
     folder = Path(study.output_dir or f"outputs/run-{context.run_id}")
+    try:
+        return _run_study(grid, study, folder, started)
+    except OSError as exc:
+        raise StudyAborted(f"the study stopped: {os_error_text(exc, folder)}. Outputs written so far are in {folder}.") from None
+
+
+def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> dict[str, Any]:
     test_data = _held_out(study)
     shape = model_shape(study.data, test_data)
     model = build_model(
@@ -59,6 +77,8 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
     )
     outputs = StudyOutputs(folder, study)
     publisher = RegistryPublisher(study, folder, run_id=new_run_id()) if study.registry.enabled else None
+    watch = FailureWatch(grid)  # every error reply of a round, with its reason
+    stops: list[str] = []  # why the coordinator itself could not go on
 
     def evaluator(arrays: ArrayRecord) -> dict[str, float]:
         load_arrays(model, arrays)
@@ -67,9 +87,14 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
     def on_round(record: RoundRecord, arrays: ArrayRecord) -> None:
         # One line per round in the ServerApp's log, so `flwr log` shows progress in a deployment.
         log.info("round %d/%d: %s, %d sites", record.round, study.federation.rounds, _metrics_text(record.metrics), len(record.sites))
-        outputs.on_round(record)
-        if publisher:
-            publisher.on_round(record, arrays)
+        try:
+            outputs.on_round(record)
+            if publisher:
+                publisher.on_round(record, arrays)
+        except OSError as exc:  # a full disk: stop here, and say so in the summary
+            where = publisher.path if publisher else folder
+            stops.append(f"round {record.round}: could not write its outputs: {os_error_text(exc, where)}")
+            log.error("%s", stops[-1])
         progress.publish(record)
 
     # With DP, only planned sites train: a node that appears later is planned first or left out,
@@ -83,11 +108,19 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
 
     initial_arrays = model_to_arrays(model)
     strategy = build_strategy(study.federation, initial_arrays)
+    rounds = train_round(study, watch, strategy, reply_check=admission.check_reply if admission else None)
+
+    def watched_round(server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
+        if stops:  # the coordinator cannot write what a round produces: no site is asked to train again
+            return RoundOutcome(None, [], [], 0)
+        watch.round = server_round
+        return rounds(server_round, cohort, configs, arrays)
+
     coordinator = RoundLoop(
         study,
         grid,
         strategy=strategy,
-        train_round=train_round(study, grid, strategy, reply_check=admission.check_reply if admission else None),
+        train_round=watched_round,
         initial_arrays=initial_arrays,
         evaluator=evaluator if test_data else None,
         listeners=[on_round],
@@ -98,8 +131,32 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
     result = coordinator.run()
     if admission:
         result.planning = list(admission.events)
-    extra = publisher.finish(result) if publisher else {}
-    return outputs.finish(result, wall_s=time.perf_counter() - started, extra=extra)
+
+    def verdict() -> Verdict:
+        return study_verdict(result, rounds_planned=study.federation.rounds, rounds_completed=len(outputs.rows), stopped=stops)
+
+    extra: dict[str, Any] = {}
+    if publisher:
+        try:
+            publisher.finish(result, failures=watch.failures)
+        except OSError as exc:
+            stops.append(f"could not record the study in its registry: {os_error_text(exc, publisher.path)}")
+        try:
+            publisher.close(verdict())
+        except OSError as exc:
+            stops.append(f"could not record the study's end in its registry: {os_error_text(exc, publisher.path)}")
+        extra = publisher.outputs()
+    final = verdict()
+    for reason in final.reasons:
+        log.info("study %s %s: %s", study.name, final.status, reason)
+    return outputs.finish(result, wall_s=time.perf_counter() - started, verdict=final, failures=watch.failures, extra=extra)
+
+
+def os_error_text(exc: OSError, where: Path) -> str:
+    """An OSError in plain words, naming the file (or, when the error does not, the folder written to)."""
+    path = exc.filename or where
+    cause = exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or str(exc) or type(exc).__name__
+    return f"{path}: {cause}"
 
 
 def train_round(study: StudyConfig, grid: Grid, strategy: Strategy, *, reply_check: ReplyCheck | None = None) -> TrainRound:

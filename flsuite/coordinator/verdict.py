@@ -1,0 +1,134 @@
+"""How a study ended, decided in one place, and the site failures that led there.
+
+A study is "completed" only when every planned round completed and none was aborted.
+Otherwise it is "aborted" (the round loop stopped early: too few sites could still train)
+or "failed" (a round was aborted, or the coordinator could not go on: a full disk, ...),
+and ``reasons`` says why in plain words, one line each, with no traceback. The summary,
+the console and the ServerApp's raise all read the same verdict.
+
+``FailureWatch`` wraps the Grid a round talks through and keeps every error reply with its
+reason: a site whose handler raised (a tampered ledger stops the site with an
+IntegrityError) reaches the coordinator as an error reply, and its reason belongs in the
+summary and the audit log, not only in a failure count.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from flsuite.coordinator.rounds import StudyResult
+from flsuite.flower import Run
+
+__all__ = ["COMPLETED", "ABORTED", "FAILED", "FailureWatch", "SiteFailure", "Verdict", "plain", "study_verdict"]
+
+COMPLETED, ABORTED, FAILED = "completed", "aborted", "failed"
+MAX_REASON = 600  # characters of one reason kept for the summary and the console
+
+# A Python traceback inside an error reason: the header, its indented frame lines, and the
+# closing "module.Error: message" line (the message itself is already on the line before).
+_TRACEBACK = re.compile(r"\n?Traceback \(most recent call last\):\n(?:[ \t]+.*\n?)*(?:\S.*(?:\n|$))?")
+
+
+def plain(text: str) -> str:
+    """``text`` without tracebacks, on one line, at most MAX_REASON characters."""
+    text = _TRACEBACK.sub(" ", str(text))
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."
+
+
+@dataclass(frozen=True)
+class SiteFailure:
+    """A site's error reply: it could not handle the coordinator's message, and why."""
+
+    round: int
+    node_id: int
+    stage: str  # the message type it failed on ("train", "query", ...)
+    reason: str
+
+    def to_summary(self) -> dict[str, Any]:
+        return {"round": self.round, "node_id": self.node_id, "stage": self.stage, "reason": self.reason}
+
+    def text(self) -> str:
+        return f"round {self.round}: node {self.node_id} failed on its {self.stage} message: {self.reason}"
+
+
+class FailureWatch(Grid):
+    """A Grid that passes everything through and records each error reply with its reason."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.round = 0  # the round in progress (0: planning), set by the study
+        self.failures: list[SiteFailure] = []
+        self._lock = threading.Lock()
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._watch(list(self._grid.pull_messages(message_ids)))
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._watch(list(self._grid.send_and_receive(messages, timeout=timeout)))
+
+    def _watch(self, replies: list[Message]) -> list[Message]:
+        for reply in replies:
+            if reply.has_error():
+                error = reply.error
+                reason = plain(error.reason or f"error code {error.code}")
+                failure = SiteFailure(self.round, reply.metadata.src_node_id, reply.metadata.message_type, reason)
+                with self._lock:
+                    self.failures.append(failure)
+        return replies
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A study's final status and every reason it is not "completed" (empty when it is)."""
+
+    status: str
+    reasons: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def study_verdict(result: StudyResult, *, rounds_planned: int, rounds_completed: int, stopped: Iterable[str] = ()) -> Verdict:
+    """The study's status: "completed" only when every planned round completed and none aborted.
+
+    ``stopped``: why the coordinator itself could not go on (a write that failed, ...).
+    """
+    stops = [plain(why) for why in stopped]
+    reasons: list[str] = list(stops)
+    if result.status != COMPLETED and result.message:
+        reasons.append(plain(result.message))
+    for aborted in result.aborted_rounds:
+        stage = aborted.get("stage")
+        where = f" at its {stage} stage" if stage else ""
+        reasons.append(f"round {aborted.get('round')} was aborted{where}: {plain(aborted.get('reason', 'no reason given'))}")
+    if rounds_completed < rounds_planned:
+        reasons.append(f"only {rounds_completed} of {rounds_planned} planned rounds completed")
+    if not reasons:
+        return Verdict(COMPLETED, ())
+    status = ABORTED if result.status == ABORTED and not result.aborted_rounds and not stops else FAILED
+    return Verdict(status, tuple(reasons))
