@@ -40,10 +40,10 @@ from flsuite.pki.authority import SiteBundle
 from flsuite.pki.checks import check_certificate
 from flsuite.pki.identities import read_identities
 from flsuite.pki.keys import identity_public_b64, load_private_key_pem
-from flsuite.storage.keyfiles import check_private
 from flsuite.privacy import check_delta
 from flsuite.site.ledger_admin import ensure_site_ledger
 from flsuite.site.node_config import format_node_config
+from flsuite.storage.keyfiles import check_private
 
 PROGRAM = "flower-supernode"
 _CONNECTED = re.compile(r"SuperNode ID: (\d+)")
