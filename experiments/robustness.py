@@ -192,7 +192,7 @@ _GOOD = good_rows()
 for _name, _text, _named in [
     ("duplicated header", _GOOD.replace("f1,", "f0,", 1), "line 1"),
     ("row with an extra field", _GOOD.replace("\n", ",9\n", 5).replace(",9\n", "\n", 4), "line"),
-    ("value 1e39 (inf in float32)", _GOOD.replace("\n", "\n1e39,0,0,1\n", 3).replace("\n1e39,0,0,1\n", "\n", 2), "1e39"),
+    ("value 1e39 (inf in float32)", _GOOD.replace("\n", "\n1e39,0,0,1\n", 3).replace("\n1e39,0,0,1\n", "\n", 2), "'f0'"),
     ("label 1e12", _GOOD + "0.1,0.2,0.3,1000000000000\n", "label"),
     ("text in a feature column", _GOOD + "0.1,abc,0.3,1\n", "abc"),
     ("empty file", "", "empty"),
@@ -588,8 +588,9 @@ def _forged_head(reply) -> None:
 
 
 _DP = ("privacy=dp", "privacy.target_epsilon=null", "privacy.noise_multiplier=1.5", "privacy.accountant=rdp")
-case("faulty or malicious sites", "DP event that does not match the plan")(_site_study(_dp_event_lie, *_DP))
-case("faulty or malicious sites", "forged ledger head")(_site_study(_forged_head, *_DP))
+# DP-SGD costs accuracy: the floor only tells a published model from a ruined one
+case("faulty or malicious sites", "DP event that does not match the plan")(_site_study(_dp_event_lie, *_DP, accuracy_floor=0.6))
+case("faulty or malicious sites", "forged ledger head")(_site_study(_forged_head, *_DP, accuracy_floor=0.6))
 
 
 @case("faulty or malicious sites", "cut ledger before the next study")
@@ -878,8 +879,8 @@ def _full_disk(tmp: Path) -> tuple[bool, str]:
     return summary["status"] != "completed", f"status {summary['status']}: {summary.get('message', '')[:140]}"
 
 
-@case("faults", "every round aborted (epsilon 0.01): exit 3", cli=True)
-def _all_aborted(tmp: Path) -> tuple[bool, str]:
+@case("faults", "impossible target (epsilon 0.01): refused or failed, never exit 0", cli=True)
+def _impossible_target(tmp: Path) -> tuple[bool, str]:
     try:
         result = flsuite_cli("run", "experiment=smoke", "federation.rounds=1", "privacy.accountant=rdp",
                              f"sites_dir={tmp / 'sites'}", "privacy.target_epsilon=0.01", "--output-dir", str(tmp / "out"),
@@ -887,8 +888,19 @@ def _all_aborted(tmp: Path) -> tuple[bool, str]:
     except subprocess.TimeoutExpired:
         return False, "still running after 240 s (one round)"
     said_completed = "completed" in result.stdout.lower() and result.returncode == 0
-    ok = result.returncode == 3 and not traceback_in(result)
+    ok = result.returncode in (2, 3) and not traceback_in(result)
     return ok, f"exit {result.returncode}" + (", says completed" if said_completed else "") + f": {last_line(result)}"
+
+
+@case("faults", "sites reach their cap mid-study: aborted rounds exit 3", cli=True)
+def _cap_reached(tmp: Path) -> tuple[bool, str]:
+    result = flsuite_cli("run", "experiment=smoke", "federation.rounds=8", "privacy.accountant=rdp", "privacy.target_epsilon=null",
+                         "privacy.noise_multiplier=1.5", "privacy.max_epsilon=4.0", f"sites_dir={tmp / 'sites'}",
+                         "--output-dir", str(tmp / "out"), cwd=tmp, timeout=300)
+    summary_file = tmp / "out" / "summary.json"
+    status = json.loads(summary_file.read_text())["status"] if summary_file.is_file() else None
+    ok = result.returncode == 3 and not traceback_in(result) and status not in (None, "completed")
+    return ok, f"exit {result.returncode}, summary status {status}: {last_line(result)}"
 
 
 # ---------------------------------------------------------------------------------------------
