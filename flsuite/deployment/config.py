@@ -1,7 +1,8 @@
 """Coordinator and site config files: YAML, validated by frozen pydantic models.
 
 Relative paths are resolved against the folder of the config file, so a config can sit
-beside the PKI folder or site bundle it names. Unknown keys are refused.
+beside the PKI folder or site bundle it names. Unknown keys, booleans where a number
+belongs (YAML's `true` is not 1) and numbers that are not finite are refused.
 """
 
 from __future__ import annotations
@@ -20,6 +21,21 @@ _NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        # No setting of these configs is a yes/no; pydantic would take `true` as 1 or 1.0.
+        if isinstance(value, bool):
+            raise ValueError(f"got the yes/no value {str(value).lower()}; write a number or text here")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _finite(cls, value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
 
     @field_validator("*", mode="after")
     @classmethod
@@ -73,14 +89,10 @@ class PrivacyCap(_Frozen):
     """The site's own privacy cap: no request that would pass it is trained."""
 
     max_epsilon: float = Field(gt=0, description="Largest total epsilon this site's data may spend.")
-    delta: float = Field(gt=0, lt=1, description="The delta of every guarantee at this site (<= 1/records).")
-
-    @field_validator("max_epsilon")
-    @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
+    delta: float = Field(
+        gt=0, lt=1, description="The delta of every guarantee at this site; `flsuite site check` refuses one above "
+        "1/N for the N records of the data file.",
+    )
 
 
 class SiteConfig(_Frozen):

@@ -1,20 +1,27 @@
 """`flsuite site start|stop`: run a site's Flower SuperNode with its bundle and its own settings.
 
-Start checks everything before anything runs: the bundle (CA certificate, keys, pinned
-identity), the data file, that the ledger path is writable, and that the coordinator
-answers over TLS with a certificate the site's CA accepts. The site's data path, ledger,
+Start checks everything before anything runs: the bundle (CA certificate, private keys
+that only this user can read and that parse as the keys they should be, pinned identity),
+the data file and that the site's delta is at most 1/N for its N records, that the ledger
+path is writable, and that the coordinator answers over TLS with a certificate the site's
+CA accepts. The site's data path, ledger,
 identity, privacy cap and declared dataset travel in the SuperNode's node_config; the ClientApp takes them
 from there, so the coordinator cannot override them.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 import os
 import re
-import stat
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from flsuite import protocol
 from flsuite.deployment.config import SiteConfig
@@ -33,8 +40,10 @@ from flsuite.pki.authority import SiteBundle
 from flsuite.pki.checks import check_certificate
 from flsuite.pki.identities import read_identities
 from flsuite.pki.keys import identity_public_b64, load_private_key_pem
+from flsuite.privacy import check_delta
 from flsuite.site.ledger_admin import ensure_site_ledger
 from flsuite.site.node_config import format_node_config
+from flsuite.storage.keyfiles import check_private
 
 PROGRAM = "flower-supernode"
 _CONNECTED = re.compile(r"SuperNode ID: (\d+)")
@@ -84,9 +93,9 @@ def check_site(config: SiteConfig, *, now: datetime | None = None, probe: bool =
         if not path.is_file():
             raise CertificateError(f"bundle: {path} is missing. Ask the coordinator's operator for a complete site bundle.")
     check_certificate(bundle.ca_certificate, ca=bundle.ca_certificate, now=now)
-    for secret in (bundle.identity_key, bundle.node_auth_key):
-        if stat.S_IMODE(secret.stat().st_mode) & 0o077:
-            raise CertificateError(f"{secret} can be read by other users. Run `chmod 600 {secret}`.")
+    check_private(bundle.identity_key, what="the site's identity key")
+    check_private(bundle.node_auth_key, what="the site's node-auth key")
+    _check_node_auth_key(bundle)
     _check_pinned_identity(config, bundle)
     if not config.data.is_file():
         raise DataError(f"data: {config.data} does not exist or is not a file. Fix the path in your site config.")
@@ -94,6 +103,7 @@ def check_site(config: SiteConfig, *, now: datetime | None = None, probe: bool =
         raise DataError(f"data: {config.data} is not readable by this user. Fix its permissions.")
     if config.label_column:
         _check_label_column(config.data, config.label_column)
+    _check_delta(config)
     _check_ledger_writable(config.ledger)
     try:
         format_node_config(site_node_config(config))
@@ -153,6 +163,68 @@ def start_site(config: SiteConfig, *, now: datetime | None = None, connect_timeo
 def stop_site(config: SiteConfig, *, timeout: float = 15.0) -> int | None:
     """Stop the SuperNode recorded in the state folder; return its PID, or None if none ran."""
     return stop_process(site_files(config), program=PROGRAM, timeout=timeout)
+
+
+def _check_node_auth_key(bundle: SiteBundle) -> None:
+    """The SuperNode signs in with node-auth.key; the coordinator registered node-auth.pub."""
+    path = bundle.node_auth_key
+    try:
+        key = load_ssh_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise CertificateError(
+            f"{path} is not an unencrypted EC private key in OpenSSH format, so the SuperNode could not sign in "
+            "to the coordinator. Put back the node-auth.key of the bundle `flsuite pki issue-site` wrote, or ask "
+            "the coordinator's operator for a fresh bundle."
+        )
+    try:
+        registered = load_ssh_public_key(bundle.node_auth_public.read_bytes().strip())
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        registered = None
+    if not isinstance(registered, ec.EllipticCurvePublicKey) or registered.public_numbers() != key.public_key().public_numbers():
+        raise CertificateError(
+            f"{path} does not belong to {bundle.node_auth_public}, the public key the coordinator registers for "
+            "this site, so the coordinator would refuse the SuperNode. Use both files of one bundle, or ask the "
+            "coordinator's operator for a fresh bundle."
+        )
+
+
+def count_records(data: Path) -> int:
+    """The number of records in a CSV file: its non-blank lines after the header, as `load_csv` counts them."""
+    try:
+        with data.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            reader = csv.reader(handle)
+            next(reader, None)
+            return sum(1 for fields in reader if fields)
+    except csv.Error as err:
+        raise DataError(f"data: {data} is not a readable CSV file ({err}). Fix the file.") from None
+
+
+def _check_delta(config: SiteConfig) -> None:
+    """delta <= 1/N for the N records of the site's data, checked before the first study asks."""
+    records = count_records(config.data)
+    if records < 1:
+        raise DataError(f"data: {config.data} has no records after its header. Point data at the site's training data.")
+    delta = config.privacy.delta
+    try:
+        check_delta(delta, records, site=config.site)
+    except ConfigError:
+        largest = _round_down(1.0 / records)
+        raise ConfigError(
+            f"privacy.delta: {delta:g} is above 1/N = {1.0 / records:.6g}: {config.data} holds N = {records} records, "
+            "and a delta above 1/N allows publishing a whole record with probability delta. Set privacy.delta in "
+            f"the site config to at most {largest} (well below it is usual: 1/(10 N) = {_round_down(0.1 / records)} or less)."
+        ) from None
+
+
+def _round_down(value: float) -> str:
+    """`value` to three significant digits, never above it (so the shown limit is itself allowed)."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - 2)
+    text = f"{math.floor(value / scale) * scale:.3g}"
+    while float(text) > value:  # floating-point rounding on the way
+        text = f"{float(text) - scale:.3g}"
+    return text
 
 
 def _check_pinned_identity(config: SiteConfig, bundle: SiteBundle) -> None:

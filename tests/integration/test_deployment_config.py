@@ -24,7 +24,7 @@ from flsuite.deployment import load_coordinator_config, load_site_config
 from flsuite.deployment.network import free_port
 from flsuite.deployment.processes import ProcessFiles, running_pid, start_process, stop_process
 from flsuite.deployment.testing import FederationFiles, point_sites_at, write_federation
-from flsuite.errors import ConfigError, CoordinatorUnreachable, DataError
+from flsuite.errors import ConfigError, CoordinatorUnreachable, DataError, InsecureKeyFile
 from flsuite.pki import CertificateError, init_authority, issue_coordinator
 from flsuite.site import check_site, format_node_config, site_node_config
 
@@ -90,6 +90,9 @@ def test_relative_paths_resolve_against_the_config_folder(federation: Federation
         ({"privacy": {"max_epsilon": 1.0, "delta": 2}}, r"privacy\.delta.*less than 1"),
         ({"privacy": {"max_epsilon": float("inf"), "delta": 1e-5}}, r"finite"),
         ({"port": 70000}, r"port"),
+        ({"port": True}, r"port: .*yes/no value true"),
+        ({"privacy": {"max_epsilon": True, "delta": 1e-5}}, r"privacy\.max_epsilon: .*yes/no value true"),
+        ({"connect_timeout": float("inf")}, r"connect_timeout: .*finite"),
         ({"site": "../x"}, r"site"),
     ],
 )
@@ -137,7 +140,7 @@ def test_bundle_problems_are_refused(federation: FederationFiles) -> None:
     path = federation.site_configs["hospital-a"]
     config = load_site_config(path)
     (config.bundle / "node-auth.key").chmod(0o644)
-    with pytest.raises(CertificateError, match=r"chmod 600 .*node-auth\.key"):
+    with pytest.raises(InsecureKeyFile, match=r"chmod 600 .*node-auth\.key"):
         check_site(config, probe=False)
     (config.bundle / "node-auth.key").chmod(0o600)
     edit(path, site="hospital-z")
