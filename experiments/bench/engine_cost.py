@@ -62,7 +62,7 @@ def _engine_run(engine: str, rounds: int, root: Path, study: list[str]) -> dict[
     command = [sys.executable, "-m", "experiments.bench.study_child", str(output), *study,
                f"federation.rounds={rounds}", f"engine={engine}"]
     measured = run_measured(command, env=env, cwd=REPO)
-    line = next((l for l in measured.stdout.splitlines() if l.startswith("BENCH ")), None)
+    line = next((text for text in measured.stdout.splitlines() if text.startswith("BENCH ")), None)
     if measured.returncode != 0 or line is None:
         raise RuntimeError(f"engine={engine} study failed (exit {measured.returncode}):\n{measured.stderr[-3000:]}")
     timeline = json.loads(line[len("BENCH "):])
