@@ -12,6 +12,7 @@
     │   │   ├── InvalidDpEvent    a DP event (or its record) with a missing, extra or wrong field
     │   │   └── WeightsFormatError  a weights file that is not safe, well-formed safetensors
     │   ├── PlanError             a privacy or federation plan that cannot be carried out
+    │   │   └── StudyOverBudget   the study would pass some sites' caps (carries the whole plan)
     │   ├── LedgerPathError       a privacy ledger path that cannot be created, read or written
     │   ├── OverwriteRefused      an existing file would be replaced (pass --force)
     │   ├── DeploymentError       a coordinator or site process that cannot be started, reached or stopped
@@ -59,6 +60,7 @@ __all__ = [
     "SecAggError",
     "SecAggRefused",
     "StudyAborted",
+    "StudyOverBudget",
     "UserError",
     "WeightsFormatError",
 ]
@@ -112,6 +114,16 @@ class WeightsFormatError(DataError):
 
 class PlanError(UserError):
     """A privacy or federation plan that cannot be carried out as configured."""
+
+
+class StudyOverBudget(PlanError):
+    """The study would pass some sites' caps; ``rows`` is the whole plan (``flsuite.privacy.PlanRow``),
+    ``over_budget`` the offending rows, so a caller can still print the table."""
+
+    def __init__(self, message: str, *, rows: list, over_budget: list) -> None:
+        super().__init__(message)
+        self.rows = rows
+        self.over_budget = over_budget
 
 
 class LedgerPathError(UserError):

@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 
-from flsuite.errors import ConfigError, PlanError
+from flsuite.errors import ConfigError, PlanError, StudyOverBudget
 from flsuite.privacy.accounting import (
     Phase,
     PhaseLike,
@@ -25,16 +25,6 @@ from flsuite.privacy.accounting import (
 from flsuite.privacy.schedule import poisson_schedule
 
 __all__ = ["PlanRow", "SitePlanInput", "StudyOverBudget", "plan_study"]
-
-
-class StudyOverBudget(PlanError):
-    """The study would pass some sites' caps; ``rows`` is the whole plan, ``over_budget`` the
-    offending rows, so a caller can still print the table."""
-
-    def __init__(self, message: str, *, rows: list[PlanRow], over_budget: list[PlanRow]) -> None:
-        super().__init__(message)
-        self.rows = rows
-        self.over_budget = over_budget
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

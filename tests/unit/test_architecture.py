@@ -143,3 +143,20 @@ def test_nothing_imports_around_a_facade():
             if hidden or not names:
                 offenders.append(f"{path.relative_to(REPO)}: {module} {hidden or '(whole module)'}")
     assert offenders == []
+
+
+def test_every_exception_class_lives_in_the_one_tree_and_its_docstring_names_it():
+    import flsuite.errors as errors
+
+    tree = {name for name in errors.__all__ if isinstance(getattr(errors, name), type)}
+    outside = []
+    for path in library_modules():
+        if path == LIBRARY / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                bases = {base.id if isinstance(base, ast.Name) else getattr(base, "attr", "") for base in node.bases}
+                if bases & (tree | {"Exception", "ValueError", "RuntimeError"}):
+                    outside.append(f"{path.relative_to(REPO)}: {node.name}")
+    assert outside == []
+    assert [name for name in sorted(tree) if name not in errors.__doc__] == []
