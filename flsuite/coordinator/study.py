@@ -28,7 +28,7 @@ from flsuite.coordinator import progress
 from flsuite.coordinator.admission import DpAdmission, HeadVerifier
 from flsuite.coordinator.outputs import StudyOutputs
 from flsuite.coordinator.publishing import RegistryPublisher, new_run_id
-from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundOutcome, RoundRecord, TrainRound
+from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundOutcome, RoundRecord, RoundRules, TrainRound
 from flsuite.coordinator.strategies import build_strategy
 from flsuite.coordinator.verdict import FailureWatch, Verdict, study_verdict
 from flsuite.data.datasets import Dataset
@@ -110,11 +110,13 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
     strategy = build_strategy(study.federation, initial_arrays)
     rounds = train_round(study, watch, strategy, reply_check=admission.check_reply if admission else None)
 
-    def watched_round(server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord) -> RoundOutcome:
+    def watched_round(
+        server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord, rules: RoundRules | None = None
+    ) -> RoundOutcome:
         if stops:  # the coordinator cannot write what a round produces: no site is asked to train again
             return RoundOutcome(None, [], [], 0)
         watch.round = server_round
-        return rounds(server_round, cohort, configs, arrays)
+        return rounds(server_round, cohort, configs, arrays, rules)
 
     coordinator = RoundLoop(
         study,

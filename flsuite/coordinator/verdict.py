@@ -130,5 +130,5 @@ def study_verdict(result: StudyResult, *, rounds_planned: int, rounds_completed:
         reasons.append(f"only {rounds_completed} of {rounds_planned} planned rounds completed")
     if not reasons:
         return Verdict(COMPLETED, ())
-    status = ABORTED if result.status == ABORTED and not result.aborted_rounds and not stops else FAILED
+    status = ABORTED if result.status == ABORTED and not stops else FAILED  # ran out of sites (rounds may have aborted on the way)
     return Verdict(status, tuple(reasons))
