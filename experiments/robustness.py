@@ -459,7 +459,9 @@ def _replace_arrays(function):
     return tamper
 
 
-def _site_study(tamper, *overrides: str, outermost: bool = False, expect_site: str = "site-0", accuracy_floor: float = 0.85):
+def _site_study(tamper, *overrides: str, outermost: bool = False, expect_site: str | None = "site-0", accuracy_floor: float = 0.85):
+    """``expect_site=None``: the culprit cannot be known (a masked vector under secure aggregation);
+    handled then means the round was aborted with its reason and no bad model was published."""
     def run(tmp: Path) -> tuple[bool, str]:
         from flsuite.errors import FlsuiteError
         from flsuite.simulation import run_local_study
@@ -478,23 +480,31 @@ def _site_study(tamper, *overrides: str, outermost: bool = False, expect_site: s
 
 
 def _recorded(summary: dict, site: str) -> bool:
-    """The summary names ``site`` among refusals, rejections, failures or aborted rounds."""
+    """The summary names ``site`` among refusals, rejections, failures, left-out sites or aborted rounds
+    (under a key that says so, or in one record that says so)."""
     words = ("refus", "reject", "abort", "fail", "left", "excluded", "dropped", "late")
 
     def search(node: object) -> bool:
         if isinstance(node, dict):
             return any((any(w in str(key) for w in words) and site in json.dumps(value)) or search(value)
                        for key, value in node.items())
-        return isinstance(node, list) and any(search(item) for item in node)
+        if isinstance(node, list):
+            return any((isinstance(item, dict) and site in (text := json.dumps(item)) and any(w in text for w in words))
+                       or search(item) for item in node)
+        return False
 
     return search(summary)
 
 
-def _judge(summary: dict, *, expect_site: str, accuracy_floor: float) -> tuple[bool, str]:
+def _judge(summary: dict, *, expect_site: str | None, accuracy_floor: float) -> tuple[bool, str]:
     accuracy = summary.get("final_accuracy")
     published = summary.get("final_version") is not None
     finite = accuracy is not None and math.isfinite(accuracy)
-    recorded = _recorded(summary, expect_site)
+    if expect_site is None:
+        expect_site = "the aborted round"
+        recorded = bool(summary.get("aborted_rounds")) and all(r.get("reason") for r in summary["aborted_rounds"])
+    else:
+        recorded = _recorded(summary, expect_site)
     good_model = (finite and accuracy >= accuracy_floor) or not published
     honest_status = summary["status"] == "completed" or summary["status"] != "completed" and summary.get("message")
     detail = (f"status {summary['status']}, accuracy {accuracy if accuracy is None else round(accuracy, 3)}, "
@@ -544,7 +554,7 @@ def _garbage_masked(reply) -> None:
 
 
 case("faulty or malicious sites", "secure: garbage masked vector")(
-    _site_study(_garbage_masked, "secagg=secure", outermost=True))
+    _site_study(_garbage_masked, "secagg=secure", outermost=True, expect_site=None))
 
 
 def _shift_masked(reply) -> None:
@@ -557,7 +567,8 @@ def _shift_masked(reply) -> None:
         reply.content[protocol.MASKED_RECORD] = ArrayRecord({key: Array(record[key].numpy() + (1 << 20)) for key in record})
 
 
-case("faulty or malicious sites", "secure: shifted masked vector")(_site_study(_shift_masked, "secagg=secure", outermost=True))
+case("faulty or malicious sites", "secure: shifted masked vector")(
+    _site_study(_shift_masked, "secagg=secure", outermost=True, expect_site=None))
 case("faulty or malicious sites", "secure: update x1e6 before masking")(
     _site_study(_replace_arrays(lambda a: {k: v * 1e6 for k, v in a.items()}), "secagg=secure"))
 

@@ -101,7 +101,7 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
     # and a train reply whose DP event or ledger head does not match the plan is not averaged.
     admission = None
     if study.privacy.enabled:
-        admission = DpAdmission(study, grid, verifier=HeadVerifier.for_study(study), on_plan=outputs.write_privacy_plan)
+        admission = DpAdmission(study, watch, verifier=HeadVerifier.for_study(study), on_plan=outputs.write_privacy_plan)
         admission.plan()
         if publisher:
             publisher.admission = admission
@@ -120,7 +120,7 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
 
     coordinator = RoundLoop(
         study,
-        grid,
+        watch,
         strategy=strategy,
         train_round=watched_round,
         initial_arrays=initial_arrays,

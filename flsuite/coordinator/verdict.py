@@ -14,6 +14,7 @@ summary and the audit log, not only in a failure count.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Iterable
@@ -23,6 +24,7 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
+from flsuite import protocol
 from flsuite.coordinator.rounds import StudyResult
 from flsuite.flower import Run
 
@@ -51,12 +53,14 @@ class SiteFailure:
     node_id: int
     stage: str  # the message type it failed on ("train", "query", ...)
     reason: str
+    site: str | None = None  # the site's name, when any of its replies ever named it
 
     def to_summary(self) -> dict[str, Any]:
-        return {"round": self.round, "node_id": self.node_id, "stage": self.stage, "reason": self.reason}
+        return {"round": self.round, "node_id": self.node_id, "site": self.site, "stage": self.stage, "reason": self.reason}
 
     def text(self) -> str:
-        return f"round {self.round}: node {self.node_id} failed on its {self.stage} message: {self.reason}"
+        who = f"site {self.site!r} (node {self.node_id})" if self.site else f"node {self.node_id}"
+        return f"round {self.round}: {who} failed on its {self.stage} message: {self.reason}"
 
 
 class FailureWatch(Grid):
@@ -65,7 +69,8 @@ class FailureWatch(Grid):
     def __init__(self, grid: Grid) -> None:
         self._grid = grid
         self.round = 0  # the round in progress (0: planning), set by the study
-        self.failures: list[SiteFailure] = []
+        self._failures: list[SiteFailure] = []
+        self._names: dict[int, str] = {}  # node -> site name, from the status records of its replies
         self._lock = threading.Lock()
 
     def set_run(self, run: Run) -> None:
@@ -90,14 +95,26 @@ class FailureWatch(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self._watch(list(self._grid.send_and_receive(messages, timeout=timeout)))
 
+    @property
+    def failures(self) -> list[SiteFailure]:
+        """Every error reply so far, each named by its site where any reply of that node named it."""
+        with self._lock:
+            return [dataclasses.replace(f, site=self._names.get(f.node_id)) for f in self._failures]
+
     def _watch(self, replies: list[Message]) -> list[Message]:
         for reply in replies:
+            if not reply.has_error():
+                status = reply.content.config_records.get(protocol.SITE)
+                name = status.get("name") if status is not None else None
+                if isinstance(name, str) and name:
+                    with self._lock:
+                        self._names.setdefault(reply.metadata.src_node_id, name)
             if reply.has_error():
                 error = reply.error
                 reason = plain(error.reason or f"error code {error.code}")
                 failure = SiteFailure(self.round, reply.metadata.src_node_id, reply.metadata.message_type, reason)
                 with self._lock:
-                    self.failures.append(failure)
+                    self._failures.append(failure)
         return replies
 
 
