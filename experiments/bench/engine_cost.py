@@ -5,7 +5,7 @@ Each repeat runs the study once per engine, each in a fresh process whose whole 
 as Ray / inline ratios: wall time (first round, total), peak memory, and the start-up time of
 each (process launch until round 1 begins: interpreter, imports, engine, privacy planning).
 
-Coordinator overhead on the inline engine, per round, from the sites' own ``train-seconds``:
+Coordinator overhead on the inline engine, per round, from the sites' training time (timed in process):
 ``(round wall - slowest site's training) / slowest site's training`` (the issue's definition,
 which assumes sites train in parallel) and, because the inline engine runs its sites one
 after another in one process, also ``(round wall - sum of training) / sum of training``.
@@ -31,7 +31,7 @@ from experiments.bench.harness import (
     progress,
     round_walls,
     run_study,
-    site_train_seconds,
+    site_training_times,
     stats,
 )
 from experiments.bench.process_tree import run_measured
@@ -74,10 +74,9 @@ def _study(scale: Scale) -> list[str]:
     return [*STUDY, *QUICK] if scale.quick else list(STUDY)
 
 
-def _overheads(output: Path) -> dict[str, Any]:
+def _overheads(output: Path, trains: dict[int, list[float]]) -> dict[str, Any]:
     """Per-round and pooled overheads of rounds 2.. (round 1 is reported on its own)."""
     walls = round_walls(output)
-    trains = site_train_seconds(output)
     slowest = [max(trains[r + 1]) for r in range(len(walls))]
     total = [sum(trains[r + 1]) for r in range(len(walls))]
     later = range(1, len(walls))
@@ -142,8 +141,9 @@ def measure_overhead(scale: Scale) -> dict[str, Any]:
         for repeat in range(repeats):
             for name, extra in variants.items():
                 progress(f"coordinator overhead: {name}, repeat {repeat + 1}/{repeats}")
-                _, output = run_study([*_study(scale), f"federation.rounds={rounds}", *extra], Path(tmp))
-                for key, value in _overheads(output).items():
+                with site_training_times() as trains:
+                    _, output = run_study([*_study(scale), f"federation.rounds={rounds}", *extra], Path(tmp))
+                for key, value in _overheads(output, trains).items():
                     collected[name][key].extend(value if isinstance(value, list) else [value])
     return {name: {"overhead_vs_slowest_site": stats(v["pooled_slowest"], 3), "overhead_vs_sum_of_sites": stats(v["pooled_serial"], 3),
                    "per_round_overhead_vs_slowest_site": stats(v["per_round_slowest"], 3),
@@ -164,7 +164,7 @@ BUCKETS = {
     ] + [("flsuite/secagg/coordinator.py", name) for name in
          ("setup_requests", "receive_keys", "receive_shares", "receive_masked", "receive_unmask")],
     "central evaluation": [("flsuite/training/local.py", "evaluate")],
-    "model <-> ArrayRecord": [("flsuite/protocol.py", "load_arrays"), ("flsuite/protocol.py", "model_to_arrays")],
+    "model <-> ArrayRecord": [("flsuite/models/weights.py", "load_arrays"), ("flsuite/models/weights.py", "model_to_arrays")],
     "registry publishing": [("flsuite/coordinator/publishing.py", "on_round")],
 }
 

@@ -7,6 +7,7 @@ machine hits both alike. A statistic is always the median with the min and max o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,7 +15,8 @@ import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,15 +139,43 @@ def round_walls(output: Path) -> list[float]:
     return [float(row["wall_s"]) for row in json.loads((output / "metrics.json").read_text())]
 
 
-def site_train_seconds(output: Path) -> dict[int, list[float]]:
-    """Each round's local training times of its sites (the sites' own ``train-seconds``)."""
-    import csv
+@contextlib.contextmanager
+def site_training_times() -> Iterator[dict[int, list[float]]]:
+    """Each round's local training times of its sites, timed in this process around the sites'
+    training calls (a DP site withholds its own training time: it is not accounted).
+
+    The in-process engine runs a round's sites one after another before the round's progress
+    event, so the calls timed since the last event belong to the round it reports.
+    """
+    import flsuite.privacy.dp_training as dp_training
+    import flsuite.site.handlers as handlers
+    from flsuite.coordinator import progress as study_progress
 
     rounds: dict[int, list[float]] = {}
-    with open(output / "site_metrics.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            rounds.setdefault(int(row["round"]), []).append(float(row["train-seconds"]))
-    return rounds
+    current: list[float] = []
+
+    def timed(function):
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                current.append(time.perf_counter() - started)
+
+        return wrapper
+
+    def on_round(record) -> None:
+        rounds[record.round] = list(current)
+        current.clear()
+
+    saved = dp_training.train_dp, handlers.train_plain
+    dp_training.train_dp, handlers.train_plain = timed(saved[0]), timed(saved[1])
+    study_progress.subscribe(on_round)
+    try:
+        yield rounds
+    finally:
+        dp_training.train_dp, handlers.train_plain = saved
+        study_progress.unsubscribe(on_round)
 
 
 def progress(message: str) -> None:

@@ -111,14 +111,13 @@ def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None
     text = log.read_text(errors="replace")
     summary = json.loads((output / "summary.json").read_text())
     rounds = json.loads((output / "metrics.json").read_text())
-    assert rounds and rounds[0]["sites"] == 2 and rounds[0]["failures"] == 1, rounds
-    if summary["status"] == "completed":
-        assert code == 0, text[-4000:]
-        assert summary["rounds_completed"] == 2
-    else:  # the dead site was already offline when round 2 chose its cohort
-        assert code == 3, text[-4000:]
-        assert "fewer than federation.min_sites=3" in summary["message"]
-        assert "fewer than federation.min_sites=3" in text  # the launch command says why it stopped
+    # Round 1 lost a site mid-round: 2 valid replies are below the quorum (min_sites=3), so nothing
+    # is published for it (issue 12.3), and the study ends, within its timeouts, saying why.
+    assert all(row["sites"] >= 3 for row in rounds), rounds
+    assert code == 3, text[-4000:]
+    assert summary["status"] in ("failed", "aborted")
+    assert any("federation.min_sites=3" in reason for reason in summary["reasons"]), summary["reasons"]
+    assert "federation.min_sites=3" in text  # the launch command says why it stopped
 
 
 def _wait_for_app_process(pid: int, *, timeout: float, nth: int = 1) -> bool:

@@ -96,12 +96,12 @@ def test_a_study_whose_plan_passes_a_sites_budget_fails_before_round_1(tmp_path)
     sites = tmp_path / "sites"
     run_local_study(study(tmp_path, "experiment=smoke", "privacy.target_epsilon=5"), tmp_path / "first")
     out = tmp_path / "second"
-    result = run_cli("run", f"sites_dir={sites}", "privacy.target_epsilon=8", "--output-dir", str(out))
+    result = run_cli("run", f"sites_dir={sites}", "privacy.target_epsilon=9.5", "--output-dir", str(out))
     assert result.returncode == 2
     assert "does not fit every site's remaining privacy budget" in result.stderr and "over by" in result.stderr
     assert "site-0" in result.stderr and "Traceback" not in result.stderr
     assert not (out / "metrics.csv").exists()  # nothing trained
-    plan = run_cli("privacy", "plan", f"sites_dir={sites}", "privacy.target_epsilon=8")
+    plan = run_cli("privacy", "plan", f"sites_dir={sites}", "privacy.target_epsilon=9.5")
     assert plan.returncode == 2 and "site-0" in plan.stdout
 
 
