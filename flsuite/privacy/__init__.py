@@ -25,7 +25,7 @@ from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 # The anchor signs the contract's LedgerHead; flsuite.protocol imports this package, so the
 # anchor's names load on first use.
 _ANCHOR = ("RESET_HINT", "LedgerAnchor", "anchor_path", "sign_head", "verify_head")
-_LEDGER_AUDIT = ("LedgerAudit", "audit_ledger", "pld_epsilon")
+_LEDGER_AUDIT = ("LedgerAudit", "audit_ledger", "pld_epsilon", "pld_epsilon_of_phases")
 _TRAINING = (
     "DpTrainingResult",
     "check_dp_compatible",

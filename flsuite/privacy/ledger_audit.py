@@ -11,7 +11,9 @@ accountant flsuite did not write. Pure: no torch, no flwr.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from flsuite.errors import FlsuiteError, ProtocolError
@@ -20,7 +22,7 @@ from flsuite.privacy.events import DpEvent
 from flsuite.privacy.ledger import PrivacyLedger
 from flsuite.protocol import LedgerHead
 
-__all__ = ["LedgerAudit", "audit_ledger", "pld_epsilon"]
+__all__ = ["LedgerAudit", "audit_ledger", "pld_epsilon", "pld_epsilon_of_phases"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +60,28 @@ class LedgerAudit:
 
 def pld_epsilon(events: tuple[DpEvent, ...], delta: float) -> float:
     """Epsilon of every event composed, by dp_accounting's PLD accountant (pessimistic estimate)."""
+    return pld_epsilon_of_phases([event.phase for event in events], delta)
+
+
+def pld_epsilon_of_phases(phases: Iterable[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of (sample rate q, noise multiplier sigma, steps) phases composed, by dp_accounting's PLD."""
+    grouped: dict[tuple[float, float], int] = {}
+    for q, sigma, steps in phases:  # composition commutes: equal mechanisms compose in one self-composition
+        if steps:
+            grouped[(float(q), float(sigma))] = grouped.get((float(q), float(sigma)), 0) + int(steps)
+    if not grouped:
+        return 0.0
+    return _pld_epsilon(tuple(sorted(grouped.items())), float(delta))
+
+
+@functools.lru_cache(maxsize=256)
+def _pld_epsilon(grouped: tuple[tuple[tuple[float, float], int], ...], delta: float) -> float:
     import dp_accounting
     from dp_accounting import pld
 
-    if not events:
-        return 0.0
     accountant = pld.PLDAccountant()
-    for event in events:
-        q, sigma, steps = event.phase
-        if steps:
-            accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+    for (q, sigma), steps in grouped:
+        accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
     return float(accountant.get_epsilon(delta))
 
 
