@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flsuite.errors import ConfigError, FlsuiteError
+from flsuite.errors import ConfigError, FlsuiteError, RegistryError
 from flsuite.privacy import PrivacyLedger, anchor_path, audit_ledger, pld_epsilon, pld_epsilon_of_phases, verify_head
 from flsuite.protocol import LedgerHead
-from flsuite.registry.manifest import VersionInfo
+from flsuite.registry.manifest import VersionInfo, validate_dp_certificate
 from flsuite.registry.report import CLAIM_RTOL
 from flsuite.registry.verify import verify_registry
 from flsuite.secagg import load_pinned_identities
@@ -65,6 +65,8 @@ def auditor_report(registry: str | Path, *, ledgers: Sequence[str | Path] = (), 
     sites = _site_rows(versions, by_site, pinned)
     failures = [f"site {row['site']} (run {row['run_id']}): {p}" for row in sites for p in row["problems"]]
     failures += [f"ledger {row['folder']}: {p}" for row in ledger_rows for p in row["problems"]]
+    failures += [f"version {v['number']}: malformed DP certificate ({v['certificate_error']})" for v in versions
+                 if v["certificate_error"]]
     return {
         "registry": str(Path(registry).absolute()),
         "verification": _verification(verification),
@@ -119,10 +121,16 @@ def _versions(published: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
                                              manifest_sig=logged["manifest_sig"], seq=logged["seq"])
         except (KeyError, TypeError, AttributeError):
             continue  # a malformed manifest: verification names it
+        certificate, error = info.dp_certificate, None
+        if certificate is not None:
+            try:
+                certificate = validate_dp_certificate(certificate, sites=info.sites)
+            except RegistryError as exc:
+                certificate, error = None, str(exc)
         out.append({"number": info.number, "parent": info.parent, "run_id": info.run_id, "study_id": info.study_id,
                     "round": info.round, "created_at": info.created_at, "blob_sha256": info.blob_sha256,
                     "encrypted": info.encrypted, "sites": info.sites, "metrics": _plain(info.manifest.get("metrics")),
-                    "dp_certificate": info.dp_certificate})
+                    "dp_certificate": certificate, "certificate_error": error})
     return out
 
 
