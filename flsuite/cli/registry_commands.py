@@ -186,12 +186,30 @@ def verify(registry: RegistryArg = DEFAULT_REGISTRY, key_file: KeyFileOpt = None
 @audit_app.command("report")
 def report(registry: RegistryArg = DEFAULT_REGISTRY,
            version: Annotated[list[int] | None, typer.Option(help="Only these versions.")] = None,
-           expect_key: ExpectKeyOpt = None, as_json: JsonOpt = False) -> None:
+           expect_key: ExpectKeyOpt = None,
+           html: Annotated[Path | None, typer.Option(
+               "--html", help="Also write the auditor's report to this HTML file: one self-contained page "
+               "(no network) with the verification, every version's lineage, metrics and DP certificate, each "
+               "site's claimed epsilon beside dp_accounting's PLD recomputation against its cap, and plots.")] = None,
+           ledger: Annotated[list[Path] | None, typer.Option(
+               "--ledger", help="A site's folder (holding ledger.jsonl; repeatable): check its ledger against the "
+               "signed head the registry recorded, and recompute its total epsilon from it.")] = None,
+           identities: Annotated[Path | None, typer.Option(
+               "--identities", help="Pinned site identities (identities.json) for --ledger; default: the one "
+               "beside each site folder.")] = None,
+           key_file: KeyFileOpt = None, as_json: JsonOpt = False) -> None:
     """Each version's DP certificate (from the verified audit log); each site's epsilon
-    recomputed and compared with the claim. Exit 1 when the registry does not verify or a
-    claim is too low."""
+    recomputed and compared with the claim. With --html, also the auditor's HTML report; with
+    --ledger, each site's ledger checked against the signed head in the registry. Exit 1 when
+    the registry does not verify, a claim is too low, a cap is passed or a ledger does not check."""
     if not registry.exists():
         raise RegistryError(f"no registry at {registry}; give the registry folder to report on")
+    full = None
+    if html is not None or ledger:
+        from flsuite.registry.auditor_report import auditor_report
+
+        full = auditor_report(registry, ledgers=ledger or [], identities=identities, expected_key=expect_key,
+                              encryption_key=_encryption_key(key_file))
     data = privacy_report(registry, versions=version, expected_key=expect_key)
     lines = [data["verdict"], f"accounting: {data['accounting']}",
              f"{'version':>7}  {'site':<16} {'claimed eps':>11} {'recomputed':>10}  {'delta':>8}  status"]
@@ -205,6 +223,24 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
                          f"{claim['delta']:>8.2g}  {claim['status']}")
     if data["under_claimed_sites"]:
         lines.append(f"UNDER-CLAIMED: {', '.join(data['under_claimed_sites'])}")
+    ok = data["ok"]
+    if full is not None:
+        ok = ok and full["ok"]
+        data["auditor_report"] = full
+        for found in full["ledgers"]:
+            lines.append(f"ledger {found['folder']}: site {found['site']}, {found['entries']} entries, "
+                         f"PLD total {found['epsilon_pld'] if found['epsilon_pld'] is None else round(found['epsilon_pld'], 6)}"
+                         f", cap {found['cap']}: {'ok' if found['ok'] else 'FAILURE'}")
+        lines += [f"FAILURE: {failure}" for failure in full["failures"]]
+    if html is not None:
+        from datetime import UTC, datetime
+
+        from flsuite.registry.html_report import render_html
+        from flsuite.storage import write_atomic
+
+        html.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(html, render_html(full, generated_at=datetime.now(UTC).isoformat(timespec="seconds")).encode())
+        lines.append(f"HTML report written to {html}" + ("" if ok else " (it shows the FAILURE)"))
     _emit(data, as_json, "\n".join(lines))
-    if not data["ok"]:
+    if not ok:
         raise typer.Exit(code=1)

@@ -1,0 +1,79 @@
+"""The auditor's HTML report, attacked: a lower claim than the phases compose to, registry strings
+that try to run script, a report that would fetch something. (The real study in a real browser
+is tests/integration/test_report_browser.py.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from flsuite.privacy import pld_epsilon_of_phases
+from flsuite.registry import Registry
+from flsuite.registry.auditor_report import auditor_report
+from flsuite.registry.html_report import render_html
+from flsuite.registry.testing import publish_sample, sample_certificate
+from tests.conftest import run_cli
+
+HOSTILE = "<script>window.pwned=1</script>"
+
+
+def _registry(tmp_path: Path, *, epsilon: float, metrics: dict | None = None, run_id: str = "run-1") -> Path:
+    path = tmp_path / "registry"
+    with Registry.open(path, signing_key_path=tmp_path / "k.pem") as reg:
+        publish_sample(reg, round=1, run_id=run_id, metrics=metrics,
+                       dp_certificate=sample_certificate({"site-a": epsilon, "site-b": epsilon}, q=0.02, sigma=1.1, steps=200))
+    return path
+
+
+def _honest() -> float:
+    return pld_epsilon_of_phases([(0.02, 1.1, 200)], 1e-5)
+
+
+def test_an_honest_claim_verifies_and_its_row_shows_the_pld_recomputation(tmp_path):
+    claimed = _honest() * 1.05
+    report = auditor_report(_registry(tmp_path, epsilon=claimed))
+    assert report["ok"] and report["verification"]["ok"]
+    row = report["sites"][0]
+    assert row["status"] == "ok" and row["claimed_epsilon"] == claimed and row["pld_epsilon"] == pytest.approx(_honest())
+    page = render_html(report)
+    assert 'data-status="ok"' in page and f'data-field="pld_epsilon">{_honest():.4f}<' in page
+
+
+def test_a_certificate_claiming_less_than_its_phases_compose_to_is_a_failure(tmp_path):
+    registry = _registry(tmp_path, epsilon=_honest() / 2)
+    report = auditor_report(registry)
+    assert not report["ok"] and {row["status"] for row in report["sites"]} == {"FAILURE"}
+    page = render_html(report)
+    assert 'data-status="failure"' in page and "FAILURE" in page and "claims epsilon" in page
+    result = run_cli("audit", "report", str(registry), "--html", str(tmp_path / "report.html"), timeout=180)
+    assert result.returncode == 1, result.stderr
+    assert "FAILURE" in result.stdout and 'data-status="failure"' in (tmp_path / "report.html").read_text()
+
+
+def test_strings_from_the_registry_are_escaped_not_run(tmp_path):
+    registry = _registry(tmp_path, epsilon=_honest() * 1.05, metrics={HOSTILE: 0.5, "accuracy": 0.9},
+                         run_id='"><img src=x onerror=alert(1)>')
+    report = auditor_report(registry)
+    report["versions"][0]["metrics"]["note"] = HOSTILE  # a metric VALUE that is a string (a forged manifest)
+    page = render_html(report)
+    assert "<script" not in page.lower() and "<img src=x" not in page
+    assert "&lt;script&gt;window.pwned=1&lt;/script&gt;" in page and "&quot;&gt;&lt;img src=x" in page
+
+
+def test_the_page_fetches_nothing(tmp_path):
+    page = render_html(auditor_report(_registry(tmp_path, epsilon=_honest() * 1.05)))
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(re.fullmatch(r"data:image/png;base64,[A-Za-z0-9+/=]+", s) for s in sources)
+    text = re.sub(r'src="data:image/png;base64,[A-Za-z0-9+/=]+"', 'src=""', page)
+    assert not re.search(r"https?:|//[a-z]|url\(|@import|<link|<script|<iframe|<object|<embed", text, re.IGNORECASE)
+
+
+def test_a_ledger_folder_without_a_ledger_is_bad_input_and_nothing_is_written(tmp_path):
+    registry = _registry(tmp_path, epsilon=1.0)
+    (tmp_path / "empty").mkdir()
+    result = run_cli("audit", "report", str(registry), "--html", str(tmp_path / "r.html"),
+                     "--ledger", str(tmp_path / "empty"), timeout=180)
+    assert result.returncode == 2 and "no privacy ledger" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "r.html").exists()
