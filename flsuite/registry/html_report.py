@@ -28,7 +28,7 @@ table{border-collapse:collapse;margin:6px 0;font-size:.9em}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa}td[data-field=site]{white-space:nowrap}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.failure td{background:#ffebe9;color:#82071e}tr.ok td.status{color:#116329;font-weight:600}
-tr.failure td.status{font-weight:700}
+tr.failure td.status{font-weight:700}tr.warn td.status{color:#9a6700;font-weight:600}
 .mono{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.85em;word-break:break-all}
 ul.failures li{color:#82071e}.muted{color:#57606a;font-size:.9em}
 img.plot{max-width:100%;border:1px solid #d0d7de;margin:6px 0}
@@ -111,7 +111,8 @@ def _verification(verification: dict[str, Any]) -> str:
     for name, check in verification["checks"].items():
         detail = "; ".join(check["problems"]) or check.get("note", "")
         status = ("not pinned" if "note" in check else "ok") if check["ok"] else "FAILURE"
-        rows.append(f"<tr class=\"{'ok' if check['ok'] else 'failure'}\" data-check=\"{_e(name)}\">{_td(name)}"
+        css = ("warn" if "note" in check else "ok") if check["ok"] else "failure"
+        rows.append(f"<tr class=\"{css}\" data-check=\"{_e(name)}\">{_td(name)}"
                     f"{_td(status, 'status', cls='status')}{_td(detail)}</tr>")
     for problem in verification["other_problems"]:
         rows.append(f"<tr class=\"failure\">{_td('other')}{_td('FAILURE', 'status', cls='status')}{_td(problem)}</tr>")

@@ -32,6 +32,9 @@ PURE_MODULES = [
     "flsuite.privacy.ledger",
     "flsuite.audit",
     "flsuite.secagg",
+    "flsuite.registry.auditor_report",
+    "flsuite.registry.html_report",
+    "flsuite.registry.report_plots",
 ]
 
 #: Flower's public API; everything else of flwr is private and belongs in flsuite/flower/.
