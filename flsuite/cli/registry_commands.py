@@ -206,7 +206,7 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
         raise RegistryError(f"no registry at {registry}; give the registry folder to report on")
     full = None
     if html is not None or ledger:
-        from flsuite.registry.auditor_report import auditor_report
+        from flsuite.registry import auditor_report
 
         full = auditor_report(registry, ledgers=ledger or [], identities=identities, expected_key=expect_key,
                               encryption_key=_encryption_key(key_file))
@@ -235,7 +235,7 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
     if html is not None:
         from datetime import UTC, datetime
 
-        from flsuite.registry.html_report import render_html
+        from flsuite.registry import render_html
         from flsuite.storage import write_atomic
 
         html.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,12 @@ auditor's machine needs neither. Typical use:
                             code_digest=..., sites=[...], metrics={...}, dp_certificate={...})
     registry.promote(info.number, "production", PromotionPolicy(max_epsilon=8.0))
     verify_registry(path).ok
+
+The auditor's report (`auditor_report`, `render_html`) loads on first use: it needs the
+privacy accountants and matplotlib, which the registry itself does not.
 """
+
+from typing import Any
 
 from flsuite.audit.keys import load_or_create_signing_key
 from flsuite.errors import (
@@ -37,6 +42,7 @@ __all__ = [
     "VerifyReport",
     "VersionInfo",
     "WeightsFormatError",
+    "auditor_report",
     "code_digest",
     "config_hash",
     "create_key_file",
@@ -45,6 +51,19 @@ __all__ = [
     "load_or_create_signing_key",
     "privacy_report",
     "read_weights_file",
+    "render_html",
     "validate_dp_certificate",
     "verify_registry",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "auditor_report":
+        from flsuite.registry.auditor_report import auditor_report
+
+        return auditor_report
+    if name == "render_html":
+        from flsuite.registry.html_report import render_html
+
+        return render_html
+    raise AttributeError(f"module 'flsuite.registry' has no attribute {name!r}")
