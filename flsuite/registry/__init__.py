@@ -59,7 +59,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "auditor_report":
-        from flsuite.registry.auditor_report import auditor_report
+        from flsuite.registry.auditor import auditor_report
 
         return auditor_report
     if name == "render_html":

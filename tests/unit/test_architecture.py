@@ -32,7 +32,7 @@ PURE_MODULES = [
     "flsuite.privacy.ledger",
     "flsuite.audit",
     "flsuite.secagg",
-    "flsuite.registry.auditor_report",
+    "flsuite.registry.auditor",
     "flsuite.registry.html_report",
     "flsuite.registry.report_plots",
 ]

@@ -11,7 +11,7 @@ import pytest
 
 from flsuite.privacy import pld_epsilon_of_phases
 from flsuite.registry import Registry
-from flsuite.registry.auditor_report import auditor_report
+from flsuite.registry.auditor import auditor_report
 from flsuite.registry.html_report import render_html
 from flsuite.registry.testing import publish_sample, sample_certificate
 from tests.conftest import run_cli
