@@ -225,6 +225,38 @@ class RegistryConfig(Section):
     encryption_key_env: str | None = None
 
 
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackingConfig(Section):
+    """Experiment tracking of ``flsuite run`` (``tracking=mlflow``; needs the extra ``flsuite[mlflow]``)."""
+
+    backend: Literal["none", "mlflow"] = "none"
+    uri: str | None = Field(
+        None,
+        description="the MLflow tracking store; unset: sqlite:///<outputs root>/mlflow.db, the outputs root being "
+        "--output-dir when given, else ./outputs",
+    )
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="the MLflow experiment; unset: the study's name (a sweep logs into its first run's experiment)",
+    )
+
+    @model_validator(mode="after")
+    def _uri_names_a_tracking_store(self) -> TrackingConfig:
+        if self.uri is not None:
+            scheme, sep, rest = self.uri.partition(":")
+            if not sep or scheme.split("+")[0].lower() not in TRACKING_SCHEMES or not rest.strip("/"):
+                raise ValueError(
+                    f"tracking.uri={self.uri!r} is not an MLflow tracking store: give sqlite:///PATH/mlflow.db, "
+                    "http(s)://HOST:PORT of an MLflow server, or a database URI (postgresql://...); "
+                    "or leave it unset for sqlite:///<outputs root>/mlflow.db"
+                )
+        return self
+
+
 class StudyConfig(Section):
     """A whole federated study."""
 
@@ -240,11 +272,21 @@ class StudyConfig(Section):
     secagg: SecAggConfig = SecAggConfig()
     engine: EngineConfig = EngineConfig()
     registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     def first_cohort_size(self) -> int:
         """Sites asked in a round while none has dropped out or refused."""
         federation = self.federation
         return min(federation.num_sites, max(federation.min_sites, int(federation.num_sites * federation.fraction_sites)))
+
+    @model_validator(mode="after")
+    def _tracking_runs_where_it_is_logged(self) -> StudyConfig:
+        if self.tracking.backend != "none" and self.engine.name == "deployment":
+            raise ValueError(
+                f"tracking={self.tracking.backend} is logged by `flsuite run` on this machine; a study on "
+                "engine=deployment (`flsuite launch`) is not tracked: drop tracking or run it with `flsuite run`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secure_aggregation_fits_the_cohort(self) -> StudyConfig:
