@@ -16,6 +16,7 @@ from rich.table import Table
 from flsuite.config import check_inputs, compose_study, expand_sweep
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
+from flsuite.tracking import StudyTracking
 
 console = Console()
 
@@ -53,11 +54,15 @@ def run(
     folders = [_output_folder(study, output_dir, stamp, index if multirun else None) for index, study in enumerate(studies)]
     for study, folder in zip(studies, folders):  # and every path they name, before anything is written
         check_inputs(study, folder)
+    tracking = StudyTracking.prepare(studies, folders, outputs_root=output_dir or Path("outputs"),  # tracking=mlflow: store checked now
+                                     labels=[" ".join(r) for r in runs], sweep=multirun)
     summaries = []
     for index, (run_overrides, study, folder) in enumerate(zip(runs, studies, folders)):
         if multirun:
             console.print(f"[bold]run {index}[/bold]: {' '.join(run_overrides) or '(defaults)'}")
-        summary = _run_with_progress(study, folder)
+        with tracking.track(index) as tracked:
+            summary = _run_with_progress(study, folder)
+            tracked.finish(summary)
         summaries.append((run_overrides, summary))
         print_summary(summary)
     if multirun:
