@@ -2,7 +2,9 @@
 
 A round closes at its deadline (``federation.round_timeout_s``; per stage in a secure round)
 with the valid replies that arrived. A node of the cohort that gave none in time (no reply,
-an error reply, or a status query it left unanswered) has *missed* the round. A node that
+an error reply, or a status query it left unanswered) has *missed* the round; so has a node
+the study knew that is no longer in the federation's node list (a SuperNode that died and
+whose heartbeats stopped). A node that
 misses ``federation.max_missed_rounds`` rounds in a row is *pruned*: no later round waits
 for it, and the study records it (summary ``pruned_sites``, the console, the registry's audit
 log) with the round and the reason. One valid reply resets its count: a site that misses a
@@ -68,7 +70,10 @@ class MissedRounds:
 
     def update(self, server_round: int, asked: Iterable[int], missed: Iterable[int], *, names: Mapping[int, str] | None = None,
                stage: str = "train") -> list[PrunedSite]:
-        """Record one round: ``asked`` were asked, ``missed`` gave no valid reply in time. Returns the newly pruned."""
+        """Record one round: ``asked`` were asked, ``missed`` gave no valid reply in time. Returns the newly pruned.
+
+        ``stage``: what the missed nodes were asked ("train", "status"), or "node-list" for nodes no longer listed.
+        """
         missed = set(missed)
         names = names or {}
         newly: list[PrunedSite] = []
@@ -81,7 +86,9 @@ class MissedRounds:
             self.streak[node] = self.streak.get(node, 0) + 1
             if self.streak[node] >= self.max_missed:
                 deadline = f" (deadline {self.deadline_s:g} s)" if self.deadline_s is not None else ""
-                reason = (f"no valid reply in time{deadline} to its {stage} request in {self.streak[node]} rounds in a row, "
+                what = ("no longer in the federation's node list" if stage == "node-list"
+                        else f"no valid reply in time{deadline} to its {stage} request")
+                reason = (f"missed {self.streak[node]} rounds in a row (last: {what}), "
                           f"federation.max_missed_rounds={self.max_missed}; no later round waits for it")
                 pruned = PrunedSite(round=server_round, node_id=node, name=names.get(node), misses=self.streak[node], reason=reason)
                 self.pruned[node] = pruned

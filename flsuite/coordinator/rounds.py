@@ -315,6 +315,7 @@ class RoundLoop:
         self.forget = forget
         self.site_names = site_names  # a DP plan's node -> site name, for nodes that never replied to the loop
         self.names: dict[int, str] = {}  # node -> the site name its replies gave
+        self.known: set[int] = set()  # every node a round was asked to train
 
     def run(self) -> StudyResult:
         result = StudyResult()
@@ -323,6 +324,8 @@ class RoundLoop:
             listed = list(self.grid.get_node_ids())
             self._readmit(server_round, listed, result)
             held_out = self.pruning.held_out()
+            gone = sorted(self.known - set(listed) - self.excluded - held_out)  # a dead node's heartbeats stopped
+            self._missed(server_round, gone, gone, "node-list")
             available = [n for n in listed if n not in self.excluded and n not in held_out]
             if self.admit is not None:
                 available = self.admit(server_round, available)
@@ -386,6 +389,7 @@ class RoundLoop:
         result.refusals.extend(outcome.refusals)
         self.excluded.update(refusal.node_id for refusal in outcome.refusals)
         self.names.update({site.node_id: site.name for site in outcome.sites})
+        self.known.update(cohort)
         self._missed(server_round, cohort, outcome.missed, protocol.TRAIN)
         if outcome.aborted is not None:
             result.aborted_rounds.append({"round": server_round, **outcome.aborted})

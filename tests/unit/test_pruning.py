@@ -61,7 +61,8 @@ def test_a_site_that_hangs_forever_in_a_10_round_study_is_pruned_and_the_study_c
     assert [n for _, n in trains_sent(grid)].count(HUNG) == 3
     (pruned,) = result.pruned
     assert (pruned.round, pruned.node_id, pruned.name, pruned.misses) == (3, HUNG, "z", 3)
-    assert "3 rounds in a row" in pruned.reason and "federation.max_missed_rounds=3" in pruned.reason
+    assert "missed 3 rounds in a row" in pruned.reason and "federation.max_missed_rounds=3" in pruned.reason
+    assert "no valid reply in time (deadline 1 s) to its train request" in pruned.reason
 
 
 def test_a_site_that_misses_rounds_but_never_max_missed_in_a_row_is_not_pruned():
@@ -107,6 +108,22 @@ def test_a_site_silent_to_its_status_query_is_pruned_and_not_asked_every_round()
     assert result.status == "completed" and len(result.rounds) == 5
     (pruned,) = result.pruned
     assert pruned.round == 2 and pruned.name is None and "status request" in pruned.reason
+
+
+def test_a_node_that_left_the_node_list_misses_its_rounds_and_is_pruned():
+    """A SuperNode killed after round 1: once its heartbeats stop, it is no longer listed."""
+    handlers = {11: site("a"), 12: site("b"), 13: site("c"), HUNG: site("z")}
+    grid = grid_of(handlers, workers=4)
+
+    def kill(record, arrays) -> None:
+        if record.round == 1:
+            grid.offline.add(HUNG)
+
+    result = run(grid, study("federation.round_timeout_s=1", "federation.rounds=5", "federation.max_missed_rounds=2"), [kill])
+    assert result.status == "completed" and [len(r.sites) for r in result.rounds] == [4, 3, 3, 3, 3]
+    (pruned,) = result.pruned
+    assert (pruned.round, pruned.name) == (3, "z") and "no longer in the federation's node list" in pruned.reason
+    assert result.readmitted == []
 
 
 def test_a_pruned_node_that_reconnects_is_planned_afresh_before_it_trains_again():
