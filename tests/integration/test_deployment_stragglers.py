@@ -4,8 +4,8 @@ completes on the others within (rounds x timeout), and the dead site is reported
 A coordinator and 3 sites as real processes (TLS, node authentication), the study submitted
 with `flsuite launch`. hospital-c is killed (SIGKILL, its whole process family) while it
 handles its first train request; with federation.max_missed_rounds=2 it is pruned after
-round 2 and no later round waits for it. Marked deployment and slow: about 5 minutes on a
-2-core machine (each exchange costs ~15 s in deployment, the dead site 2 x 60 s more).
+round 2 and no later round waits for it. Marked deployment and slow: 11.5 minutes on a busy
+2-core machine (rounds of 36-58 s; the study's wall time 579 s), less on an idle one.
 Every process is stopped by PID at the end, also when the test fails.
 """
 
@@ -24,7 +24,7 @@ from tests.integration.test_deployment_study import SITES, _stop, _wait_for_app_
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
-ROUNDS, TIMEOUT_S = 10, 60
+ROUNDS, TIMEOUT_S = 10, 90
 
 
 def test_a_site_killed_in_a_10_round_deployed_study_is_pruned_and_the_study_completes(tmp_path: Path) -> None:

@@ -174,3 +174,13 @@ def test_a_secure_stage_deadline_is_the_round_deadline_unless_set():
 
     assert compose_study(["federation.round_timeout_s=42"]).secagg.stage_deadline_s(42) == 42.0
     assert compose_study(["secagg.stage_timeout_s=7"]).secagg.stage_deadline_s(42) == 7.0
+
+
+def test_a_secure_round_holds_each_stage_to_the_round_deadline():
+    from flsuite.config import compose_study
+    from flsuite.coordinator.secure_round import SecureTrainRound
+    from flsuite.coordinator.study import train_round
+
+    config = compose_study(["federation.round_timeout_s=42", "secagg.enabled=true"])
+    rounds = train_round(config, grid_of({11: site("a")}), strategy=None)  # type: ignore[arg-type]
+    assert isinstance(rounds, SecureTrainRound) and rounds.timeout_s == 42.0
