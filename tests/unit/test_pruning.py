@@ -184,3 +184,51 @@ def test_a_secure_round_holds_each_stage_to_the_round_deadline():
     config = compose_study(["federation.round_timeout_s=42", "secagg.enabled=true"])
     rounds = train_round(config, grid_of({11: site("a")}), strategy=None)  # type: ignore[arg-type]
     assert isinstance(rounds, SecureTrainRound) and rounds.timeout_s == 42.0
+
+
+@pytest.mark.slow  # DP planning for 4 sites and 5 rounds: about 35 s here
+def test_a_pruned_dp_site_that_reconnects_is_planned_again_before_it_trains():
+    """In a DP study a pruned site that reconnects with its old node id is re-admitted only through planning:
+    a fresh status query and a new planning event, then it trains under that plan."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from flsuite.coordinator.admission import DpAdmission, HeadVerifier
+    from flsuite.coordinator.study import train_round
+    from tests.unit.test_dp_admission import dp_study, federation, sites_of
+
+    with tempfile.TemporaryDirectory() as folder:
+        tmp_path = Path(folder)
+        sites = sites_of(tmp_path, 4)
+        study_config = dp_study(tmp_path, "none", "federation.rounds=5", "federation.max_missed_rounds=2")
+        grid = federation(tmp_path, study_config, sites)
+        grid.drop = lambda m: (m.metadata.dst_node_id == 103 and m.metadata.message_type == protocol.TRAIN
+                               and int(m.content[protocol.CONFIG][protocol.SERVER_ROUND]) <= 2)
+        initial = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+        strategy = build_strategy(study_config.federation, initial)
+        queried: list[int] = []
+
+        def network(record, arrays) -> None:
+            queried.append(queries_to(grid, 103))
+            if record.round == 2:
+                grid.offline.add(103)
+            elif record.round == 3:
+                grid.offline.discard(103)
+
+        with grid:
+            admission = DpAdmission(study_config, grid, verifier=HeadVerifier.for_study(study_config))
+            admission.plan()
+            loop = RoundLoop(study_config, grid, strategy=strategy, initial_arrays=initial, evaluator=None, listeners=[network],
+                             train_round=train_round(study_config, grid, strategy, reply_check=admission.check_reply),
+                             site_configs=admission.site_configs, admit=admission.admit, declared=admission.declared,
+                             forget=admission.forget, site_names=admission.site_names)
+            result = loop.run()
+    assert result.status == "completed" and [len(r.sites) for r in result.rounds] == [3, 3, 3, 4, 4]
+    (pruned,) = result.pruned
+    assert (pruned.round, pruned.name) == (2, "site-3")
+    planned = [(e["round"], e["node_id"]) for e in admission.events if e["action"] == "planned" and e["site"] == "site-3"]
+    assert planned == [(0, 103), (4, 103)]  # planned before round 1, and again on its return
+    assert queried == [1, 1, 1, 2, 2] and sites[103].trained == [1, 2, 4, 5]
