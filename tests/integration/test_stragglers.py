@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from flsuite import protocol
 from flsuite.cli.study_commands import print_summary
 from flsuite.config import compose_study
@@ -17,8 +19,9 @@ from flsuite.simulation import run_local_study
 DEAD = FIRST_NODE_ID + 4
 
 
+@pytest.mark.slow  # 4 secure rounds on 5 sites: 13 s on an idle machine, 30 s on a busy one
 def test_a_site_that_never_answers_its_secure_train_stage_is_pruned_and_recorded(tmp_path: Path, capsys) -> None:
-    study = compose_study(["experiment=smoke", f"sites_dir={tmp_path / 'sites'}", "privacy=none", "federation.rounds=5",
+    study = compose_study(["experiment=smoke", f"sites_dir={tmp_path / 'sites'}", "privacy=none", "federation.rounds=4",
                            "federation.max_missed_rounds=2", "federation.round_timeout_s=30", "engine.parallel_sites=5"])
     asked: list[tuple[str, int]] = []
 
@@ -29,13 +32,13 @@ def test_a_site_that_never_answers_its_secure_train_stage_is_pruned_and_recorded
 
     summary = run_local_study(study, tmp_path / "out", tamper=record, drop=lambda m: m.metadata.dst_node_id == DEAD
                               and stage_of(m) == protocol.MASKED_TRAIN)
-    assert summary["status"] == "completed" and summary["rounds_completed"] == 5, summary["reasons"]
+    assert summary["status"] == "completed" and summary["rounds_completed"] == 4, summary["reasons"]
     assert sorted({r for stage, r in asked if stage == protocol.MASKED_TRAIN}) == [1, 2]  # never asked after round 2
     (pruned,) = summary["pruned_sites"]
     assert pruned["round"] == 2 and pruned["node_id"] == DEAD and pruned["misses"] == 2 and pruned["site"]
     assert "federation.max_missed_rounds=2" in pruned["reason"] and "(deadline 30 s)" in pruned["reason"]
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert [row["sites"] for row in rows] == [4, 4, 4, 4, 4]
+    assert [row["sites"] for row in rows] == [4, 4, 4, 4]
     audit = [json.loads(line) for line in (Path(summary["registry"]) / "audit.jsonl").read_text().splitlines() if line.strip()]
     (entry,) = [e for e in audit if "site.pruned" in json.dumps(e)]
     assert str(DEAD) in json.dumps(entry)
