@@ -120,6 +120,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("final AUC", _fmt(summary["final_auc"])),
         ("wall time", f"{summary['wall_s']:.1f} s"),
     ]
+    if summary.get("pruned_sites"):
+        rows.append(("pruned sites", ", ".join(f"{p['site'] or 'node ' + str(p['node_id'])} (round {p['round']})"
+                                              for p in summary["pruned_sites"])))
     if summary.get("registry"):
         rows.append(("registry", summary["registry"]))
         rows.append(("final version", summary.get("final_version")))
@@ -145,11 +148,13 @@ def print_reasons(summary: dict[str, Any]) -> None:
         *(f"round {r['round']}: {r['name']} {_refusal_verb(r['kind'])}: {r['reason']}" for r in summary.get("refusals") or []),
         *(f"round {f['round']}: node {f['node_id']} failed on its {f['stage']} message: {f['reason']}"
           for f in summary.get("site_failures") or []),
+        *(f"round {p['round']}: {p['site'] or 'node ' + str(p['node_id'])} pruned: {p['reason']}" for p in summary.get("pruned_sites") or []),
         *(f"{e['site'] or 'node ' + str(e['node_id'])} left out of the privacy plan (round {e['round']}): {e['reason']}"
           for e in ((summary.get("privacy") or {}).get("planning") or []) if e.get("action") == "left-out"),
     ]
     if notes:
-        console.print("[yellow]Sites that refused, were rejected, failed or were left out, with their reasons:[/yellow]", highlight=False)
+        console.print("[yellow]Sites that refused, were rejected, failed, were pruned or were left out, with their reasons:[/yellow]",
+                      highlight=False)
     for note in notes:
         console.print(f"  [yellow]-[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 

@@ -77,7 +77,18 @@ class FederationConfig(Section):
     num_sites: int = Field(5, ge=1)
     fraction_sites: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(3, ge=1)
-    round_timeout_s: float = Field(600.0, gt=0)
+    round_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="a round's deadline: it closes then with the valid replies that arrived, if they reach min_sites; "
+        "a secure round holds each of its stages to it (unless secagg.stage_timeout_s is set)",
+    )
+    max_missed_rounds: int = Field(
+        3,
+        ge=1,
+        description="a site that gives no valid reply in time in this many rounds in a row is pruned: no later round "
+        "waits for it (summary pruned_sites); it comes back only through planning",
+    )
     max_update_norm: float = Field(
         100.0,
         gt=0,
@@ -180,7 +191,16 @@ class SecAggConfig(Section):
     clip_out_of_range: bool = False
     weight_cap: int = Field(10_000, ge=1)
     mask_cipher: Literal["aes-256-ctr", "chacha20"] = "aes-256-ctr"
-    stage_timeout_s: float = Field(120.0, gt=0)
+    stage_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="each secure-aggregation stage's deadline (setup, share-keys, train, unmask); empty: "
+        "federation.round_timeout_s, the same deadline per stage as a plain round's",
+    )
+
+    def stage_deadline_s(self, round_timeout_s: float) -> float:
+        """Each secure stage's deadline: ``stage_timeout_s``, else the round's (``federation.round_timeout_s``)."""
+        return float(self.stage_timeout_s) if self.stage_timeout_s is not None else float(round_timeout_s)
 
     def settings_for(self, cohort_size: int):
         """The protocol settings for a round of ``cohort_size`` sites (validated; ConfigError if not allowed)."""

@@ -180,6 +180,15 @@ class DpAdmission:
                 self._plan_changed()
         return [n for n in available if n in self.planned]
 
+    def site_names(self) -> dict[int, str]:
+        """Each planned node's site name."""
+        return {node: site.name for node, site in self.planned.items()}
+
+    def forget(self, node: int) -> None:
+        """Drop ``node``'s plan, so that the next ``admit`` plans it afresh (a pruned node that reconnected)."""
+        self.planned.pop(node, None)
+        self.left_out.pop(node, None)
+
     @property
     def declared(self) -> Mapping[int, int]:
         """Each planned node's record count, as its planning status declared it: its aggregation weight."""

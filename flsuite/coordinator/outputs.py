@@ -136,6 +136,8 @@ class StudyOutputs:
             "output_dir": str(self.folder.resolve()),
             "refusals": [refusal.to_summary() for refusal in result.refusals],
             "aborted_rounds": result.aborted_rounds,
+            "pruned_sites": [pruned.to_summary() for pruned in result.pruned],
+            "readmitted_sites": list(result.readmitted),
             "site_failures": [failure.to_summary() for failure in failures],
             "privacy": self._privacy_summary(result),
             **(extra or {}),

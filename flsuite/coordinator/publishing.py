@@ -104,6 +104,10 @@ class RegistryPublisher:
             self.registry.record(kind, {"run_id": self.run_id, **event})
         for aborted in result.aborted_rounds:
             self.registry.record("round.aborted", {"run_id": self.run_id, **aborted})
+        for pruned in result.pruned:
+            self.registry.record("site.pruned", {"run_id": self.run_id, **pruned.to_summary()})
+        for back in result.readmitted:
+            self.registry.record("site.readmitted", {"run_id": self.run_id, **back})
         if self.pending is not None:  # the final model, when the policy did not publish it already
             self._publish(*self.pending)
 

@@ -129,6 +129,8 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
         site_configs=admission.site_configs if admission else None,
         admit=admission.admit if admission else None,
         declared=admission.declared if admission else None,
+        forget=admission.forget if admission else None,
+        site_names=admission.site_names if admission else None,
     )
     result = coordinator.run()
     if admission:
@@ -167,8 +169,8 @@ def train_round(study: StudyConfig, grid: Grid, strategy: Strategy, *, reply_che
         return PlainTrainRound(grid, strategy, timeout_s=study.federation.round_timeout_s, reply_check=reply_check)
     from flsuite.coordinator.secure_round import SecureTrainRound
 
-    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for, timeout_s=study.secagg.stage_timeout_s,
-                            reply_check=reply_check)
+    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for,
+                            timeout_s=study.secagg.stage_deadline_s(study.federation.round_timeout_s), reply_check=reply_check)
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
