@@ -83,7 +83,7 @@ def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:
     from flsuite.simulation import run_local_study
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=False, refresh_per_second=2) as bar:
         task = bar.add_task(f"{study.name} rounds", total=study.federation.rounds, latest="")
 
         def on_round(record: Any) -> None:
