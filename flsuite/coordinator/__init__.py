@@ -26,6 +26,7 @@ _EXPORTS = {
     "query_status": "planning",
     "RegistryPublisher": "publishing",
     "StudyOutputs": "outputs",
+    "prepare_resume": "resume",
     "run_study": "study",
     "CoordinatorState": "superlink",
     "check_coordinator": "superlink",

@@ -278,8 +278,10 @@ class RoundLoop:
         excluded: set[int] | None = None,
         admit: Admit | None = None,
         declared: Mapping[int, int] | None = None,
+        first_round: int = 1,
     ) -> None:
         self.study = study
+        self.first_round = first_round  # a resumed study starts after its last published round
         self.grid = grid
         self.strategy = strategy
         self.train_round = train_round
@@ -296,7 +298,7 @@ class RoundLoop:
     def run(self) -> StudyResult:
         result = StudyResult()
         federation = self.study.federation
-        for server_round in range(1, federation.rounds + 1):
+        for server_round in range(self.first_round, federation.rounds + 1):
             available = [n for n in self.grid.get_node_ids() if n not in self.excluded]
             if self.admit is not None:
                 available = self.admit(server_round, available)
