@@ -31,7 +31,9 @@ RUN_HELP = (
     "Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv, metrics.json, "
     "site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json, metrics.png and registry/ (the signed model "
     "versions). Exit code 3 when the study did not complete (a round aborted, fewer rounds than planned, too few "
-    "sites left, a full disk; each reason is printed), 2 on bad input."
+    "sites left, a full disk; each reason is printed), 2 on bad input.\n\n"
+    "`flsuite run --resume OUTPUT_DIR` continues a study whose coordinator died, after the last version its "
+    "registry published (verified first), with the same config and privacy plan; outputs are kept and appended to."
 )
 
 

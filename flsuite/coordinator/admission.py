@@ -31,7 +31,15 @@ from flwr.serverapp import Grid
 
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
-from flsuite.coordinator.planning import PrivacyPlan, StatusReplies, ledger_head_of, over_budget_text, plan_privacy, plan_site, status_replies
+from flsuite.coordinator.planning import (
+    PrivacyPlan,
+    StatusReplies,
+    ledger_head_of,
+    over_budget_text,
+    plan_privacy,
+    plan_site,
+    status_replies,
+)
 from flsuite.errors import PlanError, ProtocolError
 from flsuite.privacy import PlanRow
 from flsuite.secagg import load_pinned_identities

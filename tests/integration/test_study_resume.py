@@ -41,6 +41,20 @@ def _wait_for_round(out: Path, process: subprocess.Popen, k: int, timeout: float
     raise AssertionError(f"round {k} was not published within {timeout} s")
 
 
+def _wait_for_spend(sites: Path, process: subprocess.Popen, server_round: int, timeout: float = 120) -> None:
+    """Until some site's ledger holds a reservation for ``server_round`` (read raw: a ledger is never repaired here)."""
+    needle = f'"round":{server_round},'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the study ended (exit {process.returncode}) before a site trained in round {server_round}")
+        for ledger in sites.glob("*/ledger.jsonl"):
+            if any('"reserve"' in line and needle in line for line in ledger.read_text().splitlines()):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no site reserved a spend for round {server_round} within {timeout} s")
+
+
 def _charged_rounds(sites: Path) -> dict[str, Counter]:
     """Per site, how many ledger events (final or an open reservation) each round of the study charged."""
     return {folder.name: Counter(event.round for event in PrivacyLedger(folder / "ledger.jsonl").charged() if event.study_id == "default")
@@ -53,7 +67,10 @@ def _registry_rounds(registry: Path) -> list[tuple[int, int | None, str, int]]:
 
 
 @pytest.mark.slow
-def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path):
+@pytest.mark.parametrize("kill_when", ["published", "sites-training"])
+def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path, kill_when):
+    """``published``: right after version 2 appears; ``sites-training``: once a site has reserved its
+    round-3 spend, so the interrupted round is certainly charged before the kill."""
     out, sites = tmp_path / "out", tmp_path / "sites"
     command = [sys.executable, "-m", "flsuite.cli.main", "run", *STUDY, f"sites_dir={sites}", "--output-dir", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -62,6 +79,8 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
                                    start_new_session=True)
     try:
         _wait_for_round(out, process, 2)
+        if kill_when == "sites-training":
+            _wait_for_spend(sites, process, 3)
         os.kill(process.pid, signal.SIGKILL)  # the coordinator (and, inline, its simulated sites) dies mid-study
         process.wait(timeout=30)
     finally:
@@ -74,6 +93,11 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
     assert 2 <= k < ROUNDS and [row[3] for row in published] == list(range(1, k + 1))
     before = _charged_rounds(sites)
     assert set(before) == {f"site-{i}" for i in range(SITES)}
+    if kill_when == "sites-training" and k == 2:  # (k is 3 only if round 3 was published within the last poll)
+        assert any(counts[3] == 1 for counts in before.values()), before
+
+    plan_before, config_before = (out / "privacy_plan.csv").read_text(), (out / "config.yaml").read_text()
+    kept = {name: (out / name).read_text().splitlines()[: k + 1] for name in ("metrics.csv",)}  # header and rounds 1..k
 
     resumed = run_cli("run", "--resume", str(out), cwd=tmp_path, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -92,6 +116,10 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
     assert site_rows == {r: SITES for r in range(1, ROUNDS + 1)}
     privacy_rows = Counter(int(row["round"]) for row in csv.DictReader((out / "privacy.csv").open()))
     assert privacy_rows == {r: SITES for r in range(1, ROUNDS + 1)}
+    # The same plan (not re-planned from the ledgers as they are now), the same config, the rows kept as written.
+    assert (out / "privacy_plan.csv").read_text() == plan_before and (out / "config.yaml").read_text() == config_before
+    for name, lines in kept.items():
+        assert (out / name).read_text().splitlines()[: k + 1] == lines
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == ROUNDS
     assert summary["registry_versions"] == list(range(1, ROUNDS + 1))
@@ -108,3 +136,23 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
 
     again = run_cli("run", "--resume", str(out), cwd=tmp_path)
     assert again.returncode == 2 and "nothing to resume" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_resume_of_a_random_folder_exits_2_without_a_traceback(tmp_path):
+    (tmp_path / "photos").mkdir()
+    result = run_cli("run", "--resume", str(tmp_path / "photos"), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "not a study folder" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_resume_of_a_tampered_registry_exits_1_and_trains_nothing(tmp_path):
+    from tests.unit.test_study_resume import publish, study_folder
+
+    folder = study_folder(tmp_path)
+    publish(folder, 2)
+    blob = next(path for path in (folder / "registry" / "blobs").rglob("*") if path.is_file())
+    blob.write_bytes(blob.read_bytes()[:-1] + bytes([blob.read_bytes()[-1] ^ 1]))
+    result = run_cli("run", "--resume", str(folder), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr  # an integrity failure, as `audit verify` reports it
+    assert "does not verify, so the study is not resumed" in result.stderr and "Traceback" not in result.stderr
+    assert not (folder / "metrics.csv").exists() and not (tmp_path / ".flsuite").exists()
