@@ -60,6 +60,7 @@ RESUME_FILE = "resume.json"
 ALLOWED_OVERRIDES = ("engine.parallel_sites", "engine.threads_per_site")
 #: The output files with one row per round (and per site), kept on resume.
 ROUND_FILES = ("metrics.csv", "site_metrics.csv", "privacy.csv")
+TEXT_COLUMNS = frozenset({"site", "accountant", "rng"})  # never read back as numbers (a site may be named "1e5")
 
 
 @dataclass(frozen=True)
@@ -274,12 +275,16 @@ class ResumeRecorder:
 
 def restore_outputs(outputs: Any, folder: Path, last_round: int) -> dict[str, int]:
     """Load the rows of rounds 1..last_round into ``outputs`` (a StudyOutputs); returns rows dropped per file."""
+    import logging
+
     dropped: dict[str, int] = {}
     targets = {"metrics.csv": outputs.rows, "site_metrics.csv": outputs.site_rows, "privacy.csv": outputs.privacy_rows}
     for name in ROUND_FILES:
         rows, skipped = read_round_rows(folder / name, last_round)
         targets[name][:] = rows
         dropped[name] = skipped
+        if skipped:
+            logging.getLogger("flwr").info("resume: %s: dropped %d row(s) of rounds after %d or torn", name, skipped, last_round)
     return dropped
 
 
@@ -305,7 +310,7 @@ def read_round_rows(path: Path, last_round: int) -> tuple[list[dict[str, Any]], 
         if len(fields) != len(header):
             dropped += 1
             continue
-        row = {key: _typed(value) for key, value in zip(header, fields)}
+        row = {key: value if key in TEXT_COLUMNS else _typed(value) for key, value in zip(header, fields)}
         if not isinstance(row.get("round"), int) or not 1 <= row["round"] <= last_round:
             dropped += 1
             continue
@@ -368,7 +373,13 @@ class ResumedPlan:
                 if not fits:
                     over.append(row)
                     texts.append(f"site {row.site!r} would reach epsilon {row.projected_epsilon:.3f} against its cap {row.max_epsilon}")
-            elif status.max_epsilon is not None:
+            elif not status.private:
+                raise PlanError(f"site {status.name!r} was planned for DP-SGD but now reports no privacy status (cap, delta): "
+                                "the study cannot be resumed with it")
+            elif status.records != row.records:
+                raise PlanError(f"site {status.name!r} now declares {status.records} records; the study's plan was made for "
+                                f"{row.records} (its q and steps): the study cannot be resumed with the same plan")
+            else:
                 delta = float(status.delta)
                 spent = epsilon(status.prior_phases, delta=delta, accountant=study.privacy.accountant)
                 rest = (row.sample_rate, row.noise_multiplier, row.steps_per_round * remaining)

@@ -21,7 +21,7 @@ from flsuite.coordinator.resume import (
     prepare_resume,
     read_round_rows,
 )
-from flsuite.errors import ConfigError, IntegrityError, StudyOverBudget
+from flsuite.errors import ConfigError, IntegrityError, PlanError, StudyOverBudget
 from flsuite.privacy import PlanRow
 from flsuite.registry import Registry
 
@@ -176,3 +176,19 @@ def test_resume_state_is_written_whole_and_a_malformed_one_is_refused(tmp_path):
     (tmp_path / RESUME_FILE).write_text('{"run_id": "abc", "study": "default", "round": -1, "version": null}')
     with pytest.raises(ConfigError, match="malformed"):
         ResumeState.read(tmp_path)
+
+
+def test_a_resumed_plan_refuses_a_site_whose_data_or_privacy_changed(tmp_path):
+    _plan_file(tmp_path)
+    study = compose_study([f"federation.rounds={ROUNDS}"])
+    grown = protocol.SiteStatus(name="site-0", records=260, max_epsilon=10.0, delta=1e-5, spent_epsilon=0.0)
+    with pytest.raises(PlanError, match="now declares 260 records; the study's plan was made for 200"):
+        ResumedPlan(tmp_path, first_round=2)(study, {11: grown})
+    with pytest.raises(PlanError, match="no privacy status"):
+        ResumedPlan(tmp_path, first_round=2)(study, {11: protocol.SiteStatus(name="site-0", records=200)})
+
+
+def test_site_names_are_kept_as_text(tmp_path):
+    path = tmp_path / "privacy.csv"
+    path.write_text("round,site,epsilon\n1,1e5,0.5\n")
+    assert read_round_rows(path, last_round=1)[0] == [{"round": 1, "site": "1e5", "epsilon": 0.5}]
