@@ -5,7 +5,8 @@ DP study, and only replies that match the plan are averaged: ``admission``), eva
 on the held-out split that no site sees, runs the rounds, and writes the output folder with
 the study's verdict: "completed" only when every planned round completed (``verdict``).
 ``flsuite.coordinator.app`` builds the ServerApp around ``run_study`` and raises when the
-study did not complete, so Flower records the run as failed.
+study did not complete, so Flower records the run as failed. A study with ``resume`` set
+continues the one in its output folder after its last published version (``resume``).
 """
 
 from __future__ import annotations
