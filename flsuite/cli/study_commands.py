@@ -32,7 +32,9 @@ RUN_HELP = (
     "Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv, metrics.json, "
     "site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json, metrics.png and registry/ (the signed model "
     "versions). Exit code 3 when the study did not complete (a round aborted, fewer rounds than planned, too few "
-    "sites left, a full disk; each reason is printed), 2 on bad input."
+    "sites left, a full disk; each reason is printed), 2 on bad input.\n\n"
+    "`flsuite run --resume OUTPUT_DIR` continues a study whose coordinator died, after the last version its "
+    "registry published (verified first), with the same config and privacy plan; outputs are kept and appended to."
 )
 
 
@@ -41,6 +43,9 @@ def run(
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep over comma-separated override values."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Folder for the outputs (default: outputs/DATE/TIME_NAME)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's log lines."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the study in this output folder after its coordinator died (see README: Resume a study)."
+    ),
 ) -> None:
     overrides = list(ctx.args)
     if not verbose:
@@ -48,6 +53,9 @@ def run(
 
         enable_flower_logger()  # Flower's logger starts at DEBUG
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if resume is not None:
+        _resume(resume, overrides, multirun=multirun, output_dir=output_dir)
+        return
     runs = expand_sweep(overrides) if multirun else [overrides]
     studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
     stamp = datetime.now()
@@ -69,6 +77,23 @@ def run(
         _print_sweep(summaries)
     failed = [s for _, s in summaries if s["status"] != "completed"]
     if failed:
+        raise typer.Exit(3)
+
+
+def _resume(folder: Path, overrides: list[str], *, multirun: bool, output_dir: Path | None) -> None:
+    """``flsuite run --resume FOLDER``: everything is checked (the registry verified) before a round runs."""
+    from flsuite.coordinator import prepare_resume
+    from flsuite.errors import ConfigError
+
+    if multirun or output_dir is not None:
+        raise ConfigError("--resume continues one study in its own folder: drop -m/--multirun and --output-dir")
+    study = prepare_resume(folder, overrides)
+    target = Path(study.output_dir or folder)
+    check_inputs(study, target)
+    console.print(f"resuming study [bold]{escape(study.name)}[/bold] in {escape(str(target))}", highlight=False)
+    summary = _run_with_progress(study, target)
+    print_summary(summary)
+    if summary["status"] != "completed":
         raise typer.Exit(3)
 
 

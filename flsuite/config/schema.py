@@ -284,6 +284,7 @@ class StudyConfig(Section):
     seed: Seed = 0
     output_dir: str | None = None
     sites_dir: str = ".flsuite/sites"
+    resume: bool = False  # set by `flsuite run --resume`/`launch --resume`: continue the study in output_dir
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     federation: FederationConfig = FederationConfig()

@@ -98,7 +98,7 @@ class StudyOutputs:
         self.privacy_rows: list[dict[str, Any]] = []
         self.plan_rows: list[dict[str, Any]] = []
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
+        write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json", exclude={"resume"}), sort_keys=False))
 
     def on_round(self, record: RoundRecord) -> None:
         self.rows.append(round_row(record))

@@ -295,8 +295,10 @@ class RoundLoop:
         declared: Mapping[int, int] | None = None,
         forget: Callable[[int], None] | None = None,
         site_names: Callable[[], Mapping[int, str]] | None = None,
+        first_round: int = 1,
     ) -> None:
         self.study = study
+        self.first_round = first_round  # a resumed study starts after its last published round
         self.grid = grid
         self.strategy = strategy
         self.train_round = train_round
@@ -320,7 +322,7 @@ class RoundLoop:
     def run(self) -> StudyResult:
         result = StudyResult()
         federation = self.study.federation
-        for server_round in range(1, federation.rounds + 1):
+        for server_round in range(self.first_round, federation.rounds + 1):
             listed = list(self.grid.get_node_ids())
             self._readmit(server_round, listed, result)
             held_out = self.pruning.held_out()
