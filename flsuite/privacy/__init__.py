@@ -20,6 +20,14 @@ from flsuite.privacy.budget import BudgetProjection, SiteBudget
 from flsuite.privacy.events import DpEvent, InvalidDpEvent, utc_now_iso, valid_dataset_name
 from flsuite.privacy.ledger import LedgerHead, LedgerPathError, LedgerState, PrivacyLedger, Reservation
 from flsuite.privacy.plan import PlanRow, SitePlanInput, StudyOverBudget, plan_study
+from flsuite.privacy.release import (
+    EVALUATION_SENSITIVITY,
+    NoisyAccuracy,
+    evaluation_phases,
+    evaluation_rounds,
+    noisy_accuracy,
+    release_counts,
+)
 from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 
 # The anchor signs the contract's LedgerHead; flsuite.protocol imports this package, so the
@@ -37,12 +45,14 @@ _TRAINING = (
 
 __all__ = [
     "ACCOUNTANTS",
+    "EVALUATION_SENSITIVITY",
     "BudgetProjection",
     "DpEvent",
     "InvalidDpEvent",
     "LedgerHead",
     "LedgerPathError",
     "LedgerState",
+    "NoisyAccuracy",
     "PlanRow",
     "PoissonSchedule",
     "PrivacyLedger",
@@ -52,9 +62,13 @@ __all__ = [
     "StudyOverBudget",
     "check_delta",
     "epsilon",
+    "evaluation_phases",
+    "evaluation_rounds",
     "noise_multiplier_for",
+    "noisy_accuracy",
     "plan_study",
     "poisson_schedule",
+    "release_counts",
     "utc_now_iso",
     "valid_dataset_name",
     "validate_accountant",
