@@ -30,8 +30,7 @@ from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.outputs import write_atomic, write_csv
 from flsuite.coordinator.rounds import RoundRecord
 from flsuite.errors import ProtocolError
-from flsuite.privacy import EVALUATION_SENSITIVITY, evaluation_rounds, noisy_accuracy
-from flsuite.privacy.events import GAUSSIAN
+from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, evaluation_rounds, noisy_accuracy
 
 __all__ = ["EVALUATION_COLUMNS", "EVALUATION_FILE", "SiteMonitor", "counts_problem"]
 

@@ -17,7 +17,7 @@ from flsuite.privacy.accounting import (
     validate_accountant,
 )
 from flsuite.privacy.budget import BudgetProjection, SiteBudget
-from flsuite.privacy.events import DpEvent, InvalidDpEvent, utc_now_iso, valid_dataset_name
+from flsuite.privacy.events import DP_SGD, GAUSSIAN, DpEvent, InvalidDpEvent, utc_now_iso, valid_dataset_name
 from flsuite.privacy.ledger import LedgerHead, LedgerPathError, LedgerState, PrivacyLedger, Reservation
 from flsuite.privacy.plan import PlanRow, SitePlanInput, StudyOverBudget, plan_study
 from flsuite.privacy.release import (
@@ -47,7 +47,9 @@ __all__ = [
     "ACCOUNTANTS",
     "EVALUATION_SENSITIVITY",
     "BudgetProjection",
+    "DP_SGD",
     "DpEvent",
+    "GAUSSIAN",
     "InvalidDpEvent",
     "LedgerHead",
     "LedgerPathError",

@@ -26,8 +26,7 @@ from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.data.datasets import Dataset
 from flsuite.errors import BudgetExhausted, DataError
-from flsuite.privacy import EVALUATION_SENSITIVITY, DpEvent, release_counts, utc_now_iso
-from flsuite.privacy.events import GAUSSIAN
+from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, DpEvent, release_counts, utc_now_iso
 from flsuite.site.replies import refusal_reply
 
 __all__ = ["GAUSSIAN_RNG", "class_counts", "evaluate_private", "holdout_split", "training_part"]

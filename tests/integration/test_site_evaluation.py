@@ -6,7 +6,7 @@ import pytest
 
 from flsuite import protocol
 from flsuite.privacy import EVALUATION_SENSITIVITY, PrivacyLedger, epsilon
-from flsuite.privacy.events import GAUSSIAN
+from flsuite.privacy import GAUSSIAN
 from tests.integration.test_site_guard import ask, site_grid
 
 EVALUATE = {"message_type": "evaluate", protocol.SITE_EVALUATION: True}

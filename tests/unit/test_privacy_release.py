@@ -10,7 +10,8 @@ from dp_accounting import pld
 
 from flsuite.errors import StudyOverBudget
 from flsuite.privacy import DpEvent, epsilon, evaluation_phases, evaluation_rounds, noisy_accuracy, plan_study, release_counts
-from flsuite.privacy.events import GAUSSIAN, InvalidDpEvent
+from flsuite.privacy import GAUSSIAN
+from flsuite.privacy.events import InvalidDpEvent
 from flsuite.privacy.plan import SitePlanInput
 
 EVENT = dict(study_id="s", run_id="1", round=3, site="a", dataset="a", sample_rate=1.0, noise_multiplier=5.0, steps=1,

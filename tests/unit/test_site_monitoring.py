@@ -14,7 +14,7 @@ from flsuite.coordinator.monitoring import GAP, WORST, SiteMonitor, counts_probl
 from flsuite.coordinator.rounds import RoundRecord, SiteReport
 from flsuite.flower import InProcessGrid, new_run
 from flsuite.privacy import DpEvent
-from flsuite.privacy.events import GAUSSIAN
+from flsuite.privacy import GAUSSIAN
 
 STUDY = compose_study(["experiment=smoke", "secagg=none"])
 
