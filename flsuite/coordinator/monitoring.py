@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
-from flsuite.coordinator.outputs import write_atomic, write_csv
+from flsuite.coordinator.outputs import write_csv
 from flsuite.coordinator.rounds import RoundRecord
 from flsuite.errors import ProtocolError
 from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, evaluation_rounds, noisy_accuracy

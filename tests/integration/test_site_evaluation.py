@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flsuite import protocol
-from flsuite.privacy import EVALUATION_SENSITIVITY, PrivacyLedger, epsilon
-from flsuite.privacy import GAUSSIAN
+from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, PrivacyLedger, epsilon
 from tests.integration.test_site_guard import ask, site_grid
 
 EVALUATE = {"message_type": "evaluate", protocol.SITE_EVALUATION: True}

@@ -9,8 +9,16 @@ import pytest
 from dp_accounting import pld
 
 from flsuite.errors import StudyOverBudget
-from flsuite.privacy import DpEvent, epsilon, evaluation_phases, evaluation_rounds, noisy_accuracy, plan_study, release_counts
-from flsuite.privacy import GAUSSIAN
+from flsuite.privacy import (
+    GAUSSIAN,
+    DpEvent,
+    epsilon,
+    evaluation_phases,
+    evaluation_rounds,
+    noisy_accuracy,
+    plan_study,
+    release_counts,
+)
 from flsuite.privacy.events import InvalidDpEvent
 from flsuite.privacy.plan import SitePlanInput
 

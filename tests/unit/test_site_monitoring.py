@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from flwr.app import Context, Message, RecordDict, ConfigRecord
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from flsuite import protocol
@@ -13,8 +13,7 @@ from flsuite.config import compose_study, to_run_config
 from flsuite.coordinator.monitoring import GAP, WORST, SiteMonitor, counts_problem
 from flsuite.coordinator.rounds import RoundRecord, SiteReport
 from flsuite.flower import InProcessGrid, new_run
-from flsuite.privacy import DpEvent
-from flsuite.privacy import GAUSSIAN
+from flsuite.privacy import GAUSSIAN, DpEvent
 
 STUDY = compose_study(["experiment=smoke", "secagg=none"])
 
