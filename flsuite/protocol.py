@@ -28,6 +28,13 @@ __all__ = [
     "DATA_PATH",
     "DELTA",
     "DP_EVENT",
+    "DRIFT",
+    "DRIFT_CHECK",
+    "DRIFT_DISTANCE",
+    "DRIFT_EVENT",
+    "DRIFT_FLAGGED",
+    "DRIFT_MARGIN",
+    "DRIFT_PREVIOUS",
     "EMPTY_BATCHES",
     "EVALUATE",
     "EVALUATION_COUNTS",
@@ -93,6 +100,12 @@ REFUSAL = "refusal"  # ConfigRecord: the site's typed refusal (Refusal), instead
 EVALUATION_COUNTS = "evaluation"  # ConfigRecord: a site's noisy per-class held-out counts, under CORRECT and TOTAL
 CORRECT = "correct"  # per class: held-out records classified correctly, plus Gaussian noise
 TOTAL = "total"  # per class: held-out records, plus Gaussian noise
+DRIFT = "drift"  # ConfigRecord: a site's drift comparison with its previous study (keys below)
+DRIFT_EVENT = "drift-dp"  # ConfigRecord: the Gaussian DP event of the drift histograms' release
+DRIFT_PREVIOUS = "previous-run"  # the run of the previous release compared with ("" for a first study)
+DRIFT_DISTANCE = "distance"  # largest total-variation distance over the histograms
+DRIFT_MARGIN = "margin"  # the noise margin that distance must beat
+DRIFT_FLAGGED = "flagged"  # distance - margin > monitoring.drift_threshold
 SECAGG_RECORD = "secagg"  # ConfigRecord: a secure-aggregation stage request or reply
 MASKED_RECORD = "secagg-masked"  # ArrayRecord: the masked update vector, under "masked"
 SECAGG_STATE = "flsuite.secagg"  # ConfigRecord in the site's context.state: its round state
@@ -115,6 +128,7 @@ EMPTY_BATCHES = "empty-batches"  # Poisson batches that drew no record (DP-SGD s
 QUERY_KIND = "query"  # key of a query's config record
 STATUS_QUERY = "status"  # the query for a site's SiteStatus
 SITE_EVALUATION = "site-evaluation"  # in an evaluate request's config: release private held-out counts
+DRIFT_CHECK = "drift-check"  # in an evaluate request's config: also release the drift histograms (once per study)
 
 # -- a site's node config: its own settings, which win over the coordinator's ------------------
 PARTITION_ID = "partition-id"  # set by Flower's simulation for simulated sites

@@ -14,7 +14,7 @@ __all__ = ["monitoring_table"]
 
 
 def monitoring_table(monitoring: dict[str, Any]) -> Table:
-    """One row per site of the last evaluated round, then the worst site and the best-worst gap."""
+    """One row per site of the last evaluated round, the worst site and the best-worst gap, then drift."""
     final = monitoring.get("final") or {}
     title = (
         f"Per-site accuracy, round {final.get('round', '-')} (held-out records, Gaussian noise sigma "
@@ -30,4 +30,14 @@ def monitoring_table(monitoring: dict[str, Any]) -> Table:
         table.add_row("gap (best - worst)", f"{final['gap']:.3f}", f"{final['noise_std']:.3f}", style="bold")
     for item in monitoring.get("withheld") or []:
         table.add_row(item["site"], "withheld", item["reason"], style="yellow")
+    drift = monitoring.get("drift") or {}
+    for name, report in (drift.get("sites") or {}).items():
+        if "withheld" in report:
+            table.add_row(f"{name} drift", "withheld", report["withheld"], style="yellow")
+        elif report.get("distance") is None:
+            table.add_row(f"{name} drift", "first study", "")
+        else:
+            verdict = "DRIFTED" if report["flagged"] else "no drift"
+            table.add_row(f"{name} drift", f"{verdict}: TV {report['distance']:.3f}", f"noise margin {report['margin']:.3f}",
+                          style="red" if report["flagged"] else None)
     return table

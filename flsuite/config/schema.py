@@ -247,6 +247,16 @@ class MonitoringConfig(Section):
         "one release at 5 costs epsilon 0.73 alone at delta 1e-5, less once composed with training",
     )
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    drift: bool = Field(
+        False,
+        description="each site releases a DP histogram of its labels (and drift_features) once per study, kept in "
+        "its folder, and is flagged when it moved more than drift_threshold (total variation beyond the noise) since "
+        "its previous study; off by default: one more Gaussian release per study (epsilon 0.73 alone at sigma 5)",
+    )
+    drift_features: list[int] | None = Field(None, description="feature columns (0-based) whose histograms drift also tracks (none: labels only)")
+    drift_bins: int = Field(5, ge=2, le=100, description="equal bins over [-1, 1] (values outside fall in the end bins)")
+    drift_threshold: float = Field(0.2, gt=0, le=1)
+    drift_noise_multiplier: float = Field(5.0, gt=0, description="sigma relative to the histograms' L2 sensitivity sqrt(1 + features)")
 
 
 class StudyConfig(Section):

@@ -11,7 +11,9 @@ checks as a train reply's. Anything else is withheld, with its reason, never rep
 
 Per round it reports each site's accuracy with its noise std, the worst site and the gap
 between the best and the worst site: into the round's metrics (so the registry's version
-metrics carry them), ``site_evaluation.csv`` and summary.json's "monitoring" section.
+metrics carry them), ``site_evaluation.csv`` and summary.json's "monitoring" section. With
+``monitoring.drift`` the final round's request also asks for the drift release
+(``flsuite.site.drift``); a site whose comparison is flagged is listed under "drift".
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.outputs import write_csv
 from flsuite.coordinator.rounds import RoundRecord
 from flsuite.errors import ProtocolError
-from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, evaluation_rounds, noisy_accuracy
+from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, drift_sensitivity, evaluation_rounds, noisy_accuracy
 
-__all__ = ["EVALUATION_COLUMNS", "EVALUATION_FILE", "SiteMonitor", "counts_problem"]
+__all__ = ["EVALUATION_COLUMNS", "EVALUATION_FILE", "SiteMonitor", "counts_problem", "drift_report", "event_problem"]
 
 log = logging.getLogger("flwr")
 
@@ -42,21 +44,16 @@ EVALUATION_COLUMNS = ["round", "site", "accuracy", "noise_std", "noise_multiplie
 WORST, BEST, GAP, NOISE = "site_accuracy_worst", "site_accuracy_best", "site_accuracy_gap", "site_accuracy_noise_std"
 
 
-def counts_problem(study: StudyConfig, server_round: int, name: str, content: RecordDict) -> str | None:
-    """Why a site's evaluation reply may not be reported (None: its counts are accounted and usable)."""
-    records = content.config_records
-    if protocol.EVALUATION_COUNTS not in records:
-        return "no evaluation counts in the reply"
-    if protocol.DP_EVENT not in records:
-        return "evaluation counts without an accounted DP event: withheld"
+def event_problem(study: StudyConfig, server_round: int, name: str, record: Any, *, sigma: float, sensitivity: float,
+                  what: str) -> str | None:
+    """Why ``record`` is not the Gaussian event that accounts this release (None: it is)."""
     try:
-        event = protocol.dp_event_from_record(dict(records[protocol.DP_EVENT]))
+        event = protocol.dp_event_from_record(dict(record))
     except ProtocolError as error:
-        return f"the evaluation's DP event is unusable ({error})"
-    sigma = study.monitoring.noise_multiplier
+        return f"the {what}'s DP event is unusable ({error})"
     wrong = [
-        f"{what} {got!r}, expected {want!r}"
-        for what, got, want in (
+        f"{field} {got!r}, expected {want!r}"
+        for field, got, want in (
             ("mechanism", event.mechanism, GAUSSIAN),
             ("study", event.study_id, study.name),
             ("round", event.round, server_round),
@@ -66,16 +63,25 @@ def counts_problem(study: StudyConfig, server_round: int, name: str, content: Re
         if got != want
     ]
     wrong += [
-        f"{what} {got!r}, expected {want!r}"
-        for what, got, want in (
-            ("q", event.sample_rate, 1.0),
-            ("sigma", event.noise_multiplier, sigma),
-            ("sensitivity", event.max_grad_norm, EVALUATION_SENSITIVITY),
-        )
+        f"{field} {got!r}, expected {want!r}"
+        for field, got, want in (("q", event.sample_rate, 1.0), ("sigma", event.noise_multiplier, sigma),
+                                 ("sensitivity", event.max_grad_norm, sensitivity))
         if not math.isclose(got, want, rel_tol=1e-9)
     ]
-    if wrong:
-        return "the evaluation's DP event does not match the study: " + "; ".join(wrong)
+    return f"the {what}'s DP event does not match the study: " + "; ".join(wrong) if wrong else None
+
+
+def counts_problem(study: StudyConfig, server_round: int, name: str, content: RecordDict) -> str | None:
+    """Why a site's evaluation reply may not be reported (None: its counts are accounted and usable)."""
+    records = content.config_records
+    if protocol.EVALUATION_COUNTS not in records:
+        return "no evaluation counts in the reply"
+    if protocol.DP_EVENT not in records:
+        return "evaluation counts without an accounted DP event: withheld"
+    why = event_problem(study, server_round, name, records[protocol.DP_EVENT], sigma=study.monitoring.noise_multiplier,
+                        sensitivity=EVALUATION_SENSITIVITY, what="evaluation")
+    if why is not None:
+        return why
     counts = records[protocol.EVALUATION_COUNTS]
     correct, total = counts.get(protocol.CORRECT), counts.get(protocol.TOTAL)
     if not isinstance(correct, list) or not isinstance(total, list) or len(correct) != len(total) or not total:
@@ -83,6 +89,26 @@ def counts_problem(study: StudyConfig, server_round: int, name: str, content: Re
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (*correct, *total)):
         return "the evaluation counts are not finite numbers"
     return None
+
+
+def drift_report(study: StudyConfig, server_round: int, name: str, content: RecordDict) -> dict[str, Any]:
+    """A site's drift comparison, or why it is withheld (``{"withheld": reason}``)."""
+    records = content.config_records
+    if protocol.DRIFT not in records:
+        return {"withheld": "no drift release (the site's cap could not fit it, or it sent none)"}
+    if protocol.DRIFT_EVENT not in records:
+        return {"withheld": "a drift comparison without an accounted DP event"}
+    monitoring = study.monitoring
+    why = event_problem(study, server_round, name, records[protocol.DRIFT_EVENT], sigma=monitoring.drift_noise_multiplier,
+                        sensitivity=drift_sensitivity(len(monitoring.drift_features or [])), what="drift release")
+    if why is not None:
+        return {"withheld": why}
+    drift = records[protocol.DRIFT]
+    previous = str(drift.get(protocol.DRIFT_PREVIOUS, ""))
+    if not previous:
+        return {"previous_run": None, "distance": None, "margin": None, "flagged": False}
+    return {"previous_run": previous, "distance": float(drift[protocol.DRIFT_DISTANCE]),
+            "margin": float(drift[protocol.DRIFT_MARGIN]), "flagged": bool(drift[protocol.DRIFT_FLAGGED])}
 
 
 class SiteMonitor:
@@ -97,6 +123,7 @@ class SiteMonitor:
         self.rows: list[dict[str, Any]] = []
         self.round_rows: list[dict[str, Any]] = []
         self.withheld: list[dict[str, Any]] = []
+        self.drift: dict[str, dict[str, Any]] = {}  # per site: its comparison with its previous study, or why withheld
 
     def on_round(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         """A round listener that runs before the outputs and the registry see ``record``: adds the
@@ -113,6 +140,8 @@ class SiteMonitor:
                 self.withheld.append({"round": record.round, "site": name, "reason": why})
                 log.warning("round %d: site %s's evaluation withheld: %s", record.round, name, why)
                 continue
+            if self.study.monitoring.drift and record.round == self.study.federation.rounds:
+                self.drift[name] = drift_report(self.study, record.round, name, reply.content)
             counts = reply.content.config_records[protocol.EVALUATION_COUNTS]
             result = noisy_accuracy(counts[protocol.CORRECT], counts[protocol.TOTAL], noise_multiplier=self.study.monitoring.noise_multiplier)
             accuracies[name] = result
@@ -149,10 +178,20 @@ class SiteMonitor:
             "sites": {row["site"]: {"accuracy": row["accuracy"], "noise_std": row["noise_std"]} for row in self.rows
                       if self.round_rows and row["round"] == self.round_rows[-1]["round"]},
             "withheld": list(self.withheld),
+            "drift": self._drift_summary(),
         }
 
+    def _drift_summary(self) -> dict[str, Any] | None:
+        monitoring = self.study.monitoring
+        if not monitoring.drift:
+            return None
+        return {"threshold": monitoring.drift_threshold, "noise_multiplier": monitoring.drift_noise_multiplier,
+                "features": list(monitoring.drift_features or []), "bins": monitoring.drift_bins, "sites": dict(sorted(self.drift.items())),
+                "flagged": sorted(name for name, report in self.drift.items() if report.get("flagged"))}
+
     def _ask(self, server_round: int, nodes: list[int], arrays: ArrayRecord) -> dict[int, Message]:
-        config = ConfigRecord({protocol.SERVER_ROUND: server_round, protocol.SITE_EVALUATION: True})
+        drift = self.study.monitoring.drift and server_round == self.study.federation.rounds  # once per study
+        config = ConfigRecord({protocol.SERVER_ROUND: server_round, protocol.SITE_EVALUATION: True, protocol.DRIFT_CHECK: drift})
         messages = [
             Message(RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config}), dst_node_id=node, message_type=protocol.EVALUATE)
             for node in nodes

@@ -140,11 +140,14 @@ def plan_site(study: StudyConfig, status: protocol.SiteStatus) -> tuple[PlanRow,
 
 
 def study_evaluation_phases(study: StudyConfig) -> tuple[tuple[float, float, int], ...]:
-    """The Gaussian releases each site makes for per-site evaluation in this study (none without monitoring)."""
+    """The Gaussian releases each site makes for per-site evaluation (and drift) in this study (none without monitoring)."""
     if not study.site_evaluation:
         return ()
     monitoring = study.monitoring
-    return evaluation_phases(study.federation.rounds, monitoring.every, monitoring.noise_multiplier)
+    phases = evaluation_phases(study.federation.rounds, monitoring.every, monitoring.noise_multiplier)
+    if monitoring.drift:  # one histogram release per study
+        phases += ((1.0, float(monitoring.drift_noise_multiplier), 1),)
+    return phases
 
 
 def over_budget_text(row: PlanRow) -> str:

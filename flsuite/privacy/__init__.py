@@ -22,11 +22,16 @@ from flsuite.privacy.ledger import LedgerHead, LedgerPathError, LedgerState, Pri
 from flsuite.privacy.plan import PlanRow, SitePlanInput, StudyOverBudget, plan_study
 from flsuite.privacy.release import (
     EVALUATION_SENSITIVITY,
+    DriftResult,
     NoisyAccuracy,
+    drift_between,
+    drift_sensitivity,
     evaluation_phases,
     evaluation_rounds,
+    histograms,
     noisy_accuracy,
     release_counts,
+    release_histograms,
 )
 from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 
@@ -49,6 +54,7 @@ __all__ = [
     "BudgetProjection",
     "DP_SGD",
     "DpEvent",
+    "DriftResult",
     "GAUSSIAN",
     "InvalidDpEvent",
     "LedgerHead",
@@ -63,14 +69,18 @@ __all__ = [
     "SitePlanInput",
     "StudyOverBudget",
     "check_delta",
+    "drift_between",
+    "drift_sensitivity",
     "epsilon",
     "evaluation_phases",
     "evaluation_rounds",
+    "histograms",
     "noise_multiplier_for",
     "noisy_accuracy",
     "plan_study",
     "poisson_schedule",
     "release_counts",
+    "release_histograms",
     "utc_now_iso",
     "valid_dataset_name",
     "validate_accountant",

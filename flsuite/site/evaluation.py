@@ -106,11 +106,16 @@ def evaluate_private(msg: Message, context: Context, *, setup, model: torch.nn.M
         raise
     event = DpEvent(**fields, rng=GAUSSIAN_RNG, recorded_at=utc_now_iso())
     guard.spend(reservation, event)  # durable and anchored before the counts leave the site
-    content = RecordDict(
-        {
-            protocol.EVALUATION_COUNTS: ConfigRecord({protocol.CORRECT: noisy_correct, protocol.TOTAL: noisy_total}),
-            protocol.DP_EVENT: ConfigRecord(protocol.dp_event_to_record(event)),
-            protocol.SITE: ConfigRecord(guard.status().to_record()),
-        }
-    )
-    return Message(content, reply_to=msg)
+    records = {
+        protocol.EVALUATION_COUNTS: ConfigRecord({protocol.CORRECT: noisy_correct, protocol.TOTAL: noisy_total}),
+        protocol.DP_EVENT: ConfigRecord(protocol.dp_event_to_record(event)),
+    }
+    if study.monitoring.drift and msg.content[protocol.CONFIG].get(protocol.DRIFT_CHECK, False):
+        from flsuite.site.drift import drift_release
+
+        drift = drift_release(guard, setup, run_id=fields["run_id"], server_round=server_round)
+        if drift is not None:  # None: the cap cannot fit it, nothing was released
+            records[protocol.DRIFT] = ConfigRecord(drift[0])
+            records[protocol.DRIFT_EVENT] = ConfigRecord(protocol.dp_event_to_record(drift[1]))
+    records[protocol.SITE] = ConfigRecord(guard.status().to_record())
+    return Message(RecordDict(records), reply_to=msg)
