@@ -89,3 +89,20 @@ def test_noisy_accuracy_is_clipped_and_states_its_noise():
     result = noisy_accuracy([12.0, 3.0], [10.0, 3.0], noise_multiplier=5.0)
     assert result.accuracy == 1.0 and result.noise_std > 0.5
     assert noisy_accuracy([-4.0], [2.0], noise_multiplier=1.0).accuracy == 0.0
+
+
+def test_drift_between_beats_the_noise_only_when_the_data_moved():
+    import numpy as np
+
+    from flsuite.privacy import drift_between, histograms, release_histograms
+
+    rng = np.random.default_rng(0)
+    labels, features = rng.integers(0, 2, 400), rng.uniform(-1, 1, (400, 3))
+    before = release_histograms(histograms(labels, features, num_classes=2, columns=[1], bins=5), noise_multiplier=1.0)
+    same = release_histograms(histograms(labels, features, num_classes=2, columns=[1], bins=5), noise_multiplier=1.0)
+    moved_features = features.copy()
+    moved_features[:, 1] = rng.uniform(0.6, 1.0, 400)  # feature 1 moved to the top bin
+    moved = release_histograms(histograms(labels, moved_features, num_classes=2, columns=[1], bins=5), noise_multiplier=1.0)
+    assert not drift_between(before, same, noise_multiplier=1.0, threshold=0.2).flagged
+    result = drift_between(before, moved, noise_multiplier=1.0, threshold=0.2)
+    assert result.flagged and result.distance > 0.6 and 0 < result.margin < 0.05

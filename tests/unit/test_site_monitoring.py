@@ -10,7 +10,7 @@ from flwr.clientapp import ClientApp
 
 from flsuite import protocol
 from flsuite.config import compose_study, to_run_config
-from flsuite.coordinator.monitoring import GAP, WORST, SiteMonitor, counts_problem
+from flsuite.coordinator.monitoring import GAP, WORST, SiteMonitor, counts_problem, drift_report
 from flsuite.coordinator.rounds import RoundRecord, SiteReport
 from flsuite.flower import InProcessGrid, new_run
 from flsuite.privacy import GAUSSIAN, DpEvent
@@ -88,3 +88,34 @@ def test_the_monitor_reports_accounted_counts_and_withholds_unaccounted_ones(tmp
             assert WORST not in record.metrics and monitor.rows == [] and monitor.summary()["sites"] == {}
             assert "without an accounted DP event" in monitor.withheld[0]["reason"]
         assert (tmp_path / "site_evaluation.csv").read_text().count("\n") == (2 if reported else 1)
+
+
+DRIFT_STUDY = compose_study(["experiment=smoke", "secagg=none", "monitoring.drift=true", "monitoring.drift_features=[0,3]"])
+
+
+def drift_content(dp: DpEvent | None, *, flagged=True) -> RecordDict:
+    records = {protocol.DRIFT: ConfigRecord({protocol.DRIFT_PREVIOUS: "6", protocol.DRIFT_DISTANCE: 0.5,
+                                             protocol.DRIFT_MARGIN: 0.01, protocol.DRIFT_FLAGGED: flagged})}
+    if dp is not None:
+        records[protocol.DRIFT_EVENT] = ConfigRecord(protocol.dp_event_to_record(dp))
+    return RecordDict(records)
+
+
+def test_a_drift_flag_counts_only_with_its_accounted_release():
+    accounted = event(noise_multiplier=DRIFT_STUDY.monitoring.drift_noise_multiplier, max_grad_norm=math.sqrt(3))
+    assert drift_report(DRIFT_STUDY, 2, "site-0", drift_content(accounted)) == {
+        "previous_run": "6", "distance": 0.5, "margin": 0.01, "flagged": True}
+    assert "without an accounted DP event" in drift_report(DRIFT_STUDY, 2, "site-0", drift_content(None))["withheld"]
+    too_little_noise = event(noise_multiplier=0.1, max_grad_norm=math.sqrt(3))
+    assert "sigma" in drift_report(DRIFT_STUDY, 2, "site-0", drift_content(too_little_noise))["withheld"]
+    wrong_sensitivity = event(noise_multiplier=DRIFT_STUDY.monitoring.drift_noise_multiplier)  # sqrt(2): one feature fewer
+    assert "sensitivity" in drift_report(DRIFT_STUDY, 2, "site-0", drift_content(wrong_sensitivity))["withheld"]
+
+
+def test_the_plan_counts_one_drift_release_per_study():
+    from flsuite.coordinator.planning import study_evaluation_phases
+
+    assert study_evaluation_phases(STUDY) == ((1.0, 5.0, 1),)
+    assert study_evaluation_phases(DRIFT_STUDY) == ((1.0, 5.0, 1), (1.0, 5.0, 1))
+    assert study_evaluation_phases(compose_study(["experiment=smoke", "monitoring=none"])) == ()
+    assert study_evaluation_phases(compose_study(["experiment=smoke", "privacy=none"])) == ()
