@@ -42,8 +42,9 @@ def plan(ctx: typer.Context) -> None:
         raise
     console.print(plan_table(study, rows))
     if rows and rows[0].evaluation_releases:  # the study's epsilon above includes these releases
-        console.print(f"eps study includes {rows[0].evaluation_releases} per-site evaluation release(s) per site "
-                      f"(Gaussian, sigma {rows[0].evaluation_sigma:g} x sensitivity sqrt(2); monitoring=none drops them)")
+        drift = " and drift" if study.monitoring.drift else ""
+        console.print(f"eps study includes {rows[0].evaluation_releases} Gaussian release(s) per site for per-site evaluation{drift} "
+                      f"(monitoring.*; monitoring=none drops them)")
 
 
 def plan_table(study, rows) -> Table:
