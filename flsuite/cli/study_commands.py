@@ -16,6 +16,7 @@ from rich.table import Table
 from flsuite.config import check_inputs, compose_study, expand_sweep
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
+from flsuite.tracking import StudyTracking
 
 console = Console()
 
@@ -31,7 +32,9 @@ RUN_HELP = (
     "Outputs go to outputs/DATE/TIME_NAME (or --output-dir): config.yaml, metrics.csv, metrics.json, "
     "site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json, metrics.png and registry/ (the signed model "
     "versions). Exit code 3 when the study did not complete (a round aborted, fewer rounds than planned, too few "
-    "sites left, a full disk; each reason is printed), 2 on bad input."
+    "sites left, a full disk; each reason is printed), 2 on bad input.\n\n"
+    "`flsuite run --resume OUTPUT_DIR` continues a study whose coordinator died, after the last version its "
+    "registry published (verified first), with the same config and privacy plan; outputs are kept and appended to."
 )
 
 
@@ -40,6 +43,9 @@ def run(
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep over comma-separated override values."),
     output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Folder for the outputs (default: outputs/DATE/TIME_NAME)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's log lines."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the study in this output folder after its coordinator died (see README: Resume a study)."
+    ),
 ) -> None:
     overrides = list(ctx.args)
     if not verbose:
@@ -47,23 +53,47 @@ def run(
 
         enable_flower_logger()  # Flower's logger starts at DEBUG
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if resume is not None:
+        _resume(resume, overrides, multirun=multirun, output_dir=output_dir)
+        return
     runs = expand_sweep(overrides) if multirun else [overrides]
     studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
     stamp = datetime.now()
     folders = [_output_folder(study, output_dir, stamp, index if multirun else None) for index, study in enumerate(studies)]
     for study, folder in zip(studies, folders):  # and every path they name, before anything is written
         check_inputs(study, folder)
+    tracking = StudyTracking.prepare(studies, folders, outputs_root=output_dir or Path("outputs"),  # tracking=mlflow: store checked now
+                                     labels=[" ".join(r) for r in runs], sweep=multirun)
     summaries = []
     for index, (run_overrides, study, folder) in enumerate(zip(runs, studies, folders)):
         if multirun:
             console.print(f"[bold]run {index}[/bold]: {' '.join(run_overrides) or '(defaults)'}")
-        summary = _run_with_progress(study, folder)
+        with tracking.track(index) as tracked:
+            summary = _run_with_progress(study, folder)
+            tracked.finish(summary)
         summaries.append((run_overrides, summary))
         print_summary(summary)
     if multirun:
         _print_sweep(summaries)
     failed = [s for _, s in summaries if s["status"] != "completed"]
     if failed:
+        raise typer.Exit(3)
+
+
+def _resume(folder: Path, overrides: list[str], *, multirun: bool, output_dir: Path | None) -> None:
+    """``flsuite run --resume FOLDER``: everything is checked (the registry verified) before a round runs."""
+    from flsuite.coordinator import prepare_resume
+    from flsuite.errors import ConfigError
+
+    if multirun or output_dir is not None:
+        raise ConfigError("--resume continues one study in its own folder: drop -m/--multirun and --output-dir")
+    study = prepare_resume(folder, overrides)
+    target = Path(study.output_dir or folder)
+    check_inputs(study, target)
+    console.print(f"resuming study [bold]{escape(study.name)}[/bold] in {escape(str(target))}", highlight=False)
+    summary = _run_with_progress(study, target)
+    print_summary(summary)
+    if summary["status"] != "completed":
         raise typer.Exit(3)
 
 
@@ -78,7 +108,7 @@ def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:
     from flsuite.simulation import run_local_study
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=console, transient=False, refresh_per_second=2) as bar:
         task = bar.add_task(f"{study.name} rounds", total=study.federation.rounds, latest="")
 
         def on_round(record: Any) -> None:
@@ -115,6 +145,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         ("final AUC", _fmt(summary["final_auc"])),
         ("wall time", f"{summary['wall_s']:.1f} s"),
     ]
+    if summary.get("pruned_sites"):
+        rows.append(("pruned sites", ", ".join(f"{p['site'] or 'node ' + str(p['node_id'])} (round {p['round']})"
+                                              for p in summary["pruned_sites"])))
     if summary.get("registry"):
         rows.append(("registry", summary["registry"]))
         rows.append(("final version", summary.get("final_version")))
@@ -144,11 +177,13 @@ def print_reasons(summary: dict[str, Any]) -> None:
         *(f"round {r['round']}: {r['name']} {_refusal_verb(r['kind'])}: {r['reason']}" for r in summary.get("refusals") or []),
         *(f"round {f['round']}: node {f['node_id']} failed on its {f['stage']} message: {f['reason']}"
           for f in summary.get("site_failures") or []),
+        *(f"round {p['round']}: {p['site'] or 'node ' + str(p['node_id'])} pruned: {p['reason']}" for p in summary.get("pruned_sites") or []),
         *(f"{e['site'] or 'node ' + str(e['node_id'])} left out of the privacy plan (round {e['round']}): {e['reason']}"
           for e in ((summary.get("privacy") or {}).get("planning") or []) if e.get("action") == "left-out"),
     ]
     if notes:
-        console.print("[yellow]Sites that refused, were rejected, failed or were left out, with their reasons:[/yellow]", highlight=False)
+        console.print("[yellow]Sites that refused, were rejected, failed, were pruned or were left out, with their reasons:[/yellow]",
+                      highlight=False)
     for note in notes:
         console.print(f"  [yellow]-[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 
