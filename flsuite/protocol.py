@@ -23,12 +23,21 @@ from flsuite.privacy.events import DpEvent, InvalidDpEvent
 __all__ = [
     "ARRAYS",
     "CONFIG",
+    "CORRECT",
     "DATASET",
     "DATA_PATH",
     "DELTA",
     "DP_EVENT",
+    "DRIFT",
+    "DRIFT_CHECK",
+    "DRIFT_DISTANCE",
+    "DRIFT_EVENT",
+    "DRIFT_FLAGGED",
+    "DRIFT_MARGIN",
+    "DRIFT_PREVIOUS",
     "EMPTY_BATCHES",
     "EVALUATE",
+    "EVALUATION_COUNTS",
     "IDENTITIES_FILE",
     "IDENTITY_KEY",
     "LABEL_COLUMN",
@@ -59,8 +68,10 @@ __all__ = [
     "STAGE",
     "SERVER_ROUND",
     "SITE",
+    "SITE_EVALUATION",
     "SITE_NAME",
     "STATUS_QUERY",
+    "TOTAL",
     "TRAIN",
     "TRAIN_LOSS",
     "TRAIN_SECONDS",
@@ -86,6 +97,15 @@ METRICS = "metrics"  # MetricRecord: what the site reports about its training
 SITE = "site"  # ConfigRecord: the site's status (SiteStatus)
 DP_EVENT = "dp"  # ConfigRecord: the DP event the site recorded for this reply
 REFUSAL = "refusal"  # ConfigRecord: the site's typed refusal (Refusal), instead of an update
+EVALUATION_COUNTS = "evaluation"  # ConfigRecord: a site's noisy per-class held-out counts, under CORRECT and TOTAL
+CORRECT = "correct"  # per class: held-out records classified correctly, plus Gaussian noise
+TOTAL = "total"  # per class: held-out records, plus Gaussian noise
+DRIFT = "drift"  # ConfigRecord: a site's drift comparison with its previous study (keys below)
+DRIFT_EVENT = "drift-dp"  # ConfigRecord: the Gaussian DP event of the drift histograms' release
+DRIFT_PREVIOUS = "previous-run"  # the run of the previous release compared with ("" for a first study)
+DRIFT_DISTANCE = "distance"  # largest total-variation distance over the histograms
+DRIFT_MARGIN = "margin"  # the noise margin that distance must beat
+DRIFT_FLAGGED = "flagged"  # distance - margin > monitoring.drift_threshold
 SECAGG_RECORD = "secagg"  # ConfigRecord: a secure-aggregation stage request or reply
 MASKED_RECORD = "secagg-masked"  # ArrayRecord: the masked update vector, under "masked"
 SECAGG_STATE = "flsuite.secagg"  # ConfigRecord in the site's context.state: its round state
@@ -107,6 +127,8 @@ TRAIN_SECONDS = "train-seconds"
 EMPTY_BATCHES = "empty-batches"  # Poisson batches that drew no record (DP-SGD still counts the step)
 QUERY_KIND = "query"  # key of a query's config record
 STATUS_QUERY = "status"  # the query for a site's SiteStatus
+SITE_EVALUATION = "site-evaluation"  # in an evaluate request's config: release private held-out counts
+DRIFT_CHECK = "drift-check"  # in an evaluate request's config: also release the drift histograms (once per study)
 
 # -- a site's node config: its own settings, which win over the coordinator's ------------------
 PARTITION_ID = "partition-id"  # set by Flower's simulation for simulated sites

@@ -41,6 +41,10 @@ def plan(ctx: typer.Context) -> None:
         console.print(plan_table(study, exc.rows))
         raise
     console.print(plan_table(study, rows))
+    if rows and rows[0].evaluation_releases:  # the study's epsilon above includes these releases
+        drift = " and drift" if study.monitoring.drift else ""
+        console.print(f"eps study includes {rows[0].evaluation_releases} Gaussian release(s) per site for per-site evaluation{drift} "
+                      f"(monitoring.*; monitoring=none drops them)")
 
 
 def plan_table(study, rows) -> Table:

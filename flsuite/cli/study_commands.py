@@ -157,6 +157,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     console.print(table)
     if summary.get("privacy"):
         console.print(privacy_table(summary["privacy"]))
+    if summary.get("monitoring"):
+        from flsuite.cli.monitoring_view import monitoring_table
+
+        console.print(monitoring_table(summary["monitoring"]))
     print_reasons(summary)
 
 

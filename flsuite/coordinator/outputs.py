@@ -39,6 +39,11 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     durable.write_atomic(path, data.encode() if isinstance(data, str) else data)
 
 
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Write rows as a CSV file whole, with ``columns`` in that order."""
+    write_atomic(path, _csv(rows, columns))
+
+
 def round_row(record: RoundRecord) -> dict[str, Any]:
     return {
         "round": record.round,

@@ -20,9 +20,10 @@ from flwr.serverapp import Grid
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.errors import PlanError, ProtocolError
-from flsuite.privacy import PlanRow, SitePlanInput, StudyOverBudget, plan_study
+from flsuite.privacy import PlanRow, SitePlanInput, StudyOverBudget, evaluation_phases, plan_study
 
-__all__ = ["PrivacyPlan", "StatusReplies", "ledger_head_of", "over_budget_text", "plan_privacy", "plan_site", "query_status", "status_replies"]
+__all__ = ["PrivacyPlan", "StatusReplies", "ledger_head_of", "over_budget_text", "plan_privacy", "plan_site", "query_status", "status_replies",
+           "study_evaluation_phases"]
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,22 @@ def plan_site(study: StudyConfig, status: protocol.SiteStatus) -> tuple[PlanRow,
             target_epsilon=privacy.target_epsilon,
             noise_multiplier=privacy.noise_multiplier,
             accountant=privacy.accountant,
+            evaluation_phases=study_evaluation_phases(study),
         )[0]
     except StudyOverBudget as exc:
         return exc.rows[0], False
     return row, True
+
+
+def study_evaluation_phases(study: StudyConfig) -> tuple[tuple[float, float, int], ...]:
+    """The Gaussian releases each site makes for per-site evaluation (and drift) in this study (none without monitoring)."""
+    if not study.site_evaluation:
+        return ()
+    monitoring = study.monitoring
+    phases = evaluation_phases(study.federation.rounds, monitoring.every, monitoring.noise_multiplier)
+    if monitoring.drift:  # one histogram release per study
+        phases += ((1.0, float(monitoring.drift_noise_multiplier), 1),)
+    return phases
 
 
 def over_budget_text(row: PlanRow) -> str:

@@ -120,6 +120,8 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
         if publisher:
             publisher.admission = admission
 
+    monitor = _site_monitor(study, grid, folder, admission)
+
     initial_arrays = point.arrays_for(model) if point else model_to_arrays(model)
     strategy = build_strategy(study.federation, initial_arrays)
     rounds = train_round(study, watch, strategy, reply_check=admission.check_reply if admission else None)
@@ -139,7 +141,7 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
         train_round=watched_round,
         initial_arrays=initial_arrays,
         evaluator=evaluator if test_data else None,
-        listeners=[on_round],
+        listeners=[monitor.on_round, on_round] if monitor else [on_round],  # the monitor adds per-site metrics first
         site_configs=admission.site_configs if admission else None,
         admit=admission.admit if admission else None,
         declared=admission.declared if admission else None,
@@ -165,6 +167,8 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
         except OSError as exc:
             stops.append(f"could not record the study's end in its registry: {os_error_text(exc, publisher.path)}")
         extra = publisher.outputs()
+    if monitor:
+        extra["monitoring"] = monitor.summary()
     final = verdict()
     for reason in final.reasons:
         log.info("study %s %s: %s", study.name, final.status, reason)
@@ -186,6 +190,15 @@ def train_round(study: StudyConfig, grid: Grid, strategy: Strategy, *, reply_che
 
     return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for,
                             timeout_s=study.secagg.stage_deadline_s(study.federation.round_timeout_s), reply_check=reply_check)
+
+
+def _site_monitor(study: StudyConfig, grid: Grid, folder: Path, admission: DpAdmission | None):
+    """Per-site private evaluation (``flsuite.coordinator.monitoring``), in a DP study with monitoring on."""
+    if not study.site_evaluation:
+        return None
+    from flsuite.coordinator.monitoring import SiteMonitor
+
+    return SiteMonitor(study, grid, folder, admission=admission)
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:

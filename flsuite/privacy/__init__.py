@@ -17,9 +17,22 @@ from flsuite.privacy.accounting import (
     validate_accountant,
 )
 from flsuite.privacy.budget import BudgetProjection, SiteBudget
-from flsuite.privacy.events import DpEvent, InvalidDpEvent, utc_now_iso, valid_dataset_name
+from flsuite.privacy.events import DP_SGD, GAUSSIAN, DpEvent, InvalidDpEvent, utc_now_iso, valid_dataset_name
 from flsuite.privacy.ledger import LedgerHead, LedgerPathError, LedgerState, PrivacyLedger, Reservation
 from flsuite.privacy.plan import PlanRow, SitePlanInput, StudyOverBudget, plan_study
+from flsuite.privacy.release import (
+    EVALUATION_SENSITIVITY,
+    DriftResult,
+    NoisyAccuracy,
+    drift_between,
+    drift_sensitivity,
+    evaluation_phases,
+    evaluation_rounds,
+    histograms,
+    noisy_accuracy,
+    release_counts,
+    release_histograms,
+)
 from flsuite.privacy.schedule import PoissonSchedule, poisson_schedule
 
 # The anchor signs the contract's LedgerHead; flsuite.protocol imports this package, so the
@@ -37,12 +50,17 @@ _TRAINING = (
 
 __all__ = [
     "ACCOUNTANTS",
+    "EVALUATION_SENSITIVITY",
     "BudgetProjection",
+    "DP_SGD",
     "DpEvent",
+    "DriftResult",
+    "GAUSSIAN",
     "InvalidDpEvent",
     "LedgerHead",
     "LedgerPathError",
     "LedgerState",
+    "NoisyAccuracy",
     "PlanRow",
     "PoissonSchedule",
     "PrivacyLedger",
@@ -51,10 +69,18 @@ __all__ = [
     "SitePlanInput",
     "StudyOverBudget",
     "check_delta",
+    "drift_between",
+    "drift_sensitivity",
     "epsilon",
+    "evaluation_phases",
+    "evaluation_rounds",
+    "histograms",
     "noise_multiplier_for",
+    "noisy_accuracy",
     "plan_study",
     "poisson_schedule",
+    "release_counts",
+    "release_histograms",
     "utc_now_iso",
     "valid_dataset_name",
     "validate_accountant",

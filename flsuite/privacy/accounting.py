@@ -2,6 +2,8 @@
 
 A phase is (q, sigma, steps): ``steps`` compositions of the Poisson-subsampled Gaussian
 mechanism with rate q and noise multiplier sigma. Phases with different q or sigma compose.
+q = 1 is the plain Gaussian mechanism (a site's private evaluation release: ``GAUSSIAN``
+events), accounted as dp_accounting's GaussianDpEvent with no sampling.
 
 Accountants (both report an upper bound on the true epsilon, never an estimate below it):
 
@@ -201,16 +203,23 @@ class _QuietAbsl:
 
 @functools.lru_cache(maxsize=2048)
 def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...] = RDP_ORDERS):
-    """RDP at ``orders`` of one step of the Poisson-subsampled Gaussian (read-only array)."""
-    import dp_accounting
+    """RDP at ``orders`` of one step of the Poisson-subsampled Gaussian (q = 1: the Gaussian; read-only array)."""
     from dp_accounting import rdp
 
     accountant = rdp.RdpAccountant(list(orders))
     with _QuietAbsl():
-        accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)))
+        accountant.compose(_step_event(q, sigma))
     curve = accountant.rdp
     curve.setflags(write=False)
     return curve
+
+
+def _step_event(q: float, sigma: float):
+    """One step as dp_accounting's event: the Gaussian mechanism, Poisson-subsampled unless q = 1."""
+    import dp_accounting
+
+    gaussian = dp_accounting.GaussianDpEvent(sigma)
+    return gaussian if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, gaussian)
 
 
 def _rdp_epsilon(phases: tuple[Phase, ...], delta: float, orders: tuple[float, ...] = RDP_ORDERS) -> float:
@@ -246,14 +255,7 @@ def _pld_at(phases: tuple[Phase, ...], delta: float, interval: float) -> float:
     import dp_accounting
     from dp_accounting import pld
 
-    event = dp_accounting.ComposedDpEvent(
-        [
-            dp_accounting.SelfComposedDpEvent(
-                dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
-            )
-            for q, sigma, steps in phases
-        ]
-    )
+    event = dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(_step_event(q, sigma), steps) for q, sigma, steps in phases])
     accountant = pld.PLDAccountant(value_discretization_interval=interval)
     accountant.compose(event)
     value = float(accountant.get_epsilon(delta))

@@ -1,4 +1,9 @@
-"""DP events: the immutable records a site's privacy ledger keeps, one per local training run.
+"""DP events: the immutable records a site's privacy ledger keeps, one per release.
+
+A release is a local DP-SGD run (``mechanism="dp-sgd"``) or a Gaussian-mechanism release of
+counts (``mechanism="gaussian"``: a site's private evaluation, see flsuite/site/evaluation.py),
+which is the subsampled Gaussian at q = 1: its ``noise_multiplier`` is sigma relative to the
+L2 sensitivity stored in ``max_grad_norm``, ``steps`` the number of releases.
 
 An event stores the mechanism (sample rate q, noise multiplier sigma, steps, clip C),
 never an epsilon, so that any accountant can recompute the spend later. Its ``dataset`` is
@@ -19,10 +24,25 @@ from typing import Any
 
 from flsuite.errors import InvalidDpEvent
 
-__all__ = ["ACCOUNTANTS", "DATASET_NAME", "DpEvent", "InvalidDpEvent", "utc_now_iso", "valid_dataset_name"]
+__all__ = [
+    "ACCOUNTANTS",
+    "DATASET_NAME",
+    "DP_SGD",
+    "GAUSSIAN",
+    "MECHANISMS",
+    "DpEvent",
+    "InvalidDpEvent",
+    "utc_now_iso",
+    "valid_dataset_name",
+]
 
 #: Accountants whose epsilon flsuite reports; see accounting.py for why GDP is not one.
 ACCOUNTANTS = ("prv", "rdp")
+
+#: The mechanisms an event records: DP-SGD (Poisson-subsampled Gaussian) or the plain Gaussian mechanism.
+DP_SGD = "dp-sgd"
+GAUSSIAN = "gaussian"
+MECHANISMS = (DP_SGD, GAUSSIAN)
 
 
 def utc_now_iso(clock: Callable[[], datetime] | None = None) -> str:
@@ -49,7 +69,10 @@ _FLOAT = ("sample_rate", "noise_multiplier", "max_grad_norm", "delta")
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DpEvent:
-    """One local DP-SGD run at one site: Poisson rate q, sigma, steps, clip C, and who/when.
+    """One release at one site: Poisson rate q, sigma, steps, clip C (sensitivity), and who/when.
+
+    A DP-SGD event is one local training run; a Gaussian event (``mechanism="gaussian"``,
+    q = 1, ``steps`` releases, ``max_grad_norm`` the L2 sensitivity) is a release of noisy counts.
 
     ``dataset`` is the name the site declared for its data: the key of its budget.
     ``rng`` names the generator that made the noise (never its seed: whoever holds the seed
@@ -69,8 +92,11 @@ class DpEvent:
     accountant: str
     rng: str
     recorded_at: str
+    mechanism: str = DP_SGD
 
     def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise InvalidDpEvent(f"DP event field 'mechanism': one of {MECHANISMS}, got {self.mechanism!r}")
         for name in _TEXT:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -91,6 +117,8 @@ class DpEvent:
             object.__setattr__(self, name, float(value))
         if not 0.0 < self.sample_rate <= 1.0:
             raise InvalidDpEvent(f"DP event field 'sample_rate': must be in (0, 1], got {self.sample_rate}")
+        if self.mechanism == GAUSSIAN and self.sample_rate != 1.0:
+            raise InvalidDpEvent(f"DP event of the Gaussian mechanism: sample_rate must be 1 (no subsampling), got {self.sample_rate}")
         if self.noise_multiplier <= 0.0:
             raise InvalidDpEvent(f"DP event field 'noise_multiplier': must be > 0, got {self.noise_multiplier}")
         if self.max_grad_norm <= 0.0:
@@ -114,7 +142,12 @@ class DpEvent:
         return (self.sample_rate, self.noise_multiplier, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; ``mechanism`` only when it is not DP-SGD (so training events keep the form
+        ledgers written before the field existed have, and their hashes)."""
+        record = dataclasses.asdict(self)
+        if self.mechanism == DP_SGD:
+            del record["mechanism"]
+        return record
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, no spaces): equal events give equal text."""
@@ -126,7 +159,7 @@ class DpEvent:
         if not isinstance(record, dict):
             raise InvalidDpEvent(f"DP event record: expected a JSON object, got {type(record).__name__}")
         expected = {field.name for field in dataclasses.fields(cls)}
-        missing, extra = sorted(expected - record.keys()), sorted(record.keys() - expected)
+        missing, extra = sorted(expected - record.keys() - {"mechanism"}), sorted(record.keys() - expected)
         if missing or extra:
             raise InvalidDpEvent(f"DP event record: missing fields {missing}, unknown fields {extra}")
         return cls(**record)

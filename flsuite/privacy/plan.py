@@ -2,7 +2,9 @@
 
 Each site gets its own noise multiplier, computed from its own size, so that this study alone
 costs it at most ``target_epsilon``; the projection then composes the study with what the
-site's ledger already holds and checks the site's cap. Pure: numbers in, rows out.
+site's ledger already holds and checks the site's cap. The study's other releases at each site
+(its private evaluations: ``evaluation_phases``) are part of the study: the target covers
+training and evaluation together, and ``study_epsilon`` includes them. Pure: numbers in, rows out.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class PlanRow:
     projected_epsilon: float
     max_epsilon: float | None
     remaining: float | None
+    evaluation_releases: int = 0
+    evaluation_sigma: float | None = None
 
     @property
     def phase(self) -> Phase:
@@ -69,8 +73,13 @@ def plan_study(
     target_epsilon: float | None = None,
     noise_multiplier: float | None = None,
     accountant: str = "prv",
+    evaluation_phases: Sequence[PhaseLike] = (),
 ) -> list[PlanRow]:
     """Rows in the order of ``sites``. Give exactly one of target_epsilon and noise_multiplier.
+
+    ``evaluation_phases``: the Gaussian releases each site makes in this study besides training
+    (``flsuite.privacy.release.evaluation_phases``); sigma is chosen so that training composed
+    with them stays within the target.
 
     Raises PlanError naming every site whose cap the study would pass, and by how much.
     """
@@ -90,6 +99,7 @@ def plan_study(
     if len(set(names)) != len(names):
         raise PlanError(f"site names must be unique, got {names}")
 
+    evaluation = normalize_phases(evaluation_phases)
     rows, over = [], []
     for site in sites:
         if site.max_epsilon is not None and not _positive(site.max_epsilon):
@@ -106,10 +116,11 @@ def plan_study(
                 delta=delta,
                 sample_rate=schedule.sample_rate,
                 steps=total_steps,
+                prior_phases=evaluation,
                 accountant=accountant,
             )
         prior = normalize_phases(site.prior_phases)
-        study_phase = ((schedule.sample_rate, float(sigma), total_steps),)
+        study_phase = ((schedule.sample_rate, float(sigma), total_steps), *evaluation)
         prior_epsilon = epsilon(prior, delta=delta, accountant=accountant)
         projected = epsilon(prior + study_phase, delta=delta, accountant=accountant)
         cap = None if site.max_epsilon is None else float(site.max_epsilon)
@@ -125,6 +136,8 @@ def plan_study(
             projected_epsilon=projected,
             max_epsilon=cap,
             remaining=None if cap is None else cap - projected,
+            evaluation_releases=sum(steps for _, _, steps in evaluation),
+            evaluation_sigma=evaluation[0][1] if evaluation else None,
         )
         rows.append(row)
         if cap is not None and projected > cap:

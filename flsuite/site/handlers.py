@@ -27,6 +27,7 @@ from flsuite.data.study_data import model_shape, split_study
 from flsuite.errors import PlanError
 from flsuite.models.weights import load_arrays
 from flsuite.models.zoo import build_model
+from flsuite.site.evaluation import training_part
 from flsuite.site.replies import refusal_reply, train_reply
 from flsuite.training.local import evaluate, train_plain
 
@@ -37,8 +38,9 @@ class SiteSetup:
 
     name: str
     index: int
-    data: Dataset
+    data: Dataset  # the records the site trains on (and declares)
     study: StudyConfig
+    holdout: Dataset | None = None  # records held out for private per-site evaluation (``evaluation``)
 
 
 def site_setup(context: Context) -> SiteSetup:
@@ -58,10 +60,12 @@ def site_setup(context: Context) -> SiteSetup:
         )
         name = str(node.get(protocol.SITE_NAME, data.name))
         index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-        return SiteSetup(name=name, index=index, data=data, study=study)
-    index = int(node.get(protocol.PARTITION_ID, 0))
-    data = _simulated_site_data(study.data.model_dump_json(), study.federation.num_sites, index)
-    return SiteSetup(name=str(node.get(protocol.SITE_NAME, f"site-{index}")), index=index, data=data, study=study)
+    else:
+        index = int(node.get(protocol.PARTITION_ID, 0))
+        data = _simulated_site_data(study.data.model_dump_json(), study.federation.num_sites, index)
+        name = str(node.get(protocol.SITE_NAME, f"site-{index}"))
+    train, holdout = training_part(study, name, data)
+    return SiteSetup(name=name, index=index, data=train, study=study, holdout=holdout)
 
 
 @lru_cache(maxsize=16)
@@ -143,9 +147,17 @@ def handle_train(msg: Message, context: Context) -> Message:
 
 def handle_evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on the site's own records (not at a site with a privacy cap:
-    exact metrics on its records are not differentially private)."""
+    exact metrics on its records are not differentially private), or, when the request asks for
+    ``SITE_EVALUATION`` in a study with monitoring, release private held-out counts (``evaluation``)."""
     torch.set_num_threads(1)
     setup = site_setup(context)
+    private = bool(msg.content[protocol.CONFIG].get(protocol.SITE_EVALUATION, False)) if protocol.CONFIG in msg.content else False
+    if private and setup.study.site_evaluation:  # noisy held-out counts, accounted in the site's ledger
+        from flsuite.site.evaluation import evaluate_private
+
+        model = site_model(setup)
+        load_arrays(model, msg.content[protocol.ARRAYS])
+        return evaluate_private(msg, context, setup=setup, model=model)
     if requires_privacy(context):
         return _privacy_required(msg, setup, "report metrics on its records")
     model = site_model(setup)

@@ -13,6 +13,7 @@ from pathlib import Path
 from flsuite.config.schema import StudyConfig
 from flsuite.data.study_data import split_study
 from flsuite.protocol import SiteStatus
+from flsuite.site.evaluation import training_part
 from flsuite.site.privacy_guard import site_privacy
 from flsuite.site.simulated import (
     SITE_CONFIG_FILE,
@@ -30,6 +31,7 @@ def simulated_statuses(study: StudyConfig) -> dict[int, SiteStatus]:
     statuses = {}
     for index, site_data in enumerate(data.sites):
         name = simulated_site_name(index)
+        site_data, _ = training_part(study, name, site_data)  # a site declares and plans with what it trains on
         if not (site_folder(sites_dir, name) / SITE_CONFIG_FILE).exists():
             new = new_site_config(study, index)
             statuses[index] = SiteStatus(

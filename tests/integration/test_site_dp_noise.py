@@ -32,7 +32,8 @@ SIGMA = 2.0
 def one_step_site(tmp_path):
     """One simulated site whose DP-SGD takes every record in its one step (q = 1): the sampling is then fixed,
     and the noiseless update can be computed by hand."""
-    base = ["experiment=smoke", "secagg=none", "federation.num_sites=1", "federation.min_sites=1", "training.local_epochs=1"]
+    base = ["experiment=smoke", "secagg=none", "monitoring=none", "federation.num_sites=1", "federation.min_sites=1",
+            "training.local_epochs=1"]
     probe = compose_study(base)
     records = len(split_study(probe.data, 1).sites[0])
     study = compose_study([f"sites_dir={tmp_path}", *base, f"training.batch_size={records}"])
