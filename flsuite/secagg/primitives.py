@@ -9,8 +9,8 @@ site's round keys, Shamir sharing of 32-byte secrets (over GF(2^31-1) in numpy, 
 from __future__ import annotations
 
 import hashlib
-import threading
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
