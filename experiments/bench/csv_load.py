@@ -103,11 +103,11 @@ def table(result: dict[str, Any]) -> str:
     b, a, p = result["before"], result["after"], result["parses_per_study"]
     return "\n".join([
         f"{result['records']:,} records x {result['features']} features + label ({result['file_mb']} MB), one load per "
-        "fresh process (peak RSS includes the interpreter and numpy); parses per study counted in a 5-site, "
+        "fresh process (peak RSS during the load, the interpreter and imports included); parses per study counted in a 5-site, "
         "2-round simulated CSV study.", "",
         "| | before | after |", "|---|---|---|",
         f"| one load (s) | {b['seconds']['median']:.1f} | {a['seconds']['median']:.1f} |",
-        f"| peak memory of the process (GiB) | {b['peak_gib']['median']:.2f} | {a['peak_gib']['median']:.2f} |",
+        f"| peak memory of the process during the load (GiB) | {b['peak_gib']['median']:.2f} | {a['peak_gib']['median']:.2f} |",
         f"| of which the load added (GiB) | {b['added_gib']['median']:.2f} | {a['added_gib']['median']:.2f} |",
         f"| parses per study | {p['before (no cache)']} | {p['after']} |",
         f"| loading per study (s, parses x one load) | {b['study_seconds']:.1f} | {a['study_seconds']:.1f} |",

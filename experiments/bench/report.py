@@ -91,7 +91,9 @@ def render(bench: dict[str, Any]) -> str:
         if "error" in results[name]:
             lines.append(f"Failed: `{results[name]['error']}`")
             continue
-        module = importlib.import_module(bench["meta"]["modules"][name])
+        from experiments.bench import MEASUREMENTS  # a measurement newer than the full run's header
+
+        module = importlib.import_module(bench["meta"]["modules"].get(name) or MEASUREMENTS[name])
         lines.append(module.table(results[name]))
         if name == "utility":
             lines += ["", "![accuracy vs epsilon](results/utility.png)"]
