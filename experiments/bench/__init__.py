@@ -14,6 +14,7 @@ MEASUREMENTS = {
     "registry": "experiments.bench.registry",
     "dp_cost": "experiments.bench.dp_cost",
     "secagg": "experiments.bench.secagg_cost",
+    "csv": "experiments.bench.csv_load",
     "engines": "experiments.bench.engine_cost",
     "utility": "experiments.bench.utility",
 }

@@ -15,8 +15,9 @@ TITLES = {
     "accounting": "4. Accounting (flsuite / dp_accounting PLD, delta 1e-5)",
     "registry": "5. Registry",
     "utility": "6. Utility (accuracy vs epsilon)",
+    "csv": "7. CSV loading (a site's 10^6-record file, before / after)",
 }
-ORDER = ["dp_cost", "engines", "secagg", "accounting", "registry", "utility"]
+ORDER = ["dp_cost", "engines", "secagg", "csv", "accounting", "registry", "utility"]
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -41,11 +42,23 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             note=f"vs the sum of the sites' training: "
                  f"{value['overhead_vs_sum_of_sites']['median']:.2f}")
     for label, row in results.get("secagg", {}).get("rounds", {}).items():
-        add(f"secure / plain round, {label} <= {1.25 if row['sites'] <= 10 else 1.5}", row["ratio"]["median"],
-            1.25 if row["sites"] <= 10 else 1.5)
+        limit = 1.5 if row["sites"] <= 10 else 2.0  # issue 15
+        before = f"before: {row['ratio_before']['median']:.2f}" if "ratio_before" in row else ""
+        add(f"secure / plain round, {label} <= {limit}", row["ratio"]["median"], limit, note=before)
     wire = results.get("secagg", {}).get("wire")
     if wire:
         add("upload bytes secure / plain <= 1.05", wire["upload_bytes"]["ratio"], 1.05)
+        add("mask generation (apply_mask, 100k words) / raw AES-CTR keystream >= 0.8",
+            wire["mask_over_raw"]["aes_ctr_apply_100k"], 0.8, at_least=True)
+    csv_load = results.get("csv")
+    if csv_load and "after" in csv_load:
+        b, a = csv_load["before"], csv_load["after"]
+        add(f"CSV load, {csv_load['records']:,} x {csv_load['features']}, seconds < 60", a["seconds"]["median"], 60.0,
+            note=f"before: {b['seconds']['median']:.1f}")
+        add(f"CSV load, {csv_load['records']:,} x {csv_load['features']}, peak GiB < 1", a["peak_gib"]["median"], 1.0,
+            note=f"before: {b['peak_gib']['median']:.2f}")
+        add("CSV parses per study <= 1", csv_load["parses_per_study"]["after"], 1,
+            note=f"before: {csv_load['parses_per_study']['before (no cache)']}")
     accounting = results.get("accounting")
     if accounting:
         add("PRV epsilon / PLD epsilon, worst setting <= 1.05", accounting["prv_over_pld"]["max"], 1.05)
@@ -80,7 +93,9 @@ def render(bench: dict[str, Any]) -> str:
         if "error" in results[name]:
             lines.append(f"Failed: `{results[name]['error']}`")
             continue
-        module = importlib.import_module(bench["meta"]["modules"][name])
+        from experiments.bench import MEASUREMENTS  # a measurement newer than the full run's header
+
+        module = importlib.import_module(bench["meta"]["modules"].get(name) or MEASUREMENTS[name])
         lines.append(module.table(results[name]))
         if name == "utility":
             lines += ["", "![accuracy vs epsilon](results/utility.png)"]

@@ -9,48 +9,104 @@ accounting (identical in both) does not dilute the ratio; the registry is off li
 Upload bytes and mask throughput reuse ``experiments/secagg_bench.py``: the protobuf size of
 what each site sends in a secure vs a plain round (Flower wiring, 100k parameters), and
 flsuite's mask generation against the raw AES-CTR / ChaCha20 keystream of ``cryptography``.
+
+Before / after (issue 15), side by side in one run: every repeat runs the plain study, the
+secure study as flsuite ran it before (PyCryptodome's GF(2^128) Shamir, swapped in by
+``legacy_shamir.shamir_backend``, and the complete graph, the old default) and the secure
+study as it runs now (numpy prime-field Shamir, SecAgg+'s default neighbours), in an order
+that rotates repeat by repeat. The Shamir work of one round (every site splits its two
+secrets for its share group, the coordinator rebuilds one secret per site) is also timed
+alone with both backends.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from experiments.bench.harness import Scale, fmt_ratio, paired_ratio, progress, round_walls, run_study, stats
+from experiments.bench.legacy_shamir import legacy_combine, legacy_split, shamir_backend
 
 HIDDEN_UNITS = 280  # 64-280-280-10: 99,690 parameters
 STUDY = ["experiment=digits", f"model.hidden_units={HIDDEN_UNITS}", "data.partitioning=iid", "data.min_site_records=20", "privacy=none",
          "registry.enabled=false", "training.local_epochs=2", "training.batch_size=32"]
-TARGETS = {"10 sites": 1.25, "50 sites": 1.5, "upload": 1.05}
+TARGETS = {"10 sites": 1.5, "50 sites": 2.0, "upload": 1.05, "mask_over_raw": 0.8}
+KINDS = ("plain", "before", "after")
 
 
-def _settings(scale: Scale) -> dict[str, tuple[int, list[str]]]:
-    if scale.quick:
-        return {"10 sites, full graph": (10, []), "10 sites, 4 neighbours": (10, ["secagg.neighbours=4"])}
-    return {"10 sites, full graph": (10, []), "50 sites, full graph": (50, []),
-            "50 sites, 10 neighbours": (50, ["secagg.neighbours=10"])}
+def _settings(scale: Scale) -> dict[str, int]:
+    return {"10 sites": 10} if scale.quick else {"10 sites": 10, "50 sites": 50}
+
+
+def _overrides(kind: str, sites: int) -> list[str]:
+    if kind == "plain":
+        return ["secagg=none"]
+    if kind == "before":  # the complete graph was the default before SecAgg+'s neighbours
+        return ["secagg=secure", f"secagg.neighbours={sites - 1}"]
+    return ["secagg=secure"]
 
 
 def measure_rounds(scale: Scale) -> dict[str, Any]:
+    from flsuite.config.schema import SecAggConfig
+
     rounds = scale.pick(3, 2)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-secagg-") as tmp:
-        for label, (sites, extra) in _settings(scale).items():
+        for label, sites in _settings(scale).items():
             repeats = scale.pick(3 if sites <= 10 else 2, 1)
             base = [*STUDY, f"federation.num_sites={sites}", f"federation.min_sites={max(2, sites // 2)}",
                     f"federation.rounds={rounds}"]
-            secure, plain = [], []
+            walls: dict[str, list[float]] = {kind: [] for kind in KINDS}
             for repeat in range(repeats):
-                order = (("secure", secure), ("plain", plain)) if repeat % 2 == 0 else (("plain", plain), ("secure", secure))
-                for kind, bucket in order:
+                order = KINDS[repeat % 3:] + KINDS[: repeat % 3]
+                for kind in order:
                     progress(f"secagg rounds: {label}, {kind}, repeat {repeat + 1}/{repeats}")
-                    overrides = [*base, "secagg=secure", *extra] if kind == "secure" else [*base, "secagg=none"]
-                    _, output = run_study(overrides, Path(tmp))
-                    bucket.append(statistics.median(round_walls(output)[1:]))
-            results[label] = {"sites": sites, "overrides": base + extra, "secure_round_s": stats(secure),
-                              "plain_round_s": stats(plain), "ratio": paired_ratio(secure, plain)}
+                    with shamir_backend("pycryptodome" if kind == "before" else "numpy-prime-field"):
+                        _, output = run_study([*base, *_overrides(kind, sites)], Path(tmp))
+                    walls[kind].append(statistics.median(round_walls(output)[1:]))
+            after = SecAggConfig().settings_for(sites)
+            results[label] = {
+                "sites": sites, "overrides": base,
+                "neighbours_before": sites - 1, "neighbours_after": after.neighbour_count, "threshold_after": after.threshold,
+                "plain_round_s": stats(walls["plain"]),
+                "secure_round_s_before": stats(walls["before"]), "secure_round_s": stats(walls["after"]),
+                "ratio_before": paired_ratio(walls["before"], walls["plain"]), "ratio": paired_ratio(walls["after"], walls["plain"]),
+            }
+    return results
+
+
+def measure_shamir(scale: Scale) -> dict[str, Any]:
+    """One round's Shamir work alone: n sites split two secrets each, the coordinator rebuilds n."""
+    from flsuite.config.schema import SecAggConfig
+    from flsuite.secagg import primitives as crypto
+
+    results = {}
+    for sites in scale.pick((10, 50), (10,)):
+        full = SecAggConfig(neighbours=sites - 1).settings_for(sites)
+        default = SecAggConfig().settings_for(sites)
+        cases = {"before": (full, "pycryptodome"), "after, same graph": (full, "numpy"), "after": (default, "numpy")}
+        row: dict[str, Any] = {}
+        for name, (settings, backend) in cases.items():
+            group, t = settings.share_group, settings.threshold
+            secrets = [os.urandom(32), os.urandom(32)]
+            times = []
+            for _ in range(scale.pick(3, 1)):
+                started = time.perf_counter()
+                for _site in range(sites):
+                    if backend == "pycryptodome":
+                        shares = [legacy_split(s, threshold=t, holders=group) for s in secrets]
+                        legacy_combine(list(enumerate(shares[0], start=1))[:t])
+                    else:
+                        shares = crypto.split_secrets(secrets, threshold=t, holders=group)
+                        crypto.combine_secret(list(enumerate(shares[0], start=1))[:t])
+                times.append(time.perf_counter() - started)
+            row[name] = {"group": group, "threshold": t, "seconds": stats(times)}
+        row["speedup_same_graph"] = round(row["before"]["seconds"]["median"] / row["after, same graph"]["seconds"]["median"], 1)
+        results[f"{sites} sites"] = row
     return results
 
 
@@ -77,15 +133,34 @@ def measure_wire_and_masks(scale: Scale) -> dict[str, Any]:
 
 
 def run(scale: Scale) -> dict[str, Any]:
-    return {"rounds": measure_rounds(scale), "wire": measure_wire_and_masks(scale), "targets": TARGETS}
+    return {"rounds": measure_rounds(scale), "shamir": measure_shamir(scale), "wire": measure_wire_and_masks(scale),
+            "targets": TARGETS}
 
 
 def table(result: dict[str, Any]) -> str:
-    lines = [f"Study: `{' '.join(STUDY)}`, inline engine, median of rounds after the first.", "",
-             "| sites | plain round (s) | secure round (s) | secure / plain |", "|---|---|---|---|"]
+    lines = [f"Study: `{' '.join(STUDY)}`, inline engine, median of rounds after the first. Before: "
+             "PyCryptodome's GF(2^128) Shamir and the complete graph; after: numpy GF(2^31-1) Shamir and "
+             "SecAgg+'s default neighbours (3·log2 n, up to even).", "",
+             "| sites | plain round (s) | secure round before (s) | secure / plain before | neighbours after | "
+             "secure round after (s) | secure / plain after |", "|---|---|---|---|---|---|---|"]
     for label, row in result["rounds"].items():
-        lines.append(f"| {label} | {row['plain_round_s']['median']:.3f} | {row['secure_round_s']['median']:.3f} | "
-                     f"{fmt_ratio(row['ratio'])} |")
+        if "ratio_before" not in row:  # a result from before the before/after columns
+            lines.append(f"| {label} | {row['plain_round_s']['median']:.3f} | | | | "
+                         f"{row['secure_round_s']['median']:.3f} | {fmt_ratio(row['ratio'])} |")
+            continue
+        lines.append(f"| {label} | {row['plain_round_s']['median']:.3f} | {row['secure_round_s_before']['median']:.3f} | "
+                     f"{fmt_ratio(row['ratio_before'])} | {row['neighbours_after']} (t={row['threshold_after']}) | "
+                     f"{row['secure_round_s']['median']:.3f} | {fmt_ratio(row['ratio'])} |")
+    if result.get("shamir"):
+        lines += ["", "Shamir work of one round alone (each site splits 2 secrets for its share group, the "
+                  "coordinator rebuilds one per site), seconds:", "",
+                  "| sites | before (group, t) | after, same graph | after, default graph (group, t) | speed-up, same graph |",
+                  "|---|---|---|---|---|"]
+        for label, row in result["shamir"].items():
+            b, same, a = row["before"], row["after, same graph"], row["after"]
+            lines.append(f"| {label} | {b['seconds']['median']:.4f} ({b['group']}, {b['threshold']}) | "
+                         f"{same['seconds']['median']:.4f} | {a['seconds']['median']:.4f} ({a['group']}, {a['threshold']}) | "
+                         f"{row['speedup_same_graph']}x |")
     wire = result["wire"]
     t, m = wire["throughput_Bps"], wire["mask_over_raw"]
     gb = lambda v: f"{v / 1e9:.2f} GB/s"  # noqa: E731

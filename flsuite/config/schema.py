@@ -180,7 +180,9 @@ class SecAggConfig(Section):
     """Secure aggregation: the coordinator only sees the sum of the sites' updates.
 
     ``threshold_fraction`` of each site's share group (its neighbours and itself) must
-    answer to rebuild its secrets; ``neighbours`` empty means every other site.
+    answer to rebuild its secrets; ``neighbours`` empty means SecAgg+'s logarithmic default
+    (``flsuite.secagg.graph.default_neighbours``: 3·log2(n) up to even), a number of at
+    least cohort_size-1 means every other site.
     """
 
     enabled: bool = True
@@ -204,9 +206,11 @@ class SecAggConfig(Section):
 
     def settings_for(self, cohort_size: int):
         """The protocol settings for a round of ``cohort_size`` sites (validated; ConfigError if not allowed)."""
+        from flsuite.secagg.graph import default_neighbours
         from flsuite.secagg.settings import SecAggSettings
 
-        neighbours = self.neighbours if self.neighbours is not None and self.neighbours < cohort_size - 1 else None
+        asked = self.neighbours if self.neighbours is not None else default_neighbours(cohort_size)
+        neighbours = asked if asked < cohort_size - 1 else None
         group = (cohort_size - 1 if neighbours is None else neighbours) + 1
         threshold = max(group // 2 + 1, math.ceil(self.threshold_fraction * group))
         return SecAggSettings(

@@ -5,6 +5,7 @@ from flsuite.lazy import lazy_exports
 
 _EXPORTS = {
     "check_labels": "csv_source",
+    "clear_csv_cache": "csv_source",
     "load_csv": "csv_source",
     "Dataset": "datasets",
     "load_builtin": "datasets",

@@ -4,7 +4,17 @@ The site names its label column (integer classes 0..K-1) and, optionally, its fe
 columns; every feature must be numeric. Features are used as given: scale them before
 training (with constants that do not depend on the records, to keep the DP guarantee whole).
 
-The file is read once, strictly: column names are compared after stripping spaces and must
+The file is parsed once per process and file version: ``load_csv`` keeps the last few
+datasets it read, keyed on the file's resolved path, inode, modification and change
+times and size and the columns asked for, so a site that answers many messages in one study (and the simulated
+sites and coordinator sharing one process) parse it once. Records stream through the
+parser in blocks: numpy's C parser reads an all-numeric file ``FAST_BLOCK_BYTES`` of
+lines at a time; any file it cannot read as plainly (or any value it would have to
+refuse) goes through the strict ``csv`` reader in chunks of ``CHUNK_RECORDS`` records,
+whose fields numpy converts and checks as a block. Either way memory stays near the
+final float32 arrays.
+
+The file is read strictly: column names are compared after stripping spaces and must
 be unique, every record has exactly as many fields as the header, every feature fits a
 finite float32, and every label is a whole number in ``0..num_classes-1`` (below
 ``MAX_LABEL_WITHOUT_NUM_CLASSES`` when the class count is not given, so a stray ``1e12``
@@ -15,6 +25,9 @@ file, the line and the column.
 from __future__ import annotations
 
 import csv
+import threading
+import warnings
+from collections import OrderedDict
 from collections.abc import Iterator
 from operator import itemgetter
 from pathlib import Path
@@ -29,6 +42,18 @@ MAX_LABEL_WITHOUT_NUM_CLASSES = 10_000
 """Labels must be below this when ``num_classes`` is not given (set data.num_classes for more classes)."""
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+CHUNK_RECORDS = 4_096
+"""Records converted and checked as one block: bounds the memory the parser holds beyond the result."""
+
+FAST_BLOCK_BYTES = 1 << 22
+"""Text the fast reader hands numpy at a time (whole lines, about 4 MB)."""
+
+CACHE_SIZE = 4
+"""Datasets ``load_csv`` keeps (least recently used first out)."""
+
+_CACHE: OrderedDict[tuple, Dataset] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
 
 
 class _CsvReader(Protocol):
@@ -55,6 +80,35 @@ def load_csv(
         raise DataError(f"CSV file {path} does not exist: check data.csv_path (or the site's data-path)")
     if num_classes is not None and num_classes < 1:
         raise DataError(f"num_classes={num_classes} for {path} must be at least 1: set data.num_classes")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, label_column,
+           tuple(feature_columns) if feature_columns else None, num_classes)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            _CACHE.move_to_end(key)
+            return cached
+    dataset = _read(path, label_column, feature_columns, num_classes)
+    with _CACHE_LOCK:
+        _CACHE[key] = dataset
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return dataset
+
+
+def clear_csv_cache() -> None:
+    """Forget every dataset ``load_csv`` kept (the next call parses its file again)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def _read(path: Path, label_column: str, feature_columns: list[str] | None, num_classes: int | None) -> Dataset:
+    try:
+        fast = _read_fast(path, label_column, feature_columns, num_classes)
+    except UnicodeDecodeError:
+        fast = None  # the strict reader names the line
+    if fast is not None:
+        return fast
     try:
         # utf-8-sig: a byte-order mark (as spreadsheets write it) is not part of the first column's name.
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -66,6 +120,55 @@ def load_csv(
     except UnicodeDecodeError:
         line = _first_line_not_utf8(path)
         raise DataError(f"{path} line {line} is not UTF-8 text: save the file as UTF-8 CSV") from None
+
+
+def _read_fast(path: Path, label_column: str, feature_columns: list[str] | None, num_classes: int | None) -> Dataset | None:
+    """The dataset through numpy's C parser (``np.loadtxt``), ``FAST_BLOCK_BYTES`` of lines at a
+    time, when every record of the file is all numbers; None to leave the file to the strict reader.
+
+    numpy is never more lenient than the strict reader (it refuses ``1_000`` and non-ASCII
+    digits, which Python's float takes): any block it cannot read, a column count other than
+    the header's, a value beyond float32 or a label the strict reader refuses sends the whole
+    file to the strict reader, which accepts or names the line and column.
+    """
+    with path.open(encoding="utf-8-sig") as handle:
+        first = handle.readline()
+        try:
+            header_fields = next(csv.reader([first]), None)
+        except csv.Error:
+            return None
+        if not first.endswith("\n") or header_fields is None:
+            return None
+        header = _header(path, header_fields)
+        label_at, feature_at = _columns(path, header, label_column, feature_columns)
+        limit = num_classes if num_classes is not None else MAX_LABEL_WITHOUT_NUM_CLASSES
+        feature_parts: list[np.ndarray] = []
+        label_parts: list[np.ndarray] = []
+        while lines := handle.readlines(FAST_BLOCK_BYTES):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a block of blank lines: "input contained no data"
+                    block = np.loadtxt(lines, delimiter=",", comments=None, quotechar='"', dtype=np.float64, ndmin=2)
+            except ValueError:
+                return None
+            if block.size == 0:
+                continue
+            if block.shape[1] != len(header):
+                return None
+            values, labels = block[:, feature_at], block[:, label_at]
+            if not (np.abs(values) <= _FLOAT32_MAX).all():
+                return None
+            if not ((labels >= 0) & (labels < limit) & (labels == np.floor(labels))).all():
+                return None
+            feature_parts.append(values.astype(np.float32))
+            label_parts.append(labels.astype(np.int64))
+    if not feature_parts:
+        return None
+    features = feature_parts[0] if len(feature_parts) == 1 else np.concatenate(feature_parts)
+    feature_parts.clear()
+    labels = label_parts[0] if len(label_parts) == 1 else np.concatenate(label_parts)
+    count = num_classes if num_classes is not None else int(labels.max()) + 1
+    return Dataset(path.stem, features, labels, count)
 
 
 def check_labels(dataset: Dataset, num_classes: int, *, source: str, label_column: str = "label") -> None:
@@ -93,10 +196,20 @@ def _parse(
     header = _header(path, next(reader, None))
     label_at, feature_at = _columns(path, header, label_column, feature_columns)
     width = len(header)
-    take = itemgetter(*feature_at) if len(feature_at) > 1 else (lambda fields, at=feature_at[0]: (fields[at],))
-    rows: list[list[float]] = []
-    labels: list[int] = []
+    names = [header[at] for at in feature_at]
+    feature_parts: list[np.ndarray] = []
+    label_parts: list[np.ndarray] = []
+    records: list[list[str]] = []
     lines: list[int] = []
+
+    def flush() -> None:
+        features, labels = _convert_chunk(path, header, feature_at, label_at, label_column, num_classes, names,
+                                          records, lines)
+        feature_parts.append(features)
+        label_parts.append(labels)
+        records.clear()
+        lines.clear()
+
     end = reader.line_num  # the last physical line read; a quoted field may span several
     for fields in reader:
         line, end = end + 1, reader.line_num
@@ -107,19 +220,60 @@ def _parse(
                 f"{path} line {line}: {len(fields)} fields, but the header names {width} columns: "
                 "every record needs one field per column (check for stray or missing commas)"
             )
-        try:
-            rows.append(list(map(float, take(fields))))
-        except ValueError:
-            _refuse_non_number(path, line, header, feature_at, fields)
-        labels.append(_label(path, line, label_column, fields[label_at], num_classes))
+        records.append(fields)
         lines.append(line)
-    if not rows:
+        if len(records) == CHUNK_RECORDS:
+            flush()
+    if records:
+        flush()
+    if not feature_parts:
         raise DataError(f"{path} has a header but no records")
-    values = np.array(rows, dtype=np.float64)
-    _check_float32(path, values, lines, [header[at] for at in feature_at])
-    label_array = np.array(labels, dtype=np.int64)
-    count = num_classes if num_classes is not None else int(label_array.max()) + 1
-    return Dataset(path.stem, values.astype(np.float32), label_array, count)
+    features = feature_parts[0] if len(feature_parts) == 1 else np.concatenate(feature_parts)
+    feature_parts.clear()
+    labels = label_parts[0] if len(label_parts) == 1 else np.concatenate(label_parts)
+    count = num_classes if num_classes is not None else int(labels.max()) + 1
+    return Dataset(path.stem, features, labels, count)
+
+
+def _convert_chunk(
+    path: Path, header: list[str], feature_at: list[int], label_at: int, label_column: str, num_classes: int | None,
+    names: list[str], records: list[list[str]], lines: list[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One chunk of records as (float32 features, int64 labels), or the first bad field's DataError.
+
+    numpy converts the fields as Python's ``float`` does: whole records at once when every
+    column is a number, else the feature and label columns alone. When those fail, the
+    records are walked one by one to name the first bad line and column.
+    """
+    try:
+        block = np.array(records, dtype=np.float64)
+        values, parsed = block[:, feature_at], block[:, label_at]
+    except ValueError:  # a column the study does not use holds text, or a feature or label is not a number
+        values, parsed = _convert_columns(path, header, feature_at, label_at, records, lines)
+    _check_float32(path, values, lines, names)
+    limit = num_classes if num_classes is not None else MAX_LABEL_WITHOUT_NUM_CLASSES
+    if parsed is None or not ((parsed >= 0) & (parsed < limit) & (parsed == np.floor(parsed))).all():
+        for line, fields in zip(lines, records, strict=True):
+            _label(path, line, label_column, fields[label_at], num_classes)  # raises at the first bad label
+        raise AssertionError("a label block failed its check but no label is refused")
+    return values.astype(np.float32), parsed.astype(np.int64)
+
+
+def _convert_columns(
+    path: Path, header: list[str], feature_at: list[int], label_at: int, records: list[list[str]], lines: list[int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    take = itemgetter(*feature_at) if len(feature_at) > 1 else (lambda fields, at=feature_at[0]: (fields[at],))
+    try:
+        values = np.array([take(fields) for fields in records], dtype=np.float64).reshape(len(records), len(feature_at))
+    except ValueError:
+        for line, fields in zip(lines, records, strict=True):
+            _refuse_non_number(path, line, header, feature_at, fields)
+        raise AssertionError("a chunk failed to convert but no field is refused") from None
+    try:
+        labels = np.array([fields[label_at] for fields in records], dtype=np.float64)
+    except ValueError:
+        labels = None  # the label check walks the records and names the bad one
+    return values, labels
 
 
 def _header(path: Path, first: list[str] | None) -> list[str]:

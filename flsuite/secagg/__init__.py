@@ -9,6 +9,7 @@ coordinator, ``flsuite.site.secure_aggregation`` is the site's ClientApp mod.
 
 from flsuite.errors import SECAGG_REFUSAL_REASONS, SecAggAborted, SecAggError, SecAggRefused
 from flsuite.secagg.coordinator import CoordinatorRound, RoundSum
+from flsuite.secagg.graph import default_neighbours
 from flsuite.secagg.identity import (
     generate_identity,
     load_identity,
@@ -29,6 +30,7 @@ __all__ = [
     "SecAggRefused",
     "SecAggSettings",
     "SiteRound",
+    "default_neighbours",
     "generate_identity",
     "load_identity",
     "load_pinned_identities",

@@ -189,11 +189,11 @@ class CoordinatorRound:
         assert self._sum is not None
         total, cipher = self._sum.copy(), self.settings.mask_cipher
         for node in self._survivors:
-            seed = crypto.combine_secret(sorted(b_shares[node].items())[:t])
+            seed = self._combine(node, b_shares[node], "self-mask seed")
             key = crypto.self_mask_key(seed, run_id=self.run_id, server_round=self.server_round, node=node)
             crypto.apply_mask(total, key, cipher=cipher, subtract=True)
         for node in dropped:
-            s_sk = crypto.combine_secret(sorted(sk_shares[node].items())[:t])
+            s_sk = self._combine(node, sk_shares[node], "mask key")
             if crypto.x25519_public(s_sk) != self._keys[node]["s-pk"]:
                 raise SecAggAborted(f"round {self.server_round}: the mask key rebuilt for dropped node {node} does not "
                                     "match its announced public key (a site sent a wrong share)", stage="unmask")
@@ -220,6 +220,14 @@ class CoordinatorRound:
                         clipped_values=dict(self._clipped), rejected=dict(self.rejected))
 
     # --- helpers ------------------------------------------------------------------------
+    def _combine(self, node: int, shares: Mapping[int, bytes], what: str) -> bytes:
+        try:
+            return crypto.combine_secret(sorted(shares.items())[: self.settings.threshold])
+        except ValueError as exc:
+            self._stage = "aborted"
+            raise SecAggAborted(f"round {self.server_round}: the shares of node {node}'s {what} do not rebuild a "
+                                f"secret ({exc}); a site sent a wrong share. Nothing was published.", stage="unmask") from None
+
     def _header(self) -> dict[str, Any]:
         return {"run-id": crypto.u64(self.run_id), "round": self.server_round}
 

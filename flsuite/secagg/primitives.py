@@ -2,18 +2,18 @@
 
 X25519 key agreement, HKDF-SHA256 key derivation (every derived key binds run, round and
 the two nodes), AES-256-GCM for Shamir shares in transit, Ed25519 signatures over a
-site's round keys, PyCryptodome's Shamir sharing of 32-byte secrets (two 16-byte
-blocks), and the mask keystream (AES-256-CTR or ChaCha20 over zeros).
+site's round keys, Shamir sharing of 32-byte secrets (over GF(2^31-1) in numpy, see
+``shamir``), and the mask keystream (AES-256-CTR or ChaCha20 over zeros).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from Crypto.Protocol.SecretSharing import Shamir
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from . import shamir
 
 __all__ = [
     "model_hash",
@@ -41,6 +43,8 @@ __all__ = [
     "share_aad",
     "sign_keys",
     "split_secret",
+    "split_secrets",
+    "SHARE_BYTES",
     "u64",
     "verify_keys",
     "x25519_keypair",
@@ -208,20 +212,24 @@ def public_key_bytes(identity: Ed25519PrivateKey) -> bytes:
 
 # --- Shamir sharing of 32-byte secrets --------------------------------------------------
 
-def split_secret(secret: bytes, *, threshold: int, holders: int) -> list[bytes]:
-    """Shares 1..holders of a 32-byte secret (PyCryptodome Shamir on each 16-byte half)."""
-    if len(secret) != 32:
-        raise ValueError("secrets are 32 bytes")
-    first = Shamir.split(threshold, holders, secret[:16], ssss=False)
-    second = Shamir.split(threshold, holders, secret[16:], ssss=False)
-    return [a + b for (_, a), (_, b) in zip(first, second, strict=True)]
+SHARE_BYTES = shamir.SHARE_BYTES
+
+
+def split_secrets(secrets: Sequence[bytes], *, threshold: int, holders: int,
+                  random_bytes: RandomBytes = os.urandom) -> list[list[bytes]]:
+    """Shares 1..holders of each 32-byte secret (``SHARE_BYTES`` each), all secrets in one pass."""
+    return shamir.split(secrets, threshold=threshold, holders=holders, random_bytes=random_bytes)
+
+
+def split_secret(secret: bytes, *, threshold: int, holders: int, random_bytes: RandomBytes = os.urandom) -> list[bytes]:
+    """Shares 1..holders of one 32-byte secret."""
+    return shamir.split([secret], threshold=threshold, holders=holders, random_bytes=random_bytes)[0]
 
 
 def combine_secret(shares: Sequence[tuple[int, bytes]]) -> bytes:
-    """Rebuild a 32-byte secret from (index, 32-byte share) pairs (at least threshold of them)."""
-    first = Shamir.combine([(i, s[:16]) for i, s in shares], ssss=False)
-    second = Shamir.combine([(i, s[16:]) for i, s in shares], ssss=False)
-    return first + second
+    """Rebuild a 32-byte secret from (index, share) pairs (threshold of them); ValueError when
+    the shares cannot be of one secret."""
+    return shamir.combine(shares)
 
 
 def model_hash(arrays: Mapping[str, np.ndarray]) -> bytes:

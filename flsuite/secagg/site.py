@@ -139,8 +139,8 @@ class SiteRound:
             raise SecAggRefused("below-threshold", f"only {len(peers) + 1} share holders left, threshold is {settings.threshold}")
         seed = self._random(32)
         group = share_group(graph, self.node_id)
-        seed_shares = crypto.split_secret(seed, threshold=settings.threshold, holders=len(group))
-        key_shares = crypto.split_secret(self._state["s-sk"], threshold=settings.threshold, holders=len(group))
+        seed_shares, key_shares = crypto.split_secrets([seed, self._state["s-sk"]], threshold=settings.threshold,
+                                                       holders=len(group), random_bytes=self._random)
         ciphertexts = []
         for peer, c_pk in zip(peers, c_pks, strict=True):
             index = group.index(peer) + 1
@@ -183,8 +183,8 @@ class SiteRound:
             index = share_group(graph, sender).index(self.node_id) + 1
             if plain is None or plain[:18] != crypto.u64(sender) + crypto.u64(self.node_id) + index.to_bytes(2, "big"):
                 raise SecAggRefused("bad-share", f"the share from node {sender} does not authenticate")
-            b_shares.append(plain[18:50])
-            sk_shares.append(plain[50:82])
+            b_shares.append(plain[18 : 18 + crypto.SHARE_BYTES])
+            sk_shares.append(plain[18 + crypto.SHARE_BYTES :])
         self._state.update({"stage": "training", "senders": pack_ids(senders),
                             "held-b-shares": b"".join(b_shares), "held-sk-shares": b"".join(sk_shares)})
 
@@ -247,8 +247,8 @@ class SiteRound:
         graph = self._graph()
         held = {self.node_id: (self._state["own-b-share"], self._state["own-sk-share"])}
         senders = unpack_ids(self._state["senders"])
-        b_held = unpack_blobs(self._state["held-b-shares"], 32)
-        sk_held = unpack_blobs(self._state["held-sk-shares"], 32)
+        b_held = unpack_blobs(self._state["held-b-shares"], crypto.SHARE_BYTES)
+        sk_held = unpack_blobs(self._state["held-sk-shares"], crypto.SHARE_BYTES)
         held.update({s: (b, k) for s, b, k in zip(senders, b_held, sk_held, strict=True)})
         b_nodes, b_out, sk_nodes, sk_out = [], [], [], []
         for owner, (b_share, sk_share) in sorted(held.items()):

@@ -14,7 +14,7 @@ from typing import Any
 
 from flsuite.errors import SecAggRefused
 
-from .primitives import PROTOCOL, u64
+from .primitives import PROTOCOL, SHARE_BYTES, u64
 
 __all__ = [
     "CIPHERTEXT_SIZE", "KEY_SIZE", "SHARE_SIZE", "SIGNATURE_SIZE", "STAGES",
@@ -24,9 +24,9 @@ __all__ = [
 STAGES = ("setup", "share-keys", "train", "unmask")
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
-PLAINTEXT_SIZE = 8 + 8 + 2 + 32 + 32  # sender, recipient, share index, self-mask share, key share
+PLAINTEXT_SIZE = 8 + 8 + 2 + 2 * SHARE_BYTES  # sender, recipient, share index, self-mask share, key share
 CIPHERTEXT_SIZE = 12 + PLAINTEXT_SIZE + 16  # nonce, ciphertext, GCM tag
-SHARE_SIZE = 2 + 32  # share index, share
+SHARE_SIZE = 2 + SHARE_BYTES  # share index, share
 
 
 def pack_ids(ids: Sequence[int]) -> bytes:

@@ -33,7 +33,7 @@ def test_quick_run_succeeds_and_writes_every_measurement(quick_run):
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-4000:]
     bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["results"]) == {"accounting", "registry", "dp_cost", "secagg", "engines", "utility"}
+    assert set(bench["results"]) == {"accounting", "registry", "dp_cost", "secagg", "csv", "engines", "utility"}
     assert not [name for name, result in bench["results"].items() if "error" in result]
     machine = bench["meta"]["machine"]
     assert machine["cores"] >= 1 and machine["torch"] and machine["flwr"] and machine["opacus"]
@@ -56,6 +56,11 @@ def test_results_hold_the_ratios_the_tables_report(quick_run):
     assert all("overhead_vs_slowest_site" in v for v in results["engines"]["inline_coordinator_overhead"].values())
     assert all(_positive(row["ratio"]) for row in results["secagg"]["rounds"].values())
     assert results["secagg"]["wire"]["upload_bytes"]["ratio"] > 1.0  # masks add a little, never nothing
+    assert all(_positive(row["ratio_before"]) for row in results["secagg"]["rounds"].values())
+    assert all(row["before"]["seconds"]["median"] > 0 for row in results["secagg"]["shamir"].values())
+    csv_load = results["csv"]
+    assert csv_load["parses_per_study"]["after"] == 1 < csv_load["parses_per_study"]["before (no cache)"]
+    assert csv_load["before"]["seconds"]["median"] > 0 and csv_load["after"]["peak_gib"]["median"] > 0
     accounting = results["accounting"]
     assert accounting["never_below"] and accounting["prv_over_pld"]["min"] >= 1.0
     assert results["registry"]["verify"]["entries"] >= 300

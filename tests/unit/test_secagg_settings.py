@@ -55,3 +55,22 @@ def test_wire_form_round_trips_and_is_revalidated():
     for bad in ("{", "[]", '{"cohort_size": 5}', '{"cohort_size": 5, "threshold": 3, "extra": 1}'):
         with pytest.raises(ConfigError):
             SecAggSettings.from_wire(bad)
+
+
+def test_default_neighbours_grow_like_log2_of_the_cohort():
+    from flsuite.secagg import default_neighbours
+
+    assert [default_neighbours(n) for n in (3, 5, 10, 20, 50, 100, 1000)] == [2, 4, 9, 14, 18, 20, 30]
+    assert all(default_neighbours(n) % 2 == 0 or default_neighbours(n) == n - 1 for n in range(3, 300))
+    with pytest.raises(ValueError):
+        default_neighbours(2)
+
+
+def test_study_settings_use_the_secagg_plus_default_and_keep_neighbours_overridable():
+    from flsuite.config.schema import SecAggConfig
+
+    assert SecAggConfig().settings_for(50).neighbours == 18  # was the complete graph (49) before
+    assert SecAggConfig().settings_for(50).threshold == 12
+    assert SecAggConfig().settings_for(10).neighbours is None  # 3·log2(10) reaches n-1: complete graph
+    assert SecAggConfig(neighbours=10).settings_for(50).neighbours == 10
+    assert SecAggConfig(neighbours=49).settings_for(50).neighbours is None

@@ -1,0 +1,54 @@
+"""The "before" column of the secure-aggregation benchmark: flsuite's Shamir sharing until
+issue 15 (PyCryptodome's pure-Python Shamir over GF(2^128) on each 16-byte half of a secret).
+
+Benchmark only, never a user setting: ``shamir_backend("pycryptodome")`` swaps it in for the
+length of a ``with`` block. Its 32-byte shares are padded with 4 zero bytes to the wire's
+36-byte share size (the padding is dropped before combining), so a whole secure round runs
+unchanged around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+
+from Crypto.Protocol.SecretSharing import Shamir
+
+import flsuite.secagg.primitives as crypto
+
+BACKENDS = ("numpy-prime-field", "pycryptodome")
+_PAD = bytes(crypto.SHARE_BYTES - 32)
+
+
+def legacy_split(secret: bytes, *, threshold: int, holders: int) -> list[bytes]:
+    first = Shamir.split(threshold, holders, secret[:16], ssss=False)
+    second = Shamir.split(threshold, holders, secret[16:], ssss=False)
+    return [a + b + _PAD for (_, a), (_, b) in zip(first, second, strict=True)]
+
+
+def legacy_combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
+    first = Shamir.combine([(i, s[:16]) for i, s in shares], ssss=False)
+    second = Shamir.combine([(i, s[16:32]) for i, s in shares], ssss=False)
+    return first + second
+
+
+def _legacy_split_secrets(secrets: Sequence[bytes], *, threshold: int, holders: int,
+                          random_bytes: Callable[[int], bytes] = os.urandom) -> list[list[bytes]]:
+    return [legacy_split(secret, threshold=threshold, holders=holders) for secret in secrets]
+
+
+@contextlib.contextmanager
+def shamir_backend(name: str) -> Iterator[None]:
+    """Run the block with ``name``'s Shamir sharing in every secure round of this process."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown Shamir backend {name!r}; choose one of {BACKENDS}")
+    if name == BACKENDS[0]:
+        yield
+        return
+    saved = crypto.split_secrets, crypto.combine_secret
+    crypto.split_secrets, crypto.combine_secret = _legacy_split_secrets, legacy_combine
+    try:
+        yield
+    finally:
+        crypto.split_secrets, crypto.combine_secret = saved

@@ -1,0 +1,120 @@
+"""Shamir secret sharing of 32-byte secrets over the prime field GF(2^31 - 1), in numpy.
+
+A secret of 256 bits is cut into ``LIMBS`` = 9 limbs of 30 bits (the last holds 16), and
+every limb is shared with its own random polynomial of degree threshold-1 over
+GF(p), p = 2^31 - 1 (a Mersenne prime). Share ``i`` (i = 1..holders) is the 9 polynomial
+values at x = i, each a little-endian uint32 below p: ``SHARE_BYTES`` = 36 bytes.
+
+Any ``threshold`` shares rebuild every limb by Lagrange interpolation at x = 0; fewer
+reveal nothing: the coefficients are uniform in GF(p) (rejection sampling of 31-bit
+words), so for every secret there is exactly one polynomial through any threshold-1
+shares and the secret, and each is equally likely. Products of two field elements fit a
+uint64, so evaluation (Horner's rule) and interpolation run as a few numpy operations on
+a (holders x limbs) array, for all secrets of a site at once.
+
+Pure: numpy only. Rebuilt limbs that cannot be a 256-bit secret (a limb of 30 bits or
+more, or bits beyond the 256th) mean the shares were not of one secret: ValueError.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["LIMBS", "PRIME", "SECRET_BYTES", "SHARE_BYTES", "combine", "split"]
+
+PRIME = 2**31 - 1
+SECRET_BYTES = 32
+LIMB_BITS = 30
+LIMBS = -(-8 * SECRET_BYTES // LIMB_BITS)  # 9 limbs of 30 bits hold 256 bits
+SHARE_BYTES = 4 * LIMBS
+_TOP_BITS = 8 * SECRET_BYTES - LIMB_BITS * (LIMBS - 1)  # bits of the last limb: 16
+_LIMB_MASK = (1 << LIMB_BITS) - 1
+MAX_HOLDERS = 65_535  # share indices travel as 2 bytes
+
+RandomBytes = Callable[[int], bytes]
+
+
+def split(secrets: Sequence[bytes], *, threshold: int, holders: int,
+          random_bytes: RandomBytes = os.urandom) -> list[list[bytes]]:
+    """Shares 1..holders of each 32-byte secret: ``result[s][i - 1]`` is share i of secret s."""
+    if not 1 <= threshold <= holders <= MAX_HOLDERS:
+        raise ValueError(f"need 1 <= threshold ({threshold}) <= holders ({holders}) <= {MAX_HOLDERS}")
+    if any(len(secret) != SECRET_BYTES for secret in secrets):
+        raise ValueError(f"secrets are {SECRET_BYTES} bytes")
+    if not secrets:
+        return []
+    limbs = np.array([_to_limbs(secret) for secret in secrets], dtype=np.uint64).reshape(1, -1)  # 1 x (S*LIMBS)
+    width = limbs.shape[1]
+    coefficients = _uniform(random_bytes, (threshold - 1, width))
+    x = np.arange(1, holders + 1, dtype=np.uint64).reshape(-1, 1)
+    # Horner's rule from the highest coefficient: every product is below 2^62.
+    values = np.zeros((holders, width), dtype=np.uint64)
+    for row in coefficients[::-1]:
+        values += row
+        values *= x
+        values %= PRIME
+    values += limbs
+    values %= PRIME
+    packed = values.astype("<u4").reshape(holders, len(secrets), LIMBS)
+    return [[packed[i, s].tobytes() for i in range(holders)] for s in range(len(secrets))]
+
+
+def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
+    """The secret from (index, share) pairs; give exactly ``threshold`` of them (more also works,
+    when all lie on one polynomial)."""
+    if not shares:
+        raise ValueError("no shares to combine")
+    indices = [int(index) for index, _ in shares]
+    if len(set(indices)) != len(indices) or not all(1 <= i <= MAX_HOLDERS for i in indices):
+        raise ValueError(f"share indices must be distinct and in 1..{MAX_HOLDERS}, got {indices}")
+    if any(len(share) != SHARE_BYTES for _, share in shares):
+        raise ValueError(f"shares are {SHARE_BYTES} bytes")
+    values = np.frombuffer(b"".join(share for _, share in shares), dtype="<u4").reshape(len(shares), LIMBS)
+    if (values >= PRIME).any():
+        raise ValueError(f"a share value is not below the field prime {PRIME}")
+    weights = np.array(_lagrange_at_zero(indices), dtype=np.uint64).reshape(-1, 1)
+    terms = values.astype(np.uint64) * weights % PRIME  # each below 2^31: the sum of 65,535 fits
+    limbs = terms.sum(axis=0) % PRIME
+    return _from_limbs([int(limb) for limb in limbs])
+
+
+def _lagrange_at_zero(xs: Sequence[int]) -> list[int]:
+    """Lagrange basis polynomials of the points ``xs`` evaluated at 0, modulo PRIME."""
+    weights = []
+    for i, xi in enumerate(xs):
+        numerator, denominator = 1, 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                numerator = numerator * xj % PRIME
+                denominator = denominator * (xj - xi) % PRIME
+        weights.append(numerator * pow(denominator, PRIME - 2, PRIME) % PRIME)
+    return weights
+
+
+def _uniform(random_bytes: RandomBytes, shape: tuple[int, int]) -> np.ndarray:
+    """Uniform elements of GF(PRIME): 31-bit words, redrawing the one value (PRIME) outside it."""
+    count = shape[0] * shape[1]
+    words = np.frombuffer(random_bytes(4 * count), dtype="<u4").astype(np.uint64) & PRIME
+    rejected = np.flatnonzero(words == PRIME)
+    while rejected.size:
+        words[rejected] = np.frombuffer(random_bytes(4 * rejected.size), dtype="<u4").astype(np.uint64) & PRIME
+        rejected = rejected[words[rejected] == PRIME]
+    return words.reshape(shape)
+
+
+def _to_limbs(secret: bytes) -> list[int]:
+    value = int.from_bytes(secret, "big")
+    return [(value >> (LIMB_BITS * k)) & _LIMB_MASK for k in range(LIMBS)]
+
+
+def _from_limbs(limbs: Sequence[int]) -> bytes:
+    if any(limb > _LIMB_MASK for limb in limbs) or limbs[-1] >> _TOP_BITS:
+        raise ValueError("the shares do not rebuild a 32-byte secret: they come from different secrets, "
+                         "are fewer than the threshold, or were altered")
+    value = 0
+    for k, limb in enumerate(limbs):
+        value |= limb << (LIMB_BITS * k)
+    return value.to_bytes(SECRET_BYTES, "big")
