@@ -11,13 +11,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
+from flsuite.cli.output_folders import run_folder, split_hydra_dirs, sweep_folders
+from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emit, format_value, to_csv, to_json
 from flsuite.config import check_inputs, compose_study, expand_sweep
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
 
 console = Console()
+err_console = Console(stderr=True)
 
 RUN_HELP = (
     "Run a federated study on this machine.\n\n"
@@ -38,10 +40,15 @@ RUN_HELP = (
 def run(
     ctx: typer.Context,
     multirun: bool = typer.Option(False, "--multirun", "-m", help="Sweep over comma-separated override values."),
-    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="Folder for the outputs (default: outputs/DATE/TIME_NAME)."),
+    output_dir: Path | None = typer.Option(
+        None, "--output-dir", "-o", help="Folder for the outputs (default: outputs/DATE/TIME_NAME_OVERRIDES)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Flower's log lines."),
+    fmt: OutputFormat = typer.Option(
+        OutputFormat.table, "--format",
+        help="How the final table prints (the summary; with -m the sweep): " + FORMAT_HELP
+        + " With json or csv, progress and per-run summaries go to stderr."),
 ) -> None:
-    overrides = list(ctx.args)
+    overrides, dirs = split_hydra_dirs(list(ctx.args), multirun=multirun)
     if not verbose:
         from flsuite.flower import enable_flower_logger
 
@@ -50,35 +57,40 @@ def run(
     runs = expand_sweep(overrides) if multirun else [overrides]
     studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
     stamp = datetime.now()
-    folders = [_output_folder(study, output_dir, stamp, index if multirun else None) for index, study in enumerate(studies)]
+    if multirun:
+        names = {study.name for study in studies}
+        sweep_dir, folders = sweep_folders(names.pop() if len(names) == 1 else "sweep", runs, stamp,
+                                           output_dir=output_dir, dirs=dirs)
+    else:
+        sweep_dir, folders = None, [run_folder(studies[0].name, overrides, stamp, output_dir=output_dir, dirs=dirs)]
     for study, folder in zip(studies, folders):  # and every path they name, before anything is written
         check_inputs(study, folder)
+    out = console if fmt is OutputFormat.table else err_console
     summaries = []
     for index, (run_overrides, study, folder) in enumerate(zip(runs, studies, folders)):
         if multirun:
-            console.print(f"[bold]run {index}[/bold]: {' '.join(run_overrides) or '(defaults)'}")
-        summary = _run_with_progress(study, folder)
+            out.print(f"[bold]run {index}[/bold]: {escape(' '.join(run_overrides) or '(defaults)')}")
+        summary = _run_with_progress(study, folder, out)
         summaries.append((run_overrides, summary))
-        print_summary(summary)
-    if multirun:
-        _print_sweep(summaries)
+        if multirun or fmt is OutputFormat.table:
+            print_summary(summary, out)
+        else:
+            emit(summary_table(summary), fmt, console)
+    if sweep_dir is not None:
+        table = sweep_table(summaries)
+        written = write_sweep_table(table, sweep_dir)
+        emit(table, fmt, console)
+        out.print(f"sweep table: {escape(', '.join(map(str, written)))}", highlight=False, soft_wrap=True)
     failed = [s for _, s in summaries if s["status"] != "completed"]
     if failed:
         raise typer.Exit(3)
 
 
-def _output_folder(study: StudyConfig, output_dir: Path | None, stamp: datetime, index: int | None) -> Path:
-    """--output-dir, or outputs/DATE/TIME_NAME; a sweep's run ``index`` gets a numbered subfolder."""
-    if index is not None:
-        return (output_dir or Path("multirun") / stamp.strftime("%Y-%m-%d") / stamp.strftime("%H-%M-%S")) / str(index)
-    return output_dir or Path("outputs") / stamp.strftime("%Y-%m-%d") / f"{stamp.strftime('%H-%M-%S')}_{study.name}"
-
-
-def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:
+def _run_with_progress(study: StudyConfig, folder: Path, out: Console) -> dict[str, Any]:
     from flsuite.simulation import run_local_study
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console, transient=False) as bar:
+    with Progress(*columns, console=out, transient=False) as bar:
         task = bar.add_task(f"{study.name} rounds", total=study.federation.rounds, latest="")
 
         def on_round(record: Any) -> None:
@@ -93,26 +105,16 @@ def _run_with_progress(study: StudyConfig, folder: Path) -> dict[str, Any]:
             progress.unsubscribe(on_round)
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def print_summary(summary: dict[str, Any]) -> None:
+def summary_table(summary: dict[str, Any]) -> TableData:
     """The end-of-study table: what ran, how well, how long, and where the files are."""
-    table = Table(title=f"Study {summary['name']}: {summary['status']}", show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    rows = [
+    table = TableData(f"Study {summary['name']}: {summary['status']}", [Column("item"), Column("value")])
+    rows: list[tuple[str, Any]] = [
         ("dataset", summary["dataset"]),
         ("model", summary["model"]),
         ("sites", summary["sites"]),
         ("rounds", f"{summary['rounds_completed']} of {summary['rounds_planned']}"),
-        ("final accuracy", _fmt(summary["final_accuracy"])),
-        ("final AUC", _fmt(summary["final_auc"])),
+        ("final accuracy", format_value(summary["final_accuracy"])),
+        ("final AUC", format_value(summary["final_auc"])),
         ("wall time", f"{summary['wall_s']:.1f} s"),
     ]
     if summary.get("registry"):
@@ -120,22 +122,29 @@ def print_summary(summary: dict[str, Any]) -> None:
         rows.append(("final version", summary.get("final_version")))
     rows.append(("output folder", summary["output_dir"]))
     for key, value in rows:
-        table.add_row(key, str(value))
-    console.print(table)
+        table.add_row(key, "-" if value is None else str(value))
+    return table
+
+
+def print_summary(summary: dict[str, Any], out: Console | None = None) -> None:
+    """The summary table, the privacy table, then why the study did not complete (if it did not)."""
+    out = out or console
+    emit(summary_table(summary), OutputFormat.table, out)
     if summary.get("privacy"):
-        console.print(privacy_table(summary["privacy"]))
-    print_reasons(summary)
+        emit(privacy_table(summary["privacy"]), OutputFormat.table, out)
+    print_reasons(summary, out)
 
 
-def print_reasons(summary: dict[str, Any]) -> None:
+def print_reasons(summary: dict[str, Any], out: Console | None = None) -> None:
     """Why the study did not complete, one reason a line; then every site refused, rejected or failed."""
+    out = out or console
     reasons = summary.get("reasons")
     if reasons is None:  # a summary written before the verdict existed
         reasons = [summary["message"]] if summary.get("message") else []
     if summary.get("status") != "completed":
-        console.print(f"[bold red]The study {summary.get('status')}[/bold red]:", highlight=False)
+        out.print(f"[bold red]The study {summary.get('status')}[/bold red]:", highlight=False)
     for reason in reasons:
-        console.print(f"  [red]-[/red] {escape(str(reason))}", highlight=False, soft_wrap=True)
+        out.print(f"  [red]-[/red] {escape(str(reason))}", highlight=False, soft_wrap=True)
     notes = [
         *(f"round {r['round']}: {r['name']} {_refusal_verb(r['kind'])}: {r['reason']}" for r in summary.get("refusals") or []),
         *(f"round {f['round']}: node {f['node_id']} failed on its {f['stage']} message: {f['reason']}"
@@ -144,36 +153,47 @@ def print_reasons(summary: dict[str, Any]) -> None:
           for e in ((summary.get("privacy") or {}).get("planning") or []) if e.get("action") == "left-out"),
     ]
     if notes:
-        console.print("[yellow]Sites that refused, were rejected, failed or were left out, with their reasons:[/yellow]", highlight=False)
+        out.print("[yellow]Sites that refused, were rejected, failed or were left out, with their reasons:[/yellow]", highlight=False)
     for note in notes:
-        console.print(f"  [yellow]-[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+        out.print(f"  [yellow]-[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 
 
 def _refusal_verb(kind: str) -> str:
     return "reply rejected" if kind == "rejected-reply" else f"refused ({kind})"
 
 
-def privacy_table(privacy: dict[str, Any]) -> Table:
+def privacy_table(privacy: dict[str, Any]) -> TableData:
     """Epsilon spent and cap per site, with the accountant and the unit of privacy."""
-    table = Table(title=f"Privacy ({privacy['accountant']} accountant; unit: {privacy['unit_of_privacy']})")
-    for column in ("site", "epsilon spent (all studies)", "cap", "delta", "sigma"):
-        table.add_column(column)
+    table = TableData(
+        f"Privacy ({privacy['accountant']} accountant; unit: {privacy['unit_of_privacy']})",
+        [Column("site"), Column("epsilon spent (all studies)", numeric=True, digits=3), Column("cap", numeric=True, digits=3),
+         Column("delta", numeric=True), Column("sigma", numeric=True, digits=3)],
+    )
     for name, site in privacy["sites"].items():
-        table.add_row(name, _fmt(site["epsilon_spent"], 3), _fmt(site["max_epsilon"], 3), _fmt(site["delta"]), _fmt(site.get("planned_sigma"), 3))
+        table.add_row(name, site["epsilon_spent"], site["max_epsilon"], site["delta"], site.get("planned_sigma"))
     return table
 
 
-def _print_sweep(summaries: list[tuple[list[str], dict[str, Any]]]) -> None:
-    table = Table(title="Sweep")
-    for column in ("overrides", "status", "accuracy", "AUC", "wall s", "output folder"):
-        table.add_column(column)
+SWEEP_FILES = ("sweep.csv", "sweep.json")
+
+
+def sweep_table(summaries: list[tuple[list[str], dict[str, Any]]]) -> TableData:
+    """One row per run of a sweep: its overrides, verdict, final metrics, wall time and folder."""
+    table = TableData("Sweep", [Column("overrides"), Column("status"), Column("accuracy", numeric=True),
+                                Column("AUC", numeric=True), Column("wall s", numeric=True, digits=1),
+                                Column("output folder")])
     for overrides, summary in summaries:
-        table.add_row(
-            " ".join(overrides) or "(defaults)",
-            summary["status"],
-            _fmt(summary["final_accuracy"]),
-            _fmt(summary["final_auc"]),
-            f"{summary['wall_s']:.1f}",
-            summary["output_dir"],
-        )
-    console.print(table)
+        table.add_row(" ".join(overrides) or "(defaults)", summary["status"], summary["final_accuracy"],
+                      summary["final_auc"], float(summary["wall_s"]), str(summary["output_dir"]))
+    return table
+
+
+def write_sweep_table(table: TableData, folder: Path) -> list[Path]:
+    """The sweep's table as sweep.csv and sweep.json in the sweep's folder (written durably)."""
+    from flsuite.storage import write_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / name for name in SWEEP_FILES]
+    write_atomic(paths[0], to_csv(table).encode())
+    write_atomic(paths[1], (to_json(table) + "\n").encode())
+    return paths

@@ -16,14 +16,14 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     """The ``--format`` choices."""
 
     table = "table"
@@ -88,7 +88,7 @@ def format_number(value: float, digits: int = 4) -> str:
         return f"{0:.{digits}f}"
     magnitude = abs(value)
     if magnitude < 10 ** -(digits - 1) or magnitude >= 1e7:
-        return f"{value:.{max(digits - 1, 1)}g}"
+        return f"{value:.{digits}g}"
     return f"{value:.{digits}f}"
 
 

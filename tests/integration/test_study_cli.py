@@ -68,7 +68,7 @@ def test_a_site_csv_study_runs(tmp_path):
 def test_sweep_runs_each_combination(tmp_path):
     result = run_cli("run", "-m", "experiment=smoke", "federation.rounds=1,2", "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    rounds = [json.loads((tmp_path / str(i) / "summary.json").read_text())["rounds_completed"] for i in range(2)]
+    rounds = [json.loads((tmp_path / f"{i}_federation.rounds={i + 1}" / "summary.json").read_text())["rounds_completed"] for i in range(2)]
     assert rounds == [1, 2]
     assert "Sweep" in result.stdout
 
