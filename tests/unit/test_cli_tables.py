@@ -6,6 +6,7 @@ import csv
 import io
 import json
 
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -79,3 +80,29 @@ def test_numbers_keep_their_significant_digits():
     assert format_number(0.1234567) == "0.1235" and format_number(2.4148, 3) == "2.415"
     assert format_number(123456789.0) == "1.235e+08" and format_number(0.0) == "0.0000"
     assert format_number(float("nan")) == "nan"
+
+
+def _registry(tmp_path):
+    from flsuite.registry import Registry
+    from flsuite.registry.testing import publish_sample
+
+    path = tmp_path / "a-registry-folder-with-a-name-long-enough-to-be-cut-at-eighty-columns" / "registry"
+    with Registry.open(path, signing_key_path=tmp_path / "coordinator.pem") as reg:
+        publish_sample(reg, round=0, metrics={"accuracy": 0.8123456}, epsilon=1.23456789)
+    return path
+
+
+def test_registry_list_and_audit_report_keep_the_path_and_numbers_and_speak_csv(tmp_path):
+    path = _registry(tmp_path)
+    runner = CliRunner(env={"COLUMNS": "80"})
+    listed = runner.invoke(app, ["registry", "list", "--registry", str(path)])
+    assert listed.exit_code == 0 and str(path) in listed.output and "1.2346" in listed.output
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(app, ["registry", "list", "--registry", str(path),
+                                                               "--format", "csv"]).output)))
+    assert rows[0]["version"] == "1" and float(rows[0]["max eps"]) == pytest.approx(1.23456789)
+    report = runner.invoke(app, ["audit", "report", str(path), "--format", "csv"])
+    claims = list(csv.DictReader(io.StringIO(report.output)))
+    assert claims and all(float(c["claimed eps"]) == pytest.approx(1.23456789) for c in claims)
+    assert json.loads(runner.invoke(app, ["audit", "report", str(path), "--format", "json"]).output)["versions"]
+    text = runner.invoke(app, ["audit", "report", str(path)]).output
+    assert "…" not in text and "1.2346" in text
