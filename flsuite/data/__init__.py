@@ -7,6 +7,8 @@ _EXPORTS = {
     "check_labels": "csv_source",
     "load_csv": "csv_source",
     "Dataset": "datasets",
+    "load_scaled_csv": "feature_ranges",
+    "scale_to_ranges": "feature_ranges",
     "load_builtin": "datasets",
     "label_skew": "partition",
     "partition": "partition",
