@@ -32,7 +32,7 @@ def check_inputs(study: StudyConfig, output_dir: Path) -> None:
     local = study.engine.name != "deployment"
     unscalable = missing_ranges(study)  # sites refuse too; say it before anything starts
     if unscalable:
-        problems.append((ConfigError, unscalable))
+        problems.append((DataError, unscalable))
     if local:
         problems += [(ConfigError, m) for m in _folder_problems(Path(study.sites_dir), "sites_dir")]
         if study.data.dataset == "csv" and study.data.csv_path:

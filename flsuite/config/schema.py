@@ -43,7 +43,7 @@ class DataConfig(Section):
     feature_ranges: dict[str, list[float]] | None = Field(
         None,
         description="each CSV feature's declared [min, max] (from domain knowledge, never from the records): "
-        "sites and the coordinator scale every feature to [0, 1] with it; values outside are clipped and counted",
+        "sites and the coordinator scale every feature onto [-1, 1] with it; values outside are clipped and counted",
     )
     schema_path: str | None = Field(
         None,

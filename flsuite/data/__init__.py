@@ -8,6 +8,7 @@ _EXPORTS = {
     "load_csv": "csv_source",
     "Dataset": "datasets",
     "load_scaled_csv": "feature_ranges",
+    "load_site_csv": "feature_ranges",
     "scale_to_ranges": "feature_ranges",
     "load_builtin": "datasets",
     "label_skew": "partition",

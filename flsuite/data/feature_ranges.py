@@ -1,12 +1,17 @@
 """Scale a CSV's features with the ranges the study declares, the same way at every site and the coordinator.
 
-Each feature ``x`` becomes ``(x - min) / (max - min)`` with the ``[min, max]`` declared in
+Each feature ``x`` becomes ``2 (x - min) / (max - min) - 1``, so [min, max] maps onto [-1, 1]
+(as the built-in datasets are scaled), with the ``[min, max]`` declared in
 ``data.feature_ranges`` (never taken from the records, so scaling reveals nothing about any
 record and the DP guarantee covers the whole pipeline). A feature without a declared range
 is refused: unscaled clinical values (ages in tens, counts in thousands) train a model that
 looks like it works and predicts one class. Values outside their range are clipped to it and
 counted: a site logs how many per column, so a wrong declaration or a unit mix-up shows,
 and one outlier does not stop a hospital's site.
+
+A site whose study names a built-in dataset (``breast_cancer``, ``digits``) but which holds
+its own CSV must hold it in that dataset's scaled space (``BUILTIN_SCALED_RANGE``): a value
+outside it means raw, unscaled records, and the site refuses rather than train on them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,32 @@ from flsuite.data.datasets import Dataset
 from flsuite.errors import DataError
 
 log = logging.getLogger(__name__)
+
+BUILTIN_SCALED_RANGE = {"breast_cancer": (-1.0, 1.0), "digits": (0.0, 1.0)}
+"""The range every feature of a built-in dataset is scaled onto (``flsuite.data.datasets``)."""
+
+_TOLERANCE = 1e-5  # float32 rounding of an in-range value written as text
+
+
+def load_site_csv(path: str | Path, config: DataConfig, *, label_column: str | None = None) -> Dataset:
+    """A site's own CSV for its study: scaled by declared ranges (data=csv), or checked to be already
+    in the built-in dataset's scaled space when the study names one."""
+    if config.dataset == "csv":
+        return load_scaled_csv(path, config, label_column=label_column)
+    data = load_csv(path, label_column=label_column or "label", num_classes=config.num_classes)
+    low, high = BUILTIN_SCALED_RANGE[config.dataset]
+    outside = (data.features < low - _TOLERANCE) | (data.features > high + _TOLERANCE)
+    if outside.any():
+        row, column = divmod(int(outside.argmax()), data.num_features)
+        names = csv_feature_names(Path(path), label_column or "label", None)
+        more = int(outside.sum()) - 1
+        raise DataError(
+            f"{path}: feature column {names[column]!r} holds {float(data.features[row, column]):g} (record {row + 1}"
+            f"{f', and {more} more values' if more else ''}) outside [{low:g}, {high:g}], the scaled range of the study's "
+            f"data.dataset={config.dataset}: these look like raw values; scale the file onto that range, or run the "
+            f"study with data=csv and {HOW_TO_DECLARE}"
+        )
+    return data
 
 
 def load_scaled_csv(path: str | Path, config: DataConfig, *, label_column: str | None = None) -> Dataset:
@@ -51,7 +82,7 @@ def csv_feature_names(path: Path, label_column: str, feature_columns: Sequence[s
 def scale_to_ranges(
     data: Dataset, names: Sequence[str], ranges: Mapping[str, Sequence[float]], *, source: str
 ) -> tuple[Dataset, dict[str, int]]:
-    """``data`` with each feature scaled to [0, 1] by its declared range; the clipped values per column."""
+    """``data`` with each feature scaled to [-1, 1] by its declared range; the clipped values per column."""
     if len(names) != data.num_features:
         raise DataError(f"{source}: {data.num_features} feature columns read but {len(names)} named")
     missing = [name for name in names if name not in ranges]
@@ -62,8 +93,8 @@ def scale_to_ranges(
     if not np.all(high > low):
         bad = [name for name, lo, hi in zip(names, low, high) if not hi > lo]
         raise DataError(f"{source}: data.feature_ranges for {bad} must be [min, max] with min < max")
-    scaled = (data.features.astype(np.float64) - low) / (high - low)
-    outside = (scaled < 0) | (scaled > 1)
+    scaled = 2.0 * (data.features.astype(np.float64) - low) / (high - low) - 1.0
+    outside = (scaled < -1) | (scaled > 1)
     clipped = {name: int(count) for name, count in zip(names, outside.sum(axis=0)) if count}
-    features = np.clip(scaled, 0.0, 1.0).astype(np.float32)
+    features = np.clip(scaled, -1.0, 1.0).astype(np.float32)
     return Dataset(data.name, features, data.labels, data.num_classes, data.image_shape), clipped
