@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +76,8 @@ def run(
         summaries.append((run_overrides, summary))
         if multirun or fmt is OutputFormat.table:
             print_summary(summary, out)
+        elif fmt is OutputFormat.json:  # the whole summary (as summary.json), not only the table's rows
+            console.out(json.dumps(summary, indent=2), highlight=False)
         else:
             emit(summary_table(summary), fmt, console)
     if sweep_dir is not None:

@@ -14,9 +14,11 @@ FAST = ["experiment=smoke", "privacy=none", "secagg=none", "federation.rounds=1"
 
 def test_hydra_run_dir_is_honoured(tmp_path):
     target = tmp_path / "chosen"
-    result = run_cli("run", *FAST, f"sites_dir={tmp_path / 'sites'}", f"hydra.run.dir={target}", cwd=tmp_path)
+    result = run_cli("run", *FAST, f"sites_dir={tmp_path / 'sites'}", f"hydra.run.dir={target}", "--format", "json",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((target / "summary.json").read_text())["status"] == "completed"
+    assert json.loads(result.stdout)["output_dir"] == str(target.resolve())  # stdout holds only the summary
     assert not (tmp_path / "outputs").exists()
 
 
