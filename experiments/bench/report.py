@@ -51,6 +51,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("PRV epsilon / PLD epsilon, worst setting <= 1.05", accounting["prv_over_pld"]["max"], 1.05)
         add("PRV epsilon / PLD epsilon, lowest setting >= 1 (never below)", accounting["prv_over_pld"]["min"], 1.0, at_least=True)
         add("RDP epsilon / PLD epsilon, lowest setting >= 1 (never below)", accounting["rdp_over_pld"]["min"], 1.0, at_least=True)
+        if "hot_path" in accounting:
+            add("a site's budget check (ms) < 10", accounting["hot_path"]["seconds"]["after"]["check_ms"]["median"], 10)
     return rows
 
 

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from flsuite.coordinator.superlink import start_coordinator, stop_coordinator
+from flsuite.coordinator.superlink import CoordinatorState, start_coordinator, stop_coordinator
+from flsuite.deployment import stay_in_foreground
 from flsuite.deployment.config import load_coordinator_config, load_site_config
 from flsuite.errors import ConfigError
 from flsuite.site.node import check_site, start_site, stop_site
@@ -35,14 +36,25 @@ SiteConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Site YAM
 @coordinator_app.command("start")
 def coordinator_start(config: CoordinatorConfigOption) -> None:
     """Check certificates and site keys, start the SuperLink, register the sites, print where it listens."""
-    settings = load_coordinator_config(config)
-    state = start_coordinator(settings)
+    _print_started(start_coordinator(load_coordinator_config(config)))
+
+
+def _print_started(state: CoordinatorState) -> None:
     typer.echo(f"coordinator listening on {state.listen} (PID {state.pid}, {state.tls_version})")
     typer.echo(f"sites connect to:   {state.connect}  (--superlink in their config: coordinator)")
     for site, node in state.nodes.items():
         typer.echo(f"registered site {site}" + (f" as node {node}" if node is not None else " (already registered)"))
     typer.echo(f"log:                {state.log_file}")
     typer.echo(f"submit a study:     FLWR_HOME={state.flwr_home} flwr run . {state.federation} --stream")
+
+
+@coordinator_app.command("run")
+def coordinator_run(config: CoordinatorConfigOption) -> None:
+    """Start the coordinator as `start` does, then stay in the foreground streaming its log until SIGTERM (containers)."""
+    settings = load_coordinator_config(config)
+    state = start_coordinator(settings)
+    _print_started(state)
+    raise typer.Exit(stay_in_foreground(state.pid, Path(state.log_file), lambda: stop_coordinator(settings)))
 
 
 @coordinator_app.command("stop")
@@ -69,6 +81,15 @@ def site_start(config: SiteConfigOption) -> None:
         typer.echo(f"new privacy ledger {settings.ledger}: genesis head anchored and signed")
     typer.echo(f"site {settings.site} connected to {state.coordinator} {joined} (PID {state.pid}, {state.tls_version})")
     typer.echo(f"log: {state.log_file}")
+
+
+@site_app.command("run")
+def site_run(config: SiteConfigOption) -> None:
+    """Start the site's node as `start` does, then stay in the foreground streaming its log until SIGTERM (containers)."""
+    settings = load_site_config(config)
+    state = start_site(settings)
+    typer.echo(f"site {settings.site} connected to {state.coordinator} (PID {state.pid}, {state.tls_version})")
+    raise typer.Exit(stay_in_foreground(state.pid, Path(state.log_file), lambda: stop_site(settings)))
 
 
 @site_app.command("stop")

@@ -19,6 +19,9 @@ there (default outputs/DATE/TIME_NAME, or --output-dir).
 
 Exit status: 0 when the study completed, 3 when it ended early, 2 on bad input
 or when the coordinator does not answer.
+
+With --resume OUTPUT_DIR, the study in that folder continues after its last
+published registry version (the registry is verified first), with the same plan.
 """
 
 
@@ -34,6 +37,9 @@ def launch(
         None, "--output-dir", "-o", help="Folder for the outputs on this (the coordinator's) machine."
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every line of Flower's output."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the study in this output folder after the coordinator restarted (README: Resume a study)."
+    ),
 ) -> None:
     """Submit a study to a real federation, follow its rounds, print its summary."""
     from flsuite.cli.study_commands import print_summary
@@ -42,7 +48,7 @@ def launch(
     from flsuite.deployment.config import load_coordinator_config
 
     coordinator = load_coordinator_config(config) if config is not None else None
-    plan = plan_launch(list(ctx.args), federation=federation, coordinator=coordinator, output_dir=output_dir)
+    plan = plan_launch(list(ctx.args), federation=federation, coordinator=coordinator, output_dir=output_dir, resume=resume)
     tls = check_coordinator_answers(plan.connection)
     study = plan.study
     typer.echo(
@@ -55,7 +61,7 @@ def launch(
             f"note: federation.num_sites={study.federation.num_sites} but the coordinator registers "
             f"{plan.registered_sites} sites; the summary reports federation.num_sites"
         )
-    typer.echo(f"outputs: {plan.output_dir}")
+    typer.echo(f"{'resuming in' if study.resume else 'outputs:'} {plan.output_dir}")
     summary = submit_study(plan, echo=typer.echo, verbose=verbose)
     print_summary(summary)
     if summary.get("status") != "completed":

@@ -18,6 +18,7 @@ from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emi
 from flsuite.config import check_inputs, compose_study, expand_sweep
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
+from flsuite.tracking import StudyTracking
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,7 +36,9 @@ RUN_HELP = (
     "multirun/DATE/TIME_NAME/N_OVERRIDES or hydra.sweep.dir=DIR, with sweep.csv and sweep.json): config.yaml, metrics.csv, metrics.json, "
     "site_metrics.csv, privacy_plan.csv, privacy.csv, summary.json, metrics.png and registry/ (the signed model "
     "versions). Exit code 3 when the study did not complete (a round aborted, fewer rounds than planned, too few "
-    "sites left, a full disk; each reason is printed), 2 on bad input."
+    "sites left, a full disk; each reason is printed), 2 on bad input.\n\n"
+    "`flsuite run --resume OUTPUT_DIR` continues a study whose coordinator died, after the last version its "
+    "registry published (verified first), with the same config and privacy plan; outputs are kept and appended to."
 )
 
 
@@ -49,6 +52,9 @@ def run(
         OutputFormat.table, "--format",
         help="How the final table prints (the summary; with -m the sweep): " + FORMAT_HELP
         + " With json or csv, progress and per-run summaries go to stderr."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the study in this output folder after its coordinator died (see README: Resume a study)."
+    ),
 ) -> None:
     overrides, dirs = split_hydra_dirs(list(ctx.args), multirun=multirun)
     if not verbose:
@@ -56,6 +62,13 @@ def run(
 
         enable_flower_logger()  # Flower's logger starts at DEBUG
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    if resume is not None:
+        if dirs.run_dir or dirs.sweep_dir:
+            from flsuite.errors import ConfigError
+
+            raise ConfigError("--resume continues the study in its own folder: drop hydra.run.dir / hydra.sweep.dir")
+        _resume(resume, overrides, multirun=multirun, output_dir=output_dir)
+        return
     runs = expand_sweep(overrides) if multirun else [overrides]
     studies = [compose_study(run_overrides) for run_overrides in runs]  # validate every run before any trains
     stamp = datetime.now()
@@ -67,12 +80,16 @@ def run(
         sweep_dir, folders = None, [run_folder(studies[0].name, overrides, stamp, output_dir=output_dir, dirs=dirs)]
     for study, folder in zip(studies, folders):  # and every path they name, before anything is written
         check_inputs(study, folder)
+    tracking = StudyTracking.prepare(studies, folders, outputs_root=output_dir or Path("outputs"),  # tracking=mlflow: store checked now
+                                     labels=[" ".join(r) for r in runs], sweep=multirun)
     out = console if fmt is OutputFormat.table else err_console
     summaries = []
     for index, (run_overrides, study, folder) in enumerate(zip(runs, studies, folders)):
         if multirun:
             out.print(f"[bold]run {index}[/bold]: {escape(' '.join(run_overrides) or '(defaults)')}")
-        summary = _run_with_progress(study, folder, out)
+        with tracking.track(index) as tracked:
+            summary = _run_with_progress(study, folder, out)
+            tracked.finish(summary)
         summaries.append((run_overrides, summary))
         if multirun or fmt is OutputFormat.table:
             print_summary(summary, out)
@@ -90,11 +107,28 @@ def run(
         raise typer.Exit(3)
 
 
+def _resume(folder: Path, overrides: list[str], *, multirun: bool, output_dir: Path | None) -> None:
+    """``flsuite run --resume FOLDER``: everything is checked (the registry verified) before a round runs."""
+    from flsuite.coordinator import prepare_resume
+    from flsuite.errors import ConfigError
+
+    if multirun or output_dir is not None:
+        raise ConfigError("--resume continues one study in its own folder: drop -m/--multirun and --output-dir")
+    study = prepare_resume(folder, overrides)
+    target = Path(study.output_dir or folder)
+    check_inputs(study, target)
+    console.print(f"resuming study [bold]{escape(study.name)}[/bold] in {escape(str(target))}", highlight=False)
+    summary = _run_with_progress(study, target, console)
+    print_summary(summary)
+    if summary["status"] != "completed":
+        raise typer.Exit(3)
+
+
 def _run_with_progress(study: StudyConfig, folder: Path, out: Console) -> dict[str, Any]:
     from flsuite.simulation import run_local_study
 
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[latest]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=out, transient=False) as bar:
+    with Progress(*columns, console=out, transient=False, refresh_per_second=2) as bar:
         task = bar.add_task(f"{study.name} rounds", total=study.federation.rounds, latest="")
 
         def on_round(record: Any) -> None:
@@ -121,6 +155,9 @@ def summary_table(summary: dict[str, Any]) -> TableData:
         ("final AUC", format_value(summary["final_auc"])),
         ("wall time", f"{summary['wall_s']:.1f} s"),
     ]
+    if summary.get("pruned_sites"):
+        rows.append(("pruned sites", ", ".join(f"{p['site'] or 'node ' + str(p['node_id'])} (round {p['round']})"
+                                              for p in summary["pruned_sites"])))
     if summary.get("registry"):
         rows.append(("registry", summary["registry"]))
         rows.append(("final version", summary.get("final_version")))
@@ -153,11 +190,13 @@ def print_reasons(summary: dict[str, Any], out: Console | None = None) -> None:
         *(f"round {r['round']}: {r['name']} {_refusal_verb(r['kind'])}: {r['reason']}" for r in summary.get("refusals") or []),
         *(f"round {f['round']}: node {f['node_id']} failed on its {f['stage']} message: {f['reason']}"
           for f in summary.get("site_failures") or []),
+        *(f"round {p['round']}: {p['site'] or 'node ' + str(p['node_id'])} pruned: {p['reason']}" for p in summary.get("pruned_sites") or []),
         *(f"{e['site'] or 'node ' + str(e['node_id'])} left out of the privacy plan (round {e['round']}): {e['reason']}"
           for e in ((summary.get("privacy") or {}).get("planning") or []) if e.get("action") == "left-out"),
     ]
     if notes:
-        out.print("[yellow]Sites that refused, were rejected, failed or were left out, with their reasons:[/yellow]", highlight=False)
+        out.print("[yellow]Sites that refused, were rejected, failed, were pruned or were left out, with their reasons:[/yellow]",
+                  highlight=False)
     for note in notes:
         out.print(f"  [yellow]-[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
 

@@ -94,7 +94,18 @@ class FederationConfig(Section):
     num_sites: int = Field(5, ge=1)
     fraction_sites: float = Field(1.0, gt=0, le=1)
     min_sites: int = Field(3, ge=1)
-    round_timeout_s: float = Field(600.0, gt=0)
+    round_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="a round's deadline: it closes then with the valid replies that arrived, if they reach min_sites; "
+        "a secure round holds each of its stages to it (unless secagg.stage_timeout_s is set)",
+    )
+    max_missed_rounds: int = Field(
+        3,
+        ge=1,
+        description="a site that gives no valid reply in time in this many rounds in a row is pruned: no later round "
+        "waits for it (summary pruned_sites); it comes back only through planning",
+    )
     max_update_norm: float = Field(
         100.0,
         gt=0,
@@ -197,7 +208,16 @@ class SecAggConfig(Section):
     clip_out_of_range: bool = False
     weight_cap: int = Field(10_000, ge=1)
     mask_cipher: Literal["aes-256-ctr", "chacha20"] = "aes-256-ctr"
-    stage_timeout_s: float = Field(120.0, gt=0)
+    stage_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="each secure-aggregation stage's deadline (setup, share-keys, train, unmask); empty: "
+        "federation.round_timeout_s, the same deadline per stage as a plain round's",
+    )
+
+    def stage_deadline_s(self, round_timeout_s: float) -> float:
+        """Each secure stage's deadline: ``stage_timeout_s``, else the round's (``federation.round_timeout_s``)."""
+        return float(self.stage_timeout_s) if self.stage_timeout_s is not None else float(round_timeout_s)
 
     def settings_for(self, cohort_size: int):
         """The protocol settings for a round of ``cohort_size`` sites (validated; ConfigError if not allowed)."""
@@ -242,6 +262,38 @@ class RegistryConfig(Section):
     encryption_key_env: str | None = None
 
 
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackingConfig(Section):
+    """Experiment tracking of ``flsuite run`` (``tracking=mlflow``; needs the extra ``flsuite[mlflow]``)."""
+
+    backend: Literal["none", "mlflow"] = "none"
+    uri: str | None = Field(
+        None,
+        description="the MLflow tracking store; unset: sqlite:///<outputs root>/mlflow.db, the outputs root being "
+        "--output-dir when given, else ./outputs",
+    )
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=500,
+        description="the MLflow experiment; unset: the study's name (a sweep logs into its first run's experiment)",
+    )
+
+    @model_validator(mode="after")
+    def _uri_names_a_tracking_store(self) -> TrackingConfig:
+        if self.uri is not None:
+            scheme, sep, rest = self.uri.partition(":")
+            if not sep or scheme.split("+")[0].lower() not in TRACKING_SCHEMES or not rest.strip("/"):
+                raise ValueError(
+                    f"tracking.uri={self.uri!r} is not an MLflow tracking store: give sqlite:///PATH/mlflow.db, "
+                    "http(s)://HOST:PORT of an MLflow server, or a database URI (postgresql://...); "
+                    "or leave it unset for sqlite:///<outputs root>/mlflow.db"
+                )
+        return self
+
+
 class StudyConfig(Section):
     """A whole federated study."""
 
@@ -249,6 +301,7 @@ class StudyConfig(Section):
     seed: Seed = 0
     output_dir: str | None = None
     sites_dir: str = ".flsuite/sites"
+    resume: bool = False  # set by `flsuite run --resume`/`launch --resume`: continue the study in output_dir
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     federation: FederationConfig = FederationConfig()
@@ -257,11 +310,21 @@ class StudyConfig(Section):
     secagg: SecAggConfig = SecAggConfig()
     engine: EngineConfig = EngineConfig()
     registry: RegistryConfig = RegistryConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     def first_cohort_size(self) -> int:
         """Sites asked in a round while none has dropped out or refused."""
         federation = self.federation
         return min(federation.num_sites, max(federation.min_sites, int(federation.num_sites * federation.fraction_sites)))
+
+    @model_validator(mode="after")
+    def _tracking_runs_where_it_is_logged(self) -> StudyConfig:
+        if self.tracking.backend != "none" and self.engine.name == "deployment":
+            raise ValueError(
+                f"tracking={self.tracking.backend} is logged by `flsuite run` on this machine; a study on "
+                "engine=deployment (`flsuite launch`) is not tracked: drop tracking or run it with `flsuite run`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _secure_aggregation_fits_the_cohort(self) -> StudyConfig:

@@ -3,7 +3,7 @@ aggregation wraps a round), aggregate with Flower's strategies, publish to the r
 write the study's outputs; and, in deployment, run the SuperLink and launch studies.
 
 Modules: ``study`` (the ServerApp body), ``rounds`` (the round loop), ``cohort``,
-``strategies``, ``secure_round``, ``planning``, ``publishing``, ``outputs``, ``progress``,
+``strategies``, ``secure_round``, ``planning``, ``publishing``, ``outputs``, ``progress``, ``resume``,
 ``app`` (the ServerApp), ``superlink``, ``launch`` and ``submit`` (deployment).
 Names load on first use, so the operator commands do not import torch.
 """
@@ -26,6 +26,7 @@ _EXPORTS = {
     "query_status": "planning",
     "RegistryPublisher": "publishing",
     "StudyOutputs": "outputs",
+    "prepare_resume": "resume",
     "run_study": "study",
     "CoordinatorState": "superlink",
     "check_coordinator": "superlink",

@@ -31,7 +31,15 @@ from flwr.serverapp import Grid
 
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
-from flsuite.coordinator.planning import StatusReplies, ledger_head_of, over_budget_text, plan_privacy, plan_site, status_replies
+from flsuite.coordinator.planning import (
+    PrivacyPlan,
+    StatusReplies,
+    ledger_head_of,
+    over_budget_text,
+    plan_privacy,
+    plan_site,
+    status_replies,
+)
 from flsuite.errors import PlanError, ProtocolError
 from flsuite.privacy import PlanRow
 from flsuite.secagg import load_pinned_identities
@@ -112,8 +120,10 @@ class DpAdmission:
     """A DP study's gate: plans the sites, admits late ones by planning them, checks every train reply."""
 
     def __init__(self, study: StudyConfig, grid: Grid, *, verifier: HeadVerifier,
-                 on_plan: Callable[[list[PlanRow]], None] | None = None) -> None:
+                 on_plan: Callable[[list[PlanRow]], None] | None = None,
+                 planner: Callable[[StudyConfig, Mapping[int, protocol.SiteStatus]], PrivacyPlan] = plan_privacy) -> None:
         self.study = study
+        self.planner = planner  # a resumed study's keeps the plan it started with (flsuite.coordinator.resume)
         self.grid = grid
         self.verifier = verifier
         self.on_plan = on_plan
@@ -145,7 +155,7 @@ class DpAdmission:
                 self._leave_out(0, node, why, answers)
         if not usable:
             raise PlanError("no site can be planned: " + "; ".join(f"node {n}: {why}" for n, why in sorted(self.left_out.items())))
-        plan = plan_privacy(self.study, usable)
+        plan = self.planner(self.study, usable)
         rows = {row.site: row for row in plan.rows}
         for node, status in sorted(usable.items(), key=lambda item: item[1].name):
             self._admit(0, node, status, rows[status.name], answers.heads.get(node))
@@ -179,6 +189,15 @@ class DpAdmission:
                 self._admit(server_round, node, status, row, answers.heads.get(node))
                 self._plan_changed()
         return [n for n in available if n in self.planned]
+
+    def site_names(self) -> dict[int, str]:
+        """Each planned node's site name."""
+        return {node: site.name for node, site in self.planned.items()}
+
+    def forget(self, node: int) -> None:
+        """Drop ``node``'s plan, so that the next ``admit`` plans it afresh (a pruned node that reconnected)."""
+        self.planned.pop(node, None)
+        self.left_out.pop(node, None)
 
     @property
     def declared(self) -> Mapping[int, int]:

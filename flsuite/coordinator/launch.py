@@ -64,12 +64,17 @@ def plan_launch(
     output_dir: Path | None = None,
     app_dir: Path | None = None,
     now: datetime | None = None,
+    resume: Path | None = None,
 ) -> LaunchPlan:
     """Compose and validate the study, resolve its paths and the federation's connection.
 
     Raises a UserError (ConfigError, DeploymentError) naming what is wrong before anything
-    runs. Does not contact the coordinator: `check_coordinator_answers` does.
+    runs. Does not contact the coordinator: `check_coordinator_answers` does. With ``resume``
+    (an output folder), the study is that folder's, checked by ``resume.prepare_resume`` (its
+    registry verified), and travels with ``resume`` set in the run_config.
     """
+    if resume is not None:
+        return _plan_resume(resume, overrides, federation=federation, coordinator=coordinator, output_dir=output_dir, app_dir=app_dir)
     study = compose_study(list(overrides))
     if study.engine.name not in ("inline", "deployment"):
         raise ConfigError(
@@ -90,6 +95,28 @@ def plan_launch(
     connection = read_connection(home, name)
     registered = len(coordinator.sites) if coordinator and coordinator.sites else None
     return LaunchPlan(study=study, connection=connection, output_dir=folder,
+                      app_dir=(app_dir or default_app_dir()).resolve(), registered_sites=registered)
+
+
+def _plan_resume(resume: Path, overrides: list[str], *, federation: str | None, coordinator: CoordinatorConfig | None,
+                 output_dir: Path | None, app_dir: Path | None) -> LaunchPlan:
+    """The plan of `flsuite launch --resume FOLDER`: the folder's study, on the federation it ran on."""
+    from flsuite.coordinator.resume import prepare_resume
+
+    if output_dir is not None:
+        raise ConfigError("--resume continues the study in its own folder: drop --output-dir")
+    study = prepare_resume(resume, list(overrides))
+    if study.engine.name != "deployment":
+        raise ConfigError(f"the study in {resume} ran on engine={study.engine.name} (simulated sites, whose ledgers are in "
+                          f"{study.sites_dir}): resume it with `flsuite run --resume {resume}`")
+    folder = Path(study.output_dir or resume)
+    study = _for_deployment(study, folder)
+    home = flwr_home(coordinator) if coordinator else _default_flwr_home()
+    name = federation or (coordinator.federation if coordinator else None)
+    if not name:
+        raise ConfigError("no federation named: pass --federation NAME, or --config coordinator.yaml to use its federation.")
+    registered = len(coordinator.sites) if coordinator and coordinator.sites else None
+    return LaunchPlan(study=study, connection=read_connection(home, name), output_dir=folder,
                       app_dir=(app_dir or default_app_dir()).resolve(), registered_sites=registered)
 
 

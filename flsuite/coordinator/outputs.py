@@ -98,7 +98,7 @@ class StudyOutputs:
         self.privacy_rows: list[dict[str, Any]] = []
         self.plan_rows: list[dict[str, Any]] = []
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False))
+        write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json", exclude={"resume"}), sort_keys=False))
 
     def on_round(self, record: RoundRecord) -> None:
         self.rows.append(round_row(record))
@@ -136,6 +136,8 @@ class StudyOutputs:
             "output_dir": str(self.folder.resolve()),
             "refusals": [refusal.to_summary() for refusal in result.refusals],
             "aborted_rounds": result.aborted_rounds,
+            "pruned_sites": [pruned.to_summary() for pruned in result.pruned],
+            "readmitted_sites": list(result.readmitted),
             "site_failures": [failure.to_summary() for failure in failures],
             "privacy": self._privacy_summary(result),
             **(extra or {}),

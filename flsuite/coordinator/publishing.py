@@ -49,7 +49,7 @@ def encryption_key(study: StudyConfig) -> bytes | None:
 class RegistryPublisher:
     """Publishes global models and study events of one run into a registry."""
 
-    def __init__(self, study: StudyConfig, output_dir: Path, *, run_id: str) -> None:
+    def __init__(self, study: StudyConfig, output_dir: Path, *, run_id: str, resumed_after: int | None = None) -> None:
         from flsuite.registry import Registry, code_digest, config_hash
 
         self.study = study
@@ -58,7 +58,7 @@ class RegistryPublisher:
         self.registry = Registry.open(self.path, signing_key_path=key_path, encryption_key=encryption_key(study))
         root = Path(__file__).resolve().parents[2]
         self.code_digest = code_digest([root / folder for folder in SOURCE_FOLDERS if (root / folder).exists()])
-        self.config_hash = config_hash(study.model_dump(mode="json", exclude={"output_dir", "sites_dir"}))
+        self.config_hash = config_hash(study.model_dump(mode="json", exclude={"output_dir", "sites_dir", "resume"}))
         self.phases: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.events: dict[str, list[protocol.DpEvent]] = defaultdict(list)  # this study's, per site
         self.known: dict[str, tuple[protocol.DpEvent, ...]] = {}  # per site, the events its latest status listed
@@ -67,7 +67,11 @@ class RegistryPublisher:
         self.best_accuracy = -1.0
         self.published: list[int] = []
         self.pending: tuple[RoundRecord, ArrayRecord] | None = None
-        self.registry.record("study.started", {"run_id": run_id, "study": study.name, "config_hash": self.config_hash})
+        if resumed_after is None:
+            self.registry.record("study.started", {"run_id": run_id, "study": study.name, "config_hash": self.config_hash})
+        else:  # the same run goes on after its coordinator died: versions continue its numbering and lineage
+            self.registry.record("study.resumed", {"run_id": run_id, "study": study.name, "config_hash": self.config_hash,
+                                                   "after_round": resumed_after})
 
     def on_round(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         for site in record.sites:
@@ -104,6 +108,10 @@ class RegistryPublisher:
             self.registry.record(kind, {"run_id": self.run_id, **event})
         for aborted in result.aborted_rounds:
             self.registry.record("round.aborted", {"run_id": self.run_id, **aborted})
+        for pruned in result.pruned:
+            self.registry.record("site.pruned", {"run_id": self.run_id, **pruned.to_summary()})
+        for back in result.readmitted:
+            self.registry.record("site.readmitted", {"run_id": self.run_id, **back})
         if self.pending is not None:  # the final model, when the policy did not publish it already
             self._publish(*self.pending)
 

@@ -16,6 +16,10 @@ global model's array names, shapes and dtypes, finite values, an update norm wit
 declared in its status (asked once per node, or the DP plan's): that declaration, not the
 reply, is the site's weight. A round with fewer valid replies than ``federation.min_sites``
 publishes nothing: it is recorded as aborted with its reason (``RoundRules.quorum``).
+
+A round closes at its deadline with the valid replies that arrived. A cohort node without
+one (``RoundOutcome.missed``) missed the round; ``federation.max_missed_rounds`` misses in a
+row prune it from later rounds (``flsuite.coordinator.pruning``), recorded in the result.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.cohort import CohortGrid, choose_cohort
 from flsuite.coordinator.integrity import DeclaredSizes, reply_weight_problem, update_problem
+from flsuite.coordinator.pruning import MissedRounds, PrunedSite, pruning_text
 from flsuite.errors import ProtocolError
 
 __all__ = [
@@ -145,6 +150,8 @@ class StudyResult:
     refusals: list[Refusal | Rejection] = field(default_factory=list)
     planning: list[dict[str, Any]] = field(default_factory=list)  # sites planned or left out (DP studies)
     aborted_rounds: list[dict[str, Any]] = field(default_factory=list)
+    pruned: list[PrunedSite] = field(default_factory=list)  # nodes pruned after too many missed rounds
+    readmitted: list[dict[str, Any]] = field(default_factory=list)  # pruned nodes that reconnected and were planned afresh
     status: str = "completed"
     message: str = ""
     arrays: ArrayRecord | None = None
@@ -160,6 +167,7 @@ class RoundOutcome:
     failures: int
     secure: dict[str, Any] | None = None
     aborted: dict[str, Any] | None = None
+    missed: tuple[int, ...] = ()  # cohort nodes with no valid reply in time (no reply, an error reply)
 
 
 @dataclass(frozen=True)
@@ -204,14 +212,18 @@ class PlainTrainRound:
         trained: list[Message] = []
         failures = len(cohort) - len(replies)
         refusals: list[Refusal | Rejection] = []
+        answered: set[int] = set()  # nodes that trained, refused or were rejected: they did not miss the round
         for reply in replies:
             node = reply.metadata.src_node_id
+            if not reply.has_error():
+                answered.add(node)
             if reply.has_error():
                 failures += 1
             elif protocol.REFUSAL in reply.content.config_records:
                 refusal = _refusal(server_round, node, reply.content)
                 if refusal is None:
                     failures += 1
+                    answered.discard(node)
                 else:
                     refusals.append(refusal)
             else:
@@ -220,14 +232,17 @@ class PlainTrainRound:
                     trained.append(reply)
                 else:
                     refusals.append(Rejection(round=server_round, node_id=node, name=reported_name(node, reply.content), reason=why))
+        missed = tuple(node for node in cohort if node not in answered)
         if len(trained) < rules.quorum:
-            return RoundOutcome(None, [], refusals, failures, aborted=quorum_failure(server_round, len(trained), len(cohort), rules.quorum))
+            return RoundOutcome(None, [], refusals, failures, missed=missed,
+                                aborted=quorum_failure(server_round, len(trained), len(cohort), rules.quorum))
         checked = [_checked_reply(reply, rules) for reply in trained]
         new_arrays, _ = self.strategy.aggregate_train(server_round, checked)
         if new_arrays is None:
-            return RoundOutcome(None, [], refusals, failures, aborted={"stage": protocol.TRAIN, "reason": "the strategy produced no model"})
+            return RoundOutcome(None, [], refusals, failures, missed=missed,
+                                aborted={"stage": protocol.TRAIN, "reason": "the strategy produced no model"})
         sites = [site_report(reply.metadata.src_node_id, reply.content) for reply in trained]
-        return RoundOutcome(new_arrays, sites, refusals, failures)
+        return RoundOutcome(new_arrays, sites, refusals, failures, missed=missed)
 
     def _problem(self, server_round: int, node: int, content: RecordDict, arrays: ArrayRecord, rules: RoundRules) -> str | None:
         """Why a train reply may not be averaged (its model, its weight, the DP plan), or None."""
@@ -278,8 +293,12 @@ class RoundLoop:
         excluded: set[int] | None = None,
         admit: Admit | None = None,
         declared: Mapping[int, int] | None = None,
+        forget: Callable[[int], None] | None = None,
+        site_names: Callable[[], Mapping[int, str]] | None = None,
+        first_round: int = 1,
     ) -> None:
         self.study = study
+        self.first_round = first_round  # a resumed study starts after its last published round
         self.grid = grid
         self.strategy = strategy
         self.train_round = train_round
@@ -292,12 +311,24 @@ class RoundLoop:
         # Each node's declared record count (its weight): a DP plan's (``declared``), else its status, asked once.
         self.sizes = DeclaredSizes(grid, timeout_s=study.federation.round_timeout_s, max_records=study.federation.max_site_records,
                                    known=declared)
+        # Nodes that miss max_missed_rounds rounds in a row are pruned; ``forget`` drops a reconnected one's plan.
+        deadline = study.secagg.stage_deadline_s(study.federation.round_timeout_s) if study.secagg.enabled else study.federation.round_timeout_s
+        self.pruning = MissedRounds(study.federation.max_missed_rounds, deadline_s=deadline)
+        self.forget = forget
+        self.site_names = site_names  # a DP plan's node -> site name, for nodes that never replied to the loop
+        self.names: dict[int, str] = {}  # node -> the site name its replies gave
+        self.known: set[int] = set()  # every node a round was asked to train
 
     def run(self) -> StudyResult:
         result = StudyResult()
         federation = self.study.federation
-        for server_round in range(1, federation.rounds + 1):
-            available = [n for n in self.grid.get_node_ids() if n not in self.excluded]
+        for server_round in range(self.first_round, federation.rounds + 1):
+            listed = list(self.grid.get_node_ids())
+            self._readmit(server_round, listed, result)
+            held_out = self.pruning.held_out()
+            gone = sorted(self.known - set(listed) - self.excluded - held_out)  # a dead node's heartbeats stopped
+            self._missed(server_round, gone, gone, "node-list")
+            available = [n for n in listed if n not in self.excluded and n not in held_out]
             if self.admit is not None:
                 available = self.admit(server_round, available)
             available = self._declared(server_round, available, result)
@@ -312,7 +343,7 @@ class RoundLoop:
                 result.status = "aborted"
                 result.message = (
                     f"round {server_round}: only {len(available)} site(s) can still train, "
-                    f"fewer than federation.min_sites={federation.min_sites}"
+                    f"fewer than federation.min_sites={federation.min_sites}{pruning_text(self.pruning.pruned.values())}"
                 )
                 break
             record = self._round(server_round, cohort, result)
@@ -322,11 +353,27 @@ class RoundLoop:
             for listener in self.listeners:
                 listener(record, self.arrays)
         result.arrays = self.arrays
+        result.pruned = list(self.pruning.history)
+        result.readmitted = list(self.pruning.readmitted)
         return result
+
+    def _readmit(self, server_round: int, listed: list[int], result: StudyResult) -> None:
+        """A pruned node that left the node list and is back: its declaration and plan are dropped, so it is planned afresh."""
+        for node in self.pruning.returning(server_round, listed):
+            self.sizes.records.pop(node, None)
+            if self.forget is not None:
+                self.forget(node)
+
+    def _missed(self, server_round: int, asked: list[int], missed: list[int] | tuple[int, ...], stage: str) -> None:
+        names = {**(self.site_names() if self.site_names else {}), **self.names}
+        self.pruning.update(server_round, asked, missed, names=names, stage=stage)
 
     def _declared(self, server_round: int, available: list[int], result: StudyResult) -> list[int]:
         """The available nodes with a declared record count; a node that declares an unusable one is rejected."""
         answers = self.sizes.declare(available)
+        self.names.update(answers.names)
+        silent = sorted(answers.silent)  # a status query left unanswered in time counts as a missed round
+        self._missed(server_round, silent, silent, "status")
         for node, why in sorted(answers.rejected.items()):
             result.refusals.append(Rejection(round=server_round, node_id=node, name=answers.names.get(node, str(node)),
                                              reason=f"its status: {why}"))
@@ -343,6 +390,9 @@ class RoundLoop:
         outcome = self.train_round(server_round, cohort, self._configs(server_round, cohort), self.arrays, self._rules(cohort))
         result.refusals.extend(outcome.refusals)
         self.excluded.update(refusal.node_id for refusal in outcome.refusals)
+        self.names.update({site.node_id: site.name for site in outcome.sites})
+        self.known.update(cohort)
+        self._missed(server_round, cohort, outcome.missed, protocol.TRAIN)
         if outcome.aborted is not None:
             result.aborted_rounds.append({"round": server_round, **outcome.aborted})
         if outcome.arrays is None:

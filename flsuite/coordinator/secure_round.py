@@ -4,7 +4,12 @@ Four stages, each one ``grid.send_and_receive`` with a finite timeout: "setup" a
 "share-keys" (message type "query"), "train" (message type "train", carrying the global
 model and the site's train config) and "unmask" ("query"). Nodes that do not answer in
 time, or answer with an error, are dropped; below the minimum the round aborts with
-SecAggAborted, nothing is unmasked, and the caller keeps the global model.
+SecAggAborted, nothing is unmasked, and the caller keeps the global model. Every stage's
+deadline is the study's ``secagg.stage_deadline_s`` (``federation.round_timeout_s`` unless
+``secagg.stage_timeout_s`` is set): the same deadline per stage as a plain round's. A node
+that answers some stage late, with an error or malformed, missed the round
+(``SecureRoundResult.missed``, ``SecAggAborted.missed``): the round loop prunes it after
+``federation.max_missed_rounds`` misses in a row.
 
 A masked train reply carries its site's status and DP event in the clear next to the
 masked vector. A ``reply_check`` (a DP study's) looks at them before the unmask stage: a
@@ -72,6 +77,7 @@ class SecureRoundResult:
     refusals: dict[int, str] = field(default_factory=dict)
     site_refusals: dict[int, protocol.Refusal] = field(default_factory=dict)
     rejected: dict[int, tuple[str, str]] = field(default_factory=dict)
+    missed: tuple[int, ...] = ()  # nodes that gave no valid answer in time at some stage (not refusals or rejections)
 
 
 def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int, global_arrays: ArrayRecord,
@@ -102,6 +108,11 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     site_refusals: dict[int, protocol.Refusal] = {}
     records: dict[int, RecordDict] = {}
     rejected: dict[int, tuple[str, str]] = {}
+    silent: set[int] = set()  # asked at a stage, no usable answer in time (no reply, an error, a malformed one)
+
+    def missed() -> tuple[int, ...]:
+        invalid = silent | set(coordinator.rejected)
+        return tuple(sorted(n for n in invalid if n in nodes and n not in site_refusals and n not in rejected))
 
     def checked(masked: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
         """The masked replies the checks accept; the others are dropped before unmasking."""
@@ -155,6 +166,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
                                             if name not in (SECAGG_RECORD, MASKED_RECORD)
                                             and not isinstance(rec, ArrayRecord)})
             replies[node] = answer
+        silent.update(node for node in requests if node not in replies and node not in site_refusals)
         return replies
 
     try:
@@ -173,6 +185,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         aborted = SecAggAborted(f"{exc}{' Refusals: ' + detail if detail else ''}", stage=exc.stage, refusals=every)
         aborted.site_refusals = dict(site_refusals)
         aborted.rejected = dict(rejected)  # type: ignore[attr-defined]
+        aborted.missed = missed()  # type: ignore[attr-defined]
         raise aborted from None
     if summed.total_weight <= 0:
         raise SecAggAborted(f"round {server_round}: the survivors' total weight is 0 (no examples); nothing to average",
@@ -185,7 +198,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         survivors=summed.survivors, dropped=summed.dropped,
         replies={n: records[n] for n in summed.survivors if n in records}, error_bound=summed.error_bound,
         clipped_values=summed.clipped_values, refusals={**summed.rejected, **refusals}, site_refusals=site_refusals,
-        rejected=rejected)
+        rejected=rejected, missed=missed())
 
 
 class SecureTrainRound:
@@ -222,7 +235,8 @@ class SecureTrainRound:
             )
         except SecAggAborted as exc:  # nothing was unmasked; the global model stays as it was
             refusals = [*refusals_from(server_round, exc.site_refusals), *_rejections(server_round, getattr(exc, "rejected", {}))]  # type: ignore[arg-type]
-            return RoundOutcome(None, [], refusals, 0, aborted={"stage": exc.stage, "reason": str(exc)})
+            return RoundOutcome(None, [], refusals, 0, aborted={"stage": exc.stage, "reason": str(exc)},
+                                missed=tuple(getattr(exc, "missed", ())))
         refusals = [*refusals_from(server_round, secure.site_refusals), *_rejections(server_round, secure.rejected)]
         averaged = Message(
             RecordDict({protocol.ARRAYS: secure.arrays, protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: secure.total_weight})}),
@@ -237,7 +251,7 @@ class SecureTrainRound:
             "quantisation_error_bound": secure.error_bound,
             "clipped_values": sum(secure.clipped_values.values()),
         }
-        return RoundOutcome(new_arrays, sites, refusals, len(secure.dropped) - len(refusals), secure=details)
+        return RoundOutcome(new_arrays, sites, refusals, len(secure.dropped) - len(refusals), secure=details, missed=secure.missed)
 
 
 def _rejections(server_round: int, rejected: Mapping[int, tuple[str, str]]) -> list[Rejection]:

@@ -5,7 +5,8 @@ DP study, and only replies that match the plan are averaged: ``admission``), eva
 on the held-out split that no site sees, runs the rounds, and writes the output folder with
 the study's verdict: "completed" only when every planned round completed (``verdict``).
 ``flsuite.coordinator.app`` builds the ServerApp around ``run_study`` and raises when the
-study did not complete, so Flower records the run as failed.
+study did not complete, so Flower records the run as failed. A study with ``resume`` set
+continues the one in its output folder after its last published version (``resume``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
 from flsuite.coordinator.admission import DpAdmission, HeadVerifier
 from flsuite.coordinator.outputs import StudyOutputs
+from flsuite.coordinator.planning import plan_privacy
 from flsuite.coordinator.publishing import RegistryPublisher, new_run_id
+from flsuite.coordinator.resume import ResumedPlan, ResumePoint, ResumeRecorder, ResumeState, restore_outputs
 from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundOutcome, RoundRecord, RoundRules, TrainRound
 from flsuite.coordinator.strategies import build_strategy
 from flsuite.coordinator.verdict import FailureWatch, Verdict, study_verdict
@@ -66,6 +69,7 @@ def run_study(grid: Grid, context: Context) -> dict[str, Any]:
 
 
 def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> dict[str, Any]:
+    point = ResumePoint.load(study, folder) if study.resume else None  # verified registry, last version, or a refusal
     test_data = _held_out(study)
     shape = model_shape(study.data, test_data)
     model = build_model(
@@ -76,7 +80,14 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
         seed=study.seed,
     )
     outputs = StudyOutputs(folder, study)
-    publisher = RegistryPublisher(study, folder, run_id=new_run_id()) if study.registry.enabled else None
+    if point:
+        restore_outputs(outputs, folder, point.round)
+    run_id = point.state.run_id if point else new_run_id()
+    publisher = (RegistryPublisher(study, folder, run_id=run_id, resumed_after=point.round if point else None)
+                 if study.registry.enabled else None)
+    if point and publisher:
+        point.seed_publisher(publisher)
+    recorder = ResumeRecorder(folder, point.state if point else ResumeState(run_id, study.name), publisher) if publisher else None
     watch = FailureWatch(grid)  # every error reply of a round, with its reason
     stops: list[str] = []  # why the coordinator itself could not go on
 
@@ -91,6 +102,8 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
             outputs.on_round(record)
             if publisher:
                 publisher.on_round(record, arrays)
+            if recorder:
+                recorder(record, arrays)
         except OSError as exc:  # a full disk: stop here, and say so in the summary
             where = publisher.path if publisher else folder
             stops.append(f"round {record.round}: could not write its outputs: {os_error_text(exc, where)}")
@@ -101,12 +114,13 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
     # and a train reply whose DP event or ledger head does not match the plan is not averaged.
     admission = None
     if study.privacy.enabled:
-        admission = DpAdmission(study, watch, verifier=HeadVerifier.for_study(study), on_plan=outputs.write_privacy_plan)
+        admission = DpAdmission(study, watch, verifier=HeadVerifier.for_study(study), on_plan=outputs.write_privacy_plan,
+                                planner=ResumedPlan.for_point(folder, point.first_round) if point else plan_privacy)
         admission.plan()
         if publisher:
             publisher.admission = admission
 
-    initial_arrays = model_to_arrays(model)
+    initial_arrays = point.arrays_for(model) if point else model_to_arrays(model)
     strategy = build_strategy(study.federation, initial_arrays)
     rounds = train_round(study, watch, strategy, reply_check=admission.check_reply if admission else None)
 
@@ -129,6 +143,9 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
         site_configs=admission.site_configs if admission else None,
         admit=admission.admit if admission else None,
         declared=admission.declared if admission else None,
+        forget=admission.forget if admission else None,
+        site_names=admission.site_names if admission else None,
+        first_round=point.first_round if point else 1,
     )
     result = coordinator.run()
     if admission:
@@ -167,8 +184,8 @@ def train_round(study: StudyConfig, grid: Grid, strategy: Strategy, *, reply_che
         return PlainTrainRound(grid, strategy, timeout_s=study.federation.round_timeout_s, reply_check=reply_check)
     from flsuite.coordinator.secure_round import SecureTrainRound
 
-    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for, timeout_s=study.secagg.stage_timeout_s,
-                            reply_check=reply_check)
+    return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for,
+                            timeout_s=study.secagg.stage_deadline_s(study.federation.round_timeout_s), reply_check=reply_check)
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:

@@ -17,6 +17,7 @@ from flsuite.deployment.config import (
     load_coordinator_config,
     load_site_config,
 )
+from flsuite.deployment.foreground import stay_in_foreground
 from flsuite.deployment.network import Address, ensure_port_free, free_port, parse_address, probe_tls
 from flsuite.deployment.processes import (
     ProcessFiles,
@@ -48,6 +49,7 @@ __all__ = [
     "parse_address",
     "probe_tls",
     "start_process",
+    "stay_in_foreground",
     "stop_process",
     "terminate",
     "wait_for",

@@ -58,6 +58,11 @@ PhaseLike = Union[DpEvent, Sequence[float]]
 #: Opacus' RDPAccountant.DEFAULT_ALPHAS: the same orders give the same epsilon as Opacus.
 RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
+#: Integer orders only, for internal bounds that need not equal Opacus' (PRV's domain size, the
+#: start of the sigma search): each is exact and cheap (fractional orders need a slow series);
+#: fewer orders only loosen an RDP bound, never tighten it.
+_COARSE_ORDERS: tuple[float, ...] = tuple(float(order) for order in (*range(2, 64), 80, 128, 256))
+
 #: Above this RDP epsilon the PRV accountant is not run (it would take minutes); the PLD
 #: accountant is reported. Any sane cap is far below it.
 PRV_EPSILON_CEILING = 64.0
@@ -134,6 +139,7 @@ def clear_cache() -> None:
     """Forget the epsilons and RDP curves computed so far in this process (benchmarks time cold accounting)."""
     _epsilon_cached.cache_clear()
     _rdp_per_step.cache_clear()
+    _prv_accountant.cache_clear()
 
 
 def rdp_epsilon(phases: Iterable[PhaseLike], *, delta: float) -> float:
@@ -157,10 +163,10 @@ def screening_bound(phases: Iterable[PhaseLike], *, delta: float, accountant: st
 
 @functools.lru_cache(maxsize=4096)
 def _epsilon_cached(phases: tuple[Phase, ...], delta: float, accountant: str) -> float:
-    rdp_bound = _rdp_epsilon(phases, delta)
     if accountant == "rdp":
-        return rdp_bound
-    if rdp_bound > PRV_EPSILON_CEILING:
+        return _rdp_epsilon(phases, delta)
+    coarse_bound = _rdp_epsilon(phases, delta, _COARSE_ORDERS)  # >= the full RDP bound
+    if coarse_bound > PRV_EPSILON_CEILING and (rdp_bound := _rdp_epsilon(phases, delta)) > PRV_EPSILON_CEILING:
         reason = f"PRV skipped: RDP bound {rdp_bound:.4g} > {PRV_EPSILON_CEILING:g} would cost minutes"
     else:
         try:
@@ -172,6 +178,7 @@ def _epsilon_cached(phases: tuple[Phase, ...], delta: float, accountant: str) ->
                 return upper
             reason = f"PRV interval [{lower:.4g}, {upper:.4g}] is wider than {REPORT_TOLERANCE}x"
     pld_epsilon, interval = _pld_epsilon(phases, delta)
+    rdp_bound = _rdp_epsilon(phases, delta)
     if pld_epsilon > REPORT_TOLERANCE * rdp_bound:  # PLD's discretisation is loose here
         _log.info("%s for %s; PLD %.6g is above %gx RDP: reporting that", reason, phases, pld_epsilon, REPORT_TOLERANCE)
         return REPORT_TOLERANCE * rdp_bound
@@ -192,13 +199,13 @@ class _QuietAbsl:
         self._logger.setLevel(self._level)
 
 
-@functools.lru_cache(maxsize=1024)
-def _rdp_per_step(q: float, sigma: float):
-    """RDP at RDP_ORDERS of one step of the Poisson-subsampled Gaussian (read-only array)."""
+@functools.lru_cache(maxsize=2048)
+def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...] = RDP_ORDERS):
+    """RDP at ``orders`` of one step of the Poisson-subsampled Gaussian (read-only array)."""
     import dp_accounting
     from dp_accounting import rdp
 
-    accountant = rdp.RdpAccountant(list(RDP_ORDERS))
+    accountant = rdp.RdpAccountant(list(orders))
     with _QuietAbsl():
         accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)))
     curve = accountant.rdp
@@ -206,15 +213,15 @@ def _rdp_per_step(q: float, sigma: float):
     return curve
 
 
-def _rdp_epsilon(phases: tuple[Phase, ...], delta: float) -> float:
+def _rdp_epsilon(phases: tuple[Phase, ...], delta: float, orders: tuple[float, ...] = RDP_ORDERS) -> float:
     """RDP composes by adding curves; the same sum, in the same order, as dp_accounting's RdpAccountant."""
     import numpy as np
     from dp_accounting.rdp import rdp_privacy_accountant
 
-    total = np.zeros(len(RDP_ORDERS), dtype=np.float64)
+    total = np.zeros(len(orders), dtype=np.float64)
     for q, sigma, steps in phases:
-        total += steps * _rdp_per_step(q, sigma)
-    return float(rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, total, delta)[0])
+        total += steps * _rdp_per_step(q, sigma, orders)
+    return float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
 
 
 def _pld_epsilon(phases: tuple[Phase, ...], delta: float) -> tuple[float, float]:
@@ -256,18 +263,63 @@ def _pld_at(phases: tuple[Phase, ...], delta: float, interval: float) -> float:
 
 
 def _prv_bounds(phases: tuple[Phase, ...], delta: float) -> tuple[float, float]:
-    """PRV's (lower, upper) bounds on the true epsilon."""
+    """PRV's (lower, upper) bounds on the true epsilon.
+
+    The PRV accountant is built for each phase's step count rounded up to a power of two and
+    kept (``_prv_accountant``): a study's rounds ask for epsilon at 1, 2, ... K rounds' steps,
+    and one built accountant answers every count up to its maximum with a cheap composition.
+    Its grid is chosen for the maximum (a finer mesh than the count needs), so Gopi et al.'s
+    error bounds hold for every smaller count: the upper end stays an upper bound. The value
+    is a pure function of (phases, delta): the same wherever and in whatever order it is asked.
+    """
     import numpy as np
-    from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
 
     steps = [s for _, _, s in phases]
-    prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma) for q, sigma, _ in phases]
+    accountant = _prv_accountant(tuple((q, sigma) for q, sigma, _ in phases), tuple(_pow2_at_least(s) for s in steps), delta)
     with np.errstate(all="ignore"):
-        prv = PRVAccountant(prvs=prvs, max_self_compositions=steps, eps_error=_PRV_EPS_ERROR, delta_error=delta / 1000)
-        lower, _, upper = prv.compute_epsilon(delta, steps)
+        lower, _, upper = accountant.compute_epsilon(delta, steps)
     if not (math.isfinite(upper) and math.isfinite(lower)):
         raise ArithmeticError(f"PRV epsilon bounds are [{lower}, {upper}]")
     return float(lower), float(upper)
+
+
+def _pow2_at_least(steps: int) -> int:
+    return 1 << max(0, steps - 1).bit_length()
+
+
+@functools.lru_cache(maxsize=64)
+def _prv_accountant(mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta: float):
+    """A PRV accountant for these (q, sigma) mechanisms, valid up to ``max_steps`` compositions each."""
+    import warnings
+
+    import numpy as np
+    from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
+
+    prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma) for q, sigma in mechanisms]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Assuming that true epsilon", category=UserWarning)
+        return PRVAccountant(
+            prvs=prvs,
+            max_self_compositions=list(max_steps),
+            eps_error=_PRV_EPS_ERROR,
+            delta_error=delta / 1000,
+            eps_max=_prv_domain(mechanisms, max_steps, delta / 1000),
+        )
+
+
+def _prv_domain(mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta_error: float) -> float:
+    """Half the width of PRV's privacy-loss domain, by prv_accountant's own rule (Gopi et al.,
+    remark 5.6: the RDP epsilon of the whole composition at delta_error/4 and of each single
+    step at delta_error/(8 x total), plus 3), with the RDP bound from dp_accounting's cached
+    integer-order curves instead of prv_accountant's pure-Python RDP, which took half of each
+    accountant's construction. Integer orders only loosen the bound: the domain is never smaller.
+    """
+    total = sum(max_steps)
+    phases = tuple((q, sigma, n) for (q, sigma), n in zip(mechanisms, max_steps))
+    domain = _rdp_epsilon(phases, delta_error / 4, _COARSE_ORDERS)
+    for q, sigma in mechanisms:
+        domain = max(domain, _rdp_epsilon(((q, sigma, 1),), delta_error / 8 / total, _COARSE_ORDERS))
+    return max(domain, _PRV_EPS_ERROR) + 3
 
 
 def noise_multiplier_for(
@@ -307,9 +359,14 @@ def noise_multiplier_for(
         return epsilon(prior + ((sample_rate, sigma, steps),), delta=delta, accountant=which)
 
     # Bracket with RDP (cheap, and in practice never below PRV), then refine with PRV.
-    rdp_spend = functools.partial(spend, which="rdp")
+    def coarse_rdp_spend(sigma: float) -> float:  # an upper bound on RDP's spend, cheap at a new sigma
+        return _rdp_epsilon(normalize_phases(prior + ((sample_rate, sigma, steps),)), delta, _COARSE_ORDERS)
+
+    rdp_spend = functools.partial(spend, which="rdp") if accountant == "rdp" else coarse_rdp_spend
     if accountant == "rdp" or rdp_spend(_SIGMA_MAX) <= target_epsilon:
-        lo, hi = _bracket(rdp_spend, target_epsilon)
+        # RDP's own answer needs a tight bracket; as a start for PRV a 5% bracket does (each
+        # RDP evaluation at a new sigma costs a per-step curve, the PRV refinement corrects it).
+        lo, hi = _bracket(rdp_spend, target_epsilon, relative_width=1e-3 if accountant == "rdp" else 0.05)
         if accountant == "rdp":
             return hi
     else:  # RDP is too loose for the prior phases: search with PRV alone.
@@ -327,14 +384,14 @@ def noise_multiplier_for(
     return _refine(prv_spend, lo, hi, target_epsilon, tolerance)
 
 
-def _bracket(spend, target: float) -> tuple[float, float]:
-    """Geometric bisection to sigma in [lo, hi] with spend(lo) > target >= spend(hi)."""
+def _bracket(spend, target: float, *, relative_width: float) -> tuple[float, float]:
+    """Geometric bisection to sigma in [lo, hi] with spend(lo) > target >= spend(hi), hi - lo <= width x hi."""
     lo, hi = 1e-2, 1.0
     while spend(hi) > target:
         lo, hi = hi, min(hi * 4, _SIGMA_MAX)
         if lo >= _SIGMA_MAX:
             raise PlanError(f"even noise multiplier {_SIGMA_MAX:g} cannot keep epsilon <= {target}")
-    while hi - lo > 1e-3 * hi:
+    while hi - lo > relative_width * hi:
         mid = math.sqrt(lo * hi)
         lo, hi = (lo, mid) if spend(mid) <= target else (mid, hi)
     return lo, hi

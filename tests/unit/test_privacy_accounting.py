@@ -263,3 +263,34 @@ def test_epsilons_are_cached_per_process_until_cleared():
     assert info.hits == 1 and info.currsize == 1
     accounting.clear_cache()
     assert accounting._epsilon_cached.cache_info().currsize == 0
+
+
+def test_a_study_s_epsilons_do_not_depend_on_what_was_asked_before():
+    """PRV accountants are built for a power-of-two step count and reused: the answer for
+    k rounds must not depend on whether k+1 rounds (a larger built accountant) came first."""
+    from flsuite.privacy import accounting
+
+    rounds = [(0.18, 2.4, 12 * k) for k in range(1, 11)]
+    accounting.clear_cache()
+    forwards = [epsilon([phase], delta=1e-5) for phase in rounds]
+    accounting.clear_cache()
+    backwards = [epsilon([phase], delta=1e-5) for phase in reversed(rounds)][::-1]
+    assert forwards == backwards
+    assert forwards == sorted(forwards)  # more rounds never report less
+
+
+@pytest.mark.parametrize("phases", [[(0.18, 2.4, 120)], [(0.01, 1.0, 1000), (0.05, 1.5, 200)], [(0.5, 0.8, 7)]])
+def test_prv_domain_is_at_least_prv_accountant_s_own_safe_size(phases):
+    """flsuite sizes PRV's domain from dp_accounting's RDP (cheaper than prv_accountant's own);
+    a domain smaller than prv_accountant's rule would void its error bound."""
+    from prv_accountant import PoissonSubsampledGaussianMechanism
+    from prv_accountant.accountant import compute_safe_domain_size
+
+    from flsuite.privacy import accounting
+
+    delta_error = 1e-5 / 1000
+    mechanisms = tuple((q, s) for q, s, _ in phases)
+    max_steps = tuple(accounting._pow2_at_least(n) for _, _, n in phases)
+    prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=s) for q, s in mechanisms]
+    theirs = compute_safe_domain_size(prvs, list(max_steps), 0.01, delta_error)
+    assert accounting._prv_domain(mechanisms, max_steps, delta_error) >= theirs
