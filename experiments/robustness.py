@@ -181,7 +181,8 @@ def _csv_path_without_csv(tmp: Path) -> tuple[bool, str]:
 def _csv_refused(text: str, *, must_name: str):
     def run(tmp: Path) -> tuple[bool, str]:
         csv = write_csv(tmp / "site.csv", text)
-        result = flsuite_cli(*smoke(tmp, "data=csv", f"data.csv_path={csv}"), "--output-dir", str(tmp / "out"), cwd=tmp)
+        ranges = "+data.feature_ranges={f0:[0,1],f1:[0,1],f2:[0,1]}"  # declared, so the file's own fault is named
+        result = flsuite_cli(*smoke(tmp, "data=csv", f"data.csv_path={csv}", ranges), "--output-dir", str(tmp / "out"), cwd=tmp)
         handled, detail = refused_cleanly(result, tmp)
         named = must_name in result.stdout + result.stderr
         return handled and named, detail + ("" if named else f" (does not name {must_name!r})")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emit
 from flsuite.config import UNIT_OF_PRIVACY, compose_study
 from flsuite.errors import ConfigError
 from flsuite.privacy import StudyOverBudget
@@ -28,47 +28,43 @@ naming the site and by how much when the plan does not fit a site's remaining bu
 
 
 @privacy_app.command("plan", help=PLAN_HELP, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def plan(ctx: typer.Context) -> None:
+def plan(
+    ctx: typer.Context,
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", help=FORMAT_HELP),
+) -> None:
     from flsuite.coordinator.planning import plan_privacy
     from flsuite.site.simulated_status import simulated_statuses
 
     study = compose_study(list(ctx.args))
     if not study.privacy.enabled:
         raise ConfigError("this study has privacy.enabled=false, so there is nothing to plan: add privacy=dp")
+    statuses = simulated_statuses(study)
+    deltas = {status.name: status.delta for status in statuses.values()}
     try:
-        rows = plan_privacy(study, simulated_statuses(study)).rows
+        rows = plan_privacy(study, statuses).rows
     except StudyOverBudget as exc:
-        console.print(plan_table(study, exc.rows))
+        emit(plan_table(study, exc.rows, deltas), fmt, console)
         raise
-    console.print(plan_table(study, rows))
-    if rows and rows[0].evaluation_releases:  # the study's epsilon above includes these releases
+    emit(plan_table(study, rows, deltas), fmt, console)
+    if rows and rows[0].evaluation_releases and fmt is OutputFormat.table:  # the study's epsilon above includes these
         drift = " and drift" if study.monitoring.drift else ""
         console.print(f"eps study includes {rows[0].evaluation_releases} Gaussian release(s) per site for per-site evaluation{drift} "
                       f"(monitoring.*; monitoring=none drops them)")
 
 
-def plan_table(study, rows) -> Table:
+def plan_table(study, rows, deltas: dict[str, float | None] | None = None) -> TableData:
+    """The plan, one row per site; numbers stay raw until rendered (JSON and CSV keep every digit)."""
     privacy = study.privacy
     goal = f"target epsilon {privacy.target_epsilon:g} per study" if privacy.target_epsilon else f"sigma {privacy.noise_multiplier:g}"
-    table = Table(title=f"Privacy plan: {goal}, {privacy.accountant} accountant, unit: {UNIT_OF_PRIVACY}")
-    table.add_column("site", no_wrap=True)
-    for column in ("N", "q", "steps/rd", "steps", "sigma", "eps before", "eps study", "eps total", "cap", "left"):
-        table.add_column(column, justify="right")
+    columns = [Column("site"), Column("N", numeric=True), Column("q", numeric=True), Column("steps/rd", numeric=True),
+               Column("steps", numeric=True), Column("sigma", numeric=True, digits=3), Column("delta", numeric=True),
+               *(Column(name, numeric=True, digits=3) for name in ("eps before", "eps study", "eps total", "cap", "left"))]
+    table = TableData(f"Privacy plan: {goal}, {privacy.accountant} accountant, unit: {UNIT_OF_PRIVACY}", columns)
     for row in rows:
-        remaining = "-" if row.remaining is None else f"{row.remaining:.3f}"
         style = "red" if row.remaining is not None and row.remaining < 0 else None
         table.add_row(
-            row.site,
-            str(row.records),
-            f"{row.sample_rate:.4f}",
-            str(row.steps_per_round),
-            str(row.total_steps),
-            f"{row.noise_multiplier:.3f}",
-            f"{row.prior_epsilon:.3f}",
-            f"{row.study_epsilon:.3f}",
-            f"{row.projected_epsilon:.3f}",
-            "-" if row.max_epsilon is None else f"{row.max_epsilon:g}",
-            remaining,
+            row.site, row.records, row.sample_rate, row.steps_per_round, row.total_steps, row.noise_multiplier,
+            (deltas or {}).get(row.site, privacy.delta), row.prior_epsilon, row.study_epsilon, row.projected_epsilon, row.max_epsilon, row.remaining,
             style=style,
         )
     return table

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from flsuite.audit import read_saved_head, save_head
+from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emit, to_csv
 from flsuite.errors import RegistryError
 from flsuite.registry.encryption import key_from_env, key_from_file
 from flsuite.registry.policy import PromotionPolicy
@@ -36,6 +37,7 @@ RegistryOpt = Annotated[Path, typer.Option("--registry", envvar="FLSUITE_REGISTR
 RegistryArg = Annotated[Path, typer.Argument(envvar="FLSUITE_REGISTRY",
                                              help="Registry folder (env FLSUITE_REGISTRY).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", help=FORMAT_HELP + " json is the same as --json.")]
 SigningKeyOpt = Annotated[Path | None, typer.Option(
     "--signing-key", envvar="FLSUITE_SIGNING_KEY", help="Coordinator's Ed25519 key (PEM, outside the registry).")]
 KeyFileOpt = Annotated[Path | None, typer.Option(
@@ -69,21 +71,39 @@ def _max_epsilon(info_dict: dict[str, Any]) -> float | None:
 
 @registry_app.command("list")
 def list_versions(registry: RegistryOpt = DEFAULT_REGISTRY, run: Annotated[str | None, typer.Option(
-        help="Only versions of this run.")] = None, as_json: JsonOpt = False) -> None:
+        help="Only versions of this run.")] = None, as_json: JsonOpt = False,
+        fmt: FormatOpt = OutputFormat.table) -> None:
     """List every version with its lineage, metrics, epsilon and aliases."""
     with _open(registry) as reg:
         aliases = reg.aliases()
         rows = [{**info.to_dict(), "aliases": sorted(a for a, n in aliases.items() if n == info.number)}
                 for info in reg.versions(run)]
-    lines = [f"{'version':>7}  {'parent':>6}  {'run':<16} {'round':>5}  {'max eps':>8}  metrics / aliases"]
+    if as_json or fmt is OutputFormat.json:
+        _emit({"registry": str(registry), "versions": rows, "aliases": aliases}, True, "")
+        return
+    if not rows and fmt is OutputFormat.table:
+        typer.echo(f"no versions in {registry}")
+        return
+    _emit_table(versions_table(registry, rows), fmt)
+
+
+def versions_table(registry: Path, rows: list[dict[str, Any]]) -> TableData:
+    """One line per version: lineage, round, the largest site epsilon, metrics and aliases."""
+    table = TableData(f"Versions in {registry}", [
+        Column("version", numeric=True), Column("parent", numeric=True), Column("run"), Column("round", numeric=True),
+        Column("max eps", numeric=True), Column("metrics"), Column("aliases")])
     for row in rows:
-        eps = _max_epsilon(row)
         metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(row["manifest"]["metrics"].items()))
-        lines.append(f"{row['number']:>7}  {row['parent'] if row['parent'] is not None else '-':>6}  "
-                     f"{row['run_id'][:16]:<16} {row['round']:>5}  "
-                     f"{'-' if eps is None else f'{eps:.4g}':>8}  {metrics} {' '.join(row['aliases'])}")
-    _emit({"registry": str(registry), "versions": rows, "aliases": aliases}, as_json,
-          "\n".join(lines) if rows else f"no versions in {registry}")
+        table.add_row(row["number"], row["parent"], row["run_id"], row["round"], _max_epsilon(row), metrics,
+                      " ".join(row["aliases"]))
+    return table
+
+
+def _emit_table(table: TableData, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.csv:
+        typer.echo(to_csv(table), nl=False)
+    else:
+        emit(table, fmt)
 
 
 @registry_app.command("show")
@@ -197,7 +217,8 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
            identities: Annotated[Path | None, typer.Option(
                "--identities", help="Pinned site identities (identities.json) for --ledger; default: the one "
                "beside each site folder.")] = None,
-           key_file: KeyFileOpt = None, as_json: JsonOpt = False) -> None:
+           key_file: KeyFileOpt = None, as_json: JsonOpt = False,
+           fmt: FormatOpt = OutputFormat.table) -> None:
     """Each version's DP certificate (from the verified audit log); each site's epsilon
     recomputed and compared with the claim. With --html, also the auditor's HTML report; with
     --ledger, each site's ledger checked against the signed head in the registry. Exit 1 when
@@ -211,19 +232,8 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
         full = auditor_report(registry, ledgers=ledger or [], identities=identities, expected_key=expect_key,
                               encryption_key=_encryption_key(key_file))
     data = privacy_report(registry, versions=version, expected_key=expect_key)
-    lines = [data["verdict"], f"accounting: {data['accounting']}",
-             f"{'version':>7}  {'site':<16} {'claimed eps':>11} {'recomputed':>10}  {'delta':>8}  status"]
-    for row in data["versions"]:
-        if not row["certificate"]:
-            lines.append(f"{row['version']:>7}  (no DP certificate)")
-        for claim in row.get("claims", []):
-            recomputed = claim["recomputed_epsilon"]
-            lines.append(f"{row['version']:>7}  {claim['site'][:16]:<16} {claim['claimed_epsilon']:>11.4g} "
-                         f"{'-' if recomputed is None else f'{recomputed:.4g}':>10}  "
-                         f"{claim['delta']:>8.2g}  {claim['status']}")
-    if data["under_claimed_sites"]:
-        lines.append(f"UNDER-CLAIMED: {', '.join(data['under_claimed_sites'])}")
     ok = data["ok"]
+    lines: list[str] = []
     if full is not None:
         ok = ok and full["ok"]
         data["auditor_report"] = full
@@ -241,6 +251,30 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
         html.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(html, render_html(full, generated_at=datetime.now(UTC).isoformat(timespec="seconds")).encode())
         lines.append(f"HTML report written to {html}" + ("" if ok else " (it shows the FAILURE)"))
-    _emit(data, as_json, "\n".join(lines))
+    if as_json or fmt is OutputFormat.json:
+        _emit(data, True, "")
+    elif fmt is OutputFormat.csv:
+        _emit_table(claims_table(data), fmt)
+    else:
+        typer.echo(f"{data['verdict']}\naccounting: {data['accounting']}")
+        _emit_table(claims_table(data), fmt)
+        if data["under_claimed_sites"]:
+            typer.echo(f"UNDER-CLAIMED: {', '.join(data['under_claimed_sites'])}")
+        for line in lines:
+            typer.echo(line)
     if not ok:
         raise typer.Exit(code=1)
+
+
+def claims_table(data: dict[str, Any]) -> TableData:
+    """One line per version and site: the claimed epsilon, the recomputed one, delta and the verdict."""
+    table = TableData("Privacy claims", [
+        Column("version", numeric=True), Column("site"), Column("claimed eps", numeric=True),
+        Column("recomputed", numeric=True), Column("delta", numeric=True), Column("status")])
+    for row in data["versions"]:
+        if not row["certificate"]:
+            table.add_row(row["version"], None, None, None, None, "no DP certificate")
+        for claim in row.get("claims", []):
+            table.add_row(row["version"], claim["site"], claim["claimed_epsilon"], claim["recomputed_epsilon"],
+                          claim["delta"], claim["status"])
+    return table

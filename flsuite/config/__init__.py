@@ -2,12 +2,14 @@
 
 from flsuite.config.bridge import from_run_config, to_run_config
 from flsuite.config.compose import compose_study, config_dir, expand_sweep
+from flsuite.config.feature_schema import HOW_TO_DECLARE, missing_ranges, read_schema_file, resolve_schema_file
 from flsuite.config.preflight import check_inputs
 from flsuite.config.pyproject_sync import sync
 from flsuite.config.schema import UNIT_OF_PRIVACY, DataConfig, FederationConfig, ModelConfig, StudyConfig
 from flsuite.config.validation import validate_study
 
 __all__ = [
+    "HOW_TO_DECLARE",
     "UNIT_OF_PRIVACY",
     "DataConfig",
     "FederationConfig",
@@ -18,6 +20,9 @@ __all__ = [
     "config_dir",
     "expand_sweep",
     "from_run_config",
+    "missing_ranges",
+    "read_schema_file",
+    "resolve_schema_file",
     "sync",
     "to_run_config",
     "validate_study",

@@ -55,7 +55,7 @@ def _flatten(model: BaseModel, prefix: str, out: dict[str, Scalar]) -> None:
             _flatten(value, f"{key}.", out)
         elif value is None:
             out[key] = UNSET
-        elif isinstance(value, list):
+        elif isinstance(value, (list, dict)):  # lists, and data.feature_ranges' mapping
             out[key] = json.dumps(value)
         else:
             out[key] = value
@@ -78,7 +78,7 @@ def _decode(field: FieldInfo | None, value: Any) -> Any:
     options = typing.get_args(field.annotation) or (field.annotation,)
     if value == UNSET and type(None) in options:
         return None
-    if any(typing.get_origin(option) is list for option in options):
+    if any(typing.get_origin(option) in (list, dict) for option in options):
         try:
             return json.loads(value)
         except json.JSONDecodeError:

@@ -64,8 +64,10 @@ def _settable(overrides: list[str], folder: Path) -> list[str]:
 
 
 def compose_study(overrides: list[str]) -> StudyConfig:
-    """Compose and validate one study."""
-    return validate_study(compose_raw(overrides))
+    """Compose and validate one study (a CSV study's schema file read into ``data.feature_ranges``)."""
+    from flsuite.config.feature_schema import resolve_schema_file
+
+    return resolve_schema_file(validate_study(compose_raw(overrides)))
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:

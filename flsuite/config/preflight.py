@@ -1,7 +1,7 @@
 """Check, before anything is written, that every path a study names can be used.
 
 The schema judges values; this judges the disk: the output folder can be made, the CSV
-file can be read, and key files exist with only their owner able to read them.
+file can be read (and its features have declared ranges), and key files exist with only their owner able to read them.
 ``flsuite run`` calls ``check_inputs`` for every run of a sweep before the first starts,
 so a bad path never leaves a half-made output folder, registry or signing key behind.
 """
@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from flsuite.config.feature_schema import missing_ranges
 from flsuite.config.schema import StudyConfig
 from flsuite.errors import ConfigError, DataError
 
@@ -29,6 +30,9 @@ def check_inputs(study: StudyConfig, output_dir: Path) -> None:
     for message in _folder_problems(Path(output_dir), "--output-dir"):
         problems.append((ConfigError, message))
     local = study.engine.name != "deployment"
+    unscalable = missing_ranges(study)  # sites refuse too; say it before anything starts
+    if unscalable:
+        problems.append((DataError, unscalable))
     if local:
         problems += [(ConfigError, m) for m in _folder_problems(Path(study.sites_dir), "sites_dir")]
         if study.data.dataset == "csv" and study.data.csv_path:

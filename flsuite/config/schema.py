@@ -18,7 +18,7 @@ UNIT_OF_PRIVACY = "one record at one site"
 
 MAX_SEED = 2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"a random seed, 0 to {MAX_SEED} (numpy's range)")]
-CSV_ONLY_FIELDS = ("csv_path", "label_column", "feature_columns", "num_classes")
+CSV_ONLY_FIELDS = ("csv_path", "label_column", "feature_columns", "num_classes", "feature_ranges", "schema_path")
 
 
 class Section(BaseModel):
@@ -40,6 +40,16 @@ class DataConfig(Section):
     label_column: str | None = None
     feature_columns: list[str] | None = None
     num_classes: int | None = Field(None, ge=2)
+    feature_ranges: dict[str, list[float]] | None = Field(
+        None,
+        description="each CSV feature's declared [min, max] (from domain knowledge, never from the records): "
+        "sites and the coordinator scale every feature onto [-1, 1] with it; values outside are clipped and counted",
+    )
+    schema_path: str | None = Field(
+        None,
+        description="a YAML or JSON file holding `feature_ranges: {column: [min, max]}`, read when the study is "
+        "composed and sent to the sites with the study (instead of data.feature_ranges)",
+    )
     partitioning: Literal["iid", "dirichlet", "size_skew"] = "dirichlet"
     dirichlet_alpha: float = Field(0.5, gt=0)
     size_skew_sigma: float = Field(1.0, gt=0)
@@ -51,6 +61,13 @@ class DataConfig(Section):
     def _csv_needs_path_and_label(self) -> DataConfig:
         if self.dataset == "csv" and (not self.csv_path or not self.label_column):
             raise ValueError("dataset=csv needs data.csv_path and data.label_column")
+        if self.feature_ranges is not None and self.schema_path is not None:
+            raise ValueError("data.feature_ranges and data.schema_path both declare the feature ranges: give one")
+        for column, bounds in (self.feature_ranges or {}).items():
+            if len(bounds) != 2 or not bounds[0] < bounds[1]:
+                raise ValueError(
+                    f"data.feature_ranges.{column}={bounds}: give [min, max] with min < max, e.g. {column}: [0, 120]"
+                )
         if self.dataset != "csv":
             given = [f"data.{name}={getattr(self, name)!r}" for name in CSV_ONLY_FIELDS if getattr(self, name) is not None]
             if given:

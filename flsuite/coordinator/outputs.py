@@ -2,7 +2,7 @@
 
 ``config.yaml`` (the resolved config), ``metrics.csv``/``metrics.json`` (one row per
 round), ``site_metrics.csv`` (one row per site and round), ``summary.json`` and
-``metrics.png``. summary.json carries the study's verdict (``flsuite.coordinator.verdict``):
+``metrics.png`` (accuracy and AUC, loss, epsilon per site: ``metrics_plot``). summary.json carries the study's verdict (``flsuite.coordinator.verdict``):
 its status, every reason it did not complete, every refusal, aborted round and site
 failure with its reason. Each file is written whole (temp file, then rename), so a crash never
 leaves half a file.
@@ -187,23 +187,10 @@ class StudyOutputs:
             write_atomic(self.folder / "privacy.csv", _csv(self.privacy_rows, privacy_columns))
 
     def _plot(self) -> None:
-        import matplotlib
+        from flsuite.coordinator.metrics_plot import metrics_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-        rounds = [row["round"] for row in self.rows]
-        left.plot(rounds, [row["accuracy"] for row in self.rows], marker="o")
-        left.set(title="Test accuracy", xlabel="round", ylabel="accuracy")
-        right.plot(rounds, [row["loss"] for row in self.rows], marker="o", color="tab:red")
-        right.set(title="Test loss", xlabel="round", ylabel="cross-entropy")
-        figure.suptitle(f"{self.study.name}: {self.study.data.dataset}, {self.study.federation.num_sites} sites")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=110)
-        plt.close(figure)
-        write_atomic(self.folder / "metrics.png", buffer.getvalue())
+        title = f"{self.study.name}: {self.study.data.dataset}, {self.study.federation.num_sites} sites"
+        write_atomic(self.folder / "metrics.png", metrics_png(self.rows, self.privacy_rows, title))
 
 
 def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from flsuite.config.schema import DataConfig
-from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset, load_builtin
+from flsuite.data.feature_ranges import load_scaled_csv
 from flsuite.data.partition import partition, train_test_indices
 from flsuite.errors import DataError
 
@@ -50,9 +50,7 @@ def model_shape(config: DataConfig, data: Dataset | None) -> ModelShape:
 
 def load_source(config: DataConfig) -> Dataset:
     if config.dataset == "csv":
-        return load_csv(
-            config.csv_path or "", label_column=config.label_column or "", feature_columns=config.feature_columns, num_classes=config.num_classes
-        )
+        return load_scaled_csv(config.csv_path or "", config)
     return load_builtin(config.dataset)
 
 

@@ -21,8 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flsuite import protocol
 from flsuite.config.bridge import from_run_config
 from flsuite.config.schema import DataConfig, StudyConfig
-from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset
+from flsuite.data.feature_ranges import load_site_csv
 from flsuite.data.study_data import model_shape, split_study
 from flsuite.errors import PlanError
 from flsuite.models.weights import load_arrays
@@ -52,12 +52,9 @@ def site_setup(context: Context) -> SiteSetup:
     if protocol.DATA_PATH in node:
         label_column = str(node.get(protocol.LABEL_COLUMN, study.data.label_column or "label"))
         # The coordinator's model has data.num_classes outputs: a label beyond it is refused here, naming the line.
-        data = load_csv(
-            str(node[protocol.DATA_PATH]),
-            label_column=label_column,
-            feature_columns=study.data.feature_columns,
-            num_classes=study.data.num_classes,
-        )
+        # Features are scaled with the study's declared ranges (refused without them), as at the coordinator;
+        # under a built-in dataset they must already be in its scaled range (raw values are refused).
+        data = load_site_csv(str(node[protocol.DATA_PATH]), study.data, label_column=label_column)
         name = str(node.get(protocol.SITE_NAME, data.name))
         index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
     else:

@@ -32,8 +32,9 @@ def write_csv(path, rows):
 
 def real_site_request(tmp_path, csv, *overrides):
     """One DP train request at a real site (its own CSV, ledger, key and cap); returns its SiteStatus."""
+    ranges = "+data.feature_ranges={" + ",".join(f"f{i}:[0,5000]" for i in range(30)) + "}"  # raw breast cancer values
     study = compose_study([f"sites_dir={tmp_path / 'unused'}", "experiment=smoke", "secagg=none", "data=csv",
-                           f"data.csv_path={csv}", "data.label_column=label", "data.num_classes=2", *overrides])
+                           f"data.csv_path={csv}", "data.label_column=label", "data.num_classes=2", ranges, *overrides])
     node = {"site-name": "hospital-a", "data-path": str(csv), "ledger-path": str(tmp_path / "ledger.jsonl"),
             "identity-key": str(site_key(tmp_path)), "max-epsilon": 50.0, "delta": 1e-5}
     grid = InProcessGrid.for_client_app(build_client_app(), run=new_run(7, to_run_config(study)), node_configs=[node])

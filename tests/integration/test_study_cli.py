@@ -49,7 +49,8 @@ def test_bad_input_exits_2_with_one_message_and_no_traceback(args, fragment, tmp
 def test_csv_study_with_a_missing_label_column_is_refused(tmp_path):
     path = tmp_path / "records.csv"
     path.write_text("a,b\n" + "\n".join(f"{i},{i % 2}" for i in range(40)) + "\n")
-    result = run_cli("run", "data=csv", f"data.csv_path={path}", "data.label_column=outcome", "--output-dir", str(tmp_path / "o"))
+    result = run_cli("run", "data=csv", f"data.csv_path={path}", "data.label_column=outcome",
+                     "+data.feature_ranges={a:[0,40],b:[0,1]}", "--output-dir", str(tmp_path / "o"))
     assert result.returncode == 2 and "no label column 'outcome'" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -59,7 +60,8 @@ def test_a_site_csv_study_runs(tmp_path):
     rows = [f"{x / 100:.2f},{(x * 7 % 13) / 13:.3f},{int(x > 50)}" for x in range(100)]
     path.write_text("dose,score,outcome\n" + "\n".join(rows) + "\n")
     out = tmp_path / "o"
-    result = run_cli("run", "privacy=none", "data=csv", f"data.csv_path={path}", "data.label_column=outcome", "--output-dir", str(out))
+    result = run_cli("run", "privacy=none", "data=csv", f"data.csv_path={path}", "data.label_column=outcome",
+                     "+data.feature_ranges={dose:[0,1],score:[0,1]}", "--output-dir", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "summary.json").read_text())["final_accuracy"] > 0.6
 
@@ -68,7 +70,7 @@ def test_a_site_csv_study_runs(tmp_path):
 def test_sweep_runs_each_combination(tmp_path):
     result = run_cli("run", "-m", "experiment=smoke", "federation.rounds=1,2", "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
-    rounds = [json.loads((tmp_path / str(i) / "summary.json").read_text())["rounds_completed"] for i in range(2)]
+    rounds = [json.loads((tmp_path / f"{i}_federation.rounds={i + 1}" / "summary.json").read_text())["rounds_completed"] for i in range(2)]
     assert rounds == [1, 2]
     assert "Sweep" in result.stdout
 

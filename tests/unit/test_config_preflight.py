@@ -76,7 +76,8 @@ def test_a_csv_path_that_is_a_folder_is_refused(tmp_path):
 
 
 def test_a_deployment_study_does_not_look_for_the_sites_csv(tmp_path):
-    study = _study(tmp_path, data={"dataset": "csv", "csv_path": "/at/the/sites.csv", "label_column": "y"}, engine={"name": "deployment"})
+    study = _study(tmp_path, data={"dataset": "csv", "csv_path": "/at/the/sites.csv", "label_column": "y",
+                                   "feature_ranges": {"x": [0, 1]}}, engine={"name": "deployment"})
     check_inputs(study, tmp_path / "out")
 
 
