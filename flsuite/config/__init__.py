@@ -1,5 +1,6 @@
 """One validated configuration for a whole study, composed by Hydra and bridged to Flower."""
 
+from flsuite.config.app_paths import FLSUITE_HOME_ENV, anchored_paths, flsuite_home
 from flsuite.config.bridge import from_run_config, to_run_config
 from flsuite.config.compose import compose_study, config_dir, expand_sweep
 from flsuite.config.preflight import check_inputs
@@ -8,15 +9,18 @@ from flsuite.config.schema import UNIT_OF_PRIVACY, DataConfig, FederationConfig,
 from flsuite.config.validation import validate_study
 
 __all__ = [
+    "FLSUITE_HOME_ENV",
     "UNIT_OF_PRIVACY",
     "DataConfig",
     "FederationConfig",
     "ModelConfig",
     "StudyConfig",
+    "anchored_paths",
     "check_inputs",
     "compose_study",
     "config_dir",
     "expand_sweep",
+    "flsuite_home",
     "from_run_config",
     "sync",
     "to_run_config",
