@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXCHANGE = re.compile(r"exchange (\w+): (\d+) of (\d+) replies in ([0-9.]+) s")
+EXCHANGE = re.compile(r"exchange (\d+) \((\w+)\): (\d+) of (\d+) replies in ([0-9.]+) s")
 COLD_START = {
     "clientapp, secure-aggregation stage (no torch)": "import clients.app, flsuite.site.secure_aggregation",
     "clientapp, train/evaluate (torch)": "import clients.app, flsuite.site.handlers, flsuite.site.privacy_guard",
@@ -68,13 +68,14 @@ def run(rounds: int, env: dict[str, str]) -> dict:
         if launch.returncode != 0:
             raise SystemExit(f"flsuite launch failed (exit {launch.returncode}):\n{log[-4000:]}")
         metrics = json.loads((output / "metrics.json").read_text())
-    exchanges = [{"kind": m.group(1), "replies": int(m.group(2)), "sent": int(m.group(3)), "seconds": float(m.group(4))}
-                 for m in EXCHANGE.finditer(log)]
+    exchanges = {int(m.group(1)): {"kind": m.group(2), "replies": int(m.group(3)), "sent": int(m.group(4)),
+                                   "seconds": float(m.group(5))}
+                 for m in EXCHANGE.finditer(log)}  # Flower may show a log line twice: one entry per number
     return {
         "rounds": rounds,
         "total_s": round(total, 1),
         "round_wall_s": [row.get("wall_s") for row in metrics],
-        "exchanges": exchanges,
+        "exchanges": [exchanges[number] for number in sorted(exchanges)],
     }
 
 
@@ -85,8 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "COLUMNS": "200",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    result = {"cold_start_s": {name: round(cold_start_s(stmt, env), 2) for name, stmt in COLD_START.items()}}
+    result: dict = {"load_average_at_start": [round(x, 1) for x in os.getloadavg()]}
+    result["cold_start_s"] = {name: round(cold_start_s(stmt, env), 2) for name, stmt in COLD_START.items()}
     result.update(run(args.rounds, env))
+    result["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -24,7 +24,7 @@ from flsuite.flower import InProcessGrid, Run
 __all__ = ["DEFAULT_PULL_INTERVAL_S", "EXCHANGE_LOG", "PromptGrid", "prompt_grid"]
 
 DEFAULT_PULL_INTERVAL_S = 0.2
-EXCHANGE_LOG = "exchange %s: %d of %d replies in %.2f s"  # parsed by experiments/deployed_round.py
+EXCHANGE_LOG = "exchange %d (%s): %d of %d replies in %.2f s"  # parsed by experiments/deployed_round.py
 log = logging.getLogger("flwr")  # the ServerApp's log: what `flwr log` and `flsuite launch -v` show
 
 
@@ -39,6 +39,7 @@ class PromptGrid(Grid):
         self.pull_interval_s = pull_interval_s
         self._clock = clock
         self._sleep = sleep
+        self.exchanges = 0
 
     def set_run(self, run: Run) -> None:
         self._grid.set_run(run)
@@ -79,7 +80,8 @@ class PromptGrid(Grid):
             if deadline is not None and now >= deadline:
                 break
             self._sleep(self.pull_interval_s if deadline is None else min(self.pull_interval_s, deadline - now))
-        log.info(EXCHANGE_LOG, kind, len(replies), wanted, self._clock() - started)
+        self.exchanges += 1
+        log.info(EXCHANGE_LOG, self.exchanges, kind, len(replies), wanted, self._clock() - started)
         return replies
 
 

@@ -104,7 +104,7 @@ def test_the_server_app_runs_the_study_on_the_prompt_grid(monkeypatch):
     assert isinstance(seen[0], PromptGrid)
 
 
-def test_the_supernode_entry_shortens_only_flowers_idle_sleep(monkeypatch):
+def test_the_supernode_entry_shortens_flowers_idle_poll_and_local_wait_only(monkeypatch):
     from flwr.supernode import start_client_internal as module
 
     node_entry.check_patch()  # the installed Flower still has the sleep this entry point shortens
@@ -112,9 +112,9 @@ def test_the_supernode_entry_shortens_only_flowers_idle_sleep(monkeypatch):
     monkeypatch.setattr(time, "sleep", slept.append)
     monkeypatch.setattr(module, "time", module.time)  # restored after the test
     node_entry.patch(0.5)
-    module.time.sleep(3)
-    module.time.sleep(0.5)  # Flower's reply wait stays as it is
-    assert slept == [0.5, 0.5]
+    module.time.sleep(3)  # idle poll
+    module.time.sleep(0.5)  # the wait for the ClientApp's reply in the node's own state
+    assert slept == [0.5, 0.1]
     assert module.time.monotonic is time.monotonic
     module.time.sleep(1)
     assert slept[-1] == 1
