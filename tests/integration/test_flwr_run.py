@@ -10,7 +10,6 @@ running by its PID.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 from flsuite.config import compose_study, to_run_config
 from flsuite.coordinator import build_server_app
 from flsuite.deployment.network import free_port
-from flsuite.deployment.processes import flower_executable, terminate
+from flsuite.deployment.processes import flower_environment, flower_executable, terminate
 from flsuite.errors import ConfigError, StudyAborted
 from flsuite.flower import run_inline
 from flsuite.site import build_client_app
@@ -98,8 +97,7 @@ def test_flwr_run_from_a_fresh_copy_runs_the_default_study_and_writes_its_output
     ignore = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "outputs", ".flsuite", ".pytest_cache")
     shutil.copytree(REPO, project, ignore=ignore)
     flwr_home, flsuite_home = tmp_path / "flwr-home", tmp_path / "flsuite-home"
-    env = {
-        **os.environ,
+    env = flower_environment({  # README's lines run in the activated venv: Flower's programs on PATH
         "PYTHONPATH": str(project),
         "FLWR_HOME": str(flwr_home),
         "FLSUITE_HOME": str(flsuite_home),
@@ -110,7 +108,7 @@ def test_flwr_run_from_a_fresh_copy_runs_the_default_study_and_writes_its_output
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-    }
+    })
     command = [flower_executable("flwr"), "run", ".", "--federation-config", "num-supernodes=5", "--stream"]
     try:
         result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=1500,  # noqa: S603

@@ -157,3 +157,17 @@ def test_relative_paths_resolve_under_flsuite_home_not_where_flower_started(tmp_
 
 def test_flsuite_home_defaults_to_a_folder_in_the_users_home():
     assert flsuite_home({}) == Path("~/flsuite").expanduser()
+
+
+def test_the_clientapp_of_a_secure_aggregation_stage_loads_no_torch():
+    # Each message starts a fresh ClientApp process in deployment: importing torch costs ~2 s of
+    # every stage. Only the train and evaluate handlers may load it.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys, clients.app, flsuite.site.secure_aggregation, flsuite.site.simulated; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'opacus'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,  # noqa: S603
+                         env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
