@@ -209,15 +209,22 @@ def _forget_lost_site(sites_dir: Path, name: str):  # noqa: ANN202 (a LedgerRese
 def simulated_site_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Fill a simulated site's node config from its folder; a real site's config is left alone.
 
-    Relative paths of the run_config (`flwr run .` sends pyproject's) are anchored first, where
-    the ServerApp anchors them (``flsuite.config.app_paths``).
+    Relative paths of the run_config (`flwr run .` sends pyproject's) are anchored where the
+    ServerApp anchors them (``flsuite.config.app_paths``) while the site handles the message;
+    the run_config is put back afterwards, since Flower's simulation refuses a ClientApp that
+    changed it.
     """
-    context.run_config.update(anchored_paths(context.run_config, root=flsuite_home()))
-    node = context.node_config
-    if PARTITION_ID in node and SITE_NAME not in node and context.run_config.get("sites_dir"):
-        study = from_run_config(context.run_config)
-        node.update(simulated_node_config(Path(str(context.run_config["sites_dir"])), int(node[PARTITION_ID]), study=study))
-    return call_next(msg, context)
+    changes = anchored_paths(context.run_config, root=flsuite_home())
+    original = {key: context.run_config[key] for key in changes}
+    context.run_config.update(changes)
+    try:
+        node = context.node_config
+        if PARTITION_ID in node and SITE_NAME not in node and context.run_config.get("sites_dir"):
+            study = from_run_config(context.run_config)
+            node.update(simulated_node_config(Path(str(context.run_config["sites_dir"])), int(node[PARTITION_ID]), study=study))
+        return call_next(msg, context)
+    finally:
+        context.run_config.update(original)
 
 
 def simulated_node_config(sites_dir: Path, partition_id: int, *, study: StudyConfig | None = None) -> dict[str, Any]:

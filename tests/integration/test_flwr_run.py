@@ -117,7 +117,7 @@ def test_flwr_run_from_a_fresh_copy_runs_the_default_study_and_writes_its_output
         terminate(_superlinks_of(flwr_home), timeout=10)
     log = result.stdout + result.stderr
     runs = sorted((flsuite_home / "outputs").glob("run-*"))
-    assert len(runs) == 1, log[-4000:]
+    assert len(runs) == 1 and (runs[0] / "summary.json").is_file(), log[-6000:]
     summary = json.loads((runs[0] / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == 10, summary
     config = yaml.safe_load((runs[0] / "config.yaml").read_text())

@@ -171,3 +171,24 @@ def test_the_clientapp_of_a_secure_aggregation_stage_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,  # noqa: S603
                          env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"})
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_a_simulated_site_anchors_relative_paths_without_changing_the_run_config(tmp_path, monkeypatch):
+    # Flower's simulation raises "The `run_config` field of the `Context` object cannot be
+    # modified" when a ClientApp leaves it changed: the mod must put it back.
+    from flwr.app import Context, RecordDict
+
+    from flsuite.site.simulated import simulated_site_mod
+
+    monkeypatch.setenv("FLSUITE_HOME", str(tmp_path))
+    run_config = {"sites_dir": ".flsuite/sites", "output_dir": ""}
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=dict(run_config))
+    seen = []
+
+    def call_next(msg, ctx):
+        seen.append(dict(ctx.run_config))
+        return "reply"
+
+    assert simulated_site_mod(None, context, call_next) == "reply"  # type: ignore[arg-type]
+    assert seen[0]["sites_dir"] == str(tmp_path / ".flsuite" / "sites")  # the handlers see the anchored path
+    assert context.run_config == run_config
