@@ -4,6 +4,8 @@ write the study's outputs; and, in deployment, run the SuperLink and launch stud
 
 Modules: ``study`` (the ServerApp body), ``rounds`` (the round loop), ``cohort``,
 ``strategies``, ``secure_round``, ``planning``, ``publishing``, ``outputs``, ``progress``, ``resume``,
+``polling`` (send-and-receive at the network's pace),
+``flower_run`` (what `flwr run .` needs prepared),
 ``app`` (the ServerApp), ``superlink``, ``launch`` and ``submit`` (deployment).
 Names load on first use, so the operator commands do not import torch.
 """
@@ -28,6 +30,9 @@ _EXPORTS = {
     "StudyOutputs": "outputs",
     "prepare_resume": "resume",
     "run_study": "study",
+    "PromptGrid": "polling",
+    "prepare_run": "flower_run",
+    "prompt_grid": "polling",
     "CoordinatorState": "superlink",
     "check_coordinator": "superlink",
     "start_coordinator": "superlink",

@@ -3,6 +3,8 @@
 The ServerApp raises StudyAborted when the study did not complete (an aborted round, fewer
 completed rounds than planned, a full disk), after its outputs are written: Flower then
 records the run as failed, under `flwr run`, `flsuite launch` and the local engines alike.
+Before the study, ``flower_run.prepare_run`` anchors relative paths and prepares simulated
+sites, so that `flwr run .` needs nothing else. In deployment the Grid pulls replies every 0.2 s, not Flower's 3 s (``polling``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ def build_server_app() -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        from flsuite.coordinator.flower_run import prepare_run
+        from flsuite.coordinator.polling import prompt_grid
         from flsuite.coordinator.study import run_study
 
-        raise_unless_completed(run_study(grid, context))
+        prepare_run(grid, context)  # `flwr run .`: paths under $FLSUITE_HOME, simulated sites' keys
+        raise_unless_completed(run_study(prompt_grid(grid), context))
 
     return app

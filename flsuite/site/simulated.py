@@ -8,7 +8,8 @@ carries over, as it would at a real hospital. The folder's ``site.json`` (name, 
 max_epsilon, delta) is written ONCE, when the folder is created, from the study's privacy
 settings, with the genesis anchor of the site's ledger; from then on the site reads it and
 no study changes it: a study asking another delta is refused, and a study's max_epsilon
-never raises an existing site's cap.
+never raises an existing site's cap. The ServerApp prepares the folders (``flsuite run`` does
+it before, ``flwr run .`` leaves it to the ServerApp).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
-from flsuite.config import from_run_config
+from flsuite.config import anchored_paths, flsuite_home, from_run_config
 from flsuite.config.schema import StudyConfig
 from flsuite.errors import ConfigError, PlanError
 from flsuite.privacy import LedgerAnchor, anchor_path, valid_dataset_name
@@ -206,12 +207,24 @@ def _forget_lost_site(sites_dir: Path, name: str):  # noqa: ANN202 (a LedgerRese
 
 
 def simulated_site_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Fill a simulated site's node config from its folder; a real site's config is left alone."""
-    node = context.node_config
-    if PARTITION_ID in node and SITE_NAME not in node and context.run_config.get("sites_dir"):
-        study = from_run_config(context.run_config)
-        node.update(simulated_node_config(Path(str(context.run_config["sites_dir"])), int(node[PARTITION_ID]), study=study))
-    return call_next(msg, context)
+    """Fill a simulated site's node config from its folder; a real site's config is left alone.
+
+    Relative paths of the run_config (`flwr run .` sends pyproject's) are anchored where the
+    ServerApp anchors them (``flsuite.config.app_paths``) while the site handles the message;
+    the run_config is put back afterwards, since Flower's simulation refuses a ClientApp that
+    changed it.
+    """
+    changes = anchored_paths(context.run_config, root=flsuite_home())
+    original = {key: context.run_config[key] for key in changes}
+    context.run_config.update(changes)
+    try:
+        node = context.node_config
+        if PARTITION_ID in node and SITE_NAME not in node and context.run_config.get("sites_dir"):
+            study = from_run_config(context.run_config)
+            node.update(simulated_node_config(Path(str(context.run_config["sites_dir"])), int(node[PARTITION_ID]), study=study))
+        return call_next(msg, context)
+    finally:
+        context.run_config.update(original)
 
 
 def simulated_node_config(sites_dir: Path, partition_id: int, *, study: StudyConfig | None = None) -> dict[str, Any]:

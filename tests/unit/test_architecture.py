@@ -22,6 +22,7 @@ LIBRARY = REPO / "flsuite"
 #: the secure-aggregation core, the storage layer. They must import neither torch nor flwr.
 PURE_MODULES = [
     "flsuite.config.schema",
+    "flsuite.config.app_paths",
     "flsuite.protocol",
     "flsuite.errors",
     "flsuite.privacy.accounting",

@@ -1,0 +1,90 @@
+"""Flower's SuperNode with a shorter idle poll: `python -m flsuite.flower.supernode ARGS`.
+
+Flower 1.42's SuperNode sleeps a hard-coded 3 s whenever a pull finds no message
+(``flwr.supernode.start_client_internal``, ``time.sleep(3)``), so every message of a round
+waits 1.5 s on average, up to 3 s, before the site sees it; and once the ClientApp has
+answered, the node looks for the reply every 0.5 s (``time.sleep(0.5)``). This entry point
+runs the same ``flower-supernode`` command line (every argument is Flower's) after replacing
+that module's ``time`` with a view whose ``sleep(3)`` sleeps ``FLSUITE_NODE_POLL_S`` seconds
+(default 0.5; at most 3) and whose ``sleep(0.5)`` (a look at the node's own local state)
+sleeps 0.1 s. One pull is a small HTTPS request to the coordinator, so a site polls about
+twice a second while idle.
+
+Private API: it depends on the module's global name ``time`` and on the literal 3, checked
+by ``check_patch`` on start (and by a test) so that a Flower upgrade fails loudly here.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import sys
+import time
+from types import SimpleNamespace
+
+__all__ = ["DEFAULT_NODE_POLL_S", "FLOWER_IDLE_POLL_S", "FLOWER_LOCAL_WAIT_S", "LOCAL_WAIT_S", "NODE_POLL_ENV", "check_patch", "idle_poll_s", "main", "patch"]
+
+FLOWER_IDLE_POLL_S = 3  # Flower 1.42's hard-coded idle sleep in the SuperNode's pull loop
+FLOWER_LOCAL_WAIT_S = 0.5  # its wait for a reply in the node's own state (in memory, local)
+LOCAL_WAIT_S = 0.1
+DEFAULT_NODE_POLL_S = 0.5
+NODE_POLL_ENV = "FLSUITE_NODE_POLL_S"
+
+
+def idle_poll_s(environ: dict[str, str] | os._Environ = os.environ) -> float:
+    """The idle poll from FLSUITE_NODE_POLL_S (seconds, 0.05 to 3), default 0.5."""
+    raw = environ.get(NODE_POLL_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_NODE_POLL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0.05 <= value <= FLOWER_IDLE_POLL_S):
+        raise SystemExit(f"{NODE_POLL_ENV}={raw!r}: set it to a number of seconds from 0.05 to {FLOWER_IDLE_POLL_S}.")
+    return value
+
+
+def check_patch() -> None:
+    """Raise RuntimeError unless the installed Flower has the idle sleep this module shortens."""
+    from flwr.supernode import start_client_internal as module
+
+    source = inspect.getsource(module)
+    expected = (f"time.sleep({FLOWER_IDLE_POLL_S})", f"time.sleep({FLOWER_LOCAL_WAIT_S})")
+    if not all(text in source for text in expected) or not hasattr(module, "time"):
+        raise RuntimeError(
+            "flwr.supernode.start_client_internal no longer has `time.sleep(3)`: flsuite.flower.supernode "
+            "was written for flwr 1.42; update it for the installed Flower."
+        )
+
+
+def patch(poll_s: float) -> None:
+    """Make the SuperNode's idle sleep last poll_s seconds and its local waits 0.1 s."""
+    from flwr.supernode import start_client_internal as module
+
+    check_patch()
+    real = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if seconds == FLOWER_IDLE_POLL_S:
+            seconds = poll_s
+        elif seconds == FLOWER_LOCAL_WAIT_S:
+            seconds = LOCAL_WAIT_S
+        real(seconds)
+
+    names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
+    module.time = SimpleNamespace(**{**names, "sleep": sleep})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `flower-supernode` with argv (default sys.argv[1:]) and the shorter idle poll."""
+    patch(idle_poll_s())
+    from flwr.supernode.cli import flower_supernode
+
+    sys.argv = ["flower-supernode", *(sys.argv[1:] if argv is None else argv)]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
