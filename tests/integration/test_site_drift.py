@@ -17,11 +17,14 @@ from tests.integration.test_site_budget_attacks import write_csv
 from tests.integration.test_site_guard import ask, site_key
 
 
+RAW_RANGES = "+data.feature_ranges={" + ",".join(f"f{i}:[0,5000]" for i in range(30)) + "}"  # raw breast cancer values
+
+
 def study_at_site(tmp_path, csv, run_id):
     """One study's final evaluation request (with the drift check) at a real site; returns the reply."""
     study = compose_study([f"sites_dir={tmp_path / 'unused'}", "experiment=smoke", "secagg=none", "data=csv",
                            f"data.csv_path={csv}", "data.label_column=label", "data.num_classes=2",
-                           "monitoring.drift=true", "monitoring.drift_noise_multiplier=0.5"])
+                           "monitoring.drift=true", "monitoring.drift_noise_multiplier=0.5", RAW_RANGES])
     node = {"site-name": "hospital-a", "data-path": str(csv), "ledger-path": str(tmp_path / "site" / "ledger.jsonl"),
             "identity-key": str(site_key(tmp_path)), "max-epsilon": 200.0, "delta": 1e-5}
     grid = InProcessGrid.for_client_app(build_client_app(), run=new_run(run_id, to_run_config(study)), node_configs=[node])
