@@ -149,3 +149,12 @@ def test_a_hung_site_does_not_hold_the_round_past_its_timeout(workers):
         assert answered == ([NODES[0], NODES[2]] if workers == 2 else [NODES[0]])
     finally:
         release.set()
+
+
+def echo_app():
+    """``echo`` as a ClientApp, for the worker processes (they import it by reference)."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    app.train()(echo)
+    return app
