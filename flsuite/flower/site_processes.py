@@ -9,8 +9,8 @@ torch to ``threads`` threads. The pool is a handler for ``InProcessGrid``: for e
 it takes an idle worker, sends it the message and the node's Context as Flower protobuf
 bytes (never pickled data), and the worker runs the ClientApp under the same Flower task
 identity as the grid sets in process, then answers with the reply and the node's updated
-Context. The parent writes the returned state into the node's Context, so a node may be
-served by any worker.
+Context. The parent writes the returned node config and state into the node's Context (as
+a ClientApp in process would have left them), so a node may be served by any worker.
 
 Failures: a ClientApp that raises gives the same Error reply the grid makes in process; a
 worker that dies is replaced and its message answered with an Error reply; a worker that
@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -41,6 +42,9 @@ from flsuite.errors import ConfigError, SiteWorkerLost
 from flsuite.flower.grid import error_reply, server_task_identity
 
 __all__ = ["SiteProcessPool", "load_client_app"]
+
+#: A worker's first frame once its ClientApp is loaded (else the reason it could not be).
+READY = b"ready"
 
 #: Seconds a worker gets to leave after SIGTERM before SIGKILL.
 STOP_GRACE_S = 2.0
@@ -66,6 +70,18 @@ class _Worker:
     process: subprocess.Popen[bytes]
     conn: _Duplex
     busy_with: str = field(default="")
+    ready: bool = False
+
+    def await_ready(self, timeout: float | None = None) -> None:
+        """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not)."""
+        if self.ready:
+            return
+        if timeout is not None and not self.conn.reader.poll(timeout):
+            raise SiteWorkerLost(f"site worker pid {self.pid} did not load its ClientApp within {timeout:g} s")
+        frame = self.conn.recv_bytes()
+        if frame != READY:
+            raise SiteWorkerLost(f"site worker pid {self.pid} could not load its ClientApp: {frame.decode(errors='replace')}")
+        self.ready = True
 
     @property
     def pid(self) -> int:
@@ -100,6 +116,17 @@ class SiteProcessPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until every idle worker has loaded its ClientApp (tests; the engine just starts sending)."""
+        deadline = time.monotonic() + timeout
+        taken = [self._idle.get(timeout=max(0.0, deadline - time.monotonic())) for _ in range(self.size)]
+        try:
+            for worker in taken:
+                worker.await_ready(max(0.0, deadline - time.monotonic()))
+        finally:
+            for worker in taken:
+                self._idle.put(worker)
 
     @property
     def pids(self) -> list[int]:
@@ -147,11 +174,12 @@ class SiteProcessPool:
 
     # -- the grid handler ----------------------------------------------------------------------
     def __call__(self, message: Message, context: Context) -> Message:
-        """Run the ClientApp on ``message`` in an idle worker; updates ``context.state`` like the ClientApp would."""
+        """Run the ClientApp on ``message`` in an idle worker; updates ``context`` as the ClientApp left it."""
         worker = self._idle.get()
         node = message.metadata.dst_node_id
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
         try:
+            worker.await_ready()
             worker.conn.send_bytes(message_to_proto(message).SerializeToString())
             worker.conn.send_bytes(context_to_proto(context).SerializeToString())
             reply_bytes = worker.conn.recv_bytes()
@@ -166,7 +194,8 @@ class SiteProcessPool:
             raise lost from exc
         worker.busy_with = ""
         self._idle.put(worker)
-        context.state = context_from_proto(ProtoContext.FromString(context_bytes)).state
+        updated = context_from_proto(ProtoContext.FromString(context_bytes))
+        context.node_config, context.state = updated.node_config, updated.state  # as a ClientApp in process leaves them
         return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
     def _replace(self, worker: _Worker) -> None:
@@ -216,9 +245,14 @@ def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, 
     import torch
 
     torch.set_num_threads(threads)
-    for module in preload:
-        importlib.import_module(module)
-    app = load_client_app(app_reference)
+    try:
+        for module in preload:
+            importlib.import_module(module)
+        app = load_client_app(app_reference)
+    except Exception as exc:
+        conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
+        return
+    conn.send_bytes(READY)
     for message, context in _requests(conn):
         try:
             with server_task_identity(context.run_id):
