@@ -4,8 +4,9 @@ The in-process Grid's threads share one interpreter, and DP-SGD on small models 
 Python-bound, so threads barely help. ``SiteProcessPool`` starts N worker processes
 (fresh interpreters, as multiprocessing's "spawn" but without re-running the parent's
 ``__main__``: never a fork of a process that has threads), each of which imports the ClientApp
-from an importable reference ("package.module:factory" or "package.module:app") and sets
-torch to ``threads`` threads. The pool is a handler for ``InProcessGrid``: for each message
+from an importable reference ("package.module:factory" or "package.module:app") and runs
+torch with ``threads`` threads (OMP_NUM_THREADS, and torch.set_num_threads once the app and
+the ``preload`` modules are imported). The pool is a handler for ``InProcessGrid``: for each message
 it takes an idle worker, sends it the message and the node's Context as Flower protobuf
 bytes (never pickled data), and the worker runs the ClientApp under the same Flower task
 identity as the grid sets in process, then answers with the reply and the node's updated
@@ -242,9 +243,6 @@ def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, 
     """A worker's life: load the app, then answer (message, context) frames until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     conn = _Pipe(read_fd, write_fd)
-    import torch
-
-    torch.set_num_threads(threads)
     try:
         for module in preload:
             importlib.import_module(module)
@@ -252,6 +250,8 @@ def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, 
     except Exception as exc:
         conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
         return
+    if "torch" in sys.modules:  # else OMP_NUM_THREADS, set by the pool, holds when the app imports torch
+        sys.modules["torch"].set_num_threads(threads)
     conn.send_bytes(READY)
     for message, context in _requests(conn):
         try:

@@ -53,15 +53,17 @@ def hanging_echo_app() -> ClientApp:
 
 def crashing_site_app() -> ClientApp:
     """flsuite's site, except that partition 0 raises on every train request."""
-    from flsuite.site.app import build_client_app
+    from flsuite.site import handle_evaluate, handle_query, handle_train, secagg_mod, simulated_site_mod
 
     def crash(msg, context, call_next):
         if msg.metadata.message_type.startswith("train") and int(context.node_config.get(protocol.PARTITION_ID, -1)) == 0:
             raise RuntimeError("disk on fire")
         return call_next(msg, context)
 
-    app = build_client_app()
-    app._mods.insert(0, crash)  # outermost, before the site's own mods
+    app = ClientApp(mods=[crash, simulated_site_mod, secagg_mod])
+    app.train()(handle_train)
+    app.evaluate()(handle_evaluate)
+    app.query()(handle_query)
     return app
 
 
@@ -164,7 +166,7 @@ def _metrics(study_overrides: list[str], tmp_path: Path, tag: str) -> tuple[dict
     return summary, [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
 
 
-@pytest.mark.slow  # two 3-round studies, one with worker start-up: ~30 s on a busy machine
+@pytest.mark.slow  # two 3-round studies, one with worker start-up: 65 s on a busy machine
 def test_same_seeded_non_private_study_gives_bit_identical_metrics_with_processes_and_sequentially(tmp_path, recorded_pools):
     if (os.cpu_count() or 1) < 2:
         pytest.skip("worker processes are capped at one per core")
@@ -177,7 +179,7 @@ def test_same_seeded_non_private_study_gives_bit_identical_metrics_with_processe
     assert not any(_alive(pid) for pid in recorded_pools[0].pids)
 
 
-@pytest.mark.slow  # the default study's privacy and secure aggregation, 2 rounds
+@pytest.mark.slow  # the default study's privacy and secure aggregation, 2 rounds: 100 s on a busy machine
 def test_a_dp_and_secure_aggregation_study_completes_with_processes(tmp_path, recorded_pools):
     if (os.cpu_count() or 1) < 2:
         pytest.skip("worker processes are capped at one per core")
