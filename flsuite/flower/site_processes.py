@@ -242,6 +242,7 @@ class _Duplex:
 def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, preload: tuple[str, ...]) -> None:
     """A worker's life: load the app, then answer (message, context) frames until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
+    _leave_with_parent(os.getppid())
     conn = _Pipe(read_fd, write_fd)
     try:
         for module in preload:
@@ -261,6 +262,17 @@ def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, 
             reply = error_reply(exc, message)
         conn.send_bytes(message_to_proto(reply).SerializeToString())
         conn.send_bytes(context_to_proto(context).SerializeToString())
+
+
+def _leave_with_parent(parent: int) -> None:
+    """A watchdog: a worker whose parent died without stopping it (SIGKILL) ends too, even if its app hangs."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _requests(conn: _Duplex) -> Iterator[tuple[Message, Context]]:

@@ -200,3 +200,40 @@ def test_a_site_that_raises_in_its_worker_is_reported_and_the_study_goes_on(tmp_
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [row["failures"] for row in rows] == [1, 1] and [row["sites"] for row in rows] == [4, 4]
     assert not any(_alive(pid) for pid in recorded_pools[0].pids)
+
+
+ORPHAN = """
+import os, sys, threading, time
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flsuite.flower import SiteProcessPool, server_task_identity
+pool = SiteProcessPool("tests.integration.test_site_processes:hanging_echo_app", workers=1).start()
+pool.wait_ready(120)
+with server_task_identity(5):
+    msg = Message(RecordDict({"model": ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))})}), dst_node_id=HUNG,
+                  message_type="train")
+context = Context(run_id=5, node_id=HUNG, node_config={}, state=RecordDict(), run_config={})
+threading.Thread(target=pool, args=(msg, context), daemon=True).start()
+time.sleep(1)
+print(pool.pids[0], flush=True)
+os._exit(0)  # killed: no close(), no finally
+"""
+
+
+def test_a_hung_worker_ends_when_the_study_process_is_killed():
+    """The attack: the study's process dies (SIGKILL, OOM) while a site hangs; its worker must not stay forever."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ORPHAN.replace("HUNG", str(HUNG))], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    pid = int(done.stdout.split()[-1])
+    try:
+        for _ in range(60):
+            if not _alive(pid):
+                break
+            time.sleep(0.5)
+        assert not _alive(pid)
+    finally:
+        if _alive(pid):
+            os.kill(pid, 9)
