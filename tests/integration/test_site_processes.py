@@ -220,14 +220,16 @@ os._exit(0)  # killed: no close(), no finally
 """
 
 
-def test_a_hung_worker_ends_when_the_study_process_is_killed():
+def test_a_hung_worker_ends_when_the_study_process_is_killed(tmp_path):
     """The attack: the study's process dies (SIGKILL, OOM) while a site hangs; its worker must not stay forever."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", ORPHAN.replace("HUNG", str(HUNG))], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    pid = int(done.stdout.split()[-1])
+    out = tmp_path / "stdout"
+    with out.open("w") as stdout:  # a file, not a pipe: the worker inherits it, and must not hold this test
+        subprocess.run([sys.executable, "-c", ORPHAN.replace("HUNG", str(HUNG))], stdout=stdout, timeout=300, check=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    pid = int(out.read_text().split()[-1])
     try:
         for _ in range(60):
             if not _alive(pid):
