@@ -15,6 +15,7 @@ MEASUREMENTS = {
     "dp_cost": "experiments.bench.dp_cost",
     "secagg": "experiments.bench.secagg_cost",
     "engines": "experiments.bench.engine_cost",
+    "parallel": "experiments.bench.parallel",
     "utility": "experiments.bench.utility",
 }
 
