@@ -72,17 +72,17 @@ class _Worker:
     conn: _Duplex
     busy_with: str = field(default="")
     ready: bool = False
+    failure: str = ""
 
     def await_ready(self, timeout: float | None = None) -> None:
-        """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not)."""
-        if self.ready:
-            return
-        if timeout is not None and not self.conn.reader.poll(timeout):
-            raise SiteWorkerLost(f"site worker pid {self.pid} did not load its ClientApp within {timeout:g} s")
-        frame = self.conn.recv_bytes()
-        if frame != READY:
-            raise SiteWorkerLost(f"site worker pid {self.pid} could not load its ClientApp: {frame.decode(errors='replace')}")
-        self.ready = True
+        """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not, every time)."""
+        if not self.ready and not self.failure:
+            if timeout is not None and not self.conn.reader.poll(timeout):
+                raise SiteWorkerLost(f"site worker pid {self.pid} did not load its ClientApp within {timeout:g} s")
+            frame = self.conn.recv_bytes()
+            self.ready, self.failure = frame == READY, "" if frame == READY else frame.decode(errors="replace")
+        if self.failure:
+            raise SiteWorkerLost(f"site worker pid {self.pid} could not load its ClientApp: {self.failure}")
 
     @property
     def pid(self) -> int:
@@ -181,6 +181,12 @@ class SiteProcessPool:
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
         try:
             worker.await_ready()
+        except SiteWorkerLost:
+            self._idle.put(worker)  # it answers every message with why it could not load the app
+            raise
+        except (EOFError, OSError):
+            pass  # died before it was ready: handled as any dead worker below
+        try:
             worker.conn.send_bytes(message_to_proto(message).SerializeToString())
             worker.conn.send_bytes(context_to_proto(context).SerializeToString())
             reply_bytes = worker.conn.recv_bytes()

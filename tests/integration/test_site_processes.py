@@ -239,3 +239,24 @@ def test_a_hung_worker_ends_when_the_study_process_is_killed(tmp_path):
     finally:
         if _alive(pid):
             os.kill(pid, 9)
+
+
+def fails_in_workers() -> ClientApp:
+    """A factory that works in the parent (the pool checks the reference there) and raises in a worker."""
+    import sys
+
+    if sys.argv[0] == "-c":
+        raise RuntimeError("no GPU here")
+    return hanging_echo_app()
+
+
+def test_an_app_that_cannot_load_in_its_worker_answers_every_message_with_why():
+    pool = SiteProcessPool(f"{__name__}:fails_in_workers", workers=1).start()
+    try:
+        with _grid(pool) as grid:
+            for _ in range(2):  # the first message and the next: no message waits for a worker that will never come
+                (reply,) = grid.send_and_receive([_request(NODES[0])], timeout=120)
+                assert reply.has_error() and "could not load its ClientApp: RuntimeError: no GPU here" in reply.error.reason
+    finally:
+        pool.close()
+    assert not any(_alive(pid) for pid in pool.pids)
