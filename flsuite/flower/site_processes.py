@@ -15,8 +15,10 @@ a ClientApp in process would have left them), so a node may be served by any wor
 
 Failures: a ClientApp that raises gives the same Error reply the grid makes in process; a
 worker that dies is replaced and its message answered with an Error reply; a worker that
-hangs keeps its slot (the grid's round timeout cuts the round) until the pool is closed.
-``close()`` (and leaving ``with pool:``) stops every worker by PID: SIGTERM, then SIGKILL.
+hangs keeps its slot (the grid's round timeout cuts the round) until the pool is closed; a
+worker that cannot load the ClientApp answers every message with an Error reply saying why.
+``close()`` (and leaving ``with pool:``) stops every worker by PID: SIGTERM, then SIGKILL; a
+worker whose parent died without closing the pool (SIGKILL) ends by itself within a second.
 """
 
 from __future__ import annotations
