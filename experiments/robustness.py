@@ -642,7 +642,8 @@ def _hanging(tmp: Path) -> tuple[bool, str]:
 
     started = time.monotonic()
     try:
-        summary = run_local_study(_study(tmp, "federation.round_timeout_s=5", "engine.parallel_sites=5"), tmp / "out",
+        summary = run_local_study(_study(tmp, "federation.round_timeout_s=5", "engine.parallel_sites=5", "engine.site_workers=threads"),
+                                  tmp / "out",
                                   client_app=_evil_app(hang, outermost=True))
     except FlsuiteError as err:
         return False, f"{type(err).__name__}: {str(err)[:160]}"

@@ -25,6 +25,7 @@
     ├── SecAggError               secure aggregation could not go on
     │   ├── SecAggAborted         coordinator: the round cannot finish; nothing was unmasked
     │   └── SecAggRefused         site: the coordinator asked what an honest site must not do
+    ├── SiteWorkerLost            a site's worker process ended while handling a message
     ├── StudyAborted              a study that cannot go on (too few sites left, ...): exit 3
     └── IntegrityError            something that should verify does not (terse on purpose): exit 1
 
@@ -59,6 +60,7 @@ __all__ = [
     "SecAggAborted",
     "SecAggError",
     "SecAggRefused",
+    "SiteWorkerLost",
     "StudyAborted",
     "StudyOverBudget",
     "UserError",
@@ -215,6 +217,10 @@ class SecAggRefused(SecAggError):
         super().__init__(f"[{reason}] {message}")
         self.reason = reason
         self.detail = message
+
+
+class SiteWorkerLost(FlsuiteError):
+    """A simulated site's worker process ended (crashed, was killed) while handling a message."""
 
 
 class StudyAborted(FlsuiteError):

@@ -8,6 +8,8 @@ same run_config; only the transport differs. The engines receive the apps.
 from __future__ import annotations
 
 import json
+import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,10 @@ from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.app import build_server_app
 from flsuite.data.study_data import split_study
 from flsuite.errors import ConfigError, StudyAborted
-from flsuite.site.app import build_client_app
 from flsuite.site.simulated import prepare_simulated_sites
+
+#: The site's ClientApp as worker processes import it.
+CLIENT_APP = "flsuite.site.app:build_client_app"
 
 
 def simulated_node_configs(study: StudyConfig) -> list[dict[str, Any]]:
@@ -35,7 +39,7 @@ def run_local_study(
     output_dir: Path,
     *,
     server_app: ServerApp | None = None,
-    client_app: ClientApp | None = None,
+    client_app: ClientApp | str | None = None,
     **grid_options: Any,
 ) -> dict[str, Any]:
     """Run ``study`` with its outputs in ``output_dir``; returns the summary.
@@ -44,11 +48,22 @@ def run_local_study(
     ``reasons`` say why): the caller picks the exit code. StudyAborted only when no summary
     was written.
 
-    The apps default to flsuite's coordinator and site. ``grid_options`` (inline engine
-    only) are the in-process Grid's test options: ``drop``, ``delay``, ``tamper``, ``wire``.
+    The apps default to flsuite's coordinator and site. ``client_app`` is a ClientApp, or an
+    importable reference to one ("package.module:factory"): worker processes
+    (``engine.site_workers=processes`` with ``engine.parallel_sites`` > 1) need the reference.
+    ``grid_options`` (inline engine only) are the in-process Grid's test options: ``drop``,
+    ``delay``, ``tamper``, ``wire``, ``workers``.
     """
     if study.engine.name == "deployment":
         raise ConfigError("engine=deployment runs on a real federation: use `flsuite launch --federation NAME`")
+    site_workers = _site_workers(study, grid_options)
+    reference = client_app if isinstance(client_app, str) else CLIENT_APP if client_app is None else None
+    if site_workers > 1 and reference is None:
+        raise ConfigError(
+            f"engine.site_workers=processes runs the sites in {site_workers} worker processes, which import the "
+            f"ClientApp by reference: pass client_app as 'package.module:factory' instead of a "
+            f"{type(client_app).__name__} object, or set engine.site_workers=threads (or engine.parallel_sites=1)"
+        )
     check_inputs(study, output_dir)  # every file the study names, before anything is written
     split_study(study.data, study.federation.num_sites)  # bad data fails here, before any engine starts
     if study.privacy.enabled and study.privacy.secure_rng:
@@ -56,26 +71,48 @@ def run_local_study(
 
         require_secure_rng()
     server_app = server_app or build_server_app()
-    client_app = client_app or build_client_app()
-    sites_dir = Path(study.sites_dir).resolve()
-    prepare_simulated_sites(sites_dir, study)  # refuses a delta other than an existing site's
-    study = study.model_copy(update={"output_dir": str(output_dir.resolve()), "sites_dir": str(sites_dir)})
-    run_config = to_run_config(study)
+    from flsuite.flower import SiteProcessPool, load_client_app
+
+    client_app = load_client_app(reference) if reference is not None else client_app
     summary_path = output_dir / "summary.json"
-    before = _stamp(summary_path)  # a summary.json left by an earlier study is not this one's
-    try:
-        _run_engine(study, server_app, client_app, run_config, grid_options)
-    except StudyAborted:
-        # The ServerApp raises after writing the outputs of a study that did not complete, so that
-        # Flower records a failed run; the caller reads the verdict from the summary it wrote.
-        if _stamp(summary_path) in (None, before):
-            raise
+    with ExitStack() as stack:
+        if site_workers > 1:
+            # Started now, so that the workers' start-up overlaps the coordinator's preparation and
+            # planning; stopped by PID when the study ends, however it ends.
+            pool = stack.enter_context(SiteProcessPool(reference, workers=site_workers, threads=study.engine.threads_per_site,
+                                                       preload=("flsuite.site.handlers",)))
+            grid_options = {**grid_options, "workers": site_workers}
+            client_app = pool
+        sites_dir = Path(study.sites_dir).resolve()
+        prepare_simulated_sites(sites_dir, study)  # refuses a delta other than an existing site's
+        study = study.model_copy(update={"output_dir": str(output_dir.resolve()), "sites_dir": str(sites_dir)})
+        run_config = to_run_config(study)
+        before = _stamp(summary_path)  # a summary.json left by an earlier study is not this one's
+        try:
+            _run_engine(study, server_app, client_app, run_config, grid_options)
+        except StudyAborted:
+            # The ServerApp raises after writing the outputs of a study that did not complete, so that
+            # Flower records a failed run; the caller reads the verdict from the summary it wrote.
+            if _stamp(summary_path) in (None, before):
+                raise
     if _stamp(summary_path) in (None, before):
         raise StudyAborted(f"the study ended without writing {summary_path}; see the log above")
     return json.loads(summary_path.read_text())
 
 
-def _run_engine(study: StudyConfig, server_app: ServerApp, client_app: ClientApp, run_config: dict[str, Any],
+def _site_workers(study: StudyConfig, grid_options: dict[str, Any]) -> int:
+    """How many worker processes run the sites: 0 when they run in this process (threads or one by one).
+
+    At most one per site and one per ``threads_per_site`` cores of this machine.
+    """
+    wanted = grid_options.get("workers", study.engine.parallel_sites)
+    if study.engine.name != "inline" or study.engine.site_workers != "processes" or wanted <= 1:
+        return 0
+    cores = os.cpu_count() or 1
+    return max(1, min(wanted, study.federation.num_sites, cores // study.engine.threads_per_site))
+
+
+def _run_engine(study: StudyConfig, server_app: ServerApp, client_app: Any, run_config: dict[str, Any],
                 grid_options: dict[str, Any]) -> None:
     if study.engine.name == "ray":
         from flsuite.flower import run_ray

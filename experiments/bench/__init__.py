@@ -16,6 +16,7 @@ MEASUREMENTS = {
     "secagg": "experiments.bench.secagg_cost",
     "csv": "experiments.bench.csv_load",
     "engines": "experiments.bench.engine_cost",
+    "parallel": "experiments.bench.parallel",
     "utility": "experiments.bench.utility",
 }
 

@@ -250,8 +250,14 @@ class EngineConfig(Section):
     parallel_sites: int = Field(
         1,
         ge=1,
-        description="inline engine: how many simulated sites handle a request at once, in threads "
-        "(1: one after another; threads share the GIL, so more is not always faster)",
+        description="inline engine: how many simulated sites handle a request at once (1: one after another "
+        "in the coordinator's process); see site_workers",
+    )
+    site_workers: Literal["processes", "threads"] = Field(
+        "processes",
+        description="inline engine with parallel_sites > 1: 'processes' runs the sites' ClientApp in that many "
+        "worker processes (at most one per core / threads_per_site), 'threads' in threads of the coordinator's "
+        "process (they share the GIL: DP-SGD on small models barely gains)",
     )
 
 

@@ -1,18 +1,21 @@
 """Every use of a Flower API that is not public, and nothing else.
 
-The in-process Grid (inline engine and test fake), the inline and Ray engines, and
-Flower's logger. flwr is pinned exactly; an upgrade touches this package alone.
+The in-process Grid (inline engine and test fake), the pool of site worker processes it can
+hand messages to, the inline and Ray engines, and Flower's logger. flwr is pinned exactly; an upgrade touches this package alone.
 """
 
 from flsuite.flower.grid import FIRST_NODE_ID, InProcessGrid, Received, Run, new_run, server_task_identity, stage_of
 from flsuite.flower.inline import run_inline
+from flsuite.flower.site_processes import SiteProcessPool, load_client_app
 
 __all__ = [
     "FIRST_NODE_ID",
     "InProcessGrid",
     "Received",
     "Run",
+    "SiteProcessPool",
     "enable_flower_logger",
+    "load_client_app",
     "new_run",
     "run_inline",
     "run_ray",

@@ -14,6 +14,8 @@ inline engine and the tests alike; the options a test needs are part of it:
 - ``tamper(message)``: a dishonest coordinator's hand on each outgoing message (return a
   replacement, or None to swallow it);
 - ``workers``: how many sites handle their messages at once (threads; 1: one after another).
+  The threads share the GIL; ``flsuite.flower.site_processes`` gives a handler that runs
+  each site's ClientApp in a pool of worker processes instead;
   Every round closes at its timeout whatever a site does: a hung site gives no reply;
 - ``sent`` and ``log`` keep every message the coordinator sent and every reply it received.
 
@@ -43,7 +45,17 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-__all__ = ["FIRST_NODE_ID", "Handler", "InProcessGrid", "Received", "Run", "new_run", "server_task_identity", "stage_of"]
+__all__ = [
+    "FIRST_NODE_ID",
+    "Handler",
+    "InProcessGrid",
+    "Received",
+    "Run",
+    "error_reply",
+    "new_run",
+    "server_task_identity",
+    "stage_of",
+]
 
 FIRST_NODE_ID = 1_000
 
@@ -227,8 +239,7 @@ class InProcessGrid(Grid):
         try:
             reply = self._handlers[node](delivered, self._contexts[node])
         except Exception as exc:  # a site's failure is its reply, as in Flower's simulation
-            reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=delivered)
+            reply = error_reply(exc, delivered)
         took = time.monotonic() - started + (float(self.delay(message)) if self.delay is not None else 0.0)
         if timeout is not None and took > timeout:
             return  # the reply comes after the deadline
@@ -240,6 +251,12 @@ class InProcessGrid(Grid):
         with self._lock:
             self._replies[message_id] = reply
             self.log.append(Received(node=node, stage=stage_of(message), message=reply))
+
+
+def error_reply(exc: Exception, message: Message) -> Message:
+    """The reply of a site whose ClientApp raised ``exc`` on ``message`` (call it inside the ``except``)."""
+    reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
 
 
 def _remaining(deadline: float | None) -> float | None:

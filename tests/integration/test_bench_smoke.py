@@ -33,7 +33,7 @@ def test_quick_run_succeeds_and_writes_every_measurement(quick_run):
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-4000:]
     bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["results"]) == {"accounting", "registry", "dp_cost", "secagg", "csv", "engines", "utility"}
+    assert set(bench["results"]) == {"accounting", "registry", "dp_cost", "secagg", "csv", "engines", "parallel", "utility"}
     assert not [name for name, result in bench["results"].items() if "error" in result]
     machine = bench["meta"]["machine"]
     assert machine["cores"] >= 1 and machine["torch"] and machine["flwr"] and machine["opacus"]
@@ -55,6 +55,9 @@ def test_results_hold_the_ratios_the_tables_report(quick_run):
     assert all(_positive(engines["ray_over_inline"][k]) for k in ("startup", "first_round", "total", "peak_rss"))
     assert all("overhead_vs_slowest_site" in v for v in results["engines"]["inline_coordinator_overhead"].values())
     assert all(_positive(row["ratio"]) for row in results["secagg"]["rounds"].values())
+    parallel = results["parallel"]
+    assert all(_positive(v["processes_over_sequential"]) and v["same_accuracy"] in (True, None) for v in parallel["rounds"]["variants"].values())
+    assert _positive(parallel["default_study"]["two_over_one"]) and len(parallel["load_average_before"]) == 3
     assert results["secagg"]["wire"]["upload_bytes"]["ratio"] > 1.0  # masks add a little, never nothing
     assert all(_positive(row["ratio_before"]) for row in results["secagg"]["rounds"].values())
     assert all(row["before"]["seconds"]["median"] > 0 for row in results["secagg"]["shamir"].values())

@@ -41,7 +41,8 @@ def _both_engines(study, tmp_path, tag):
 
 @pytest.mark.slow
 def test_same_seeded_non_private_study_gives_the_same_metrics_on_inline_and_ray(tmp_path):
-    """Without DP the seed fixes everything (splits, initialisation, shuffling): both engines agree exactly."""
+    """Without DP the seed fixes everything (splits, initialisation, shuffling): both engines agree exactly,
+    and so does the inline engine with its sites in two worker processes."""
     study = compose_study(["experiment=smoke", "federation.rounds=3", "privacy=none"])
     runs = _both_engines(study, tmp_path, "plain")
     (inline, inline_rows), (ray, ray_rows) = runs["inline"], runs["ray"]
@@ -49,6 +50,14 @@ def test_same_seeded_non_private_study_gives_the_same_metrics_on_inline_and_ray(
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert inline["final_accuracy"] == pytest.approx(ray["final_accuracy"], abs=1e-6)
+    in_processes = study.model_copy(update={"engine": study.engine.model_copy(update={"parallel_sites": 2}),
+                                            "sites_dir": str(tmp_path / "sites-plain-processes")})
+    run_local_study(in_processes, tmp_path / "plain-processes")
+    processes_rows = json.loads((tmp_path / "plain-processes" / "metrics.json").read_text())
+    drop_wall = lambda rows: [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]  # noqa: E731
+    assert drop_wall(processes_rows) == drop_wall(inline_rows)
+    for a, b in zip(processes_rows, ray_rows, strict=True):
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
 """The contract every Grid flsuite drives must keep (the pattern of dp_accounting's shared
 accountant tests): one test suite, run against each implementation.
 
-Implementations: the in-process Grid (in memory, and through Flower's wire encoding) and the
-coordinator's cohort view of it. Flower's Ray and deployment grids are checked end to end
+Implementations: the in-process Grid (in memory, through Flower's wire encoding, and handing
+its messages to a pool of site worker processes) and the coordinator's cohort view of it. Flower's Ray and deployment grids are checked end to end
 by the engine-equivalence and deployment tests.
 """
 
@@ -15,7 +15,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flsuite.coordinator.cohort import CohortGrid
-from flsuite.flower import InProcessGrid, new_run
+from flsuite.flower import InProcessGrid, SiteProcessPool, new_run
 
 NODES = (101, 102, 103)
 
@@ -36,25 +36,36 @@ def echo(msg: Message, context: Context) -> Message:
     )
 
 
-def make_in_process(**options) -> InProcessGrid:
+def make_in_process(handler=echo, **options) -> InProcessGrid:
     contexts = {n: Context(run_id=5, node_id=n, node_config={}, state=RecordDict(), run_config={}) for n in NODES}
-    return InProcessGrid({n: echo for n in NODES}, contexts, run=new_run(5), **options)
+    return InProcessGrid({n: handler for n in NODES}, contexts, run=new_run(5), **options)
 
 
+#: "worker-processes" is the shared pool of two site worker processes (the ``site_pool`` fixture).
 IMPLEMENTATIONS = {
-    "in-process": lambda **o: make_in_process(**o),
-    "in-process-wire": lambda **o: make_in_process(wire=True, **o),
-    "cohort-view": lambda **o: CohortGrid(make_in_process(**o), NODES),
+    "in-process": lambda pool, **o: make_in_process(**o),
+    "in-process-wire": lambda pool, **o: make_in_process(wire=True, **o),
+    "cohort-view": lambda pool, **o: CohortGrid(make_in_process(**o), NODES),
+    "worker-processes": lambda pool, **o: make_in_process(pool, workers=pool.size, **o),
 }
+
+
+@pytest.fixture(scope="module")
+def site_pool():
+    """Two worker processes running ``echo_app``, shared by this module's tests; stopped by PID at the end."""
+    with SiteProcessPool(f"{__name__}:echo_app", workers=2) as pool:
+        pool.wait_ready(120)  # start-up (torch's import) must not count against a test's round timeout
+        yield pool
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def make_grid(request):
     """Builds the implementation under test, entered (Flower's task identity set) until the test ends."""
+    pool = request.getfixturevalue("site_pool") if request.param == "worker-processes" else None
     with ExitStack() as stack:
 
         def make(**options):
-            grid = IMPLEMENTATIONS[request.param](**options)
+            grid = IMPLEMENTATIONS[request.param](pool, **options)
             stack.enter_context(grid._grid if isinstance(grid, CohortGrid) else grid)
             return grid
 
@@ -104,8 +115,8 @@ def test_a_message_to_an_unknown_node_gets_no_reply(make_grid):
 
 
 def test_a_reply_later_than_the_timeout_is_lost(make_grid):
-    grid = make_grid(delay=lambda m: 0.3 if m.metadata.dst_node_id == NODES[0] else 0.0)
-    replies = list(grid.send_and_receive([request(NODES[0]), request(NODES[1])], timeout=0.1))
+    grid = make_grid(delay=lambda m: 60.0 if m.metadata.dst_node_id == NODES[0] else 0.0)
+    replies = list(grid.send_and_receive([request(NODES[0]), request(NODES[1])], timeout=30))
     assert [r.metadata.src_node_id for r in replies] == [NODES[1]]
 
 
@@ -149,3 +160,12 @@ def test_a_hung_site_does_not_hold_the_round_past_its_timeout(workers):
         assert answered == ([NODES[0], NODES[2]] if workers == 2 else [NODES[0]])
     finally:
         release.set()
+
+
+def echo_app():
+    """``echo`` as a ClientApp, for the worker processes (they import it by reference)."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    app.train()(echo)
+    return app

@@ -1,0 +1,294 @@
+"""Sites in worker processes: a pool that runs the ClientApp outside the coordinator's GIL.
+
+The in-process Grid's threads share one interpreter, and DP-SGD on small models is
+Python-bound, so threads barely help. ``SiteProcessPool`` starts N worker processes
+(fresh interpreters, as multiprocessing's "spawn" but without re-running the parent's
+``__main__``: never a fork of a process that has threads), each of which imports the ClientApp
+from an importable reference ("package.module:factory" or "package.module:app") and runs
+torch with ``threads`` threads (OMP_NUM_THREADS, and torch.set_num_threads once the app and
+the ``preload`` modules are imported). The pool is a handler for ``InProcessGrid``: for each message
+it takes an idle worker, sends it the message and the node's Context as Flower protobuf
+bytes (never pickled data), and the worker runs the ClientApp under the same Flower task
+identity as the grid sets in process, then answers with the reply and the node's updated
+Context. The parent writes the returned node config and state into the node's Context (as
+a ClientApp in process would have left them), so a node may be served by any worker.
+
+Failures: a ClientApp that raises gives the same Error reply the grid makes in process; a
+worker that dies is replaced and its message answered with an Error reply; a worker that
+hangs keeps its slot (the grid's round timeout cuts the round) until the pool is closed; a
+worker that cannot load the ClientApp answers every message with an Error reply saying why.
+``close()`` (and leaving ``with pool:``) stops every worker by PID: SIGTERM, then SIGKILL; a
+worker whose parent died without closing the pool (SIGKILL) ends by itself within a second.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.common.serde import context_from_proto, context_to_proto, message_from_proto, message_to_proto
+from flwr.proto.message_pb2 import Context as ProtoContext
+from flwr.proto.message_pb2 import Message as ProtoMessage
+
+from flsuite.errors import ConfigError, SiteWorkerLost
+from flsuite.flower.grid import error_reply, server_task_identity
+
+__all__ = ["SiteProcessPool", "load_client_app"]
+
+#: A worker's first frame once its ClientApp is loaded (else the reason it could not be).
+READY = b"ready"
+
+#: Seconds a worker gets to leave after SIGTERM before SIGKILL.
+STOP_GRACE_S = 2.0
+
+
+def load_client_app(reference: str) -> ClientApp:
+    """The ClientApp named by ``"module:attribute"``: a ClientApp, or a function without arguments returning one."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"client app reference {reference!r} is not 'package.module:name'; name an importable ClientApp factory")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"client app reference {reference!r} cannot be imported ({exc}); name an importable ClientApp factory") from exc
+    app = target if isinstance(target, ClientApp) else target() if callable(target) else None
+    if not isinstance(app, ClientApp):
+        raise ConfigError(f"client app reference {reference!r} gives {type(app).__name__}, not a flwr ClientApp")
+    return app
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen[bytes]
+    conn: _Duplex
+    busy_with: str = field(default="")
+    ready: bool = False
+    failure: str = ""
+
+    def await_ready(self, timeout: float | None = None) -> None:
+        """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not, every time)."""
+        if not self.ready and not self.failure:
+            if timeout is not None and not self.conn.reader.poll(timeout):
+                raise SiteWorkerLost(f"site worker pid {self.pid} did not load its ClientApp within {timeout:g} s")
+            frame = self.conn.recv_bytes()
+            self.ready, self.failure = frame == READY, "" if frame == READY else frame.decode(errors="replace")
+        if self.failure:
+            raise SiteWorkerLost(f"site worker pid {self.pid} could not load its ClientApp: {self.failure}")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class SiteProcessPool:
+    """N worker processes that each run the ClientApp named by ``app_reference``; call it as a grid handler."""
+
+    def __init__(self, app_reference: str, *, workers: int, threads: int = 1, preload: Iterable[str] = ()) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        load_client_app(app_reference)  # a bad reference fails here, in the parent, with a clear error
+        self.app_reference = app_reference
+        self.size = workers
+        self.threads = threads
+        self.preload = tuple(preload)
+        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def start(self) -> SiteProcessPool:
+        """Start the workers; returns at once (they import in the background)."""
+        for _ in range(self.size):
+            self._idle.put(self._spawn())
+        return self
+
+    def __enter__(self) -> SiteProcessPool:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        """Block until every idle worker has loaded its ClientApp (tests; the engine just starts sending)."""
+        deadline = time.monotonic() + timeout
+        taken = [self._idle.get(timeout=max(0.0, deadline - time.monotonic())) for _ in range(self.size)]
+        try:
+            for worker in taken:
+                worker.await_ready(max(0.0, deadline - time.monotonic()))
+        finally:
+            for worker in taken:
+                self._idle.put(worker)
+
+    @property
+    def pids(self) -> list[int]:
+        """Every worker process this pool started (the dead and replaced ones too)."""
+        with self._lock:
+            return [worker.pid for worker in self._all if worker.pid is not None]
+
+    def close(self) -> None:
+        """Stop every worker by PID (SIGTERM, then SIGKILL) and reap it; safe to call twice."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._all)
+        for worker in workers:
+            if worker.process.poll() is None:
+                worker.process.terminate()
+        for worker in workers:
+            _reap(worker.process)
+            worker.conn.close()
+
+    def _spawn(self) -> _Worker:
+        """A fresh interpreter (no fork, no re-import of the parent's __main__) talking over a pipe pair."""
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        code = (f"from flsuite.flower.site_processes import _worker_main; "
+                f"_worker_main({to_worker_r}, {from_worker_w}, {self.app_reference!r}, {self.threads}, {self.preload!r})")
+        # The worker imports what the parent can: its sys.path, as multiprocessing's spawn passes it.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p),
+               "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        try:
+            with self._lock:
+                if self._closed:
+                    raise SiteWorkerLost("the site worker pool is closed")
+                process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(to_worker_r, from_worker_w), env=env,
+                                           stdin=subprocess.DEVNULL)
+                worker = _Worker(process, _Pipe(from_worker_r, to_worker_w))
+                self._all.append(worker)
+        except BaseException:
+            os.close(from_worker_r)
+            os.close(to_worker_w)
+            raise
+        finally:
+            os.close(to_worker_r)
+            os.close(from_worker_w)
+        return worker
+
+    # -- the grid handler ----------------------------------------------------------------------
+    def __call__(self, message: Message, context: Context) -> Message:
+        """Run the ClientApp on ``message`` in an idle worker; updates ``context`` as the ClientApp left it."""
+        worker = self._idle.get()
+        node = message.metadata.dst_node_id
+        worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
+        try:
+            worker.await_ready()
+        except SiteWorkerLost:
+            self._idle.put(worker)  # it answers every message with why it could not load the app
+            raise
+        except (EOFError, OSError):
+            pass  # died before it was ready: handled as any dead worker below
+        try:
+            worker.conn.send_bytes(message_to_proto(message).SerializeToString())
+            worker.conn.send_bytes(context_to_proto(context).SerializeToString())
+            reply_bytes = worker.conn.recv_bytes()
+            context_bytes = worker.conn.recv_bytes()
+        except (EOFError, OSError) as exc:
+            _reap(worker.process, grace=0.5)
+            lost = SiteWorkerLost(
+                f"site worker pid {worker.pid} ended (exit code {worker.process.returncode}) while handling {worker.busy_with}; "
+                "a new worker takes its place"
+            )
+            self._replace(worker)
+            raise lost from exc
+        worker.busy_with = ""
+        self._idle.put(worker)
+        updated = context_from_proto(ProtoContext.FromString(context_bytes))
+        context.node_config, context.state = updated.node_config, updated.state  # as a ClientApp in process leaves them
+        return message_from_proto(ProtoMessage.FromString(reply_bytes))
+
+    def _replace(self, worker: _Worker) -> None:
+        _reap(worker.process)
+        worker.conn.close()
+        try:
+            self._idle.put(self._spawn())
+        except SiteWorkerLost:
+            pass  # closing: no new worker
+
+
+def _reap(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
+    """Wait for a worker to end; SIGKILL it by PID after ``grace`` seconds."""
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _Pipe(read_fd: int, write_fd: int) -> _Duplex:  # noqa: N802 - a constructor
+    return _Duplex(Connection(read_fd, writable=False), Connection(write_fd, readable=False))
+
+
+@dataclass
+class _Duplex:
+    """Two one-way pipes as one connection: frames are ``send_bytes`` / ``recv_bytes``."""
+
+    reader: Connection
+    writer: Connection
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writer.send_bytes(data)
+
+    def recv_bytes(self) -> bytes:
+        return self.reader.recv_bytes()
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, preload: tuple[str, ...]) -> None:
+    """A worker's life: load the app, then answer (message, context) frames until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
+    _leave_with_parent(os.getppid())
+    conn = _Pipe(read_fd, write_fd)
+    try:
+        for module in preload:
+            importlib.import_module(module)
+        app = load_client_app(app_reference)
+    except Exception as exc:
+        conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
+        return
+    if "torch" in sys.modules:  # else OMP_NUM_THREADS, set by the pool, holds when the app imports torch
+        sys.modules["torch"].set_num_threads(threads)
+    conn.send_bytes(READY)
+    for message, context in _requests(conn):
+        try:
+            with server_task_identity(context.run_id):
+                reply = app(message, context)
+        except Exception as exc:  # a site's failure is its reply, as in the grid
+            reply = error_reply(exc, message)
+        conn.send_bytes(message_to_proto(reply).SerializeToString())
+        conn.send_bytes(context_to_proto(context).SerializeToString())
+
+
+def _leave_with_parent(parent: int) -> None:
+    """A watchdog: a worker whose parent died without stopping it (SIGKILL) ends too, even if its app hangs."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _requests(conn: _Duplex) -> Iterator[tuple[Message, Context]]:
+    while True:
+        try:
+            message_bytes = conn.recv_bytes()
+            context_bytes = conn.recv_bytes()
+        except (EOFError, OSError):
+            return  # the parent closed the pipe: the study is over
+        yield (message_from_proto(ProtoMessage.FromString(message_bytes)),
+               context_from_proto(ProtoContext.FromString(context_bytes)))
