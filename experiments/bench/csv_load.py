@@ -44,6 +44,10 @@ def _child(mode: str, path: Path) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: The generated features are standard normal: declared ranges (a CSV study must declare them).
+RANGES = "+data.feature_ranges={" + ",".join(f"f{i}:[-5,5]" for i in range(FEATURES)) + "}"
+
+
 def parses_per_study(path: Path, tmp: Path) -> dict[str, int]:
     from flsuite.data import csv_source
 
@@ -60,7 +64,7 @@ def parses_per_study(path: Path, tmp: Path) -> dict[str, int]:
         csv_source._read, csv_source.CACHE_SIZE = counted, cache_size
         csv_source.clear_csv_cache()
         try:
-            run_study(["experiment=smoke", "data=csv", f"data.csv_path={path}", "data.label_column=label",
+            run_study(["experiment=smoke", "data=csv", f"data.csv_path={path}", "data.label_column=label", RANGES,
                        "federation.num_sites=5", "federation.min_sites=2", "privacy=none", "secagg=none",
                        "registry.enabled=false"], tmp)
         finally:
