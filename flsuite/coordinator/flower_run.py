@@ -27,6 +27,10 @@ from flsuite.errors import ConfigError
 
 __all__ = ["prepare_run"]
 
+#: How long a simulation's nodes may take to register (Flower's Ray backend registers them
+#: while its actors start) before a shortfall is refused.
+NODE_WAIT_S = 30.0
+
 
 def prepare_run(grid: Grid, context: Context) -> None:
     """Anchor the run_config's paths, and prepare a simulation's sites (see the module docstring)."""
@@ -36,8 +40,8 @@ def prepare_run(grid: Grid, context: Context) -> None:
     study = from_run_config(context.run_config)
     if study.engine.name == "deployment":
         return
-    nodes = len(list(grid.get_node_ids()))
     wanted = study.federation.num_sites
+    nodes = _nodes_within(grid, wanted, seconds=min(NODE_WAIT_S, study.federation.round_timeout_s))
     if nodes < wanted:
         raise ConfigError(
             f"the simulation has {nodes} site nodes but the study has federation.num_sites={wanted}. Start as many "
@@ -47,3 +51,13 @@ def prepare_run(grid: Grid, context: Context) -> None:
     from flsuite.site import prepare_simulated_sites
 
     prepare_simulated_sites(Path(study.sites_dir), study)
+
+
+def _nodes_within(grid: Grid, wanted: int, *, seconds: float) -> int:
+    """The number of nodes the grid lists once it reaches ``wanted``, or after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (nodes := len(list(grid.get_node_ids()))) < wanted and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return nodes

@@ -21,7 +21,7 @@ import pytest
 
 from flsuite.deployment.processes import descendants, flower_executable, terminate
 from flsuite.deployment.testing import FederationFiles, running_federation, write_federation, write_site_data
-from flsuite.privacy import PrivacyLedger
+from flsuite.privacy import DP_SGD, GAUSSIAN, PrivacyLedger
 from flsuite.site import start_site
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
@@ -82,9 +82,10 @@ def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifie
     verified = subprocess.run([flower_executable("flsuite"), "audit", "verify", summary["registry"]],  # noqa: S603
                               capture_output=True, text=True, timeout=120, check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
-    for name in SITES:  # each site's own ledger holds its DP-SGD events, one per round it trained
+    for name in SITES:  # each site's own ledger: its DP-SGD events, one per round it trained, and its evaluation release
         events = PrivacyLedger(files.site(name).ledger).events()
-        assert len(events) == 2, (name, events)
+        assert [e.round for e in events if e.mechanism == DP_SGD] == [1, 2], (name, events)
+        assert [e.round for e in events if e.mechanism == GAUSSIAN] == [2], (name, events)
 
 
 def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_a_secure_dp_study_started_like_flwr_run_prepares_its_sites_and_writes_u
 def test_fewer_simulated_nodes_than_sites_fail_the_run_with_the_fix(tmp_path, monkeypatch):
     # Flower's simulation starts 2 nodes unless told otherwise; the 5-site study must fail the run.
     monkeypatch.setenv("FLSUITE_HOME", str(tmp_path))
+    monkeypatch.setattr("flsuite.coordinator.flower_run.NODE_WAIT_S", 0.5)  # nodes that are not there never come
     with pytest.raises(ConfigError, match="num-supernodes=5"):
         run_inline(build_server_app(), build_client_app(), run_config=flwr_like_run_config(),
                    node_configs=[{"partition-id": i} for i in range(2)], run_id=1)
