@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from flsuite.privacy import DP_SGD, GAUSSIAN
 from flsuite.privacy.ledger import PrivacyLedger
 from flsuite.registry import Registry, verify_registry
 from tests.conftest import REPO, run_cli
@@ -55,9 +56,10 @@ def _wait_for_spend(sites: Path, process: subprocess.Popen, server_round: int, t
     raise AssertionError(f"no site reserved a spend for round {server_round} within {timeout} s")
 
 
-def _charged_rounds(sites: Path) -> dict[str, Counter]:
-    """Per site, how many ledger events (final or an open reservation) each round of the study charged."""
-    return {folder.name: Counter(event.round for event in PrivacyLedger(folder / "ledger.jsonl").charged() if event.study_id == "default")
+def _charged_rounds(sites: Path, mechanism: str = DP_SGD) -> dict[str, Counter]:
+    """Per site, how many ledger events of ``mechanism`` (final or an open reservation) each round of the study charged."""
+    return {folder.name: Counter(event.round for event in PrivacyLedger(folder / "ledger.jsonl").charged()
+                                 if event.study_id == "default" and event.mechanism == mechanism)
             for folder in sorted(sites.iterdir()) if folder.is_dir()}
 
 
@@ -138,6 +140,9 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
                 assert before[site][r] in (0, 1) and counts[r] == before[site][r] + 1, (site, r, before[site], counts)
             else:  # run only after the resume
                 assert before[site][r] == 0 and counts[r] == 1, (site, r, before[site], counts)
+
+    # The per-site evaluation release (monitoring, final round only) is charged once, after the resume.
+    assert all(counts == Counter({ROUNDS: 1}) for counts in _charged_rounds(sites, GAUSSIAN).values())
 
     again = run_cli("run", "--resume", str(out), cwd=tmp_path)
     assert again.returncode == 2 and "nothing to resume" in again.stderr and "Traceback" not in again.stderr
