@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from flsuite.data.datasets import published_ranges
 from tests.conftest import run_cli
@@ -31,6 +32,7 @@ def _clinical_csv(tmp_path):
     return path, schema
 
 
+@pytest.mark.slow  # two studies on the raw CSV, ~12 s
 def test_a_raw_clinical_csv_is_refused_without_ranges_and_trains_well_with_them(tmp_path):
     path, schema = _clinical_csv(tmp_path)
     common = ["run", *FAST, "data=csv", f"data.csv_path={path}", f"sites_dir={tmp_path / 'sites'}"]

@@ -72,6 +72,7 @@ def test_the_second_studys_certificate_shows_this_study_and_each_sites_total_fro
         assert claim["total_epsilon"] == pytest.approx(second["privacy"]["sites"][name]["epsilon_spent"], rel=1e-6)
 
 
+@pytest.mark.slow  # ~25 s each: studies run until the sites reach their caps
 @pytest.mark.parametrize("secagg", ["none", "secure"])
 def test_sites_refuse_at_their_cap_and_the_study_ends_cleanly(tmp_path, secagg):
     out = tmp_path / "out"
