@@ -64,8 +64,7 @@ class RegistryPublisher:
         self.events: dict[str, list[protocol.DpEvent]] = defaultdict(list)  # this study's, per site
         self.known: dict[str, tuple[protocol.DpEvent, ...]] = {}  # per site, the events its latest status listed
         self.deltas: dict[str, float] = {}
-        self.resumed_after = resumed_after or 0  # rounds up to it are in the phases a resume seeds
-        self.flower_runs: set[str] = set()  # the Flower run ids this study's accepted events carry
+        self.before: dict[str, frozenset[str]] = {}  # per site, its ledger's events (JSON) when it was planned
         self.admission: Any = None  # a DP study's DpAdmission: prior events, ledger heads and their checks
         self.best_accuracy = -1.0
         self.published: list[int] = []
@@ -82,7 +81,9 @@ class RegistryPublisher:
                 event = site.dp_event
                 self.phases[site.name].append(_phase(event))
                 self.events[site.name].append(event)
-                self.flower_runs.add(event.run_id)
+                if site.name not in self.before:  # its first round here: the planning snapshot is still the first one
+                    prior = self.admission.prior_events.get(site.name, ()) if self.admission is not None else ()
+                    self.before[site.name] = frozenset(e.to_json() for e in prior)
                 self.deltas[site.name] = event.delta
                 if site.status is not None:
                     self.known[site.name] = site.status.prior_events
@@ -173,17 +174,17 @@ class RegistryPublisher:
 
     def _other_study_events(self, site: str) -> list[protocol.DpEvent]:
         """The site's events of this study that no accepted train reply carried, each once: its
-        evaluation and drift releases, and any training it recorded whose reply was not accepted.
+        evaluation and drift releases, and training it recorded whose reply was not accepted.
 
-        They come from the site's latest status (its ledger): this study's name, a Flower run
-        of this study, and a round after the one a resume started from (earlier rounds' events
-        are in the phases the resumed version's certificate seeded)."""
+        They come from the site's latest status (its ledger): events named for this study that
+        its ledger did not hold when the site was planned (an earlier run of a study of the same
+        name, and a resumed study's rounds before the resume, which the resumed version's
+        certificate seeded, are not counted again; a round interrupted by the coordinator's
+        death is in the site's total)."""
         accepted = {event.to_json() for event in self.events[site]}
-        found = {
-            event.to_json(): event for event in self.known.get(site, ())
-            if event.study_id == self.study.name and event.run_id in self.flower_runs and event.round > self.resumed_after
-        }
-        return [event for key, event in found.items() if key not in accepted]
+        before = self.before.get(site, frozenset())
+        found = {event.to_json(): event for event in self.known.get(site, ()) if event.study_id == self.study.name}
+        return [event for key, event in found.items() if key not in accepted and key not in before]
 
     def _every_event(self, site: str) -> list[protocol.DpEvent]:
         """Every DP event the site's ledger recorded that the coordinator knows of, each once: the
