@@ -15,7 +15,8 @@ from the last version it published in its registry, with the same plan:
   (each version's parent) continue.
 - ``restore_outputs`` keeps the rows of metrics.csv, site_metrics.csv and privacy.csv up
   to that round (rows of a later round that was written but never published are dropped,
-  as is a torn last line); the resumed rounds' rows are added after them.
+  as is a torn last line); the resumed rounds' rows are added after them. With monitoring,
+  ``SiteMonitor.restore`` does the same for site_evaluation.csv.
 - ``ResumedPlan`` re-plans a DP study with the sigma, q and steps of privacy_plan.csv
   (the plan already written), after checking that what every site's ledger holds now
   (the completed rounds, and an interrupted round's spend: never replayed for free) plus

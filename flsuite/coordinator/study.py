@@ -121,6 +121,8 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
             publisher.admission = admission
 
     monitor = _site_monitor(study, grid, folder, admission)
+    if monitor and point:
+        monitor.restore(point.round)  # site_evaluation.csv keeps the rounds before the resume
 
     seeded_arrays = model_to_arrays(model)
     initial_arrays = point.arrays_for(model) if point else seeded_arrays
