@@ -1,7 +1,10 @@
 """Test helpers: a complete federation on disk (PKI, coordinator and site configs) in a folder.
 
 Shipped with the package so that other test suites (end-to-end studies) can build the same
-federation; every process a helper starts is stopped by PID when its context ends.
+federation. Processes: `running_federation` stops the coordinator and every site by PID when
+its context ends; `start_sites` starts the sites inside it; `start_launch` runs `flsuite launch`
+(stop it with `stop_family`); `kill_family` and `wait_for_app_process` play a machine that dies
+while a SuperNode (or the SuperLink) runs a given app process.
 """
 
 from __future__ import annotations
