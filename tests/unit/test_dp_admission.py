@@ -110,6 +110,7 @@ def compose_study_from(context: Context):
 def dp_study(tmp_path: Path, secagg: str, *overrides: str):
     return compose_study([
         f"secagg={secagg}", "registry.enabled=false", "federation.num_sites=4", "federation.min_sites=3", "federation.rounds=2",
+        "federation.strategy=fedavg",  # the weights below are plain averages
         f"sites_dir={tmp_path / 'sites'}", f"privacy.delta={DELTA}", *overrides,
     ])
 

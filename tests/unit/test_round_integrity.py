@@ -78,7 +78,8 @@ def site(name: str, *, shift: float = 1.0, lie: str | None = None, declares: int
 
 def study(*overrides: str):
     return compose_study(["privacy=none", "secagg=none", "registry.enabled=false", "federation.num_sites=4",
-                          "federation.min_sites=2", "federation.rounds=2", *overrides])
+                          "federation.min_sites=2", "federation.rounds=2",
+                          "federation.strategy=fedavg", *overrides])  # the weights below are plain averages
 
 
 def grid_of(handlers: dict, **options) -> InProcessGrid:

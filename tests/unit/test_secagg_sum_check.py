@@ -98,7 +98,8 @@ class Federation:
 
 def secure_study(*overrides: str):
     return compose_study(["privacy=none", "secagg=secure", "registry.enabled=false", "federation.num_sites=4",
-                          "federation.min_sites=3", "federation.rounds=2", *overrides])
+                          "federation.min_sites=3", "federation.rounds=2",
+                          "federation.strategy=fedavg", *overrides])  # the weights below are plain averages
 
 
 def run(fed: Federation, config):
