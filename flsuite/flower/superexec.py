@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import import_module
 from types import SimpleNamespace
 from typing import Any
@@ -69,12 +69,12 @@ class Launcher:
     JSON lines on a pipe: {"args": [...], "quiet": bool}.
     """
 
-    def __init__(self, preload: Sequence[str]) -> None:
+    def __init__(self, preload: Sequence[str], *, entry: Callable[[], object] | None = None) -> None:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # the launcher
             os.close(write_fd)
-            _serve(read_fd, preload)  # never returns
+            _serve(read_fd, preload, entry or _flwr_clientapp)  # never returns
         os.close(read_fd)
         self.pid = pid
         self._write_fd: int | None = write_fd
@@ -99,7 +99,14 @@ class Launcher:
             self._write_fd = None
 
 
-def _serve(read_fd: int, preload: Sequence[str]) -> None:
+def _flwr_clientapp() -> None:
+    """Flower's `flwr-clientapp` command (it reads sys.argv)."""
+    from flwr.supernode.cli import flwr_clientapp
+
+    flwr_clientapp()
+
+
+def _serve(read_fd: int, preload: Sequence[str], entry: Callable[[], object]) -> None:
     """The launcher's loop: import `preload`, then fork a ClientApp per request until EOF."""
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the ClientApp processes
@@ -121,13 +128,13 @@ def _serve(read_fd: int, preload: Sequence[str]) -> None:
                         quiet = bool(request.get("quiet", False))
                     except (ValueError, KeyError, TypeError):
                         continue
-                    _fork_clientapp(args, quiet=quiet, close_fd=read_fd)
+                    _fork_clientapp(args, quiet=quiet, close_fd=read_fd, entry=entry)
     finally:
         os._exit(0)
 
 
-def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int) -> None:
-    """Fork; the child runs Flower's `flwr-clientapp` with `args` and exits with its code."""
+def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int, entry: Callable[[], object]) -> None:
+    """Fork; the child runs `entry` (Flower's `flwr-clientapp`) with sys.argv = args and exits with its code."""
     if os.fork() != 0:
         return
     code = 1
@@ -141,10 +148,8 @@ def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int) -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
-        from flwr.supernode.cli import flwr_clientapp
-
         sys.argv = [CLIENTAPP_COMMAND, *args[1:]]
-        flwr_clientapp()
+        entry()
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
@@ -159,9 +164,9 @@ def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int) -> None:
 
 def _reseed() -> None:
     """Give a forked child the fresh random state a new process would have had."""
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()  # no argument: fresh entropy from the OS
+    random = sys.modules.get("numpy.random")  # its global generator is created on this import
+    if random is not None:
+        random.seed()  # no argument: fresh entropy from the OS
 
 
 def check_patch() -> None:
