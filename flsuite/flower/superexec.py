@@ -13,7 +13,7 @@ modules; third-party libraries only, never the app: the ClientApp's own code is 
 from the FAB in every process). Each ``flwr-clientapp`` start is then a fork of the launcher
 that runs Flower's ``flwr-clientapp`` command with the same arguments, so every message still
 gets its own process, which exits when the message is answered; only the imports are warm.
-A fork reseeds what a fresh process would have drawn anew (NumPy's global generator; Python's
+A forked process is named ``flwr-clientapp`` (its comm: ``ps -o comm``, top). A fork reseeds what a fresh process would have drawn anew (NumPy's global generator; Python's
 ``random`` reseeds itself), so no two messages share random state.
 
 ``FLSUITE_CLIENTAPP_FORK=0`` turns it off (Flower's own process start). If the launcher has
@@ -144,6 +144,7 @@ def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int, entry: Calla
         with contextlib.suppress(OSError):
             os.close(close_fd)
         _reseed()
+        _name_process(CLIENTAPP_COMMAND)
         if quiet:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
@@ -160,6 +161,13 @@ def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int, entry: Calla
             with contextlib.suppress(Exception):
                 stream.flush()
         os._exit(code)
+
+
+def _name_process(name: str) -> None:
+    """Show a forked ClientApp as `flwr-clientapp` in ps/top (Linux: its comm; the command line stays the launcher's)."""
+    with contextlib.suppress(OSError):
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name[:15])
 
 
 def _reseed() -> None:
