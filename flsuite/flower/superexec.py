@@ -13,7 +13,7 @@ modules; third-party libraries only, never the app: the ClientApp's own code is 
 from the FAB in every process). Each ``flwr-clientapp`` start is then a fork of the launcher
 that runs Flower's ``flwr-clientapp`` command with the same arguments, so every message still
 gets its own process, which exits when the message is answered; only the imports are warm.
-A forked process is named ``flwr-clientapp`` (its comm: ``ps -o comm``, top). A fork reseeds what a fresh process would have drawn anew (NumPy's global generator; Python's
+A forked process shows Flower's command line (``flwr-clientapp ARGS`` in ps and top). A fork reseeds what a fresh process would have drawn anew (NumPy's global generator; Python's
 ``random`` reseeds itself), so no two messages share random state.
 
 ``FLSUITE_CLIENTAPP_FORK=0`` turns it off (Flower's own process start). If the launcher has
@@ -25,6 +25,7 @@ by ``check_patch`` on start (and by a test) so that a Flower upgrade fails loudl
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import inspect
 import json
 import os
@@ -34,6 +35,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from importlib import import_module
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -144,7 +146,7 @@ def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int, entry: Calla
         with contextlib.suppress(OSError):
             os.close(close_fd)
         _reseed()
-        _name_process(CLIENTAPP_COMMAND)
+        _name_process(args)
         if quiet:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
@@ -163,11 +165,26 @@ def _fork_clientapp(args: list[str], *, quiet: bool, close_fd: int, entry: Calla
         os._exit(code)
 
 
-def _name_process(name: str) -> None:
-    """Show a forked ClientApp as `flwr-clientapp` in ps/top (Linux: its comm; the command line stays the launcher's)."""
+def _name_process(args: Sequence[str]) -> None:
+    """Show a forked ClientApp as Flower would have started it: `flwr-clientapp ARGS` in ps and top.
+
+    Linux only: the comm is set, and the command line (the bytes of the process's original
+    argv, /proc/self/stat fields 48-49) is overwritten in place with args, cut to its length;
+    Python keeps its own copy of argv. Elsewhere, or if /proc cannot be read, nothing changes.
+    """
     with contextlib.suppress(OSError):
         with open("/proc/self/comm", "w") as comm:
-            comm.write(name[:15])
+            comm.write(CLIENTAPP_COMMAND[:15])
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49; the list starts at 3)
+    except (OSError, ValueError, IndexError):
+        return
+    size = end - start
+    if size <= 1:
+        return
+    text = "\0".join([CLIENTAPP_COMMAND, *args[1:]]).encode()[: size - 1]
+    ctypes.memmove(start, text + b"\0" * (size - len(text)), size)
 
 
 def _reseed() -> None:

@@ -127,9 +127,8 @@ def _wait_for_app_process(pid: int, *, timeout: float, nth: int = 1) -> bool:
     seen: set[int] = set()
     while time.monotonic() < deadline:
         for child in descendants(pid):
-            try:  # a ClientApp forked from the site's warm launcher is named in its comm only
+            try:
                 cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-                cmdline += Path(f"/proc/{child}/comm").read_bytes()
             except OSError:
                 continue
             if b"clientapp" in cmdline:

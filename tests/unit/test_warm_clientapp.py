@@ -28,7 +28,8 @@ def _record() -> None:
 
     out = Path(sys.argv[-1])
     out.write_text(json.dumps({"pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv,
-                               "comm": Path("/proc/self/comm").read_text().strip(), "draw": float(np.random.random())}))
+                               "comm": Path("/proc/self/comm").read_text().strip(),
+                               "cmdline": Path("/proc/self/cmdline").read_bytes().rstrip(b"\0").decode(), "draw": float(np.random.random())}))
 
 
 def _wait_for(paths: list[Path], timeout: float = 60.0) -> list[dict]:
@@ -72,7 +73,8 @@ def test_each_message_runs_in_its_own_forked_process_with_flowers_arguments(laun
     assert first["pid"] != second["pid"]
     assert {first["pid"], second["pid"]}.isdisjoint({os.getpid(), launcher.pid})
     assert first["ppid"] == second["ppid"] == launcher.pid  # forked by the launcher, not started cold
-    assert first["comm"] == "flwr-clientapp"  # what ps and top show
+    assert first["comm"] == "flwr-clientapp"  # what ps and top show, as if Flower had started it
+    assert first["cmdline"].split("\0")[:3] == ["flwr-clientapp", "--runtime-api-address", "127.0.0.1:1"]
     assert first["argv"] == ["flwr-clientapp", "--runtime-api-address", "127.0.0.1:1", "--token", "t", str(outs[0])]
 
 
