@@ -5,6 +5,10 @@ Benchmark only, never a user setting: ``shamir_backend("pycryptodome")`` swaps i
 length of a ``with`` block. Its 32-byte shares are padded with 4 zero bytes to the wire's
 36-byte share size (the padding is dropped before combining), so a whole secure round runs
 unchanged around it.
+
+PyCryptodome is no runtime dependency of flsuite: it comes with the ``bench`` extra (the
+``test`` extra includes it), ``pip install -e '.[bench]'``; without it the "before" column
+stops with an ImportError that says so, and the other measurements run.
 """
 
 from __future__ import annotations
@@ -12,22 +16,35 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-
-from Crypto.Protocol.SecretSharing import Shamir
+from typing import Any
 
 import flsuite.secagg.primitives as crypto
 
 BACKENDS = ("numpy-prime-field", "pycryptodome")
 _PAD = bytes(crypto.SHARE_BYTES - 32)
+INSTALL = "pip install -e '.[bench]'"
+
+
+def pycryptodome_shamir() -> Any:
+    """PyCryptodome's Shamir class; an ImportError saying how to install it when it is absent."""
+    try:
+        from Crypto.Protocol.SecretSharing import Shamir
+    except ImportError:
+        raise ImportError(f'the secure-aggregation benchmark\'s "before" column runs PyCryptodome\'s Shamir sharing, '
+                          f"which is not installed (flsuite itself does not need it): {INSTALL} installs the bench "
+                          "extra (the test extra includes it)") from None
+    return Shamir
 
 
 def legacy_split(secret: bytes, *, threshold: int, holders: int) -> list[bytes]:
+    Shamir = pycryptodome_shamir()  # noqa: N806 (the library's class)
     first = Shamir.split(threshold, holders, secret[:16], ssss=False)
     second = Shamir.split(threshold, holders, secret[16:], ssss=False)
     return [a + b + _PAD for (_, a), (_, b) in zip(first, second, strict=True)]
 
 
 def legacy_combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
+    Shamir = pycryptodome_shamir()  # noqa: N806 (the library's class)
     first = Shamir.combine([(i, s[:16]) for i, s in shares], ssss=False)
     second = Shamir.combine([(i, s[16:32]) for i, s in shares], ssss=False)
     return first + second
@@ -46,6 +63,7 @@ def shamir_backend(name: str) -> Iterator[None]:
     if name == BACKENDS[0]:
         yield
         return
+    pycryptodome_shamir()  # absent: say how to install it before a study runs
     saved = crypto.split_secrets, crypto.combine_secret
     crypto.split_secrets, crypto.combine_secret = _legacy_split_secrets, legacy_combine
     try:

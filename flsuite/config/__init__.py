@@ -7,6 +7,7 @@ from flsuite.config.feature_schema import HOW_TO_DECLARE, missing_ranges, read_s
 from flsuite.config.preflight import check_inputs
 from flsuite.config.pyproject_sync import sync
 from flsuite.config.schema import UNIT_OF_PRIVACY, DataConfig, FederationConfig, ModelConfig, StudyConfig
+from flsuite.config.toml_text import toml_scalar
 from flsuite.config.validation import validate_study
 
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "resolve_schema_file",
     "sync",
     "to_run_config",
+    "toml_scalar",
     "validate_study",
 ]

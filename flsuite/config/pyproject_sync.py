@@ -12,19 +12,13 @@ from pathlib import Path
 
 from flsuite.config.bridge import to_run_config
 from flsuite.config.compose import compose_study
+from flsuite.config.toml_text import toml_scalar
 
 SECTION = re.compile(r"(\[tool\.flwr\.app\.config\]\n)(.*?)(\n\[)", re.S)
 
 
 def render(run_config: dict) -> str:
-    def value(v: object) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return repr(v)
-
-    return "\n".join(f"{key} = {value(v)}" for key, v in run_config.items()) + "\n"
+    return "\n".join(f"{key} = {toml_scalar(v)}" for key, v in run_config.items()) + "\n"
 
 
 def sync(pyproject: Path) -> bool:

@@ -118,9 +118,16 @@ class FederationConfig(Section):
         ge=1,
         description="the most training records a site may declare; its declared count is its aggregation weight",
     )
-    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    strategy: Literal["fedavgm", "fedavg", "fedprox", "fedadam"] = Field(
+        "fedavgm",
+        description="fedavgm: FedAvg with server momentum (the default: it keeps label-skewed sites converging); "
+        "fedavg, fedprox, fedadam",
+    )
     proximal_mu: float = Field(0.01, ge=0)
-    server_learning_rate: float = Field(0.1, gt=0)
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="FedAvgM's momentum on the averaged update (fedavgm)")
+    server_learning_rate: float | None = Field(
+        None, gt=0, description="the server optimiser's step (fedavgm, fedadam); unset: FedAvgM 1.0, FedAdam 0.1"
+    )
 
     @model_validator(mode="after")
     def _min_sites_fit(self) -> FederationConfig:
@@ -138,7 +145,10 @@ class TrainingConfig(Section):
     local_epochs: int = Field(2, ge=1)
     batch_size: int = Field(16, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.5, gt=0)
+    learning_rate: float = Field(
+        2.0, gt=0, description="the local step; DP-SGD's clipped gradients are small (privacy.max_grad_norm 0.5), "
+        "hence a large default (experiments/README.md, issue 11)"
+    )
 
 
 class PrivacyConfig(Section):
@@ -162,7 +172,7 @@ class PrivacyConfig(Section):
         description="the epsilon this study may spend, from which sigma is planned; "
         "cleared when noise_multiplier is given alone (or set it to null)",
     )
-    max_grad_norm: float = Field(2.0, gt=0)
+    max_grad_norm: float = Field(0.5, gt=0, description="per-record gradient clipping norm (DP-SGD's sensitivity)")
     delta: float | None = Field(1e-5, gt=0, lt=1)
     accountant: Literal["prv", "rdp"] = "prv"
     max_epsilon: float = Field(10.0, gt=0)

@@ -9,40 +9,20 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from flsuite.flower import Run
+from flsuite.coordinator.grid_wrapper import DelegatingGrid
 
 
-class CohortGrid(Grid):
+class CohortGrid(DelegatingGrid):
     """A view of a Grid that shows the strategy only the chosen cohort's nodes."""
 
     def __init__(self, grid: Grid, node_ids: Iterable[int]) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self._node_ids = list(node_ids)
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self._node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[str]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def choose_cohort(

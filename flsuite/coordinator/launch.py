@@ -10,7 +10,6 @@ connection in the coordinator's FLWR_HOME and check that the coordinator answers
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tomllib
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from flsuite.config import compose_study, to_run_config, validate_study
+from flsuite.config import compose_study, to_run_config, toml_scalar, validate_study
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.superlink import flwr_home
 from flsuite.deployment.config import CoordinatorConfig
@@ -193,22 +192,12 @@ def run_config_toml(run_config: dict[str, bool | int | float | str]) -> str:
     """The flat run_config as a TOML document of quoted dotted keys (what `--run-config FILE` reads)."""
     lines = ["# The study's flat run_config, written by `flsuite launch`."]
     for key, value in run_config.items():
-        lines.append(f"{json.dumps(key)} = {_toml_value(key, value)}")
+        try:
+            lines.append(f"{json.dumps(key)} = {toml_scalar(value)}")
+        except ValueError as err:
+            raise ConfigError(f"{key}={value!r} cannot travel in Flower's run_config: {err}; use a finite number, "
+                              "a bool or a string.") from None
     return "\n".join(lines) + "\n"
-
-
-def _toml_value(key: str, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"{key}={value} cannot travel to the federation; use a finite number.")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
-    raise ConfigError(f"{key}: a {type(value).__name__} cannot travel in Flower's run_config.")
 
 
 def _default_flwr_home() -> Path:

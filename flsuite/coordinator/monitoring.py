@@ -11,7 +11,8 @@ checks as a train reply's. Anything else is withheld, with its reason, never rep
 
 Per round it reports each site's accuracy with its noise std, the worst site and the gap
 between the best and the worst site: into the round's metrics (so the registry's version
-metrics carry them), ``site_evaluation.csv`` and summary.json's "monitoring" section. With
+metrics carry them), ``site_evaluation.csv`` and summary.json's "monitoring" section. A
+resumed study keeps the earlier rounds' rows (``SiteMonitor.restore``) and adds its own. With
 ``monitoring.drift`` the final round's request also asks for the drift release
 (``flsuite.site.drift``); a site whose comparison is flagged is listed under "drift".
 """
@@ -30,11 +31,13 @@ from flwr.serverapp import Grid
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.outputs import write_csv
+from flsuite.coordinator.resume import read_round_rows
 from flsuite.coordinator.rounds import RoundRecord
 from flsuite.errors import ProtocolError
 from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, drift_sensitivity, evaluation_rounds, noisy_accuracy
 
-__all__ = ["EVALUATION_COLUMNS", "EVALUATION_FILE", "SiteMonitor", "counts_problem", "drift_report", "event_problem"]
+__all__ = ["EVALUATION_COLUMNS", "EVALUATION_FILE", "SiteMonitor", "counts_problem", "drift_report", "event_problem",
+           "round_summary"]
 
 log = logging.getLogger("flwr")
 
@@ -111,6 +114,18 @@ def drift_report(study: StudyConfig, server_round: int, name: str, content: Reco
             "margin": float(drift[protocol.DRIFT_MARGIN]), "flagged": bool(drift[protocol.DRIFT_FLAGGED])}
 
 
+def round_summary(server_round: int, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One round's worst and best site, the gap between them and the largest noise std, from
+    its site_evaluation rows (in site-name order: ties go to the first site)."""
+    worst = min(rows, key=lambda row: row["accuracy"])
+    best = max(rows, key=lambda row: row["accuracy"])
+    return {
+        "round": server_round, "sites": len(rows), "worst_site": worst["site"], "worst_accuracy": worst["accuracy"],
+        "best_site": best["site"], "best_accuracy": best["accuracy"], "gap": best["accuracy"] - worst["accuracy"],
+        "noise_std": max(row["noise_std"] for row in rows),
+    }
+
+
 class SiteMonitor:
     """Asks the round's sites for their private evaluation and keeps what it may report."""
 
@@ -153,16 +168,24 @@ class SiteMonitor:
             if status is not None:  # the status after the release: its spend includes the evaluation
                 record.sites[:] = [dataclasses.replace(s, status=status) if s.node_id == node else s for s in record.sites]
         if accuracies:
-            worst = min(accuracies, key=lambda n: accuracies[n].accuracy)
-            best = max(accuracies, key=lambda n: accuracies[n].accuracy)
-            gap = accuracies[best].accuracy - accuracies[worst].accuracy
-            noise = max(a.noise_std for a in accuracies.values())
-            self.round_rows.append({
-                "round": record.round, "sites": len(accuracies), "worst_site": worst, "worst_accuracy": accuracies[worst].accuracy,
-                "best_site": best, "best_accuracy": accuracies[best].accuracy, "gap": gap, "noise_std": noise,
-            })
-            record.metrics.update({WORST: accuracies[worst].accuracy, BEST: accuracies[best].accuracy, GAP: gap, NOISE: noise})
+            summary = round_summary(record.round, [row for row in self.rows if row["round"] == record.round])
+            self.round_rows.append(summary)
+            record.metrics.update({WORST: summary["worst_accuracy"], BEST: summary["best_accuracy"], GAP: summary["gap"],
+                                   NOISE: summary["noise_std"]})
         write_csv(self.folder / EVALUATION_FILE, self.rows, EVALUATION_COLUMNS)
+
+    def restore(self, last_round: int) -> int:
+        """On a resume: keep the rows of site_evaluation.csv of rounds 1..``last_round``, so the
+        resumed rounds' rows are added after them (rows of a later round, written but never
+        published, and a torn last line are dropped, as for the other round files). Returns how
+        many rows were dropped."""
+        rows, dropped = read_round_rows(self.folder / EVALUATION_FILE, last_round)
+        self.rows[:] = rows
+        self.round_rows[:] = [round_summary(r, [row for row in rows if row["round"] == r])
+                              for r in sorted({row["round"] for row in rows})]
+        if dropped:
+            log.info("resume: %s: dropped %d row(s) of rounds after %d or torn", EVALUATION_FILE, dropped, last_round)
+        return dropped
 
     def summary(self) -> dict[str, Any]:
         """summary.json's "monitoring" section."""

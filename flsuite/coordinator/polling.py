@@ -16,10 +16,11 @@ import math
 import time
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
-from flsuite.flower import InProcessGrid, Run
+from flsuite.coordinator.grid_wrapper import DelegatingGrid
+from flsuite.flower import InProcessGrid
 from flsuite.timing import mark
 
 __all__ = ["DEFAULT_PULL_INTERVAL_S", "EXCHANGE_LOG", "PromptGrid", "prompt_grid"]
@@ -29,38 +30,18 @@ EXCHANGE_LOG = "exchange %d (%s): %d of %d replies in %.2f s"  # parsed by exper
 log = logging.getLogger("flwr")  # the ServerApp's log: what `flwr log` and `flsuite launch -v` show
 
 
-class PromptGrid(Grid):
+class PromptGrid(DelegatingGrid):
     """A Grid that delegates everything to ``grid`` but pulls replies every ``pull_interval_s``."""
 
     def __init__(self, grid: Grid, *, pull_interval_s: float = DEFAULT_PULL_INTERVAL_S,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         if not (math.isfinite(pull_interval_s) and pull_interval_s > 0):
             raise ValueError(f"pull_interval_s must be a positive number of seconds, got {pull_interval_s!r}")
-        self._grid = grid
+        super().__init__(grid)
         self.pull_interval_s = pull_interval_s
         self._clock = clock
         self._sleep = sleep
         self.exchanges = 0
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
-                       ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push, then pull every pull_interval_s until every reply is in or timeout has passed."""

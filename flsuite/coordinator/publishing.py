@@ -4,10 +4,11 @@ The coordinator publishes after each round (or only the best and the final model
 only the final one) and records the study's events in the registry's audit log (refusals,
 rejected replies, sites that failed with their reason, sites planned late or left out,
 aborted rounds, and how the study ended with every reason it did not complete). Each version's DP
-certificate lists, per contributing site, the DP-SGD phases of this study that produced
-this model and the epsilon they compose to; the site's total epsilon over every event its
-ledger recorded (what it spent before this study, and this study's events); and the
-signed ledger head of its latest accepted reply, with how the head was checked.
+certificate lists, per contributing site, the phases of every DP event of this study at
+that site (its DP-SGD training and its private evaluation and drift releases, each release
+a Gaussian phase at q = 1) and the epsilon they compose to; the site's total epsilon over
+every event its ledger recorded (what it spent before this study, and this study's events);
+and the signed ledger head of its latest accepted reply, with how the head was checked.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class RegistryPublisher:
         self.events: dict[str, list[protocol.DpEvent]] = defaultdict(list)  # this study's, per site
         self.known: dict[str, tuple[protocol.DpEvent, ...]] = {}  # per site, the events its latest status listed
         self.deltas: dict[str, float] = {}
+        self.before: dict[str, frozenset[str]] = {}  # per site, its ledger's events (JSON) when it was planned
         self.admission: Any = None  # a DP study's DpAdmission: prior events, ledger heads and their checks
         self.best_accuracy = -1.0
         self.published: list[int] = []
@@ -77,10 +79,11 @@ class RegistryPublisher:
         for site in record.sites:
             if site.dp_event is not None:
                 event = site.dp_event
-                self.phases[site.name].append(
-                    {"q": event.sample_rate, "sigma": event.noise_multiplier, "steps": event.steps, "clip": event.max_grad_norm}
-                )
+                self.phases[site.name].append(_phase(event))
                 self.events[site.name].append(event)
+                if site.name not in self.before:  # its first round here: the planning snapshot is still the first one
+                    prior = self.admission.prior_events.get(site.name, ()) if self.admission is not None else ()
+                    self.before[site.name] = frozenset(e.to_json() for e in prior)
                 self.deltas[site.name] = event.delta
                 if site.status is not None:
                     self.known[site.name] = site.status.prior_events
@@ -153,8 +156,9 @@ class RegistryPublisher:
 
         accountant = self.study.privacy.accountant
         per_site = {}
-        for name, phases in self.phases.items():
+        for name in self.phases:
             delta = self.deltas[name]
+            phases = [*self.phases[name], *(_phase(event) for event in self._other_study_events(name))]
             claim: dict[str, Any] = {
                 "epsilon": epsilon([(p["q"], p["sigma"], p["steps"]) for p in phases], delta=delta, accountant=accountant),
                 "total_epsilon": epsilon([e.phase for e in self._every_event(name)], delta=delta, accountant=accountant),
@@ -168,12 +172,31 @@ class RegistryPublisher:
             per_site[name] = claim
         return {"unit_of_privacy": UNIT_OF_PRIVACY, "accountant": accountant, "sites": per_site}
 
+    def _other_study_events(self, site: str) -> list[protocol.DpEvent]:
+        """The site's events of this study that no accepted train reply carried, each once: its
+        evaluation and drift releases, and training it recorded whose reply was not accepted.
+
+        They come from the site's latest status (its ledger): events named for this study that
+        its ledger did not hold when the site was planned (an earlier run of a study of the same
+        name, and a resumed study's rounds before the resume, which the resumed version's
+        certificate seeded, are not counted again; a round interrupted by the coordinator's
+        death is in the site's total)."""
+        accepted = {event.to_json() for event in self.events[site]}
+        before = self.before.get(site, frozenset())
+        found = {event.to_json(): event for event in self.known.get(site, ()) if event.study_id == self.study.name}
+        return [event for key, event in found.items() if key not in accepted and key not in before]
+
     def _every_event(self, site: str) -> list[protocol.DpEvent]:
         """Every DP event the site's ledger recorded that the coordinator knows of, each once: the
         events its planning status listed, this study's, and those its latest reply's status listed."""
         prior = self.admission.prior_events.get(site, ()) if self.admission is not None else ()
         unique = {event.to_json(): event for event in (*prior, *self.events[site], *self.known.get(site, ()))}
         return list(unique.values())
+
+
+def _phase(event: protocol.DpEvent) -> dict[str, Any]:
+    """An event as the certificate lists it (a release: q = 1, clip = its L2 sensitivity)."""
+    return {"q": event.sample_rate, "sigma": event.noise_multiplier, "steps": event.steps, "clip": event.max_grad_norm}
 
 
 def new_run_id() -> str:

@@ -15,7 +15,8 @@ from the last version it published in its registry, with the same plan:
   (each version's parent) continue.
 - ``restore_outputs`` keeps the rows of metrics.csv, site_metrics.csv and privacy.csv up
   to that round (rows of a later round that was written but never published are dropped,
-  as is a torn last line); the resumed rounds' rows are added after them.
+  as is a torn last line); the resumed rounds' rows are added after them. With monitoring,
+  ``SiteMonitor.restore`` does the same for site_evaluation.csv.
 - ``ResumedPlan`` re-plans a DP study with the sigma, q and steps of privacy_plan.csv
   (the plan already written), after checking that what every site's ledger holds now
   (the completed rounds, and an interrupted round's spend: never replayed for free) plus
@@ -208,6 +209,7 @@ class ResumePoint:
     weights: dict[str, Any] | None
     published: list[int] = field(default_factory=list)
     certificate: dict[str, Any] | None = None
+    previous_weights: dict[str, Any] | None = None  # the version before ``version`` (None: the seeded initial model)
 
     @property
     def first_round(self) -> int:
@@ -233,7 +235,9 @@ class ResumePoint:
                                     f"{latest.study_id!r}, not a round of study {study.name!r} "
                                     f"({study.federation.rounds} rounds): the study cannot be resumed")
             weights = registry.load_weights(latest.number)
-            return cls(state, latest.round, latest.number, weights, [info.number for info in versions], latest.dp_certificate)
+            previous = registry.load_weights(versions[-2].number) if len(versions) > 1 else None
+            return cls(state, latest.round, latest.number, weights, [info.number for info in versions],
+                       latest.dp_certificate, previous)
 
     def arrays_for(self, model: Any) -> Any:
         """The version's weights, loaded into ``model``, as the round loop's ArrayRecord."""
@@ -249,6 +253,14 @@ class ResumePoint:
             raise RegistryError(f"version {self.version} does not fit the study's model ({str(exc).splitlines()[0]}): "
                                 "the study cannot be resumed") from None
         return model_to_arrays(model)
+
+    def previous_arrays(self, initial: Any) -> Any:
+        """The model published before the last version, keyed and ordered as ``initial`` (the seeded model)."""
+        from flwr.app import Array, ArrayRecord
+
+        if self.previous_weights is None:
+            return initial
+        return ArrayRecord({key: Array(self.previous_weights[key]) for key in initial.keys()})
 
     def seed_publisher(self, publisher: Any) -> None:
         """What this study published before: its versions, and each site's DP phases that produced the model."""

@@ -32,7 +32,7 @@ from flsuite.coordinator.planning import plan_privacy
 from flsuite.coordinator.publishing import RegistryPublisher, new_run_id
 from flsuite.coordinator.resume import ResumedPlan, ResumePoint, ResumeRecorder, ResumeState, restore_outputs
 from flsuite.coordinator.rounds import PlainTrainRound, ReplyCheck, RoundLoop, RoundOutcome, RoundRecord, RoundRules, TrainRound
-from flsuite.coordinator.strategies import build_strategy
+from flsuite.coordinator.strategies import build_strategy, restore_momentum
 from flsuite.coordinator.verdict import FailureWatch, Verdict, study_verdict
 from flsuite.data.datasets import Dataset
 from flsuite.data.study_data import model_shape, split_study
@@ -121,9 +121,14 @@ def _run_study(grid: Grid, study: StudyConfig, folder: Path, started: float) -> 
             publisher.admission = admission
 
     monitor = _site_monitor(study, grid, folder, admission)
+    if monitor and point:
+        monitor.restore(point.round)  # site_evaluation.csv keeps the rounds before the resume
 
-    initial_arrays = point.arrays_for(model) if point else model_to_arrays(model)
+    seeded_arrays = model_to_arrays(model)
+    initial_arrays = point.arrays_for(model) if point else seeded_arrays
     strategy = build_strategy(study.federation, initial_arrays)
+    if point and point.weights is not None:  # FedAvgM's momentum, from the last two published models
+        restore_momentum(strategy, point.previous_arrays(seeded_arrays), initial_arrays)
     rounds = train_round(study, watch, strategy, reply_check=admission.check_reply if admission else None)
 
     def watched_round(

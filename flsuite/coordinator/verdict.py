@@ -21,12 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
 
 from flsuite import protocol
+from flsuite.coordinator.grid_wrapper import DelegatingGrid
 from flsuite.coordinator.rounds import StudyResult
-from flsuite.flower import Run
 
 __all__ = ["COMPLETED", "ABORTED", "FAILED", "FailureWatch", "SiteFailure", "Verdict", "plain", "study_verdict"]
 
@@ -63,31 +63,15 @@ class SiteFailure:
         return f"round {self.round}: {who} failed on its {self.stage} message: {self.reason}"
 
 
-class FailureWatch(Grid):
+class FailureWatch(DelegatingGrid):
     """A Grid that passes everything through and records each error reply with its reason."""
 
     def __init__(self, grid: Grid) -> None:
-        self._grid = grid
+        super().__init__(grid)
         self.round = 0  # the round in progress (0: planning), set by the study
         self._failures: list[SiteFailure] = []
         self._names: dict[int, str] = {}  # node -> site name, from the status records of its replies
         self._lock = threading.Lock()
-
-    def set_run(self, run: Run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self._grid.run
-
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
-        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return self._watch(list(self._grid.pull_messages(message_ids)))

@@ -44,8 +44,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def ensure_port_free(host: str, port: int, *, field: str) -> None:
-    """Raise DeploymentError when something already listens on host:port."""
+    """Raise DeploymentError when something already listens on host:port.
+
+    SO_REUSEADDR, as the SuperLink's own listener binds: a port whose last owner died with
+    connections open (TIME_WAIT for a minute) is free for a restart; a listener is not.
+    """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:

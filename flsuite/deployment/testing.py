@@ -1,11 +1,18 @@
 """Test helpers: a complete federation on disk (PKI, coordinator and site configs) in a folder.
 
 Shipped with the package so that other test suites (end-to-end studies) can build the same
-federation; every process a helper starts is stopped by PID when its context ends.
+federation. Processes: `running_federation` stops the coordinator and every site by PID when
+its context ends; `start_sites` starts the sites inside it; `start_launch` runs `flsuite launch`
+(stop it with `stop_family`); `kill_family` and `wait_for_app_process` play a machine that dies
+while a SuperNode (or the SuperLink) runs a given app process.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,8 +22,9 @@ import yaml
 
 from flsuite.coordinator.superlink import CoordinatorState, start_coordinator, stop_coordinator
 from flsuite.deployment.config import CoordinatorConfig, SiteConfig, load_coordinator_config, load_site_config
+from flsuite.deployment.processes import descendants, flower_executable, terminate
 from flsuite.pki.authority import init_authority, issue_coordinator, issue_site
-from flsuite.site.node import stop_site
+from flsuite.site.node import SiteState, start_site, stop_site
 
 
 @dataclass(frozen=True)
@@ -126,3 +134,54 @@ def write_site_data(files: FederationFiles, *, dataset: str = "breast_cancer") -
             writer.writerow([f"f{i}" for i in range(data.num_features)] + ["label"])
             for features, label in zip(data.features.tolist(), data.labels.tolist()):
                 writer.writerow([*features, label])
+
+
+def start_sites(files: FederationFiles, *, connect_timeout: float = 90) -> dict[str, SiteState]:
+    """Start every site's SuperNode (stopped by `running_federation` on exit); their states by name."""
+    return {name: start_site(files.site(name), connect_timeout=connect_timeout) for name in files.site_configs}
+
+
+def start_launch(files: FederationFiles, log: Path, args: Sequence[str]) -> subprocess.Popen:
+    """Run `flsuite launch ARGS --config COORDINATOR` in its own session, its output in ``log``.
+
+    Stop it with `stop_family(process.pid)`, also when the test fails.
+    """
+    command = [flower_executable("flsuite"), "launch", *args, "--config", str(files.coordinator_config)]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=files.root,  # noqa: S603
+                                env={**os.environ, "COLUMNS": "160"}, start_new_session=True)
+
+
+def stop_family(pid: int, *, timeout: float = 10) -> None:
+    """SIGTERM a process and its descendants, SIGKILL what is left after ``timeout``."""
+    terminate([pid, *descendants(pid)], timeout=timeout)
+
+
+def kill_family(pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants at once (its machine dies: no goodbye); their PIDs."""
+    family = [pid, *descendants(pid)]
+    for member in family:
+        try:
+            os.kill(member, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return family
+
+
+def wait_for_app_process(pid: int, *, timeout: float, nth: int = 1, marker: bytes = b"clientapp") -> int | None:
+    """The PID of the nth descendant of ``pid`` whose command line holds ``marker`` (a SuperNode runs one
+    ClientApp process per message; a SuperLink one ``flwr-serverapp`` per run), or None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    seen: list[int] = []
+    while time.monotonic() < deadline:
+        for child in descendants(pid):
+            try:
+                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if marker in cmdline and child not in seen:
+                seen.append(child)
+                if len(seen) >= nth:
+                    return child
+        time.sleep(0.1)
+    return None

@@ -6,7 +6,9 @@ lineage, metrics and DP certificate, and, per site and per study (run), sets the
 epsilon beside the epsilon recomputed with dp_accounting's PLD accountant (an accountant
 flsuite did not write) from the recorded DP-SGD phases:
 
-- per study: the certificate's phases of the run's latest version;
+- per study: the certificate's phases of the run's latest version: every DP event of the
+  study at that site, its DP-SGD training and its evaluation and drift releases (a Gaussian
+  release is a phase at q = 1), as the coordinator composes the claim and `privacy plan` plans it;
 - total (registry): every run's phases in this registry up to that run (a lower bound:
   a site may have spent elsewhere);
 - total (ledger), with ``--ledger SITE_DIR``: every charged event the site's own ledger

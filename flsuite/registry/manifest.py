@@ -108,7 +108,7 @@ def validate_dp_certificate(certificate: Mapping[str, Any], *, sites: Sequence[s
     Shape: {"unit_of_privacy": str, "accountant": str, "sites": {site: {"epsilon": float,
     "delta": float, "phases": [{"q": float, "sigma": float, "steps": int, "clip": float}]}}};
     every contributing site must have an entry. ``epsilon`` is what this study's phases
-    compose to. A site's entry may also carry ``total_epsilon`` (everything the site's ledger
+    compose to (every DP event of the study at that site: training and releases, q = 1). A site's entry may also carry ``total_epsilon`` (everything the site's ledger
     recorded, this study included: never below ``epsilon``), its signed ``ledger_head``
     (site, dataset, entries, hash, signature; it must name the site) and
     ``ledger_head_check`` (how the coordinator checked the signature), which come together.

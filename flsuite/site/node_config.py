@@ -6,8 +6,9 @@ and win over anything the coordinator sends in the run config. Pure: no torch, n
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
+
+from flsuite.config import toml_scalar
 
 
 def format_node_config(values: Mapping[str, str | float | int | bool]) -> str:
@@ -20,21 +21,8 @@ def format_node_config(values: Mapping[str, str | float | int | bool]) -> str:
     for key, value in values.items():
         if not key or any(c.isspace() or c == "=" for c in key):
             raise ValueError(f"node_config key {key!r} must be non-empty without spaces or '='")
-        parts.append(f"{key}={_toml_scalar(key, value)}")
+        try:
+            parts.append(f"{key}={toml_scalar(value, literal_strings=True)}")
+        except ValueError as err:
+            raise ValueError(f"node_config {key} cannot be encoded: {err}") from None
     return " ".join(parts)
-
-
-def _toml_scalar(key: str, value: str | float | int | bool) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"node_config {key} must be a finite number, got {value}")
-        return repr(value)
-    if isinstance(value, str):
-        if "'" in value or "\n" in value or "\r" in value:
-            raise ValueError(f"node_config {key} cannot hold a quote or a line break: {value!r}")
-        return f"'{value}'"
-    raise TypeError(f"node_config {key}: unsupported type {type(value).__name__}")

@@ -292,3 +292,23 @@ def test_cli_sub_apps_explain_themselves_and_raise_user_errors(federation: Feder
     assert isinstance(result.exception, DataError)
     result = runner.invoke(root, ["site", "stop", "--config", str(path)])
     assert result.exit_code == 0 and "no site node was running" in result.output
+
+
+def test_a_port_left_in_time_wait_by_a_crashed_coordinator_is_free_and_a_listening_one_is_not() -> None:
+    """A coordinator killed with sites connected leaves its port in TIME_WAIT for a minute; its
+    restart on the configured port (`flsuite coordinator start`) must not be refused as "in use"."""
+    from flsuite.deployment.network import ensure_port_free
+    from flsuite.errors import DeploymentError
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds its listener
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with pytest.raises(DeploymentError, match=f"port {port} on 127.0.0.1 is in use"):
+            ensure_port_free("127.0.0.1", port, field="port")
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the coordinator's side closes first (it died): TIME_WAIT stays on its port
+    client.close()
+    ensure_port_free("127.0.0.1", port, field="port")

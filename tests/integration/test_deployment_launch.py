@@ -24,21 +24,9 @@ from flsuite.coordinator.launch import (
     stage_app,
 )
 from flsuite.coordinator.submit import failure_reason, progress_line
-from flsuite.coordinator.superlink import flwr_home, write_flower_connection
-from flsuite.deployment.network import Address, free_port
-from flsuite.deployment.testing import FederationFiles, write_federation
+from flsuite.coordinator.superlink import flwr_home
+from flsuite.deployment.testing import FederationFiles
 from flsuite.errors import ConfigError, CoordinatorUnreachable, DeploymentError
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> FederationFiles:
-    """A federation on disk whose FLWR_HOME names a coordinator address where nothing listens."""
-    files = write_federation(tmp_path_factory.mktemp("federation"), sites=("hospital-a", "hospital-b", "hospital-c"))
-    coordinator = files.coordinator()
-    flwr_home(coordinator).mkdir(parents=True)
-    write_flower_connection(flwr_home(coordinator), name=coordinator.federation,
-                            address=Address("127.0.0.1", free_port()), ca_certificate=coordinator.tls.ca_certificate)
-    return files
 
 
 def test_plan_marks_the_study_deployment_with_absolute_paths(files: FederationFiles, tmp_path: Path,

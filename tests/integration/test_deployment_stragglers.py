@@ -12,15 +12,19 @@ Every process is stopped by PID at the end, also when the test fails.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
 
-from flsuite.deployment.processes import descendants
-from flsuite.deployment.testing import running_federation, write_federation, write_site_data
-from tests.integration.test_deployment_study import SITES, _stop, _wait_for_app_process, start_launch, start_sites
+from flsuite.deployment.testing import (
+    kill_family,
+    running_federation,
+    stop_family,
+    wait_for_app_process,
+    write_federation,
+    write_site_data,
+)
+from tests.integration.test_deployment_study import SITES, start_launch, start_sites
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
@@ -41,12 +45,11 @@ def test_a_site_killed_in_a_10_round_deployed_study_is_pruned_and_the_study_comp
         victim = pids["hospital-c"]
         launch = start_launch(files, output, overrides, log)
         try:
-            assert _wait_for_app_process(victim, timeout=300, nth=2), "hospital-c never received round 1"
-            for pid in [victim, *descendants(victim)]:  # the site's machine dies: no goodbye, no reply
-                os.kill(pid, signal.SIGKILL)
+            assert wait_for_app_process(victim, timeout=300, nth=2), "hospital-c never received round 1"
+            kill_family(victim)  # the site's machine dies: no goodbye, no reply
             code = launch.wait(timeout=ROUNDS * TIMEOUT_S)  # the study's bound: a round that waits on the dead site fails here
         finally:
-            _stop(launch)
+            stop_family(launch.pid)
     text = log.read_text(errors="replace")
     assert code == 0, text[-4000:]
     summary = json.loads((output / "summary.json").read_text())

@@ -4,54 +4,45 @@ studies submitted with `flsuite launch`.
 Marked deployment and slow: on a 2-core machine the secure DP study takes ~2.5 min and the
 killed-site study ~2 min (each exchange costs ~15 s in deployment, the dead site 60 s more).
 Every process is stopped by PID at the end, also when a test fails: the sites and the
-coordinator by `running_federation`, the launch command by `_stop`. `flsuite launch` stages
+coordinator by `running_federation`, the launch command by `stop_family`. `flsuite launch` stages
 a copy of the project, so Flower's CLI never reads or rewrites the repository's pyproject.toml.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from flsuite.deployment.processes import descendants, flower_executable, terminate
-from flsuite.deployment.testing import FederationFiles, running_federation, write_federation, write_site_data
+from flsuite.deployment import testing
+from flsuite.deployment.processes import flower_executable
+from flsuite.deployment.testing import (
+    FederationFiles,
+    kill_family,
+    running_federation,
+    stop_family,
+    wait_for_app_process,
+    write_federation,
+    write_site_data,
+)
 from flsuite.privacy import DP_SGD, GAUSSIAN, PrivacyLedger
-from flsuite.site import start_site
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 
 
-def launch_command() -> list[str]:
-    return [flower_executable("flsuite"), "launch"]
-
-
 def start_launch(files: FederationFiles, output: Path, overrides: list[str], log: Path) -> subprocess.Popen:
-    command = [*launch_command(), *overrides, "--config", str(files.coordinator_config), "--output-dir", str(output)]
-    with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=files.root,  # noqa: S603
-                                env={**os.environ, "COLUMNS": "160"}, start_new_session=True)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        terminate([process.pid, *descendants(process.pid)], timeout=10)
+    return testing.start_launch(files, log, [*overrides, "--output-dir", str(output)])
 
 
 def start_sites(files: FederationFiles, nodes: dict[str, int | None]) -> dict[str, int]:
-    pids = {}
-    for name in SITES:
-        state = start_site(files.site(name), connect_timeout=90)
-        assert state.node_id == nodes[name]
-        pids[name] = state.pid
-    return pids
+    """Start the sites; each must come up as the node the coordinator registered for it. Their PIDs."""
+    states = testing.start_sites(files)
+    assert {name: state.node_id for name, state in states.items()} == nodes
+    return {name: state.pid for name, state in states.items()}
 
 
 def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifies(tmp_path: Path) -> None:
@@ -67,7 +58,7 @@ def test_secure_study_launched_on_three_sites_completes_and_its_registry_verifie
         try:
             code = launch.wait(timeout=900)
         finally:
-            _stop(launch)
+            stop_family(launch.pid)
     text = log.read_text(errors="replace")
     assert code == 0, text[-4000:]
     assert f"federation {coordinator.federation} at {coordinator.connect} answers over TLSv1.3" in text
@@ -102,13 +93,11 @@ def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None
         victim = pids["hospital-c"]
         launch = start_launch(files, output, overrides, log)
         try:
-            assert _wait_for_app_process(victim, timeout=300, nth=2), "hospital-c never received round 1"
-            family = [victim, *descendants(victim)]
-            for pid in family:  # the site's machine dies: no goodbye, no reply
-                os.kill(pid, signal.SIGKILL)
+            assert wait_for_app_process(victim, timeout=300, nth=2), "hospital-c never received round 1"
+            kill_family(victim)  # the site's machine dies: no goodbye, no reply
             code = launch.wait(timeout=600)  # the round timeouts are 60 s: a hang fails here
         finally:
-            _stop(launch)
+            stop_family(launch.pid)
     text = log.read_text(errors="replace")
     summary = json.loads((output / "summary.json").read_text())
     rounds = json.loads((output / "metrics.json").read_text())
@@ -120,20 +109,3 @@ def test_a_site_killed_mid_round_does_not_hang_the_study(tmp_path: Path) -> None
     assert any("federation.min_sites=3" in reason for reason in summary["reasons"]), summary["reasons"]
     assert "federation.min_sites=3" in text  # the launch command says why it stopped
 
-
-def _wait_for_app_process(pid: int, *, timeout: float, nth: int = 1) -> bool:
-    """True once the site's node runs its nth ClientApp process (one per message it handles)."""
-    deadline = time.monotonic() + timeout
-    seen: set[int] = set()
-    while time.monotonic() < deadline:
-        for child in descendants(pid):
-            try:
-                cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
-                continue
-            if b"clientapp" in cmdline:
-                seen.add(child)
-                if len(seen) >= nth:
-                    return True
-        time.sleep(0.1)
-    return False

@@ -12,21 +12,8 @@ import yaml
 from flsuite.config import compose_study, from_run_config
 from flsuite.coordinator.launch import plan_launch
 from flsuite.coordinator.resume import ResumeState
-from flsuite.coordinator.superlink import flwr_home, write_flower_connection
-from flsuite.deployment.network import Address, free_port
-from flsuite.deployment.testing import FederationFiles, write_federation
 from flsuite.errors import ConfigError, IntegrityError
 from flsuite.registry import Registry
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> FederationFiles:
-    files = write_federation(tmp_path_factory.mktemp("federation"), sites=("hospital-a", "hospital-b", "hospital-c"))
-    coordinator = files.coordinator()
-    flwr_home(coordinator).mkdir(parents=True)
-    write_flower_connection(flwr_home(coordinator), name=coordinator.federation,
-                            address=Address("127.0.0.1", free_port()), ca_certificate=coordinator.tls.ca_certificate)
-    return files
 
 
 def killed_study(tmp_path: Path, engine: str = "deployment") -> Path:

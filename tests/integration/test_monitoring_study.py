@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from flsuite.config import compose_study
-from flsuite.privacy import GAUSSIAN, PrivacyLedger, epsilon
+from flsuite.privacy import GAUSSIAN, PrivacyLedger, epsilon, pld_epsilon
 from flsuite.registry import Registry
 from flsuite.simulation import run_local_study
 
@@ -39,5 +39,9 @@ def test_a_study_reports_per_site_accuracy_and_the_gap_and_accounts_them(tmp_pat
 
     with Registry.open(summary["registry"]) as registry:
         metrics = registry.version(summary["final_version"]).metrics
+        certificate = registry.version(summary["final_version"]).dp_certificate
+    for name, claim in certificate["sites"].items():  # the study's epsilon covers its training and its release
+        events = PrivacyLedger(tmp_path / "sites" / name / "ledger.jsonl").events()
+        assert claim["epsilon"] * (1 + 1e-3) >= pld_epsilon(events, claim["delta"]), name
     assert metrics["site_accuracy_gap"] == pytest.approx(final["gap"])
     assert metrics["site_accuracy_worst"] == pytest.approx(final["worst_accuracy"])

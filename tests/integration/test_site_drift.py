@@ -16,7 +16,6 @@ from flsuite.site.drift import DRIFT_FILE
 from tests.integration.test_site_budget_attacks import write_csv
 from tests.integration.test_site_guard import ask, site_key
 
-
 RAW_RANGES = "+data.feature_ranges={" + ",".join(f"f{i}:[0,5000]" for i in range(30)) + "}"  # raw breast cancer values
 
 

@@ -13,7 +13,7 @@ from flsuite import protocol
 from flsuite.config import compose_study
 from flsuite.coordinator.cohort import choose_cohort
 from flsuite.coordinator.rounds import PlainTrainRound, RoundLoop
-from flsuite.coordinator.strategies import build_strategy
+from flsuite.coordinator.strategies import build_strategy, restore_momentum
 from flsuite.flower import InProcessGrid, new_run
 
 NODES = [11, 12, 13, 14]
@@ -76,11 +76,41 @@ def grid_of(handlers: dict) -> InProcessGrid:
 def test_each_round_averages_the_sites_updates_weighted_by_examples():
     grid = grid_of({11: site("a", shift=1.0, examples=10), 12: site("b", shift=4.0, examples=30)})
     with grid:
-        result = loop(grid, study("federation.rounds=2", "federation.min_sites=2")).run()
+        result = loop(grid, study("federation.rounds=2", "federation.min_sites=2", "federation.strategy=fedavg")).run()
     assert result.status == "completed" and [r.round for r in result.rounds] == [1, 2]
     # each round moves every weight by (10*1 + 30*4)/40 = 3.25
     np.testing.assert_allclose(result.arrays["w"].numpy(), [6.5, 6.5, 6.5], rtol=1e-6)
     assert [s.name for s in result.rounds[0].sites] == ["a", "b"]
+
+
+def test_the_default_fedavgm_carries_momentum_from_the_averaged_updates_only():
+    grid = grid_of({11: site("a", shift=1.0, examples=10), 12: site("b", shift=4.0, examples=30)})
+    with grid:
+        result = loop(grid, study("federation.rounds=3", "federation.min_sites=2")).run()
+    # the averaged update is 3.25 each round; momentum 0.9 makes the steps 3.25, 1.9 x 3.25, 2.71 x 3.25
+    np.testing.assert_allclose(result.arrays["w"].numpy(), [3.25 * (1 + 1.9 + 2.71)] * 3, rtol=1e-5)
+
+
+def test_a_resumed_fedavgm_takes_the_step_the_uninterrupted_study_takes():
+    handlers = {11: site("a", shift=1.0, examples=10), 12: site("b", shift=4.0, examples=30)}
+
+    def run(rounds: int, start: ArrayRecord | None = None, previous: ArrayRecord | None = None) -> ArrayRecord:
+        config = study(f"federation.rounds={rounds}", "federation.min_sites=2", "federation.server_learning_rate=0.5")
+        grid = grid_of(handlers)
+        with grid:
+            if start is None:
+                return loop(grid, config).run().arrays
+            strategy = build_strategy(config.federation, start)
+            if previous is not None:
+                restore_momentum(strategy, previous, start)
+            return RoundLoop(config, grid, strategy=strategy, train_round=PlainTrainRound(grid, strategy, timeout_s=5.0),
+                             initial_arrays=start, evaluator=None).run().arrays
+
+    uninterrupted = run(3)["w"].numpy()
+    after_1, after_2 = run(1), run(2)
+    np.testing.assert_allclose(run(1, after_2, previous=after_1)["w"].numpy(), uninterrupted, rtol=1e-5)
+    # the attack on the promise: a resume that restarts the momentum takes a shorter third step
+    assert not np.allclose(run(1, after_2)["w"].numpy(), uninterrupted, rtol=1e-3)
 
 
 def test_a_site_that_refuses_is_recorded_and_never_asked_again():

@@ -119,3 +119,35 @@ def test_the_plan_counts_one_drift_release_per_study():
     assert study_evaluation_phases(DRIFT_STUDY) == ((1.0, 5.0, 1), (1.0, 5.0, 1))
     assert study_evaluation_phases(compose_study(["experiment=smoke", "monitoring=none"])) == ()
     assert study_evaluation_phases(compose_study(["experiment=smoke", "privacy=none"])) == ()
+
+
+def test_a_resumed_study_keeps_the_earlier_rounds_evaluation_rows(tmp_path):
+    """`flsuite run --resume`: the rows of rounds before the resume stay in site_evaluation.csv (a row of a
+    round written but never published and a torn last line are dropped); the resumed round's rows follow."""
+    def honest(msg: Message, context: Context) -> Message:
+        return Message(reply_content(event()), reply_to=msg)
+
+    from flsuite.coordinator.monitoring import EVALUATION_FILE
+    from flsuite.models.weights import model_to_arrays
+    from flsuite.models.zoo import build_model
+
+    path = tmp_path / EVALUATION_FILE
+    path.write_text("round,site,accuracy,noise_std,noise_multiplier,released_total,epsilon_spent\n"
+                    "1,site-0,0.7,0.01,5.0,100.5,0.8\n"
+                    "1,site-1,0.9,0.02,5.0,99.5,\n"
+                    "2,site-0,0.95,0.01,5.0,100.1,1.9\n"  # round 2 was written, its model never published
+                    "2,site-1,0.9")  # torn
+    grid = _grid(honest)
+    monitor = SiteMonitor(STUDY, grid, tmp_path)
+    assert monitor.restore(1) == 2
+    assert monitor.summary()["per_round"][0] == {"round": 1, "sites": 2, "worst_site": "site-0", "worst_accuracy": 0.7,
+                                                 "best_site": "site-1", "best_accuracy": 0.9,
+                                                 "gap": pytest.approx(0.2), "noise_std": 0.02}
+    arrays = model_to_arrays(build_model(STUDY.model, num_features=30, num_classes=2, image_shape=None, seed=0))
+    record = _record(grid)
+    with grid:
+        monitor.on_round(record, arrays)
+    lines = path.read_text().splitlines()
+    assert lines[1:3] == ["1,site-0,0.7,0.01,5.0,100.5,0.8", "1,site-1,0.9,0.02,5.0,99.5,"]
+    assert len(lines) == 4 and lines[3].startswith(f"{STUDY.federation.rounds},site-0,")
+    assert [row["round"] for row in monitor.summary()["per_round"]] == [1, STUDY.federation.rounds]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from flwr.app import Array, ArrayRecord
 
 from flsuite import protocol
 from flsuite.config import compose_study
@@ -98,6 +99,19 @@ def test_the_resume_point_is_the_last_published_version_of_the_run(tmp_path):
     point = ResumePoint.load(study, folder)
     assert (point.round, point.version, point.first_round, point.published) == (2, 2, 3, [1, 2])
     assert np.array_equal(point.weights["linear.weight"], np.full((2, 3), 2, np.float32))
+    # FedAvgM's momentum comes back from the two last published models, in the seeded model's key order
+    seeded = ArrayRecord({"linear.weight": Array(np.zeros((2, 3), np.float32)), "linear.bias": Array(np.zeros(2, np.float32))})
+    previous = point.previous_arrays(seeded)
+    assert list(previous.keys()) == list(seeded.keys())
+    assert np.array_equal(previous["linear.weight"].numpy(), np.full((2, 3), 1, np.float32))
+
+
+def test_a_study_resumed_after_its_first_version_takes_the_seeded_model_as_the_one_before(tmp_path):
+    folder = study_folder(tmp_path)
+    publish(folder, 1)
+    point = ResumePoint.load(prepare_resume(folder, []), folder)
+    seeded = ArrayRecord({"linear.weight": Array(np.zeros((2, 3), np.float32)), "linear.bias": Array(np.zeros(2, np.float32))})
+    assert point.previous_arrays(seeded) is seeded
 
 
 @pytest.mark.parametrize("target", ["audit.jsonl", "blob"])
