@@ -100,3 +100,27 @@ def test_the_handler_profile_goes_to_its_folder(monkeypatch, tmp_path):
     monkeypatch.setenv(timing.PROFILE_ENV, str(tmp_path / "profiles"))
     site_app._timing_mod(_message(protocol.UNMASK), None, lambda msg, context: "reply")  # type: ignore[arg-type]
     assert [path.name for path in (tmp_path / "profiles").iterdir()] == [f"{os.getpid()}-{protocol.UNMASK}.prof"]
+
+
+def test_the_site_node_traces_message_in_reply_stored_and_reply_sent(monkeypatch, tmp_path):
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    from flsuite.flower import supernode as node_entry
+
+    trace = tmp_path / "trace.jsonl"
+    monkeypatch.setenv(timing.TRACE_ENV, str(trace))
+    for name in ("store_message", "delete_messages"):  # restored after the test
+        monkeypatch.setattr(InMemoryNodeState, name, getattr(InMemoryNodeState, name))
+    node_entry.trace_node_state()
+    state = InMemoryNodeState.__new__(InMemoryNodeState)  # the store's own state is not under test
+    monkeypatch.setattr(state, "lock_msg_store", __import__("threading").Lock(), raising=False)
+    state.msg_store = {}
+    inbound = SimpleNamespace(metadata=SimpleNamespace(message_id="in", reply_to_message_id="", message_type="train"))
+    reply = SimpleNamespace(metadata=SimpleNamespace(message_id="out", reply_to_message_id="in", message_type="train"))
+    state.store_message(inbound)
+    state.store_message(reply)
+    state.delete_messages(message_ids=["out", "in"])
+    events = timing.read_trace(trace)
+    assert [(event["event"], event.get("message_id") or event.get("reply_to") or event.get("message_ids"))
+            for event in events] == [("node-received", "in"), ("node-reply-stored", "in"), ("node-deleted", ["out", "in"])]
+    assert state.msg_store == {}
