@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -113,7 +114,7 @@ def test_the_site_node_traces_message_in_reply_stored_and_reply_sent(monkeypatch
         monkeypatch.setattr(InMemoryNodeState, name, getattr(InMemoryNodeState, name))
     node_entry.trace_node_state()
     state = InMemoryNodeState.__new__(InMemoryNodeState)  # the store's own state is not under test
-    monkeypatch.setattr(state, "lock_msg_store", __import__("threading").Lock(), raising=False)
+    monkeypatch.setattr(state, "lock_msg_store", threading.Lock(), raising=False)
     state.msg_store = {}
     inbound = SimpleNamespace(metadata=SimpleNamespace(message_id="in", reply_to_message_id="", message_type="train"))
     reply = SimpleNamespace(metadata=SimpleNamespace(message_id="out", reply_to_message_id="in", message_type="train"))
