@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from flsuite.coordinator.grid_wrapper import DelegatingGrid
 from flsuite.flower import InProcessGrid
+from flsuite.timing import mark
 
 __all__ = ["DEFAULT_PULL_INTERVAL_S", "EXCHANGE_LOG", "PromptGrid", "prompt_grid"]
 
@@ -47,13 +48,18 @@ class PromptGrid(DelegatingGrid):
         messages = list(messages)
         kind = messages[0].metadata.message_type if messages else "-"
         started = self._clock()
+        number = self.exchanges + 1
+        mark("coordinator-push", exchange=number, kind=kind)
         pending = set(self._grid.push_messages(messages))
         wanted = len(pending)
+        mark("coordinator-pushed", exchange=number, message_ids=sorted(pending))
         deadline = None if timeout is None else self._clock() + timeout
         replies: list[Message] = []
         while pending:
             arrived = list(self._grid.pull_messages(pending))
             replies.extend(arrived)
+            for reply in arrived:
+                mark("coordinator-reply", exchange=number, reply_to=reply.metadata.reply_to_message_id)
             pending.difference_update(reply.metadata.reply_to_message_id for reply in arrived)
             if not pending:
                 break

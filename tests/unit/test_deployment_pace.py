@@ -111,6 +111,7 @@ def test_the_supernode_entry_shortens_flowers_idle_poll_and_local_wait_only(monk
     slept: list[float] = []
     monkeypatch.setattr(time, "sleep", slept.append)
     monkeypatch.setattr(module, "time", module.time)  # restored after the test
+    monkeypatch.setattr(module, "subprocess", module.subprocess)
     node_entry.patch(0.5)
     module.time.sleep(3)  # idle poll
     module.time.sleep(0.5)  # the wait for the ClientApp's reply in the node's own state
