@@ -289,24 +289,76 @@ def _pow2_at_least(steps: int) -> int:
     return 1 << max(0, steps - 1).bit_length()
 
 
-@functools.lru_cache(maxsize=64)
-def _prv_accountant(mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta: float):
-    """A PRV accountant for these (q, sigma) mechanisms, valid up to ``max_steps`` compositions each."""
-    import warnings
+class _PrvAccountant:
+    """prv_accountant's PRVAccountant (same domain, mesh, discretisation and error bounds) at
+    a fraction of its cost: the discretised PRVs are composed in float64 instead of long
+    double (numpy's long double FFT is scalar code, 20x slower; float64 rounding adds about
+    1e-12 to a tail mass against a delta error of delta/1000), and each cell's mass is the
+    difference of the CDF at shared cell edges (one CDF evaluation per edge instead of two).
+    """
 
+    def __init__(self, mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta: float) -> None:
+        import numpy as np
+        from prv_accountant import PoissonSubsampledGaussianMechanism
+        from prv_accountant.composers import Heterogeneous
+        from prv_accountant.domain import Domain
+
+        self.max_steps = max_steps
+        self.eps_error, self.delta_error = _PRV_EPS_ERROR, delta / 1000
+        # Theorem 5.5 of Gopi et al. (arXiv 2106.02848), as PRVAccountant sets it.
+        mesh = float(self.eps_error / np.sqrt(sum(max_steps) / 2 * np.log(12 / self.delta_error)))
+        domain = Domain.create_aligned(*_fft_friendly(_prv_domain(mechanisms, max_steps, self.delta_error), mesh), mesh)
+        prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma) for q, sigma in mechanisms]
+        self.composer = Heterogeneous([_discretise(prv, domain) for prv in prvs])
+
+    def compute_epsilon(self, delta: float, steps: Sequence[int]) -> tuple[float, float, float]:
+        """(lower, estimate, upper) for ``steps`` compositions of each mechanism (each <= its max)."""
+        if any(n > cap for n, cap in zip(steps, self.max_steps)):
+            raise ValueError(f"{list(steps)} compositions exceed this accountant's maximum {list(self.max_steps)}")
+        composed = self.composer.compute_composition(list(steps))
+        return composed.compute_epsilon(delta, self.delta_error, self.eps_error)
+
+
+def _fft_friendly(half_width: float, mesh: float) -> tuple[float, float]:
+    """The domain [-L', L'] with L' >= ``half_width`` whose grid (2k + 2 points aligned on the
+    origin, k = ceil(L'/mesh), as Domain.create_aligned makes it) has a length the FFT handles
+    fast (no large prime factor: a 93284-point grid, 4 x the prime 23321, took 20x longer). A
+    wider domain only adds cells of negligible mass: PRV's error bound needs L' >= the safe size."""
+    from scipy.fft import next_fast_len
+
+    cells = math.ceil(half_width / mesh)
+    while (size := next_fast_len(2 * cells + 2, real=True)) % 2:
+        cells = (size - 1) // 2
+    cells = (size - 2) // 2
+    wider = (cells - 0.5) * mesh  # create_aligned rounds up to a multiple of the mesh: k cells
+    return -wider, wider
+
+
+def _discretise(prv, domain):
+    """prv_accountant's CellCentred discretisation of ``prv`` truncated to ``domain``, in float64."""
     import numpy as np
-    from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
+    from prv_accountant.discrete_privacy_random_variable import DiscretePrivacyRandomVariable
+    from prv_accountant.privacy_random_variables import PrivacyRandomVariableTruncated
 
-    prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma) for q, sigma in mechanisms]
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Assuming that true epsilon", category=UserWarning)
-        return PRVAccountant(
-            prvs=prvs,
-            max_self_compositions=list(max_steps),
-            eps_error=_PRV_EPS_ERROR,
-            delta_error=delta / 1000,
-            eps_max=_prv_domain(mechanisms, max_steps, delta / 1000),
-        )
+    truncated = PrivacyRandomVariableTruncated(prv, domain.t_min(), domain.t_max())
+    centres, width = domain.ts(), domain.dt()
+    edges = np.clip(np.append(centres - width / 2.0, centres[-1] + width / 2.0), truncated.t_min, truncated.t_max)
+    mass = np.diff(prv.cdf(edges)) / truncated.remaining_mass
+    shift = truncated.mean() - np.dot(centres, mass)
+    if not abs(shift) < width / 2:
+        raise RuntimeError("Discrete mean differs from continuous mean significantly.")
+    return DiscretePrivacyRandomVariable(
+        np.asarray(mass, dtype=np.float64), domain.shift_right(float(shift)), log_pmc_inf=float(np.log(1 - prv.pm_inf))
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _prv_accountant(mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta: float) -> _PrvAccountant:
+    """A PRV accountant for these (q, sigma) mechanisms, valid up to ``max_steps`` compositions each."""
+    import numpy as np
+
+    with np.errstate(all="ignore"):
+        return _PrvAccountant(mechanisms, max_steps, delta)
 
 
 def _prv_domain(mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta_error: float) -> float:
