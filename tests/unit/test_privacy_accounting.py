@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from flsuite.errors import ConfigError, PlanError
 from flsuite.privacy import check_delta, epsilon, noise_multiplier_for
+from flsuite.privacy.accounting import rdp_epsilon, screening_bound
 from tests.unit.test_privacy_events import make_event
 
 OPACUS_CASE = [(0.04, 1.5, 2250)]
@@ -330,3 +331,42 @@ def test_fast_prv_accountant_equals_prv_accountant_s_own(mechanisms, max_steps, 
     assert -domain.t_min() + domain.shifts() >= half_width and len(domain) % 2 == 0
     with pytest.raises(ValueError, match="exceed"):
         ours.compute_epsilon(delta, [n + 1 for n in max_steps])
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.14285714285714285, 2.67), (0.5, 0.6), (0.01, 1.0), (0.999, 3.0), (1.0, 5.0), (0.2, 50.0)])
+def test_integer_order_rdp_curve_equals_dp_accounting_s(q, sigma):
+    """The vectorised integer-order RDP curve (the sigma search's and PRV domain's bound) is
+    dp_accounting's own sum, to 1e-10 (1e-15 absolute): a bound that came out lower would shrink PRV's domain."""
+    import numpy as np
+    from dp_accounting import rdp
+
+    from flsuite.privacy import accounting
+
+    theirs = rdp.RdpAccountant(list(accounting._COARSE_ORDERS))
+    theirs.compose(accounting._step_event(q, sigma))
+    assert np.allclose(accounting._integer_rdp_per_step(q, sigma), theirs._rdp, rtol=1e-10, atol=1e-15)
+
+
+def test_rdp_to_epsilon_equals_dp_accounting_s_conversion():
+    """The internal bounds convert RDP to epsilon without dp_accounting; the conversion is its own."""
+    import numpy as np
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from flsuite.privacy import accounting
+
+    orders = accounting._COARSE_ORDERS
+    for q, sigma, steps in [(0.14, 2.67, 140), (0.5, 0.6, 5), (0.01, 50.0, 3), (1.0, 5.0, 1), (0.3, 0.3, 2000)]:
+        curve = steps * np.asarray(accounting._integer_rdp_per_step(q, sigma))
+        for delta in (1e-5, 1e-9, 0.3):
+            theirs = rdp_privacy_accountant.compute_epsilon(orders, curve, delta)[0]
+            assert accounting._rdp_to_epsilon(orders, curve, delta) == theirs
+
+
+@settings(max_examples=15, deadline=None)
+@given(phases=st.lists(small_phase, min_size=1, max_size=2))
+def test_screening_bound_is_never_below_what_either_accountant_reports(phases):
+    """The attack on the screen: a bound below the exact report would let a request near the
+    cap through without the exact accountant. Integer orders only may loosen it, never tighten."""
+    for accountant in ("rdp", "prv"):
+        assert screening_bound(phases, delta=1e-5, accountant=accountant) >= epsilon(phases, delta=1e-5, accountant=accountant)
+    assert screening_bound(phases, delta=1e-5, accountant="rdp") >= rdp_epsilon(phases, delta=1e-5)
