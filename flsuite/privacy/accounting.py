@@ -357,7 +357,6 @@ class _PrvAccountant:
 
     def __init__(self, mechanisms: tuple[tuple[float, float], ...], max_steps: tuple[int, ...], delta: float) -> None:
         import numpy as np
-        from prv_accountant import PoissonSubsampledGaussianMechanism
         from prv_accountant.composers import Heterogeneous
         from prv_accountant.domain import Domain
 
@@ -366,7 +365,7 @@ class _PrvAccountant:
         # Theorem 5.5 of Gopi et al. (arXiv 2106.02848), as PRVAccountant sets it.
         mesh = float(self.eps_error / np.sqrt(sum(max_steps) / 2 * np.log(12 / self.delta_error)))
         domain = Domain.create_aligned(*_fft_friendly(_prv_domain(mechanisms, max_steps, self.delta_error), mesh), mesh)
-        prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma) for q, sigma in mechanisms]
+        prvs = [_mechanism(q, sigma) for q, sigma in mechanisms]
         self.composer = Heterogeneous([_discretise(prv, domain) for prv in prvs])
 
     def compute_epsilon(self, delta: float, steps: Sequence[int]) -> tuple[float, float, float]:
@@ -375,6 +374,28 @@ class _PrvAccountant:
             raise ValueError(f"{list(steps)} compositions exceed this accountant's maximum {list(self.max_steps)}")
         composed = self.composer.compute_composition(list(steps))
         return composed.compute_epsilon(delta, self.delta_error, self.eps_error)
+
+
+def _mechanism(q: float, sigma: float):
+    """prv_accountant's PoissonSubsampledGaussianMechanism with a faster CDF, equal bit for bit:
+    the library evaluates its long double log term twice (both branches of a where are the same)
+    and over the whole grid, where below log(1 - q) it is NaN, which the x87 unit computes with
+    slow microcode before the where throws it away. This one evaluates it once, and as log(1)
+    below log(1 - q); every value it keeps is the same expression on the same numbers."""
+    import numpy as np
+    from prv_accountant.privacy_random_variables import poisson_subsampled_gaussian_mechanism as psgm
+
+    class Mechanism(psgm.PoissonSubsampledGaussianMechanism):
+        def cdf(self, t):
+            sigma, p, root2 = self.sigma, self.p, psgm.M_SQRT2
+            kept = t > psgm.log(1 - p)
+            z = psgm.log(np.where(kept, (p - 1) / p + psgm.exp(t) / p, 1))
+            return np.where(kept, (
+                (1.0 / 2.0) * p * (-psgm.erfc(np.double((1.0 / 4.0) * root2 * (2 * psgm.pow(sigma, 2) * z - 1) / sigma))) -
+                1.0 / 2.0 * (p - 1) * (-psgm.erfc(np.double((1.0 / 4.0) * root2 * (2 * psgm.pow(sigma, 2) * z + 1) / sigma))) + 1
+            ), 0.0)
+
+    return Mechanism(sampling_probability=q, noise_multiplier=sigma)
 
 
 def _fft_friendly(half_width: float, mesh: float) -> tuple[float, float]:

@@ -370,3 +370,20 @@ def test_screening_bound_is_never_below_what_either_accountant_reports(phases):
     for accountant in ("rdp", "prv"):
         assert screening_bound(phases, delta=1e-5, accountant=accountant) >= epsilon(phases, delta=1e-5, accountant=accountant)
     assert screening_bound(phases, delta=1e-5, accountant="rdp") >= rdp_epsilon(phases, delta=1e-5)
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.14285714285714285, 2.67), (1.0, 5.0), (0.5, 0.6), (0.01, 40.0)])
+def test_prv_mechanism_cdf_is_prv_accountant_s_bit_for_bit(q, sigma):
+    """The CDF that computes its log term once returns exactly the library's values (long double)."""
+    import numpy as np
+    from prv_accountant import PoissonSubsampledGaussianMechanism
+
+    from flsuite.privacy import accounting
+
+    t = np.concatenate([np.linspace(-30, 30, 20001, dtype=np.longdouble), np.array([0.0, -1e-12, 1e-12], dtype=np.longdouble)])
+    theirs = PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma)
+    with np.errstate(all="ignore"):
+        expected, got = theirs.cdf(t), accounting._mechanism(q, sigma).cdf(t)
+    assert got.dtype == expected.dtype
+    assert np.array_equal(got, expected, equal_nan=True)
+    assert float(accounting._mechanism(q, sigma).cdf(np.longdouble(0.5))) == float(theirs.cdf(np.longdouble(0.5)))
