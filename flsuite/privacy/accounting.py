@@ -388,12 +388,27 @@ def _mechanism(q: float, sigma: float):
     class Mechanism(psgm.PoissonSubsampledGaussianMechanism):
         def cdf(self, t):
             sigma, p, root2 = self.sigma, self.p, psgm.M_SQRT2
+            if np.ndim(t) == 0:  # quad's scalar calls (the truncated mean): no where()s, same numbers
+                return self._scalar_cdf(t)
             kept = t > psgm.log(1 - p)
             z = psgm.log(np.where(kept, (p - 1) / p + psgm.exp(t) / p, 1))
             return np.where(kept, (
                 (1.0 / 2.0) * p * (-psgm.erfc(np.double((1.0 / 4.0) * root2 * (2 * psgm.pow(sigma, 2) * z - 1) / sigma))) -
                 1.0 / 2.0 * (p - 1) * (-psgm.erfc(np.double((1.0 / 4.0) * root2 * (2 * psgm.pow(sigma, 2) * z + 1) / sigma))) + 1
             ), 0.0)
+
+        def _scalar_cdf(self, t):
+            sigma, p, root2 = self.sigma, self.p, psgm.M_SQRT2
+            if "_log_1_minus_p" not in self.__dict__:
+                self._log_1_minus_p = psgm.log(1 - p)
+            if not t > self._log_1_minus_p:
+                return np.longdouble(0.0)
+            inner = (p - 1) / p + psgm.exp(t) / p
+            z = np.log(inner) if inner > 0 else (-np.inf if inner == 0 else np.nan)
+            return (
+                (1.0 / 2.0) * p * (-psgm.erfc(np.double((1.0 / 4.0) * root2 * (2 * psgm.pow(sigma, 2) * z - 1) / sigma))) -
+                1.0 / 2.0 * (p - 1) * (-psgm.erfc(np.double((1.0 / 4.0) * root2 * (2 * psgm.pow(sigma, 2) * z + 1) / sigma))) + 1
+            )
 
     return Mechanism(sampling_probability=q, noise_multiplier=sigma)
 
