@@ -390,3 +390,22 @@ def test_prv_mechanism_cdf_is_prv_accountant_s_bit_for_bit(q, sigma):
     with np.errstate(all="ignore"):  # scalars, as quad asks for the truncated mean: Python floats
         for point in [*np.linspace(-30.0, 30.0, 601).tolist(), 0.0, 1e-12, -1e-12, 700.0, np.longdouble(0.5)]:
             assert float(ours.cdf(point)) == float(theirs.cdf(point)), point
+
+
+def test_a_cached_epsilon_or_accountant_is_never_served_for_other_q_sigma_steps_or_delta():
+    """The attack on the caches (epsilons, PRV accountants, RDP curves): after one setting is
+    cached, a setting that differs in q, sigma, steps (within the same power of two: the same
+    built accountant's range) or delta must get its own value, the one a cold process computes."""
+    from flsuite.privacy import accounting
+
+    base = ((0.2, 3.0, 50), 1e-5)
+    variants = [((0.21, 3.0, 50), 1e-5), ((0.2, 3.1, 50), 1e-5), ((0.2, 3.0, 60), 1e-5), ((0.2, 3.0, 50), 2e-5)]
+    cold = {}
+    for phase, delta in [base, *variants]:
+        accounting.clear_cache()
+        cold[(phase, delta)] = (epsilon([phase], delta=delta), screening_bound([phase], delta=delta))
+    accounting.clear_cache()
+    warm_base = (epsilon([base[0]], delta=base[1]), screening_bound([base[0]], delta=base[1]))
+    for phase, delta in variants:
+        warm = (epsilon([phase], delta=delta), screening_bound([phase], delta=delta))
+        assert warm == cold[(phase, delta)] and warm != warm_base, (phase, delta)
