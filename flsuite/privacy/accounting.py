@@ -8,7 +8,9 @@ events), accounted as dp_accounting's GaussianDpEvent with no sampling.
 Accountants (both report an upper bound on the true epsilon, never an estimate below it):
 
 - ``"prv"`` (default): Gopi et al.'s numerical composition of privacy loss random variables,
-  from Microsoft's ``prv_accountant`` package, with Opacus' error settings (eps_error 0.01,
+  built from Microsoft's ``prv_accountant`` package (its mechanism, discretisation and composers;
+  flsuite composes in float64 on an FFT-friendly domain: ``_PrvAccountant``, equal to its
+  ``PRVAccountant`` to 1e-8), with Opacus' error settings (eps_error 0.01,
   delta_error delta/1000); flsuite reports the upper end of its error interval, as Opacus does,
   when that interval certifies it: upper <= REPORT_TOLERANCE x lower <= 1.05 x the true epsilon.
   Where PRV fails numerically (small sigma), where its interval is too wide for that (tiny
@@ -21,7 +23,8 @@ Accountants (both report an upper bound on the true epsilon, never an estimate b
   Opacus' RDPAccountant. Per-step RDP curves are cached per (q, sigma): composing is a sum.
 
 ``screening_bound`` is a cheap certified upper bound on what ``epsilon`` reports (budget checks
-use it to pass requests far from a cap without running the exact accountant).
+use it to pass requests far from a cap without running the exact accountant). The sigma search
+brackets with integer-order RDP (numpy) and runs the exact accountant only for its last steps.
 
 GDP is refused: its central-limit approximation under-reports epsilon (by up to 63% here).
 No torch, no opacus: auditors recompute epsilon from the ledger with this module alone.

@@ -408,4 +408,5 @@ def test_a_cached_epsilon_or_accountant_is_never_served_for_other_q_sigma_steps_
     warm_base = (epsilon([base[0]], delta=base[1]), screening_bound([base[0]], delta=base[1]))
     for phase, delta in variants:
         warm = (epsilon([phase], delta=delta), screening_bound([phase], delta=delta))
-        assert warm == cold[(phase, delta)] and warm != warm_base, (phase, delta)
+        assert warm == cold[(phase, delta)], (phase, delta)
+        assert warm[0] != warm_base[0] and warm[1] != warm_base[1], (phase, delta)
