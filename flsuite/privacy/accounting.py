@@ -551,6 +551,8 @@ def _model_step(prv_spend, rdp_spend, lo: float, hi: float, target: float, toler
         return lo, hi, False
     if spent_hi >= (1 - tolerance) * target:
         return lo, hi, None
+    if spent_hi <= 0:  # no ratio to scale by
+        return lo, hi, False
     aim = target * (1 - tolerance / 2) * rdp_spend(hi) / spent_hi  # RDP's value where PRV would be at the aim
     guess_lo = hi
     while rdp_spend(guess_lo) <= aim:

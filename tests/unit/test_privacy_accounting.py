@@ -192,6 +192,17 @@ def test_noise_multiplier_lands_at_or_just_below_the_target(accountant):
     assert epsilon([(1 / 6, sigma * 0.97, 120)], delta=1e-5, accountant=accountant) > 3.0
 
 
+@pytest.mark.parametrize(
+    ("q", "steps", "target", "prior"),
+    [(1 / 7, 140, 3.0, [(1.0, 5.0, 1)]), (1 / 3, 60, 3.0, [(1.0, 5.0, 1)]), (0.05, 400, 0.8, []), (0.25, 30, 8.0, [(0.1, 2.0, 20)])],
+)
+def test_prv_sigma_search_lands_within_the_tolerance_below_the_target(q, steps, target, prior):
+    """The two-evaluation search (RDP scaled by PRV's ratio) or its fallback: never above the target."""
+    sigma = noise_multiplier_for(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps, prior_phases=prior)
+    spent = epsilon([*prior, (q, sigma, steps)], delta=1e-5)
+    assert target * 0.99 <= spent <= target, (sigma, spent)
+
+
 def test_noise_multiplier_counts_what_was_spent_before():
     prior = [(0.1, 2.0, 100)]
     fresh = noise_multiplier_for(target_epsilon=3.0, delta=1e-5, sample_rate=0.1, steps=100, accountant="rdp")
