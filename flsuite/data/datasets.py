@@ -40,7 +40,8 @@ class Dataset:
 
 
 def load_builtin(name: str) -> Dataset:
-    """Load ``breast_cancer`` or ``digits`` from scikit-learn's bundled files (no download)."""
+    """Load ``breast_cancer`` or ``digits`` from scikit-learn's bundled files (no download;
+    breast cancer without importing scikit-learn)."""
     if name == "breast_cancer":
         return _breast_cancer()
     if name == "digits":
@@ -50,15 +51,39 @@ def load_builtin(name: str) -> Dataset:
 
 @cache
 def _breast_cancer() -> Dataset:
-    from sklearn.datasets import load_breast_cancer
-
-    bundle = load_breast_cancer()
+    data, target, description = _bundled_breast_cancer()
     # log1p tames the long tails of the area and perimeter features; the published
     # ranges then map every feature onto [-1, 1].
-    low, high = (np.log1p(bound) for bound in published_ranges(bundle.DESCR))
-    scaled = 2.0 * (np.log1p(bundle.data) - low) / (high - low) - 1.0
+    low, high = (np.log1p(bound) for bound in published_ranges(description))
+    scaled = 2.0 * (np.log1p(data) - low) / (high - low) - 1.0
     features = np.clip(scaled, -1.0, 1.0).astype(np.float32)
-    return Dataset("breast_cancer", features, bundle.target.astype(np.int64), 2)
+    return Dataset("breast_cancer", features, target.astype(np.int64), 2)
+
+
+def _bundled_breast_cancer() -> tuple[np.ndarray, np.ndarray, str]:
+    """Data, target and description of scikit-learn's bundled breast cancer files, read as
+    ``load_breast_cancer`` reads them but without importing scikit-learn (a second of a
+    study's start); through ``load_breast_cancer`` when the files are not where it keeps them."""
+    import csv
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    spec = find_spec("sklearn")
+    root = Path(next(iter(spec.submodule_search_locations or ()), "")) / "datasets" if spec else None
+    if root is None or not (root / "data" / "breast_cancer.csv").is_file() or not (root / "descr" / "breast_cancer.rst").is_file():
+        from sklearn.datasets import load_breast_cancer
+
+        bundle = load_breast_cancer()
+        return bundle.data, bundle.target, bundle.DESCR
+    with (root / "data" / "breast_cancer.csv").open("r", encoding="utf-8") as csv_file:
+        rows = csv.reader(csv_file)
+        header = next(rows)
+        data = np.empty((int(header[0]), int(header[1])))
+        target = np.empty((int(header[0]),), dtype=int)
+        for i, row in enumerate(rows):
+            data[i] = np.asarray(row[:-1], dtype=np.float64)
+            target[i] = np.asarray(row[-1], dtype=int)
+    return data, target, (root / "descr" / "breast_cancer.rst").read_text(encoding="utf-8")
 
 
 @cache

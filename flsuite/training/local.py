@@ -76,8 +76,22 @@ def evaluate(model: nn.Module, data: Dataset) -> dict[str, float]:
         "accuracy": float((logits.argmax(dim=1) == labels).float().mean()),
     }
     if logits.shape[1] == 2 and len(np.unique(data.labels)) == 2:
-        from sklearn.metrics import roc_auc_score
-
         scores = torch.softmax(logits, dim=1)[:, 1].numpy()
-        metrics["auc"] = float(roc_auc_score(data.labels, scores))
+        metrics["auc"] = binary_auc(data.labels, scores)
     return metrics
+
+
+def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC-AUC of ``scores`` for labels 0/1 (both present): the Mann-Whitney statistic with tied
+    scores counted half, which is the trapezoidal area scikit-learn's roc_auc_score computes,
+    without importing scikit-learn on every study's path (a second of its start)."""
+    labels = np.asarray(labels)
+    order = np.argsort(scores, kind="mergesort")
+    ranked = np.asarray(scores)[order]
+    ranks = np.empty(len(ranked), dtype=np.float64)
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])
+    ends = np.r_[starts[1:], len(ranked)]
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # average rank of each tie group
+    positive = labels == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -21,6 +21,28 @@ def test_builtin_datasets_are_the_real_ones_scaled_without_looking_at_records():
     assert digits.features.max() <= 1.0
 
 
+def test_breast_cancer_read_without_scikit_learn_is_load_breast_cancer_exactly():
+    """The study reads scikit-learn's bundled files itself (no sklearn import on its path):
+    the same records, labels and description as ``load_breast_cancer``, bit for bit."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+
+    from flsuite.data.datasets import _bundled_breast_cancer
+
+    data, target, description = _bundled_breast_cancer()
+    bundle = load_breast_cancer()
+    assert data.dtype == bundle.data.dtype and np.array_equal(data, bundle.data)
+    assert np.array_equal(target, bundle.target) and description == bundle.DESCR
+
+
+def test_loading_breast_cancer_imports_no_scikit_learn():
+    import subprocess
+    import sys
+
+    code = "import sys; from flsuite.data.datasets import load_builtin; load_builtin('breast_cancer'); print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("name", ["logreg", "mlp", "cnn"])
 def test_every_model_is_opacus_compatible_and_seeded(name):
     make = lambda: build_model(ModelConfig(name=name), num_features=64, num_classes=10, image_shape=(8, 8), seed=7)

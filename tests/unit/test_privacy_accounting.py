@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from flsuite.errors import ConfigError, PlanError
 from flsuite.privacy import check_delta, epsilon, noise_multiplier_for
+from flsuite.privacy.accounting import rdp_epsilon, screening_bound
 from tests.unit.test_privacy_events import make_event
 
 OPACUS_CASE = [(0.04, 1.5, 2250)]
@@ -191,6 +192,17 @@ def test_noise_multiplier_lands_at_or_just_below_the_target(accountant):
     assert epsilon([(1 / 6, sigma * 0.97, 120)], delta=1e-5, accountant=accountant) > 3.0
 
 
+@pytest.mark.parametrize(
+    ("q", "steps", "target", "prior"),
+    [(1 / 7, 140, 3.0, [(1.0, 5.0, 1)]), (1 / 3, 60, 3.0, [(1.0, 5.0, 1)]), (0.05, 400, 0.8, []), (0.25, 30, 8.0, [(0.1, 2.0, 20)])],
+)
+def test_prv_sigma_search_lands_within_the_tolerance_below_the_target(q, steps, target, prior):
+    """The two-evaluation search (RDP scaled by PRV's ratio) or its fallback: never above the target."""
+    sigma = noise_multiplier_for(target_epsilon=target, delta=1e-5, sample_rate=q, steps=steps, prior_phases=prior)
+    spent = epsilon([*prior, (q, sigma, steps)], delta=1e-5)
+    assert target * 0.99 <= spent <= target, (sigma, spent)
+
+
 def test_noise_multiplier_counts_what_was_spent_before():
     prior = [(0.1, 2.0, 100)]
     fresh = noise_multiplier_for(target_epsilon=3.0, delta=1e-5, sample_rate=0.1, steps=100, accountant="rdp")
@@ -294,3 +306,118 @@ def test_prv_domain_is_at_least_prv_accountant_s_own_safe_size(phases):
     prvs = [PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=s) for q, s in mechanisms]
     theirs = compute_safe_domain_size(prvs, list(max_steps), 0.01, delta_error)
     assert accounting._prv_domain(mechanisms, max_steps, delta_error) >= theirs
+
+
+@pytest.mark.parametrize(
+    ("mechanisms", "max_steps", "steps"),
+    [
+        (((0.14285714285714285, 2.673668088853854), (1.0, 5.0)), (256, 1), (140, 1)),  # the default study's site
+        (((0.2, 0.8), (0.05, 1.5)), (16, 128), (10, 100)),
+        (((0.5, 0.6),), (8,), (5,)),
+    ],
+)
+def test_fast_prv_accountant_equals_prv_accountant_s_own(mechanisms, max_steps, steps):
+    """flsuite's PRV accountant (float64 composition, shared cell edges, an FFT-friendly domain
+    at least as wide) reports what prv_accountant's PRVAccountant reports on the same domain rule,
+    to 1e-8 relative: the speed-up changes no bound. Its domain is never narrower than asked."""
+    import warnings
+
+    import numpy as np
+    from prv_accountant import PoissonSubsampledGaussianMechanism, PRVAccountant
+
+    from flsuite.privacy import accounting
+
+    delta = 1e-5
+    half_width = accounting._prv_domain(mechanisms, max_steps, delta / 1000)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        theirs = PRVAccountant(
+            prvs=[PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=s) for q, s in mechanisms],
+            max_self_compositions=list(max_steps), eps_error=0.01, delta_error=delta / 1000, eps_max=half_width,
+        ).compute_epsilon(delta, list(steps))
+        ours = accounting._PrvAccountant(mechanisms, max_steps, delta)
+        mine = ours.compute_epsilon(delta, list(steps))
+    assert mine == pytest.approx(theirs, rel=1e-8)
+    domain = ours.composer.prvs[0].domain
+    assert -domain.t_min() + domain.shifts() >= half_width and len(domain) % 2 == 0
+    with pytest.raises(ValueError, match="exceed"):
+        ours.compute_epsilon(delta, [n + 1 for n in max_steps])
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.14285714285714285, 2.67), (0.5, 0.6), (0.01, 1.0), (0.999, 3.0), (1.0, 5.0), (0.2, 50.0)])
+def test_integer_order_rdp_curve_equals_dp_accounting_s(q, sigma):
+    """The vectorised integer-order RDP curve (the sigma search's and PRV domain's bound) is
+    dp_accounting's own sum, to 1e-10 (1e-15 absolute): a bound that came out lower would shrink PRV's domain."""
+    import numpy as np
+    from dp_accounting import rdp
+
+    from flsuite.privacy import accounting
+
+    theirs = rdp.RdpAccountant(list(accounting._COARSE_ORDERS))
+    theirs.compose(accounting._step_event(q, sigma))
+    assert np.allclose(accounting._integer_rdp_per_step(q, sigma), theirs._rdp, rtol=1e-10, atol=1e-15)
+
+
+def test_rdp_to_epsilon_equals_dp_accounting_s_conversion():
+    """The internal bounds convert RDP to epsilon without dp_accounting; the conversion is its own."""
+    import numpy as np
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from flsuite.privacy import accounting
+
+    orders = accounting._COARSE_ORDERS
+    for q, sigma, steps in [(0.14, 2.67, 140), (0.5, 0.6, 5), (0.01, 50.0, 3), (1.0, 5.0, 1), (0.3, 0.3, 2000)]:
+        curve = steps * np.asarray(accounting._integer_rdp_per_step(q, sigma))
+        for delta in (1e-5, 1e-9, 0.3):
+            theirs = rdp_privacy_accountant.compute_epsilon(orders, curve, delta)[0]
+            assert accounting._rdp_to_epsilon(orders, curve, delta) == theirs
+
+
+@settings(max_examples=15, deadline=None)
+@given(phases=st.lists(small_phase, min_size=1, max_size=2))
+def test_screening_bound_is_never_below_what_either_accountant_reports(phases):
+    """The attack on the screen: a bound below the exact report would let a request near the
+    cap through without the exact accountant. Integer orders only may loosen it, never tighten."""
+    for accountant in ("rdp", "prv"):
+        assert screening_bound(phases, delta=1e-5, accountant=accountant) >= epsilon(phases, delta=1e-5, accountant=accountant)
+    assert screening_bound(phases, delta=1e-5, accountant="rdp") >= rdp_epsilon(phases, delta=1e-5)
+
+
+@pytest.mark.parametrize(("q", "sigma"), [(0.14285714285714285, 2.67), (1.0, 5.0), (0.5, 0.6), (0.01, 40.0)])
+def test_prv_mechanism_cdf_is_prv_accountant_s_bit_for_bit(q, sigma):
+    """The CDF that computes its log term once returns exactly the library's values (long double)."""
+    import numpy as np
+    from prv_accountant import PoissonSubsampledGaussianMechanism
+
+    from flsuite.privacy import accounting
+
+    t = np.concatenate([np.linspace(-30, 30, 20001, dtype=np.longdouble), np.array([0.0, -1e-12, 1e-12], dtype=np.longdouble)])
+    theirs = PoissonSubsampledGaussianMechanism(sampling_probability=q, noise_multiplier=sigma)
+    with np.errstate(all="ignore"):
+        expected, got = theirs.cdf(t), accounting._mechanism(q, sigma).cdf(t)
+    assert got.dtype == expected.dtype
+    assert np.array_equal(got, expected, equal_nan=True)
+    ours = accounting._mechanism(q, sigma)
+    with np.errstate(all="ignore"):  # scalars, as quad asks for the truncated mean: Python floats
+        for point in [*np.linspace(-30.0, 30.0, 601).tolist(), 0.0, 1e-12, -1e-12, 700.0, np.longdouble(0.5)]:
+            assert float(ours.cdf(point)) == float(theirs.cdf(point)), point
+
+
+def test_a_cached_epsilon_or_accountant_is_never_served_for_other_q_sigma_steps_or_delta():
+    """The attack on the caches (epsilons, PRV accountants, RDP curves): after one setting is
+    cached, a setting that differs in q, sigma, steps (within the same power of two: the same
+    built accountant's range) or delta must get its own value, the one a cold process computes."""
+    from flsuite.privacy import accounting
+
+    base = ((0.2, 3.0, 50), 1e-5)
+    variants = [((0.21, 3.0, 50), 1e-5), ((0.2, 3.1, 50), 1e-5), ((0.2, 3.0, 60), 1e-5), ((0.2, 3.0, 50), 2e-5)]
+    cold = {}
+    for phase, delta in [base, *variants]:
+        accounting.clear_cache()
+        cold[(phase, delta)] = (epsilon([phase], delta=delta), screening_bound([phase], delta=delta))
+    accounting.clear_cache()
+    warm_base = (epsilon([base[0]], delta=base[1]), screening_bound([base[0]], delta=base[1]))
+    for phase, delta in variants:
+        warm = (epsilon([phase], delta=delta), screening_bound([phase], delta=delta))
+        assert warm == cold[(phase, delta)], (phase, delta)
+        assert warm[0] != warm_base[0] and warm[1] != warm_base[1], (phase, delta)
