@@ -157,15 +157,30 @@ def stop_family(pid: int, *, timeout: float = 10) -> None:
     terminate([pid, *descendants(pid)], timeout=timeout)
 
 
-def kill_family(pid: int) -> list[int]:
-    """SIGKILL a process and all its descendants at once (its machine dies: no goodbye); their PIDs."""
+def kill_family(pid: int, *, timeout: float = 30.0) -> list[int]:
+    """SIGKILL a process and all its descendants at once (its machine dies: no goodbye); their PIDs.
+
+    Returns once every one of them is dead (gone or a zombie), so that what they held, such as
+    a listening port, is free; a loaded machine can take a moment to deliver SIGKILL."""
     family = [pid, *descendants(pid)]
     for member in family:
         try:
             os.kill(member, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    deadline = time.monotonic() + timeout
+    while any(_alive(member) for member in family) and time.monotonic() < deadline:
+        time.sleep(0.05)
     return family
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie has released its files and sockets: not alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def wait_for_app_process(pid: int, *, timeout: float, nth: int = 1, marker: bytes = b"clientapp") -> int | None:
