@@ -80,7 +80,10 @@ TRAIN_STEPS = (
 
 
 def read_trace(path: Path) -> list[dict]:
-    """The trace's JSON lines in time order (flsuite.timing's format), or [] without a trace."""
+    """The trace's JSON lines in time order (flsuite.timing's format), or [] without a trace.
+
+    flsuite.timing.read_trace's twin, kept here because this script also measures older
+    checkouts (the "before" of a comparison), which have no flsuite.timing to import."""
     if not path.exists():
         return []
     events = []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,19 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def wait_for_published_round(output: Path, process: subprocess.Popen, k: int, timeout: float) -> None:
+    """Until resume.json in ``output`` says round k was published (the study's coordinator rewrites it
+    after each version); fails if ``process`` ends first or the round does not come within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the study ended (exit {process.returncode}) before round {k} was published")
+        try:
+            if json.loads((output / "resume.json").read_text())["round"] >= k:
+                return
+        except (FileNotFoundError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"round {k} was not published within {timeout} s")

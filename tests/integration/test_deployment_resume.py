@@ -48,27 +48,13 @@ from flsuite.deployment.testing import (
 )
 from flsuite.privacy import DP_SGD, GAUSSIAN, PrivacyLedger
 from flsuite.registry import Registry, verify_registry
+from tests.conftest import wait_for_published_round
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 ROUNDS, K = 3, 1  # the coordinator dies in round K + 1, after round K was published
 STUDY = [f"federation.rounds={ROUNDS}", "federation.num_sites=3", "federation.min_sites=3", "secagg=none", "privacy=dp"]
-
-
-def _wait_for_round(output: Path, process: subprocess.Popen, k: int, timeout: float = 600) -> None:
-    """Until resume.json says round k was published (the ServerApp rewrites it after each version)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the study ended (exit {process.returncode}) before round {k} was published")
-        try:
-            if json.loads((output / "resume.json").read_text())["round"] >= k:
-                return
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"round {k} was not published within {timeout} s")
 
 
 def _wait_for_spend(files: FederationFiles, process: subprocess.Popen, server_round: int, timeout: float = 300) -> str:
@@ -148,7 +134,7 @@ def test_coordinator_killed_in_round_k_of_a_deployed_dp_study_resumes_and_spends
         launch = start_launch(files, first_log, [*STUDY, "--output-dir", str(output)])
         resume: subprocess.Popen | None = None
         try:
-            _wait_for_round(output, launch, K)
+            wait_for_published_round(output, launch, K, timeout=600)
             trained = _wait_for_spend(files, launch, K + 1)
             round_loop = wait_for_app_process(coordinator.pid, timeout=10, marker=b"flwr-serverapp")
             assert round_loop is not None, "the SuperLink runs no flwr-serverapp process"

@@ -20,26 +20,11 @@ import pytest
 from flsuite.privacy import DP_SGD, GAUSSIAN
 from flsuite.privacy.ledger import PrivacyLedger
 from flsuite.registry import Registry, verify_registry
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, wait_for_published_round
 
 ROUNDS = 4
 SITES = 3
 STUDY = ["federation.rounds=4", "federation.num_sites=3", "secagg=none"]
-
-
-def _wait_for_round(out: Path, process: subprocess.Popen, k: int, timeout: float = 400) -> None:
-    """Until resume.json says round k was published (the study's coordinator writes it after each version)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the study ended (exit {process.returncode}) before round {k} was published")
-        try:
-            if json.loads((out / "resume.json").read_text())["round"] >= k:
-                return
-        except (FileNotFoundError, ValueError, KeyError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"round {k} was not published within {timeout} s")
 
 
 def _wait_for_spend(sites: Path, process: subprocess.Popen, server_round: int, timeout: float = 120) -> None:
@@ -80,7 +65,7 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
         process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
                                    start_new_session=True)
     try:
-        _wait_for_round(out, process, 2)
+        wait_for_published_round(out, process, 2, timeout=400)
         if kill_when == "sites-training":
             _wait_for_spend(sites, process, 3)
         os.kill(process.pid, signal.SIGKILL)  # the coordinator (and, inline, its simulated sites) dies mid-study
