@@ -50,3 +50,17 @@ def wait_for_published_round(output: Path, process: subprocess.Popen, k: int, ti
             pass
         time.sleep(0.2)
     raise AssertionError(f"round {k} was not published within {timeout} s")
+
+
+def assert_each_round_charged_once(before: dict, after: dict, *, k: int, rounds: int) -> None:
+    """The resume rule for a study killed after round k was published, per site (round -> events, read
+    before the resume and after it): a completed round is charged once and never again; the interrupted
+    round k + 1 keeps what it spent before the kill and its re-run is charged too; later rounds once."""
+    for site, counts in after.items():
+        for r in range(1, rounds + 1):
+            if r <= k:
+                assert before[site][r] == counts[r] == 1, (site, r, before[site], counts)
+            elif r == k + 1:
+                assert before[site][r] in (0, 1) and counts[r] == before[site][r] + 1, (site, r, before[site], counts)
+            else:
+                assert before[site][r] == 0 and counts[r] == 1, (site, r, before[site], counts)

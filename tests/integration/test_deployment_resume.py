@@ -48,7 +48,7 @@ from flsuite.deployment.testing import (
 )
 from flsuite.privacy import DP_SGD, GAUSSIAN, PrivacyLedger
 from flsuite.registry import Registry, verify_registry
-from tests.conftest import wait_for_published_round
+from tests.conftest import assert_each_round_charged_once, wait_for_published_round
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
@@ -191,14 +191,6 @@ def test_coordinator_killed_in_round_k_of_a_deployed_dp_study_resumes_and_spends
     assert summary["status"] == "completed" and summary["rounds_completed"] == ROUNDS, summary
     assert summary["engine"] == "deployment" and summary["registry_versions"] == list(range(1, ROUNDS + 1))
 
-    after = _charged_rounds(files)
-    for site, counts in after.items():
-        for r in range(1, ROUNDS + 1):
-            if r <= k:  # completed before the kill: charged once, never again
-                assert before[site][r] == counts[r] == 1, (site, r, before[site], counts)
-            elif r == k + 1:  # interrupted: what it spent before the kill stays, and the re-run is charged too
-                assert before[site][r] in (0, 1) and counts[r] == before[site][r] + 1, (site, r, before[site], counts)
-            else:  # run only after the resume
-                assert before[site][r] == 0 and counts[r] == 1, (site, r, before[site], counts)
+    assert_each_round_charged_once(before, _charged_rounds(files), k=k, rounds=ROUNDS)
     # The per-site evaluation release (final round only) is charged once, after the resume.
     assert all(counts == Counter({ROUNDS: 1}) for counts in _charged_rounds(files, GAUSSIAN).values())

@@ -20,7 +20,7 @@ import pytest
 from flsuite.privacy import DP_SGD, GAUSSIAN
 from flsuite.privacy.ledger import PrivacyLedger
 from flsuite.registry import Registry, verify_registry
-from tests.conftest import REPO, run_cli, wait_for_published_round
+from tests.conftest import REPO, assert_each_round_charged_once, run_cli, wait_for_published_round
 
 ROUNDS = 4
 SITES = 3
@@ -117,15 +117,7 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
     assert summary["status"] == "completed" and summary["rounds_completed"] == ROUNDS
     assert summary["registry_versions"] == list(range(1, ROUNDS + 1))
 
-    after = _charged_rounds(sites)
-    for site, counts in after.items():
-        for r in range(1, ROUNDS + 1):
-            if r <= k:  # completed before the kill: charged once, never again
-                assert before[site][r] == counts[r] == 1, (site, r, before[site], counts)
-            elif r == k + 1:  # interrupted: what it spent before the kill stays, and the re-run is charged too
-                assert before[site][r] in (0, 1) and counts[r] == before[site][r] + 1, (site, r, before[site], counts)
-            else:  # run only after the resume
-                assert before[site][r] == 0 and counts[r] == 1, (site, r, before[site], counts)
+    assert_each_round_charged_once(before, _charged_rounds(sites), k=k, rounds=ROUNDS)
 
     # The per-site evaluation release (monitoring, final round only) is charged once, after the resume.
     assert all(counts == Counter({ROUNDS: 1}) for counts in _charged_rounds(sites, GAUSSIAN).values())
