@@ -36,8 +36,9 @@ import traceback
 from collections.abc import Callable, Sequence
 from importlib import import_module
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
+
+from flsuite.flower.module_view import module_view
 
 __all__ = [
     "CLIENTAPP_COMMAND", "DEFAULT_PRELOAD", "FORK_ENV", "PRELOAD_ENV", "Launcher", "check_patch", "forking_enabled",
@@ -222,8 +223,7 @@ def patch(launcher: Launcher) -> None:
                 return None  # Flower drops the Popen object
         return real(args, *rest, **kwargs)
 
-    module.subprocess = SimpleNamespace(**{**{name: getattr(subprocess, name) for name in subprocess.__all__},
-                                           "Popen": popen})
+    module.subprocess = module_view(subprocess, Popen=popen)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,7 +30,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from types import SimpleNamespace
+
+from flsuite.flower.module_view import module_view
 
 __all__ = ["DEFAULT_NODE_POLL_S", "FLOWER_IDLE_POLL_S", "FLOWER_LOCAL_WAIT_S", "LOCAL_WAIT_S", "NODE_POLL_ENV", "check_patch",
            "idle_poll_s", "main", "patch", "superexec_command", "trace_node_state"]
@@ -86,15 +87,13 @@ def patch(poll_s: float) -> None:
             seconds = LOCAL_WAIT_S
         real(seconds)
 
-    names = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
-    module.time = SimpleNamespace(**{**names, "sleep": sleep})
+    module.time = module_view(time, sleep=sleep)
     popen = subprocess.Popen
 
     def start(command: Sequence[str], *args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - subprocess.Popen's
         return popen(superexec_command(command), *args, **kwargs)
 
-    module.subprocess = SimpleNamespace(**{**{name: getattr(subprocess, name) for name in subprocess.__all__},
-                                           "Popen": start})
+    module.subprocess = module_view(subprocess, Popen=start)
 
 
 def superexec_command(command: Sequence[str]) -> list[str]:
