@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,20 @@ def assert_each_round_charged_once(before: dict, after: dict, *, k: int, rounds:
                 assert before[site][r] in (0, 1) and counts[r] == before[site][r] + 1, (site, r, before[site], counts)
             else:
                 assert before[site][r] == 0 and counts[r] == 1, (site, r, before[site], counts)
+
+
+def wait_for_reservation(ledgers: Callable[[], Mapping[str, Path]], process: subprocess.Popen, server_round: int,
+                         timeout: float) -> str:
+    """Until some site's ledger holds a reservation for ``server_round``; that site's name. ``ledgers`` gives
+    each site's ledger file, asked anew each time (a site creates it when it first trains); ledgers are read
+    raw, never repaired. Fails if ``process`` ends first or no reservation comes within ``timeout``."""
+    needle = f'"round":{server_round},'
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the study ended (exit {process.returncode}) before a site trained in round {server_round}")
+        for name, ledger in ledgers().items():
+            if ledger.is_file() and any('"reserve"' in line and needle in line for line in ledger.read_text().splitlines()):
+                return name
+        time.sleep(0.05)
+    raise AssertionError(f"no site reserved a spend for round {server_round} within {timeout} s")

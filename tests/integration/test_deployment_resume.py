@@ -48,28 +48,13 @@ from flsuite.deployment.testing import (
 )
 from flsuite.privacy import DP_SGD, GAUSSIAN, PrivacyLedger
 from flsuite.registry import Registry, verify_registry
-from tests.conftest import assert_each_round_charged_once, wait_for_published_round
+from tests.conftest import assert_each_round_charged_once, wait_for_published_round, wait_for_reservation
 
 pytestmark = [pytest.mark.deployment, pytest.mark.slow]
 
 SITES = ("hospital-a", "hospital-b", "hospital-c")
 ROUNDS, K = 3, 1  # the coordinator dies in round K + 1, after round K was published
 STUDY = [f"federation.rounds={ROUNDS}", "federation.num_sites=3", "federation.min_sites=3", "secagg=none", "privacy=dp"]
-
-
-def _wait_for_spend(files: FederationFiles, process: subprocess.Popen, server_round: int, timeout: float = 300) -> str:
-    """Until some site's ledger holds a reservation for ``server_round``; that site (ledgers read raw, never repaired)."""
-    needle = f'"round":{server_round},'
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the study ended (exit {process.returncode}) before a site trained in round {server_round}")
-        for name in SITES:
-            ledger = files.site(name).ledger
-            if ledger.is_file() and any('"reserve"' in line and needle in line for line in ledger.read_text().splitlines()):
-                return name
-        time.sleep(0.05)
-    raise AssertionError(f"no site reserved a spend for round {server_round} within {timeout} s")
 
 
 def _wait_for_sites_online(files: FederationFiles, timeout: float = 300) -> None:
@@ -135,7 +120,7 @@ def test_coordinator_killed_in_round_k_of_a_deployed_dp_study_resumes_and_spends
         resume: subprocess.Popen | None = None
         try:
             wait_for_published_round(output, launch, K, timeout=600)
-            trained = _wait_for_spend(files, launch, K + 1)
+            trained = wait_for_reservation(lambda: {name: files.site(name).ledger for name in SITES}, launch, K + 1, timeout=300)
             round_loop = wait_for_app_process(coordinator.pid, timeout=10, marker=b"flwr-serverapp")
             assert round_loop is not None, "the SuperLink runs no flwr-serverapp process"
             os.kill(round_loop, signal.SIGKILL)  # the process that runs the round loop dies first ...

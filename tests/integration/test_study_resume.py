@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,25 +19,11 @@ import pytest
 from flsuite.privacy import DP_SGD, GAUSSIAN
 from flsuite.privacy.ledger import PrivacyLedger
 from flsuite.registry import Registry, verify_registry
-from tests.conftest import REPO, assert_each_round_charged_once, run_cli, wait_for_published_round
+from tests.conftest import REPO, assert_each_round_charged_once, run_cli, wait_for_published_round, wait_for_reservation
 
 ROUNDS = 4
 SITES = 3
 STUDY = ["federation.rounds=4", "federation.num_sites=3", "secagg=none"]
-
-
-def _wait_for_spend(sites: Path, process: subprocess.Popen, server_round: int, timeout: float = 120) -> None:
-    """Until some site's ledger holds a reservation for ``server_round`` (read raw: a ledger is never repaired here)."""
-    needle = f'"round":{server_round},'
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the study ended (exit {process.returncode}) before a site trained in round {server_round}")
-        for ledger in sites.glob("*/ledger.jsonl"):
-            if any('"reserve"' in line and needle in line for line in ledger.read_text().splitlines()):
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"no site reserved a spend for round {server_round} within {timeout} s")
 
 
 def _charged_rounds(sites: Path, mechanism: str = DP_SGD) -> dict[str, Counter]:
@@ -67,7 +52,7 @@ def test_kill_9_in_round_k_then_resume_spends_each_completed_round_once(tmp_path
     try:
         wait_for_published_round(out, process, 2, timeout=400)
         if kill_when == "sites-training":
-            _wait_for_spend(sites, process, 3)
+            wait_for_reservation(lambda: {path.parent.name: path for path in sites.glob("*/ledger.jsonl")}, process, 3, timeout=120)
         os.kill(process.pid, signal.SIGKILL)  # the coordinator (and, inline, its simulated sites) dies mid-study
         process.wait(timeout=30)
     finally:
