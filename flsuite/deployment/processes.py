@@ -89,7 +89,7 @@ def running_pid(files: ProcessFiles, *, program: str) -> int | None:
     if pid <= 0 or recorded_program != program:  # kill(0) and kill(-1) reach whole groups
         return None
     if started is not None:
-        return pid if _alive(pid) and _start_stamp(pid) == started else None
+        return pid if is_running(pid) and _start_stamp(pid) == started else None
     return pid if _runs(pid, program) else None
 
 
@@ -222,7 +222,7 @@ def _start_stamp(pid: int) -> str | None:
 
 
 def _runs(pid: int, program: str) -> bool:
-    if not _alive(pid):
+    if not is_running(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -231,7 +231,8 @@ def _runs(pid: int, program: str) -> bool:
     return any(Path(part.decode(errors="replace")).name == program for part in cmdline[:3])
 
 
-def _alive(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether a process with this PID runs (a zombie has exited: not running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -260,5 +261,5 @@ def _exited(pid: int) -> bool:
     try:
         reaped, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not our child: its parent reaps its zombie
-        return not _alive(pid)
+        return not is_running(pid)
     return reaped == pid

@@ -22,7 +22,7 @@ import yaml
 
 from flsuite.coordinator.superlink import CoordinatorState, start_coordinator, stop_coordinator
 from flsuite.deployment.config import CoordinatorConfig, SiteConfig, load_coordinator_config, load_site_config
-from flsuite.deployment.processes import descendants, flower_executable, terminate
+from flsuite.deployment.processes import descendants, flower_executable, is_running, terminate
 from flsuite.pki.authority import init_authority, issue_coordinator, issue_site
 from flsuite.site.node import SiteState, start_site, stop_site
 
@@ -169,18 +169,9 @@ def kill_family(pid: int, *, timeout: float = 30.0) -> list[int]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    while any(_alive(member) for member in family) and time.monotonic() < deadline:
+    while any(is_running(member) for member in family) and time.monotonic() < deadline:
         time.sleep(0.05)
     return family
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie has released its files and sockets: not alive)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def wait_for_app_process(pid: int, *, timeout: float, nth: int = 1, marker: bytes = b"clientapp") -> int | None:

@@ -16,21 +16,13 @@ from flwr.clientapp import ClientApp
 import flsuite.flower
 from flsuite import protocol
 from flsuite.config import compose_study
+from flsuite.deployment.processes import is_running
 from flsuite.errors import ConfigError
 from flsuite.flower import InProcessGrid, SiteProcessPool, new_run
 from flsuite.simulation import run_local_study
 
 NODES = (101, 102, 103)
 HUNG = 102
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this PID exists (and is not a zombie: the pool reaps its workers)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def hanging_echo_app() -> ClientApp:
@@ -89,10 +81,10 @@ def test_a_hung_site_worker_does_not_hold_the_round_and_is_killed_at_the_end():
             assert time.monotonic() - started < 60  # not the hour the hung site sleeps
         assert sorted(r.metadata.src_node_id for r in replies) == [NODES[0], NODES[2]]
         assert all(r.has_content() for r in replies)
-        assert all(_alive(pid) for pid in pool.pids)  # the hung worker is still hanging ...
+        assert all(is_running(pid) for pid in pool.pids)  # the hung worker is still hanging ...
     finally:
         pool.close()
-    assert pool.pids and not any(_alive(pid) for pid in pool.pids)  # ... until the pool is closed
+    assert pool.pids and not any(is_running(pid) for pid in pool.pids)  # ... until the pool is closed
 
 
 def test_a_worker_that_dies_gives_an_error_reply_and_is_replaced():
@@ -105,10 +97,10 @@ def test_a_worker_that_dies_gives_an_error_reply_and_is_replaced():
         assert died.has_error() and "SiteWorkerLost" in died.error.reason and "exit code 7" in died.error.reason
         assert after.has_content()  # a fresh worker took the dead one's place
         first, second = pool.pids
-        assert not _alive(first) and _alive(second)
+        assert not is_running(first) and is_running(second)
     finally:
         pool.close()
-    assert not any(_alive(pid) for pid in pool.pids)
+    assert not any(is_running(pid) for pid in pool.pids)
 
 
 def test_a_bad_client_app_reference_is_a_config_error_before_any_worker_starts():
@@ -156,7 +148,7 @@ def test_no_worker_is_left_when_the_study_fails(tmp_path, recorded_pools):
     with pytest.raises(RuntimeError, match="the coordinator broke"):
         run_local_study(study, tmp_path / "out", server_app=failing_server)
     (pool,) = recorded_pools
-    assert len(pool.pids) == 2 and not any(_alive(pid) for pid in pool.pids)
+    assert len(pool.pids) == 2 and not any(is_running(pid) for pid in pool.pids)
 
 
 def _metrics(study_overrides: list[str], tmp_path: Path, tag: str) -> tuple[dict, list[dict]]:
@@ -176,7 +168,7 @@ def test_same_seeded_non_private_study_gives_bit_identical_metrics_with_processe
     assert len(recorded_pools) == 1 and len(recorded_pools[0].pids) == 2  # the second study did run in processes
     assert parallel_rows == sequential_rows  # exactly: every metric of every round
     assert parallel["final_accuracy"] == sequential["final_accuracy"]
-    assert not any(_alive(pid) for pid in recorded_pools[0].pids)
+    assert not any(is_running(pid) for pid in recorded_pools[0].pids)
 
 
 @pytest.mark.slow  # the default study's privacy and secure aggregation, 2 rounds: 100 s on a busy machine
@@ -186,7 +178,7 @@ def test_a_dp_and_secure_aggregation_study_completes_with_processes(tmp_path, re
     summary, rows = _metrics(["experiment=smoke", "engine.parallel_sites=2"], tmp_path, "dp")
     assert summary["status"] == "completed" and len(rows) == 2, summary.get("reasons")
     assert summary["final_accuracy"] > 0.8
-    assert not any(_alive(pid) for pid in recorded_pools[0].pids)
+    assert not any(is_running(pid) for pid in recorded_pools[0].pids)
 
 
 @pytest.mark.slow
@@ -199,7 +191,7 @@ def test_a_site_that_raises_in_its_worker_is_reported_and_the_study_goes_on(tmp_
     assert summary["status"] == "completed", summary.get("reasons")
     rows = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert [row["failures"] for row in rows] == [1, 1] and [row["sites"] for row in rows] == [4, 4]
-    assert not any(_alive(pid) for pid in recorded_pools[0].pids)
+    assert not any(is_running(pid) for pid in recorded_pools[0].pids)
 
 
 ORPHAN = """
@@ -232,12 +224,12 @@ def test_a_hung_worker_ends_when_the_study_process_is_killed(tmp_path):
     pid = int(out.read_text().split()[-1])
     try:
         for _ in range(60):
-            if not _alive(pid):
+            if not is_running(pid):
                 break
             time.sleep(0.5)
-        assert not _alive(pid)
+        assert not is_running(pid)
     finally:
-        if _alive(pid):
+        if is_running(pid):
             os.kill(pid, 9)
 
 
@@ -259,4 +251,4 @@ def test_an_app_that_cannot_load_in_its_worker_answers_every_message_with_why():
                 assert reply.has_error() and "could not load its ClientApp: RuntimeError: no GPU here" in reply.error.reason
     finally:
         pool.close()
-    assert not any(_alive(pid) for pid in pool.pids)
+    assert not any(is_running(pid) for pid in pool.pids)
