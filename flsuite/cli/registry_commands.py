@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from flsuite.audit import read_saved_head, save_head
-from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emit, to_csv
+from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emit
 from flsuite.errors import RegistryError
 from flsuite.registry.encryption import key_from_env, key_from_file
 from flsuite.registry.policy import PromotionPolicy
@@ -84,7 +84,7 @@ def list_versions(registry: RegistryOpt = DEFAULT_REGISTRY, run: Annotated[str |
     if not rows and fmt is OutputFormat.table:
         typer.echo(f"no versions in {registry}")
         return
-    _emit_table(versions_table(registry, rows), fmt)
+    emit(versions_table(registry, rows), fmt)
 
 
 def versions_table(registry: Path, rows: list[dict[str, Any]]) -> TableData:
@@ -97,13 +97,6 @@ def versions_table(registry: Path, rows: list[dict[str, Any]]) -> TableData:
         table.add_row(row["number"], row["parent"], row["run_id"], row["round"], _max_epsilon(row), metrics,
                       " ".join(row["aliases"]))
     return table
-
-
-def _emit_table(table: TableData, fmt: OutputFormat) -> None:
-    if fmt is OutputFormat.csv:
-        typer.echo(to_csv(table), nl=False)
-    else:
-        emit(table, fmt)
 
 
 @registry_app.command("show")
@@ -254,10 +247,10 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
     if as_json or fmt is OutputFormat.json:
         _emit(data, True, "")
     elif fmt is OutputFormat.csv:
-        _emit_table(claims_table(data), fmt)
+        emit(claims_table(data), fmt)
     else:
         typer.echo(f"{data['verdict']}\naccounting: {data['accounting']}")
-        _emit_table(claims_table(data), fmt)
+        emit(claims_table(data), fmt)
         if data["under_claimed_sites"]:
             typer.echo(f"UNDER-CLAIMED: {', '.join(data['under_claimed_sites'])}")
         for line in lines:
