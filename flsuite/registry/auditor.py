@@ -36,7 +36,7 @@ from flsuite.errors import ConfigError, FlsuiteError, RegistryError
 from flsuite.privacy import PrivacyLedger, anchor_path, audit_ledger, pld_epsilon, pld_epsilon_of_phases, verify_head
 from flsuite.protocol import LedgerHead
 from flsuite.registry.manifest import VersionInfo, validate_dp_certificate
-from flsuite.registry.report import CLAIM_RTOL
+from flsuite.registry.report import CLAIM_RTOL, claim_covers
 from flsuite.registry.verify import verify_registry
 from flsuite.secagg import load_pinned_identities
 
@@ -142,7 +142,7 @@ def _plain(metrics: Any) -> dict[str, Any]:
 
 def _claim(value: float | None, recomputed: float | None) -> bool:
     """True when a claim covers what was recomputed (within CLAIM_RTOL)."""
-    return value is None or recomputed is None or recomputed <= value * (1 + CLAIM_RTOL) + 1e-6
+    return value is None or recomputed is None or claim_covers(value, recomputed)
 
 
 def _phases(claim: dict[str, Any]) -> list[tuple[float, float, int]]:

@@ -22,9 +22,14 @@ from flsuite.registry.layout import Layout
 from flsuite.registry.manifest import VersionInfo
 from flsuite.registry.verify import verify_registry
 
-__all__ = ["privacy_report", "CLAIM_RTOL"]
+__all__ = ["CLAIM_RTOL", "claim_covers", "privacy_report"]
 
 CLAIM_RTOL = 1e-3
+
+
+def claim_covers(claimed: float, recomputed: float) -> bool:
+    """Whether a claimed epsilon covers the one recomputed from its phases (within CLAIM_RTOL and rounding)."""
+    return recomputed <= claimed * (1 + CLAIM_RTOL) + 1e-6
 EpsilonFn = Callable[..., float]
 
 
@@ -100,4 +105,4 @@ def _recompute(claim: dict[str, Any], accountant: str, epsilon_fn: EpsilonFn | N
     value, failure = cache[key]
     if value is None:
         return None, failure
-    return value, "ok" if value <= claim["epsilon"] * (1 + CLAIM_RTOL) + 1e-6 else "under-claimed"
+    return value, "ok" if claim_covers(claim["epsilon"], value) else "under-claimed"
