@@ -10,6 +10,8 @@ from typing import Any
 
 from rich.table import Table
 
+from flsuite.cli.tables import format_number
+
 __all__ = ["monitoring_table"]
 
 
@@ -24,10 +26,10 @@ def monitoring_table(monitoring: dict[str, Any]) -> Table:
     for column in ("site", "accuracy", "+- noise std"):
         table.add_column(column, overflow="fold")
     for name, site in (monitoring.get("sites") or {}).items():
-        table.add_row(name, f"{site['accuracy']:.3f}", f"{site['noise_std']:.3f}")
+        table.add_row(name, format_number(site['accuracy'], 3), format_number(site['noise_std'], 3))
     if final:
-        table.add_row("worst site", f"{final['worst_site']} {final['worst_accuracy']:.3f}", "", style="bold")
-        table.add_row("gap (best - worst)", f"{final['gap']:.3f}", f"{final['noise_std']:.3f}", style="bold")
+        table.add_row("worst site", f"{final['worst_site']} {format_number(final['worst_accuracy'], 3)}", "", style="bold")
+        table.add_row("gap (best - worst)", format_number(final['gap'], 3), format_number(final['noise_std'], 3), style="bold")
     for item in monitoring.get("withheld") or []:
         table.add_row(item["site"], "withheld", item["reason"], style="yellow")
     drift = monitoring.get("drift") or {}
@@ -38,6 +40,6 @@ def monitoring_table(monitoring: dict[str, Any]) -> Table:
             table.add_row(f"{name} drift", "first study", "")
         else:
             verdict = "DRIFTED" if report["flagged"] else "no drift"
-            table.add_row(f"{name} drift", f"{verdict}: TV {report['distance']:.3f}", f"noise margin {report['margin']:.3f}",
+            table.add_row(f"{name} drift", f"{verdict}: TV {format_number(report['distance'], 3)}", f"noise margin {format_number(report['margin'], 3)}",
                           style="red" if report["flagged"] else None)
     return table
