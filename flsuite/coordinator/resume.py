@@ -354,7 +354,7 @@ class ResumedPlan:
         from flsuite.privacy import PlanRow
 
         path = folder / PLAN_FILE
-        rows, _ = _plan_rows(path)
+        rows = _plan_rows(path)
         if not rows:
             raise PlanError(f"{path} is missing or empty: the privacy plan of the study cannot be resumed")
         try:
@@ -410,13 +410,14 @@ class ResumedPlan:
         return PrivacyPlan(rows=rows, sigma_by_node=sigma_by_node, over_budget=[])
 
 
-def _plan_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
+def _plan_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
-        return [], 0
+        return []
     with path.open(newline="") as handle:
-        rows = [{key: _typed(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+        rows = [{key: value if key in TEXT_COLUMNS else _typed(value) for key, value in row.items()}
+                for row in csv.DictReader(handle)]
     for row in rows:
         for key in ("sample_rate", "noise_multiplier", "prior_epsilon", "study_epsilon", "projected_epsilon"):
             if isinstance(row.get(key), int):
                 row[key] = float(row[key])
-    return rows, 0
+    return rows

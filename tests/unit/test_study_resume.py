@@ -206,3 +206,10 @@ def test_site_names_are_kept_as_text(tmp_path):
     path = tmp_path / "privacy.csv"
     path.write_text("round,site,epsilon\n1,1e5,0.5\n")
     assert read_round_rows(path, last_round=1)[0] == [{"round": 1, "site": "1e5", "epsilon": 0.5}]
+
+
+def test_a_resumed_plan_keeps_a_numeric_looking_site_name_as_text(tmp_path):
+    row = _plan_file(tmp_path)
+    plan = tmp_path / "privacy_plan.csv"
+    plan.write_text(plan.read_text().replace(row.site, "1e5"))
+    assert list(ResumedPlan(tmp_path, first_round=3).rows) == ["1e5"]  # read as the float 100000.0 before
