@@ -243,7 +243,7 @@ class DpAdmission:
             if self.require_head:
                 return "no signed ledger head (the study's sites sent one at planning, so every DP train reply must)"
         else:
-            why = self._head_problem(planned.name, head, getattr(event, "dataset", None))
+            why = self.head_problem(planned.name, head, getattr(event, "dataset", None))
             if why is not None:
                 return why
             self.heads[planned.name] = head
@@ -264,9 +264,10 @@ class DpAdmission:
         head = answers.heads.get(node)
         if head is None:
             return "no signed ledger head in its status, while the study's sites send one" if self.require_head else None
-        return self._head_problem(status.name, head, None)
+        return self.head_problem(status.name, head, None)
 
-    def _head_problem(self, site: str, head: protocol.LedgerHead, event_dataset: str | None) -> str | None:
+    def head_problem(self, site: str, head: protocol.LedgerHead, event_dataset: str | None) -> str | None:
+        """Why a site's signed ledger head is not acceptable (signature, dataset, a ledger cut), or None."""
         why = self.verifier.problem(head, site)
         if why is not None:
             return why

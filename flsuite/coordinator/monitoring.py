@@ -254,10 +254,7 @@ class SiteMonitor:
         head = status.ledger_head
         if head is None:
             return "no signed ledger head with the evaluation" if admission.require_head else None
-        why = admission.verifier.problem(head, name)
-        known = admission.heads.get(name)
-        if why is None and known is not None and head.entries < known.entries:
-            why = f"the ledger head has {head.entries} entries, fewer than the {known.entries} site {name!r} signed before"
+        why = admission.head_problem(name, head, None)
         if why is None:
             admission.heads[name] = head
         return why

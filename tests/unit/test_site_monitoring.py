@@ -151,3 +151,21 @@ def test_a_resumed_study_keeps_the_earlier_rounds_evaluation_rows(tmp_path):
     assert lines[1:3] == ["1,site-0,0.7,0.01,5.0,100.5,0.8", "1,site-1,0.9,0.02,5.0,99.5,"]
     assert len(lines) == 4 and lines[3].startswith(f"{STUDY.federation.rounds},site-0,")
     assert [row["round"] for row in monitor.summary()["per_round"]] == [1, STUDY.federation.rounds]
+
+
+@pytest.mark.parametrize(("dataset", "entries", "reason"), [("other-records", 5, "dataset"), ("records", 2, "fewer")])
+def test_an_evaluation_head_for_another_dataset_or_a_cut_ledger_is_withheld(tmp_path, dataset, entries, reason):
+    """The evaluation's ledger head gets the train reply's checks: a head for another dataset than the
+    site signed before (its budget key switched), or with fewer entries (its ledger cut), is refused."""
+    from flsuite.coordinator.admission import DpAdmission, HeadVerifier
+
+    admission = DpAdmission(STUDY, grid=None, verifier=HeadVerifier(None))
+    admission.heads["site-0"] = protocol.LedgerHead(site="site-0", dataset="records", entries=3, hash="ab" * 32, signature="00")
+    monitor = SiteMonitor(STUDY, None, tmp_path, admission=admission)
+    head = protocol.LedgerHead(site="site-0", dataset=dataset, entries=entries, hash="cd" * 32, signature="00")
+    why = monitor._head_problem("site-0", protocol.SiteStatus(name="site-0", records=10, ledger_head=head))
+    assert why is not None and reason in why
+    assert admission.heads["site-0"].dataset == "records" and admission.heads["site-0"].entries == 3  # not replaced
+    honest = protocol.LedgerHead(site="site-0", dataset="records", entries=5, hash="ef" * 32, signature="00")
+    assert monitor._head_problem("site-0", protocol.SiteStatus(name="site-0", records=10, ledger_head=honest)) is None
+    assert admission.heads["site-0"] is honest
