@@ -53,6 +53,7 @@ __all__ = [
     "normalize_phases",
     "rdp_epsilon",
     "screening_bound",
+    "step_event",
     "validate_accountant",
     "validate_delta",
 ]
@@ -225,7 +226,7 @@ def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...] = RDP_ORDERS
 
     accountant = rdp.RdpAccountant(list(orders))
     with _QuietAbsl():
-        accountant.compose(_step_event(q, sigma))
+        accountant.compose(step_event(q, sigma))
     curve = accountant.rdp
     curve.setflags(write=False)
     return curve
@@ -254,8 +255,9 @@ def _integer_rdp_per_step(q: float, sigma: float, orders: tuple[float, ...] = _C
     return curve
 
 
-def _step_event(q: float, sigma: float):
-    """One step as dp_accounting's event: the Gaussian mechanism, Poisson-subsampled unless q = 1."""
+def step_event(q: float, sigma: float):
+    """One step as dp_accounting's event: the Gaussian mechanism, Poisson-subsampled unless q = 1
+    (the one rule: the accountants here and the auditor's PLD, ``ledger_audit``, compose this)."""
     import dp_accounting
 
     gaussian = dp_accounting.GaussianDpEvent(sigma)
@@ -316,7 +318,7 @@ def _pld_at(phases: tuple[Phase, ...], delta: float, interval: float) -> float:
     import dp_accounting
     from dp_accounting import pld
 
-    event = dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(_step_event(q, sigma), steps) for q, sigma, steps in phases])
+    event = dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(step_event(q, sigma), steps) for q, sigma, steps in phases])
     accountant = pld.PLDAccountant(value_discretization_interval=interval)
     accountant.compose(event)
     value = float(accountant.get_epsilon(delta))

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from flsuite.errors import FlsuiteError, ProtocolError
+from flsuite.privacy.accounting import step_event
 from flsuite.privacy.anchor import anchor_path, verify_head
 from flsuite.privacy.events import DpEvent
 from flsuite.privacy.ledger import PrivacyLedger
@@ -64,7 +65,8 @@ def pld_epsilon(events: tuple[DpEvent, ...], delta: float) -> float:
 
 
 def pld_epsilon_of_phases(phases: Iterable[tuple[float, float, int]], delta: float) -> float:
-    """Epsilon of (sample rate q, noise multiplier sigma, steps) phases composed, by dp_accounting's PLD."""
+    """Epsilon of (sample rate q, noise multiplier sigma, steps) phases composed, by dp_accounting's PLD;
+    each step is the accountant's ``step_event`` (q = 1: the plain Gaussian mechanism, not sampled)."""
     grouped: dict[tuple[float, float], int] = {}
     for q, sigma, steps in phases:  # composition commutes: equal mechanisms compose in one self-composition
         if steps:
@@ -76,12 +78,11 @@ def pld_epsilon_of_phases(phases: Iterable[tuple[float, float, int]], delta: flo
 
 @functools.lru_cache(maxsize=256)
 def _pld_epsilon(grouped: tuple[tuple[tuple[float, float], int], ...], delta: float) -> float:
-    import dp_accounting
     from dp_accounting import pld
 
     accountant = pld.PLDAccountant()
     for (q, sigma), steps in grouped:
-        accountant.compose(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+        accountant.compose(step_event(q, sigma), steps)
     return float(accountant.get_epsilon(delta))
 
 

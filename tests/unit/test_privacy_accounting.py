@@ -354,7 +354,7 @@ def test_integer_order_rdp_curve_equals_dp_accounting_s(q, sigma):
     from flsuite.privacy import accounting
 
     theirs = rdp.RdpAccountant(list(accounting._COARSE_ORDERS))
-    theirs.compose(accounting._step_event(q, sigma))
+    theirs.compose(accounting.step_event(q, sigma))
     assert np.allclose(accounting._integer_rdp_per_step(q, sigma), theirs._rdp, rtol=1e-10, atol=1e-15)
 
 
@@ -421,3 +421,22 @@ def test_a_cached_epsilon_or_accountant_is_never_served_for_other_q_sigma_steps_
         warm = (epsilon([phase], delta=delta), screening_bound([phase], delta=delta))
         assert warm == cold[(phase, delta)], (phase, delta)
         assert warm[0] != warm_base[0] and warm[1] != warm_base[1], (phase, delta)
+
+
+def test_the_auditor_accounts_a_q1_release_as_the_accountant_does(tmp_path):
+    """One event rule (``step_event``): a q = 1 release (a private evaluation) is the plain Gaussian
+    mechanism for the auditor's PLD too; it composed a Poisson-sampled event with q = 1 before,
+    which dp_accounting's PLD discretises differently (a different epsilon for the same release)."""
+    import dp_accounting
+
+    from flsuite.privacy import GAUSSIAN, DpEvent, PrivacyLedger, accounting, audit_ledger
+
+    assert isinstance(accounting.step_event(1.0, 10.0), dp_accounting.GaussianDpEvent)
+    release = DpEvent(study_id="s", run_id="r", round=1, site="site-0", dataset="site-0", sample_rate=1.0, noise_multiplier=10.0,
+                      steps=1, max_grad_norm=1.0, delta=1e-5, accountant="prv", rng="numpy", recorded_at="2026-01-01T00:00:00Z",
+                      mechanism=GAUSSIAN)
+    PrivacyLedger(tmp_path / "ledger.jsonl").append(release)
+    audited = audit_ledger(tmp_path / "ledger.jsonl", public_key=None).epsilon_pld
+    theirs, interval = accounting._pld_epsilon((release.phase,), 1e-5)
+    assert interval == 1e-4  # the auditor's PLD grid (dp_accounting's default): the same computation, so equal
+    assert audited == theirs
