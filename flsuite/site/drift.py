@@ -39,6 +39,7 @@ def previous_release(path: Path, *, dataset: str, run_id: str, shape: list[int])
 
 def drift_release(guard, setup, *, run_id: str, server_round: int) -> tuple[dict[str, Any], DpEvent] | None:
     """Reserve, release, record, compare; None (nothing released) when the cap cannot fit it."""
+    from flsuite.site.evaluation import GAUSSIAN_RNG
     from flsuite.site.privacy_guard import RESERVATION_RNG
 
     study = setup.study
@@ -50,19 +51,18 @@ def drift_release(guard, setup, *, run_id: str, server_round: int) -> tuple[dict
         "max_grad_norm": drift_sensitivity(len(columns)), "delta": guard.budget.delta, "accountant": guard.budget.accountant,
         "mechanism": GAUSSIAN,
     }
-    try:
-        reservation = guard.reserve(DpEvent(**fields, rng=RESERVATION_RNG, recorded_at=utc_now_iso()))
-    except BudgetExhausted:
-        return None
-    try:
+
+    def noisy_histograms() -> list[list[float]]:
         data = setup.data
         blocks = histograms(data.labels, data.features, num_classes=data.num_classes, columns=columns, bins=monitoring.drift_bins)
-        noisy = release_histograms(blocks, noise_multiplier=monitoring.drift_noise_multiplier)
-    except Exception as error:
-        guard.cancel(reservation, f"drift release failed before any reply: {type(error).__name__}")
-        raise
-    event = DpEvent(**fields, rng="numpy PCG64 seeded per release from os.urandom (128 bits)", recorded_at=utc_now_iso())
-    guard.spend(reservation, event)
+        return release_histograms(blocks, noise_multiplier=monitoring.drift_noise_multiplier)
+
+    try:
+        noisy, event = guard.release(DpEvent(**fields, rng=RESERVATION_RNG, recorded_at=utc_now_iso()), noisy_histograms,
+                                     final=lambda _: DpEvent(**fields, rng=GAUSSIAN_RNG, recorded_at=utc_now_iso()),
+                                     what="drift release")
+    except BudgetExhausted:
+        return None
     path = Path(guard.ledger.path).parent / DRIFT_FILE
     previous = previous_release(path, dataset=guard.dataset, run_id=run_id, shape=[len(b) for b in noisy])
     entry = {"dataset": guard.dataset, "study_id": study.name, "run_id": run_id, "recorded_at": event.recorded_at,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 
 import numpy as np
 import torch
@@ -32,7 +31,6 @@ from flsuite.site.replies import refusal_reply
 __all__ = ["GAUSSIAN_RNG", "class_counts", "evaluate_private", "holdout_split", "training_part"]
 
 GAUSSIAN_RNG = "numpy PCG64 seeded per release from os.urandom (128 bits)"
-_log = logging.getLogger(__name__)
 
 
 def holdout_split(data: Dataset, *, site: str, seed: int, fraction: float) -> tuple[Dataset, Dataset]:
@@ -88,24 +86,23 @@ def evaluate_private(msg: Message, context: Context, *, setup, model: torch.nn.M
         "accountant": guard.budget.accountant,
         "mechanism": GAUSSIAN,
     }
-    try:
-        reservation = guard.reserve(DpEvent(**fields, rng=RESERVATION_RNG, recorded_at=utc_now_iso()))
+
+    def count() -> tuple[list[float], list[float]]:
+        correct, total = class_counts(model, setup.holdout)
+        return release_counts(correct, total, noise_multiplier=sigma)
+
+    try:  # the event is durable and anchored before the counts leave the site
+        (noisy_correct, noisy_total), event = guard.release(
+            DpEvent(**fields, rng=RESERVATION_RNG, recorded_at=utc_now_iso()),
+            count,
+            final=lambda _: DpEvent(**fields, rng=GAUSSIAN_RNG, recorded_at=utc_now_iso()),
+            what="evaluation",
+        )
     except BudgetExhausted as refusal:
         return refusal_reply(
             msg,
             protocol.Refusal(kind="budget-exhausted", site=setup.name, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon),
         )
-    try:
-        correct, total = class_counts(model, setup.holdout)
-        noisy_correct, noisy_total = release_counts(correct, total, noise_multiplier=sigma)
-    except Exception as error:  # nothing left the site: the reservation may be released
-        try:
-            guard.cancel(reservation, f"evaluation failed before any reply: {type(error).__name__}")
-        except Exception:
-            _log.exception("site %s: could not cancel reservation %s", setup.name, reservation.id)
-        raise
-    event = DpEvent(**fields, rng=GAUSSIAN_RNG, recorded_at=utc_now_iso())
-    guard.spend(reservation, event)  # durable and anchored before the counts leave the site
     records = {
         protocol.EVALUATION_COUNTS: ConfigRecord({protocol.CORRECT: noisy_correct, protocol.TOTAL: noisy_total}),
         protocol.DP_EVENT: ConfigRecord(protocol.dp_event_to_record(event)),

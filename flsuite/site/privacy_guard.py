@@ -9,15 +9,18 @@ to its dataset plus the request and appends a durable reservation (or refuses). 
 training the final event replaces the reservation and the new head is signed and anchored
 before the reply leaves the site. With DP the reply releases only what is accounted: the
 DP event, the status (record count, cap, spend, signed head) and the number of examples.
+
+Every release under the cap (training, a private evaluation, a drift histogram) goes through
+``SitePrivacy.release``: reserve, work, cancel on failure, spend: one rule, written once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from flwr.app import Context, Message
@@ -43,6 +46,7 @@ from flsuite.site.replies import refusal_reply, train_reply
 DEFAULT_DELTA = 1e-5
 RESERVATION_RNG = "reservation"  # a reserved event's rng: the generator is chosen when it runs
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,31 @@ class SitePrivacy:
             self.verified()
             self.anchor.write(self.ledger.cancel(reservation, reason))
 
+    def release(self, projected: DpEvent, work: Callable[[], T], *, final: Callable[[T], DpEvent], what: str) -> tuple[T, DpEvent]:
+        """Reserve ``projected`` under the cap, run ``work``, then replace the reservation by
+        ``final(result)``; returns (result, final event). The one way a site spends its budget.
+
+        - Does not fit: BudgetExhausted from the reservation, nothing written, ``work`` not run.
+        - ``work`` or ``final`` fails, by any exception (an interrupt too): nothing left the site
+          (``work`` must release nothing itself), so the reservation is cancelled and the original
+          error raised. A cancel that fails is logged and never masks it; the reservation then
+          stays open, which counts as spent (fail closed).
+        - Otherwise the final event is spent, durable and anchored, before the caller lets the
+          result leave. A failure while spending is raised and never cancels: the count stays.
+        """
+        reservation = self.reserve(projected)
+        try:
+            result = work()
+            event = final(result)
+        except BaseException as error:
+            try:
+                self.cancel(reservation, f"{what} failed before any reply: {type(error).__name__}")
+            except Exception:  # the reservation stays open and counts as spent
+                _log.exception("site %s: could not cancel reservation %s of a failed %s", self.site, reservation.id, what)
+            raise
+        self.spend(reservation, event)
+        return result, event
+
 
 def site_privacy(node: Mapping[str, Any], *, site: str, labels, study) -> SitePrivacy:
     """The site's privacy guard from its OWN node config: cap, delta, dataset, ledger, identity key.
@@ -166,15 +195,9 @@ def train_private(
         rng=RESERVATION_RNG,
         recorded_at=utc_now_iso(),
     )
-    try:
-        reservation = guard.reserve(projected)
-    except BudgetExhausted as refusal:
-        return refusal_reply(
-            msg,
-            protocol.Refusal(kind="budget-exhausted", site=setup.name, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon),
-        )
-    try:
-        result = train_dp(
+
+    def train() -> Any:
+        return train_dp(
             model,
             torch.from_numpy(data.features),
             torch.from_numpy(data.labels),
@@ -188,14 +211,17 @@ def train_private(
             grad_sample_mode=study.privacy.grad_sample_mode,
             secure_rng=study.privacy.secure_rng,
         )
-    except Exception as error:  # nothing left the site: the reservation may be released
-        try:
-            guard.cancel(reservation, f"training failed before any reply: {type(error).__name__}")
-        except Exception:  # the reservation stays open and counts as spent
-            _log.exception("site %s: could not cancel reservation %s", setup.name, reservation.id)
-        raise
-    event = result.dp_event(**identity, dataset=guard.dataset, delta=guard.budget.delta, accountant=guard.budget.accountant)
-    guard.spend(reservation, event)  # durable and anchored before the reply leaves the site
+
+    def final(result: Any) -> DpEvent:
+        return result.dp_event(**identity, dataset=guard.dataset, delta=guard.budget.delta, accountant=guard.budget.accountant)
+
+    try:  # the event is durable and anchored before the reply leaves the site
+        result, event = guard.release(projected, train, final=final, what="training")
+    except BudgetExhausted as refusal:
+        return refusal_reply(
+            msg,
+            protocol.Refusal(kind="budget-exhausted", site=setup.name, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon),
+        )
     model.load_state_dict(result.state_dict)
     # Only what is accounted leaves a DP site: no exact train loss, no timings, no empty-batch count.
     metrics = {protocol.NUM_EXAMPLES: result.examples}
