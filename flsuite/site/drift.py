@@ -25,12 +25,11 @@ __all__ = ["DRIFT_FILE", "drift_release", "previous_release"]
 DRIFT_FILE = "drift.jsonl"  # beside the site's ledger: one noisy release per study
 
 
-def previous_release(path: Path, *, dataset: str, run_id: str, shape: list[int]) -> dict[str, Any] | None:
-    """The latest release of another run for this dataset with the same blocks (None: first study)."""
-    if not path.is_file():
-        return None
+def previous_release(text: str, *, dataset: str, run_id: str, shape: list[int]) -> dict[str, Any] | None:
+    """The latest release of another run for this dataset with the same blocks in the drift file's
+    ``text`` (None: first study)."""
     found = None
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         entry = json.loads(line)
         if entry["dataset"] == dataset and entry["run_id"] != run_id and [len(b) for b in entry["histograms"]] == shape:
             found = entry
@@ -64,11 +63,11 @@ def drift_release(guard, setup, *, run_id: str, server_round: int) -> tuple[dict
     except BudgetExhausted:
         return None
     path = Path(guard.ledger.path).parent / DRIFT_FILE
-    previous = previous_release(path, dataset=guard.dataset, run_id=run_id, shape=[len(b) for b in noisy])
+    old = path.read_bytes() if path.is_file() else b""  # read once: the previous release and the rewrite
+    previous = previous_release(old.decode(), dataset=guard.dataset, run_id=run_id, shape=[len(b) for b in noisy])
     entry = {"dataset": guard.dataset, "study_id": study.name, "run_id": run_id, "recorded_at": event.recorded_at,
              "columns": columns, "bins": monitoring.drift_bins, "noise_multiplier": monitoring.drift_noise_multiplier,
              "histograms": noisy}
-    old = path.read_bytes() if path.is_file() else b""
     durable.write_atomic(path, old + (json.dumps(entry, sort_keys=True) + "\n").encode())
     report: dict[str, Any] = {protocol.DRIFT_PREVIOUS: previous["run_id"] if previous else ""}
     if previous is not None:

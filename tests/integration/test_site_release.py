@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from flsuite import protocol
 from flsuite.config import compose_study
 from flsuite.data.datasets import Dataset
 from flsuite.errors import LedgerPathError
 from flsuite.privacy import PrivacyLedger
 from flsuite.site import drift as drift_module
 from flsuite.site import prepare_simulated_sites, simulated_node_config, site_privacy
-from flsuite.site.drift import drift_release
+from flsuite.site.drift import DRIFT_FILE, drift_release
 from tests.integration.test_site_budget_attacks import _projected
 
 
@@ -114,3 +116,23 @@ def test_a_release_that_does_not_fit_runs_no_work_and_writes_nothing(site):
     with pytest.raises(BudgetExhausted):
         guard.release(_projected(steps=10**6), lambda: ran.append(1), final=lambda _: _projected(), what="test release")
     assert ran == [] and (guard.ledger.path.read_bytes() if guard.ledger.path.exists() else b"") == before
+
+
+def test_a_drift_release_reads_its_drift_file_once(site, monkeypatch):
+    """It read drift.jsonl twice in one release: once for the previous release, once to rewrite it."""
+    guard, setup = site
+    first, _ = drift_release(guard, setup, run_id="7", server_round=1)
+    reads = []
+    for method in ("read_text", "read_bytes"):
+        original = getattr(Path, method)
+
+        def counted(path, *args, _original=original, **kwargs):
+            if path.name == DRIFT_FILE:
+                reads.append(path)
+            return _original(path, *args, **kwargs)
+
+        monkeypatch.setattr(Path, method, counted)
+    second, _ = drift_release(guard, setup, run_id="8", server_round=1)
+    assert len(reads) == 1
+    assert first[protocol.DRIFT_PREVIOUS] == "" and second[protocol.DRIFT_PREVIOUS] == "7"  # still found the previous release
+    assert len((guard.ledger.path.parent / DRIFT_FILE).read_text().splitlines()) == 2
