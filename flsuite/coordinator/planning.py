@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.errors import PlanError, ProtocolError
-from flsuite.privacy import PlanRow, SitePlanInput, StudyOverBudget, evaluation_phases, plan_study
+from flsuite.privacy import PlanRow, SitePlanInput, StudyOverBudget, evaluation_phases, evaluation_rounds, plan_study
 
 __all__ = ["PrivacyPlan", "StatusReplies", "ledger_head_of", "over_budget_text", "plan_privacy", "plan_site", "query_status", "status_replies",
            "study_evaluation_phases"]
@@ -139,13 +139,19 @@ def plan_site(study: StudyConfig, status: protocol.SiteStatus) -> tuple[PlanRow,
     return row, True
 
 
-def study_evaluation_phases(study: StudyConfig) -> tuple[tuple[float, float, int], ...]:
-    """The Gaussian releases each site makes for per-site evaluation (and drift) in this study (none without monitoring)."""
+def study_evaluation_phases(study: StudyConfig, *, first_round: int = 1) -> tuple[tuple[float, float, int], ...]:
+    """The Gaussian releases each site makes for per-site evaluation (and drift) in this study (none without
+    monitoring), from round ``first_round`` on: 1 (the default) for the whole study, as ``plan_site`` counts
+    them; a resumed study's first round for the releases still to come (``ResumedPlan``): one rule for both."""
     if not study.site_evaluation:
         return ()
     monitoring = study.monitoring
-    phases = evaluation_phases(study.federation.rounds, monitoring.every, monitoring.noise_multiplier)
-    if monitoring.drift:  # one histogram release per study
+    rounds = study.federation.rounds
+    phases = evaluation_phases(rounds, monitoring.every, monitoring.noise_multiplier)
+    if first_round > 1:
+        left = sum(1 for r in evaluation_rounds(rounds, monitoring.every) if r >= first_round)
+        phases = tuple((q, sigma, left) for q, sigma, _ in phases)
+    if monitoring.drift and first_round <= rounds:  # one histogram release per study, with the final round
         phases += ((1.0, float(monitoring.drift_noise_multiplier), 1),)
     return phases
 

@@ -20,7 +20,8 @@ from the last version it published in its registry, with the same plan:
 - ``ResumedPlan`` re-plans a DP study with the sigma, q and steps of privacy_plan.csv
   (the plan already written), after checking that what every site's ledger holds now
   (the completed rounds, and an interrupted round's spend: never replayed for free) plus
-  the remaining rounds still fits the site's cap; else StudyOverBudget names the site.
+  the remaining rounds and their evaluation and drift releases (counted by ``plan_site``'s
+  rule, ``study_evaluation_phases``) still fits the site's cap; else StudyOverBudget names the site.
 - ``ResumeRecorder`` rewrites ``resume.json`` (atomically) after each published round.
 
 Privacy is never spent twice for a completed round: the study starts after it. A round
@@ -373,10 +374,14 @@ class ResumedPlan:
         return cls(folder, first_round)
 
     def __call__(self, study: StudyConfig, statuses: Mapping[int, Any]) -> Any:
-        from flsuite.coordinator.planning import PrivacyPlan, plan_site
+        from flsuite.coordinator.planning import PrivacyPlan, plan_site, study_evaluation_phases
         from flsuite.privacy import epsilon
 
         remaining = study.federation.rounds - self.first_round + 1
+        # What the rest of the study releases besides training, counted as plan_site counts it (one rule).
+        evaluation = study_evaluation_phases(study, first_round=self.first_round)
+        releases = sum(steps for _, _, steps in evaluation)
+        also = f" and its {releases} evaluation or drift release(s)" if releases else ""
         rows, sigma_by_node, over, texts = [], {}, [], []
         for node, status in sorted(statuses.items(), key=lambda item: item[1].name):
             row = self.rows.get(status.name)
@@ -395,11 +400,11 @@ class ResumedPlan:
                 delta = float(status.delta)
                 spent = epsilon(status.prior_phases, delta=delta, accountant=study.privacy.accountant)
                 rest = (row.sample_rate, row.noise_multiplier, row.steps_per_round * remaining)
-                projected = epsilon((*status.prior_phases, rest), delta=delta, accountant=study.privacy.accountant)
+                projected = epsilon((*status.prior_phases, rest, *evaluation), delta=delta, accountant=study.privacy.accountant)
                 if projected > float(status.max_epsilon):
                     over.append(row)
                     texts.append(f"site {status.name!r} has spent epsilon {spent:.3f} (this study's completed and "
-                                 f"interrupted rounds included); its remaining {remaining} round(s) would take it to "
+                                 f"interrupted rounds included); its remaining {remaining} round(s){also} would take it to "
                                  f"{projected:.3f}, over its cap {float(status.max_epsilon):g} by "
                                  f"{projected - float(status.max_epsilon):.3f}")
             rows.append(row)

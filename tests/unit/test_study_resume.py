@@ -213,3 +213,44 @@ def test_a_resumed_plan_keeps_a_numeric_looking_site_name_as_text(tmp_path):
     plan = tmp_path / "privacy_plan.csv"
     plan.write_text(plan.read_text().replace(row.site, "1e5"))
     assert list(ResumedPlan(tmp_path, first_round=3).rows) == ["1e5"]  # read as the float 100000.0 before
+
+
+def test_a_resume_whose_remaining_evaluation_releases_pass_the_cap_is_refused_before_anything_is_sent(tmp_path):
+    """The resumed projection counted the remaining training only: rounds 3 and 4 fit a cap of 5 (epsilon 2.95),
+    but with their two private evaluation releases at sigma 0.8 the site would reach 9.2. A fresh plan of the
+    same study at the same site refuses it; the resumed one let it through to round 3."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from flsuite.coordinator.admission import DpAdmission, HeadVerifier
+    from flsuite.coordinator.planning import plan_site
+    from flsuite.flower import InProcessGrid, new_run
+
+    _plan_file(tmp_path)
+    study = compose_study([f"federation.rounds={ROUNDS}", "monitoring.every=1", "monitoring.noise_multiplier=0.8",
+                           "privacy.target_epsilon=null", "privacy.noise_multiplier=1.5"])
+    status = _status(2, cap=5.0)  # rounds 1 and 2 done
+    without_evaluation = compose_study([f"federation.rounds={ROUNDS}", "monitoring=none", "privacy.target_epsilon=null",
+                                        "privacy.noise_multiplier=1.5"])
+    assert ResumedPlan(tmp_path, first_round=3)(without_evaluation, {11: status}).sigma_by_node == {11: 1.5}  # training fits
+    assert plan_site(study, status)[1] is False  # a fresh plan refuses it
+
+    def site(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({protocol.SITE: ConfigRecord(status.to_record())}), reply_to=msg)
+
+    grid = InProcessGrid({11: site}, {11: Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={})},
+                         run=new_run(1), wire=True)
+    admission = DpAdmission(study, grid, verifier=HeadVerifier(None), planner=ResumedPlan(tmp_path, first_round=3))
+    with grid, pytest.raises(StudyOverBudget, match=r"site 'site-0' has spent epsilon .* its remaining 2 round\(s\) and its "
+                                                    r"2 evaluation or drift release\(s\) would take it to .* over its cap 5"):
+        admission.plan()
+    assert {m.metadata.message_type for m in grid.sent} == {protocol.QUERY}  # asked for its status, nothing else
+
+
+def test_the_resumed_releases_are_the_plan_s_from_the_first_resumed_round():
+    from flsuite.coordinator.planning import study_evaluation_phases
+
+    study = compose_study(["federation.rounds=5", "monitoring.every=2", "monitoring.noise_multiplier=0.8", "monitoring.drift=true"])
+    assert study_evaluation_phases(study) == ((1.0, 0.8, 3), (1.0, 5.0, 1))  # after rounds 2, 4 and 5; drift once
+    assert study_evaluation_phases(study, first_round=3) == ((1.0, 0.8, 2), (1.0, 5.0, 1))
+    assert study_evaluation_phases(study, first_round=5) == ((1.0, 0.8, 1), (1.0, 5.0, 1))
+    assert study_evaluation_phases(compose_study(["federation.rounds=5", "monitoring=none"]), first_round=3) == ()
