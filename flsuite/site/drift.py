@@ -63,12 +63,15 @@ def drift_release(guard, setup, *, run_id: str, server_round: int) -> tuple[dict
     except BudgetExhausted:
         return None
     path = Path(guard.ledger.path).parent / DRIFT_FILE
-    old = path.read_bytes() if path.is_file() else b""  # read once: the previous release and the rewrite
-    previous = previous_release(old.decode(), dataset=guard.dataset, run_id=run_id, shape=[len(b) for b in noisy])
     entry = {"dataset": guard.dataset, "study_id": study.name, "run_id": run_id, "recorded_at": event.recorded_at,
              "columns": columns, "bins": monitoring.drift_bins, "noise_multiplier": monitoring.drift_noise_multiplier,
              "histograms": noisy}
-    durable.write_atomic(path, old + (json.dumps(entry, sort_keys=True) + "\n").encode())
+    # Under the ledger's lock: a second study's release at this site cannot rewrite the file in
+    # between and lose this line (or this one lose its).
+    with guard.ledger.locked():
+        old = path.read_bytes() if path.is_file() else b""  # read once: the previous release and the rewrite
+        previous = previous_release(old.decode(), dataset=guard.dataset, run_id=run_id, shape=[len(b) for b in noisy])
+        durable.write_atomic(path, old + (json.dumps(entry, sort_keys=True) + "\n").encode())
     report: dict[str, Any] = {protocol.DRIFT_PREVIOUS: previous["run_id"] if previous else ""}
     if previous is not None:
         result = drift_between(previous["histograms"], noisy, noise_multiplier=monitoring.drift_noise_multiplier,

@@ -136,3 +136,27 @@ def test_a_drift_release_reads_its_drift_file_once(site, monkeypatch):
     assert len(reads) == 1
     assert first[protocol.DRIFT_PREVIOUS] == "" and second[protocol.DRIFT_PREVIOUS] == "7"  # still found the previous release
     assert len((guard.ledger.path.parent / DRIFT_FILE).read_text().splitlines()) == 2
+
+
+def test_two_studies_releasing_drift_at_one_site_at_once_keep_both_lines(site, tmp_path, monkeypatch):
+    """The file was read and rewritten outside the ledger's lock: a second study's release in that
+    window wrote its line, and the first study's rewrite (from its earlier read) dropped it."""
+    import threading
+
+    guard, setup = site
+    other = site_privacy(simulated_node_config(tmp_path, 0, study=setup.study), site="site-0", labels=setup.data.labels,
+                         study=setup.study)
+    original, second = drift_module.previous_release, []
+
+    def meanwhile(text, **kwargs):
+        if not second:  # the first release, between its read and its rewrite: another study releases
+            second.append(threading.Thread(target=drift_release, args=(other, setup), kwargs={"run_id": "8", "server_round": 1}))
+            second[0].start()
+            second[0].join(timeout=1.0)  # done by now unless the first release holds the lock
+        return original(text, **kwargs)
+
+    monkeypatch.setattr(drift_module, "previous_release", meanwhile)
+    drift_release(guard, setup, run_id="7", server_round=1)
+    second[0].join(timeout=30)
+    runs = [json.loads(line)["run_id"] for line in (guard.ledger.path.parent / DRIFT_FILE).read_text().splitlines()]
+    assert sorted(runs) == ["7", "8"]
