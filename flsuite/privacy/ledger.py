@@ -65,6 +65,18 @@ class Reservation:
     event: DpEvent
     entry: int  # its line number
 
+    def overspent_by(self, event: DpEvent) -> str | None:
+        """Why spending ``event`` on this reservation would charge more than was reserved under the
+        cap (None: it charges at most that). Epsilon only grows with q and steps and falls with
+        sigma, so a final event within these bounds costs at most the reserved one."""
+        reserved = self.event
+        for name in ("dataset", "mechanism", "delta"):
+            if getattr(event, name) != getattr(reserved, name):
+                return f"its {name} {getattr(event, name)!r} is not the reserved {getattr(reserved, name)!r}"
+        if event.sample_rate > reserved.sample_rate or event.steps > reserved.steps or event.noise_multiplier < reserved.noise_multiplier:
+            return (f"(q, sigma, steps) {event.phase} costs more than the reserved {reserved.phase}")
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class LedgerState:
@@ -197,6 +209,9 @@ class PrivacyLedger:
     def spend(self, reservation: Reservation, event: DpEvent) -> LedgerHead:
         """Replace an open reservation by the final event of the training it reserved."""
         _require_event(event)
+        problem = reservation.overspent_by(event)
+        if problem:
+            raise IntegrityError(f"privacy ledger {self.path}: reservation {reservation.id} cannot be spent by this event: {problem}")
         with self.locked():
             self._require_open(reservation)
             return self._write({"spend": {"reservation": reservation.id, "event": event.to_dict()}})

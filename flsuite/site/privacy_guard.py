@@ -26,7 +26,7 @@ import torch
 from flwr.app import Context, Message
 
 from flsuite import protocol
-from flsuite.errors import BudgetExhausted, ConfigError, PlanError
+from flsuite.errors import BudgetExhausted, ConfigError, IntegrityError, PlanError
 from flsuite.privacy import (
     DpEvent,
     LedgerAnchor,
@@ -123,6 +123,8 @@ class SitePrivacy:
           (``work`` must release nothing itself), so the reservation is cancelled and the original
           error raised. A cancel that fails is logged and never masks it; the reservation then
           stays open, which counts as spent (fail closed).
+        - ``final(result)`` charges more than ``projected`` reserved (another dataset, mechanism or
+          delta, a higher q, more steps, a lower sigma): IntegrityError, handled as a failed ``work``.
         - Otherwise the final event is spent, durable and anchored, before the caller lets the
           result leave. A failure while spending is raised and never cancels: the count stays.
         """
@@ -130,6 +132,9 @@ class SitePrivacy:
         try:
             result = work()
             event = final(result)
+            problem = reservation.overspent_by(event)
+            if problem:  # the work spent more than the cap admitted: it must not leave the site
+                raise IntegrityError(f"site {self.site}: the {what} would spend more than it reserved: {problem}")
         except BaseException as error:
             try:
                 self.cancel(reservation, f"{what} failed before any reply: {type(error).__name__}")

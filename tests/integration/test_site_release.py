@@ -160,3 +160,36 @@ def test_two_studies_releasing_drift_at_one_site_at_once_keep_both_lines(site, t
     second[0].join(timeout=30)
     runs = [json.loads(line)["run_id"] for line in (guard.ledger.path.parent / DRIFT_FILE).read_text().splitlines()]
     assert sorted(runs) == ["7", "8"]
+
+
+@pytest.mark.parametrize("costlier", [{"steps": 41}, {"sample_rate": 0.2}, {"noise_multiplier": 0.9}, {"dataset": "other"},
+                                      {"delta": 1e-4}])
+def test_a_final_event_that_charges_more_than_its_reservation_never_leaves_and_is_never_spent(site, costlier):
+    """The cap admitted the reservation; a final event that costs more (or charges another
+    dataset's budget) was spent as it came, past the check: now the release fails closed."""
+    import dataclasses
+
+    from flsuite.errors import IntegrityError
+
+    guard, _ = site
+    reserved = _projected(dataset=guard.dataset, steps=40)
+    with pytest.raises(IntegrityError, match="more than it reserved"):
+        guard.release(reserved, lambda: "update", final=lambda _: dataclasses.replace(reserved, rng="os", **costlier), what="test")
+    state = guard.verified()
+    assert state.open == () and state.charged(guard.dataset) == () and state.charged("other") == ()
+    assert entries(guard)[-2:] == ["reserve", "cancel"]
+    # the ledger refuses it too, whoever calls it
+    reservation = guard.ledger.reserve(reserved)
+    with pytest.raises(IntegrityError, match="cannot be spent by this event"):
+        guard.ledger.spend(reservation, dataclasses.replace(reserved, rng="os", **costlier))
+    assert [r.id for r in guard.ledger.state().open] == [reservation.id]
+
+
+def test_a_final_event_that_charges_less_than_its_reservation_is_spent(site):
+    import dataclasses
+
+    guard, _ = site
+    reserved = _projected(dataset=guard.dataset, steps=40)
+    cheaper = dataclasses.replace(reserved, rng="os", steps=39, noise_multiplier=1.5, sample_rate=0.05)
+    result, event = guard.release(reserved, lambda: "update", final=lambda _: cheaper, what="test")
+    assert result == "update" and guard.verified().charged(guard.dataset) == (cheaper,)
