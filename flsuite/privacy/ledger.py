@@ -74,7 +74,7 @@ class Reservation:
             if getattr(event, name) != getattr(reserved, name):
                 return f"its {name} {getattr(event, name)!r} is not the reserved {getattr(reserved, name)!r}"
         if event.sample_rate > reserved.sample_rate or event.steps > reserved.steps or event.noise_multiplier < reserved.noise_multiplier:
-            return (f"(q, sigma, steps) {event.phase} costs more than the reserved {reserved.phase}")
+            return f"(q, sigma, steps) {event.phase} costs more than the reserved {reserved.phase}"
         return None
 
 
