@@ -26,7 +26,7 @@ from flsuite.config.schema import StudyConfig
 from flsuite.data.datasets import Dataset
 from flsuite.errors import BudgetExhausted, DataError
 from flsuite.privacy import EVALUATION_SENSITIVITY, GAUSSIAN, DpEvent, release_counts, utc_now_iso
-from flsuite.site.replies import refusal_reply
+from flsuite.site.replies import budget_refusal_reply
 
 __all__ = ["GAUSSIAN_RNG", "class_counts", "evaluate_private", "holdout_split", "training_part"]
 
@@ -99,10 +99,7 @@ def evaluate_private(msg: Message, context: Context, *, setup, model: torch.nn.M
             what="evaluation",
         )
     except BudgetExhausted as refusal:
-        return refusal_reply(
-            msg,
-            protocol.Refusal(kind="budget-exhausted", site=setup.name, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon),
-        )
+        return budget_refusal_reply(msg, site=setup.name, refusal=refusal)
     records = {
         protocol.EVALUATION_COUNTS: ConfigRecord({protocol.CORRECT: noisy_correct, protocol.TOTAL: noisy_total}),
         protocol.DP_EVENT: ConfigRecord(protocol.dp_event_to_record(event)),

@@ -41,7 +41,7 @@ from flsuite.privacy import (
     valid_dataset_name,
 )
 from flsuite.secagg import load_identity
-from flsuite.site.replies import refusal_reply, train_reply
+from flsuite.site.replies import budget_refusal_reply, train_reply
 
 DEFAULT_DELTA = 1e-5
 RESERVATION_RNG = "reservation"  # a reserved event's rng: the generator is chosen when it runs
@@ -223,10 +223,7 @@ def train_private(
     try:  # the event is durable and anchored before the reply leaves the site
         result, event = guard.release(projected, train, final=final, what="training")
     except BudgetExhausted as refusal:
-        return refusal_reply(
-            msg,
-            protocol.Refusal(kind="budget-exhausted", site=setup.name, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon),
-        )
+        return budget_refusal_reply(msg, site=setup.name, refusal=refusal)
     model.load_state_dict(result.state_dict)
     # Only what is accounted leaves a DP site: no exact train loss, no timings, no empty-batch count.
     metrics = {protocol.NUM_EXAMPLES: result.examples}

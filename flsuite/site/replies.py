@@ -7,17 +7,25 @@ from typing import TYPE_CHECKING
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
 from flsuite import protocol
+from flsuite.errors import BudgetExhausted
 from flsuite.models.weights import model_to_arrays
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["refusal_reply", "train_reply"]
+__all__ = ["budget_refusal_reply", "refusal_reply", "train_reply"]
 
 
 def refusal_reply(msg: Message, refusal: protocol.Refusal) -> Message:
     """A site's typed refusal: a reply that carries the Refusal record and nothing else."""
     return Message(RecordDict({protocol.REFUSAL: ConfigRecord(refusal.to_record())}), reply_to=msg)
+
+
+def budget_refusal_reply(msg: Message, *, site: str, refusal: BudgetExhausted) -> Message:
+    """The refusal of a release that would pass the site's cap: nothing was released."""
+    return refusal_reply(
+        msg, protocol.Refusal(kind="budget-exhausted", site=site, message=str(refusal), remaining_epsilon=refusal.remaining_epsilon)
+    )
 
 
 def train_reply(
