@@ -36,10 +36,10 @@ from flsuite.privacy import LedgerAudit, anchor_path, audit_ledger, pld_epsilon,
 from flsuite.protocol import LedgerHead
 from flsuite.registry.manifest import VersionInfo, validate_dp_certificate
 from flsuite.registry.report import CLAIM_RTOL, claim_covers
-from flsuite.registry.verify import verify_registry
+from flsuite.registry.verify import VerifyReport, verify_registry
 from flsuite.secagg import load_pinned_identities
 
-__all__ = ["CHECKS", "auditor_report"]
+__all__ = ["CHECKS", "auditor_findings", "auditor_report"]
 
 LEDGER_FILE = "ledger.jsonl"
 SITE_FILE = "site.json"
@@ -57,6 +57,15 @@ CHECKS = {
 def auditor_report(registry: str | Path, *, ledgers: Sequence[str | Path] = (), identities: str | Path | None = None,
                    expected_key: str | None = None, encryption_key: bytes | None = None) -> dict[str, Any]:
     """Everything the HTML report shows; ConfigError for a ledger folder that is not one (before any work)."""
+    return auditor_findings(registry, ledgers=ledgers, identities=identities, expected_key=expected_key,
+                            encryption_key=encryption_key)[0]
+
+
+def auditor_findings(registry: str | Path, *, ledgers: Sequence[str | Path] = (), identities: str | Path | None = None,
+                     expected_key: str | None = None,
+                     encryption_key: bytes | None = None) -> tuple[dict[str, Any], VerifyReport]:
+    """``auditor_report``'s report and the registry's verification it rests on (blobs checked), so a
+    caller that needs the verification too (``audit report``'s privacy table) does not verify again."""
     folders = [_ledger_folder(Path(folder)) for folder in ledgers]
     pinned = _pinned(folders, identities)
     verification = verify_registry(registry, encryption_key=encryption_key, expected_key=expected_key)
@@ -79,7 +88,7 @@ def auditor_report(registry: str | Path, *, ledgers: Sequence[str | Path] = (), 
         "ok": verification.ok and not failures,
         "claim_rtol": CLAIM_RTOL,
         "accountant": "dp_accounting PLDAccountant (pessimistic estimate)",
-    }
+    }, verification
 
 
 def _ledger_folder(folder: Path) -> Path:
