@@ -22,6 +22,8 @@ or when the coordinator does not answer.
 
 With --resume OUTPUT_DIR, the study in that folder continues after its last
 published registry version (the registry is verified first), with the same plan.
+The rounds it ran before are listed first, marked "earlier"; the lines after
+"submitted run" are the rounds this run finishes.
 """
 
 
@@ -62,8 +64,11 @@ def launch(
             f"{plan.registered_sites} sites; the summary reports federation.num_sites"
         )
     typer.echo(f"{'resuming in' if study.resume else 'outputs:'} {plan.output_dir}")
+    for line in plan.earlier_round_lines():  # shown as earlier, before the submission; the run shows only its own
+        typer.echo(line)
     summary = submit_study(plan, echo=typer.echo, verbose=verbose)
     print_summary(summary)
     if summary.get("status") != "completed":
         raise typer.Exit(3)
+
 

@@ -218,13 +218,14 @@ def report(registry: RegistryArg = DEFAULT_REGISTRY,
     the registry does not verify, a claim is too low, a cap is passed or a ledger does not check."""
     if not registry.exists():
         raise RegistryError(f"no registry at {registry}; give the registry folder to report on")
-    full = None
+    full, verification = None, None
     if html is not None or ledger:
-        from flsuite.registry import auditor_report
+        from flsuite.registry import auditor_findings
 
-        full = auditor_report(registry, ledgers=ledger or [], identities=identities, expected_key=expect_key,
-                              encryption_key=_encryption_key(key_file))
-    data = privacy_report(registry, versions=version, expected_key=expect_key)
+        # One verification (blobs included) serves the auditor's report and the privacy table below.
+        full, verification = auditor_findings(registry, ledgers=ledger or [], identities=identities,
+                                              expected_key=expect_key, encryption_key=_encryption_key(key_file))
+    data = privacy_report(registry, versions=version, expected_key=expect_key, verification=verification)
     ok = data["ok"]
     lines: list[str] = []
     if full is not None:

@@ -11,11 +11,10 @@ Pure: no torch, no flwr.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-from flsuite.config.schema import StudyConfig
+from flsuite.config.schema import StudyConfig, feature_range_problem
 from flsuite.errors import ConfigError
 
 HOW_TO_DECLARE = (
@@ -54,10 +53,8 @@ def read_schema_file(path: Path) -> dict[str, list[float]]:
 
 
 def _bounds(path: Path, column: str, bounds: Any) -> list[float]:
-    ok = (isinstance(bounds, list) and len(bounds) == 2
-          and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds))
-    if not ok or not bounds[0] < bounds[1]:
-        raise ConfigError(f"data.schema_path {path}: {column}: {bounds!r} must be [min, max], two finite numbers with min < max")
+    if problem := feature_range_problem(column, bounds, where=f"data.schema_path {path}: feature_ranges"):
+        raise ConfigError(problem)
     return [float(bounds[0]), float(bounds[1])]
 
 

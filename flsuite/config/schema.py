@@ -21,6 +21,24 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"a random seed, 0 to
 CSV_ONLY_FIELDS = ("csv_path", "label_column", "feature_columns", "num_classes", "feature_ranges", "schema_path")
 
 
+def feature_range_problem(column: str, bounds: Any, *, where: str = "data.feature_ranges") -> str | None:
+    """Why ``bounds`` is not a declared feature range (two finite numbers, [min, max] with min < max); None when it is.
+
+    The one check of a declared range, made where ranges enter: the config (``DataConfig``, so also
+    the study a site receives) and a schema file (``feature_schema.read_schema_file``). The scaler
+    trusts what passed it.
+    """
+    ok = (
+        isinstance(bounds, (list, tuple))
+        and len(bounds) == 2
+        and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
+        and bounds[0] < bounds[1]
+    )
+    if ok:
+        return None
+    return f"{where}.{column}={bounds!r}: give [min, max], two finite numbers with min < max, e.g. {column}: [0, 120]"
+
+
 class Section(BaseModel):
     """Base of every config section: immutable, unknown keys refused, strict types.
 
@@ -64,10 +82,8 @@ class DataConfig(Section):
         if self.feature_ranges is not None and self.schema_path is not None:
             raise ValueError("data.feature_ranges and data.schema_path both declare the feature ranges: give one")
         for column, bounds in (self.feature_ranges or {}).items():
-            if len(bounds) != 2 or not bounds[0] < bounds[1]:
-                raise ValueError(
-                    f"data.feature_ranges.{column}={bounds}: give [min, max] with min < max, e.g. {column}: [0, 120]"
-                )
+            if problem := feature_range_problem(column, bounds):
+                raise ValueError(problem)
         if self.dataset != "csv":
             given = [f"data.{name}={getattr(self, name)!r}" for name in CSV_ONLY_FIELDS if getattr(self, name) is not None]
             if given:

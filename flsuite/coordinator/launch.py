@@ -50,9 +50,32 @@ class LaunchPlan:
     output_dir: Path
     app_dir: Path
     registered_sites: int | None = None
+    resumed_after: int = 0  # with --resume: the last round the folder's study published (its rounds 1..N ran before)
 
     def run_config(self) -> dict[str, bool | int | float | str]:
         return to_run_config(self.study)
+
+    def written_rounds(self) -> tuple[list[dict], list[dict]]:
+        """The rows metrics.json holds before this run starts: those of the rounds a resumed study already
+        ran (1..resumed_after), and any of later rounds (ran, never published: the resumed run redoes them)."""
+        try:
+            rows = json.loads((self.output_dir / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return [], []
+        rows = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+        earlier = [row for row in rows if isinstance(row.get("round"), int) and row["round"] <= self.resumed_after]
+        return earlier, [row for row in rows if row not in earlier]
+
+    def earlier_round_lines(self) -> list[str]:
+        """For a resumed study: what the rounds before the restart were, marked as earlier (none otherwise)."""
+        from flsuite.coordinator.submit import progress_line
+
+        if not self.study.resume or not self.resumed_after:
+            return []
+        earlier, _ = self.written_rounds()
+        planned = self.study.federation.rounds
+        return [f"rounds 1-{self.resumed_after} ran before the restart; this run goes on from round {self.resumed_after + 1}",
+                *(f"  earlier {progress_line(row, planned)}" for row in earlier)]
 
 
 def plan_launch(
@@ -100,7 +123,7 @@ def plan_launch(
 def _plan_resume(resume: Path, overrides: list[str], *, federation: str | None, coordinator: CoordinatorConfig | None,
                  output_dir: Path | None, app_dir: Path | None) -> LaunchPlan:
     """The plan of `flsuite launch --resume FOLDER`: the folder's study, on the federation it ran on."""
-    from flsuite.coordinator.resume import prepare_resume
+    from flsuite.coordinator.resume import ResumeState, prepare_resume
 
     if output_dir is not None:
         raise ConfigError("--resume continues the study in its own folder: drop --output-dir")
@@ -116,7 +139,8 @@ def _plan_resume(resume: Path, overrides: list[str], *, federation: str | None, 
         raise ConfigError("no federation named: pass --federation NAME, or --config coordinator.yaml to use its federation.")
     registered = len(coordinator.sites) if coordinator and coordinator.sites else None
     return LaunchPlan(study=study, connection=read_connection(home, name), output_dir=folder,
-                      app_dir=(app_dir or default_app_dir()).resolve(), registered_sites=registered)
+                      app_dir=(app_dir or default_app_dir()).resolve(), registered_sites=registered,
+                      resumed_after=ResumeState.read(folder).round)
 
 
 def read_connection(home: Path, federation: str) -> Connection:

@@ -85,7 +85,11 @@ class _Follower:
         self.verbose = verbose
         self.run_id: int | None = None
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self.rounds_seen = 0
+        self.shown: set[Any] = set()  # rounds (or row positions) already shown
+        # A resumed study's metrics.json already holds rows: its earlier rounds (the launch command
+        # shows them, marked as earlier) and any round it ran but never published (redone now).
+        _, stale = plan.written_rounds() if plan.study.resume else ([], [])
+        self.old_rows = {_text(row) for row in stale}  # as text: a NaN loss equals itself there
 
     def on_line(self, raw: str) -> None:
         line = _ANSI.sub("", raw.rstrip("\n"))
@@ -105,9 +109,13 @@ class _Follower:
         if not isinstance(rows, list):
             return
         planned = self.plan.study.federation.rounds
-        for row in rows[self.rounds_seen:]:
+        for index, row in enumerate(rows):
+            key = row.get("round") if isinstance(row, dict) and isinstance(row.get("round"), int) else f"row {index}"
+            earlier = isinstance(key, int) and key <= self.plan.resumed_after  # shown by the launch command
+            if earlier or key in self.shown or _text(row) in self.old_rows:
+                continue
+            self.shown.add(key)
             self.echo(progress_line(row, planned))
-        self.rounds_seen = max(self.rounds_seen, len(rows))
 
 
 def progress_line(row: dict[str, Any], planned: int) -> str:
@@ -191,6 +199,10 @@ def _interrupt(plan: LaunchPlan, process: subprocess.Popen, run_id: int | None) 
         )
     except subprocess.TimeoutExpired:
         pass
+
+
+def _text(row: Any) -> str:
+    return json.dumps(row, sort_keys=True)
 
 
 def _read_json(path: Path) -> Any:

@@ -20,6 +20,9 @@ _EXPORTS = {
     "load_source": "study_data",
     "model_shape": "study_data",
     "split_study": "study_data",
+    "clear_site_cache": "site_cache",
+    "file_identity": "site_cache",
+    "prepare_once": "site_cache",
 }
 
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -36,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from flsuite.data.datasets import Dataset
+from flsuite.data.site_cache import file_identity
 from flsuite.errors import DataError
 
 MAX_LABEL_WITHOUT_NUM_CLASSES = 10_000
@@ -80,9 +81,7 @@ def load_csv(
         raise DataError(f"CSV file {path} does not exist: check data.csv_path (or the site's data-path)")
     if num_classes is not None and num_classes < 1:
         raise DataError(f"num_classes={num_classes} for {path} must be at least 1: set data.num_classes")
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, label_column,
-           tuple(feature_columns) if feature_columns else None, num_classes)
+    key = (*file_identity(path), label_column, tuple(feature_columns) if feature_columns else None, num_classes)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:

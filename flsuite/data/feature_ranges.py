@@ -82,7 +82,11 @@ def csv_feature_names(path: Path, label_column: str, feature_columns: Sequence[s
 def scale_to_ranges(
     data: Dataset, names: Sequence[str], ranges: Mapping[str, Sequence[float]], *, source: str
 ) -> tuple[Dataset, dict[str, int]]:
-    """``data`` with each feature scaled to [-1, 1] by its declared range; the clipped values per column."""
+    """``data`` with each feature scaled to [-1, 1] by its declared range; the clipped values per column.
+
+    ``ranges`` are a validated ``DataConfig.feature_ranges`` (checked where they entered, by
+    ``flsuite.config.schema.feature_range_problem``).
+    """
     if len(names) != data.num_features:
         raise DataError(f"{source}: {data.num_features} feature columns read but {len(names)} named")
     missing = [name for name in names if name not in ranges]
@@ -90,9 +94,6 @@ def scale_to_ranges(
         raise DataError(f"{source}: no declared range for feature column(s) {missing}: {HOW_TO_DECLARE}")
     low = np.array([float(ranges[name][0]) for name in names])
     high = np.array([float(ranges[name][1]) for name in names])
-    if not np.all(high > low):
-        bad = [name for name, lo, hi in zip(names, low, high) if not hi > lo]
-        raise DataError(f"{source}: data.feature_ranges for {bad} must be [min, max] with min < max")
     scaled = 2.0 * (data.features.astype(np.float64) - low) / (high - low) - 1.0
     outside = (scaled < -1) | (scaled > 1)
     clipped = {name: int(count) for name, count in zip(names, outside.sum(axis=0)) if count}

@@ -87,6 +87,7 @@ class LedgerState:
     hashes: tuple[str, ...]  # hashes[n - 1] is the hash of entry n
     final: tuple[tuple[int, DpEvent], ...]  # (line number, event) of every final event
     open: tuple[Reservation, ...]
+    closed: tuple[tuple[Reservation, int], ...] = ()  # (reservation, line number of its spend or cancel)
 
     @property
     def events(self) -> tuple[DpEvent, ...]:
@@ -100,6 +101,21 @@ class LedgerState:
         """What counts against the cap, in ledger order: final events and open reservations."""
         rows = [*self.final, *((r.entry, r.event) for r in self.open)]
         return tuple(event for _, event in sorted(rows, key=lambda row: row[0]) if dataset is None or event.dataset == dataset)
+
+    def up_to(self, entries: int) -> LedgerState:
+        """The ledger as it stood after its first ``entries`` entries (a signed head's depth), from this
+        one verified read: a reservation closed by a later entry is open at that depth."""
+        if not 0 <= entries <= self.head.entries:
+            raise ValueError(f"the ledger holds {self.head.entries} entries, not {entries}")
+        reopened = [reservation for reservation, closed_at in self.closed if reservation.entry <= entries < closed_at]
+        return LedgerState(
+            exists=self.exists,
+            head=LedgerHead(entries, self.hash_at(entries)),
+            hashes=self.hashes[:entries],
+            final=tuple(row for row in self.final if row[0] <= entries),
+            open=tuple(sorted([*(r for r in self.open if r.entry <= entries), *reopened], key=lambda r: r.entry)),
+            closed=tuple(row for row in self.closed if row[1] <= entries),
+        )
 
 
 class PrivacyLedger:
@@ -124,6 +140,7 @@ class PrivacyLedger:
         read = self._read()
         final: list[tuple[int, DpEvent]] = []
         open_: dict[str, Reservation] = {}
+        closed: list[tuple[Reservation, int]] = []
         for entry in read.entries:
             kind, value = next(iter(entry.body.items()))
             if kind == "event":
@@ -133,8 +150,10 @@ class PrivacyLedger:
                     raise IntegrityError(f"privacy ledger {self.path} line {entry.number}: reservation id used twice")
                 open_[value["id"]] = Reservation(value["id"], DpEvent.from_dict(value["event"]), entry.number)
             else:
-                if open_.pop(value["reservation"], None) is None:
+                reservation = open_.pop(value["reservation"], None)
+                if reservation is None:
                     raise IntegrityError(f"privacy ledger {self.path} line {entry.number}: {kind} of no open reservation")
+                closed.append((reservation, entry.number))
                 if kind == "spend":
                     final.append((entry.number, DpEvent.from_dict(value["event"])))
         return LedgerState(
@@ -143,6 +162,7 @@ class PrivacyLedger:
             hashes=tuple(entry.hash for entry in read.entries),
             final=tuple(final),
             open=tuple(open_.values()),
+            closed=tuple(closed),
         )
 
     def events(self, dataset: str | None = None) -> tuple[DpEvent, ...]:

@@ -20,7 +20,7 @@ from flsuite.errors import FlsuiteError, ProtocolError
 from flsuite.privacy.accounting import step_event
 from flsuite.privacy.anchor import anchor_path, verify_head
 from flsuite.privacy.events import DpEvent
-from flsuite.privacy.ledger import PrivacyLedger
+from flsuite.privacy.ledger import LedgerState, PrivacyLedger
 from flsuite.protocol import LedgerHead
 
 __all__ = ["LedgerAudit", "audit_ledger", "pld_epsilon", "pld_epsilon_of_phases"]
@@ -39,6 +39,7 @@ class LedgerAudit:
     charged: tuple[DpEvent, ...]
     delta: float | None
     epsilon_pld: float | None
+    state: LedgerState | None = dataclasses.field(default=None, repr=False, compare=False)  # the verified read; None when it failed
 
     @property
     def ok(self) -> bool:
@@ -109,7 +110,8 @@ def audit_ledger(ledger: str | Path, *, public_key: bytes | None) -> LedgerAudit
     deltas = {event.delta for event in charged}
     delta = max(deltas) if deltas else None
     epsilon = pld_epsilon(charged, delta) if delta is not None else 0.0
-    return LedgerAudit(ledger, state.head.entries, state.head.hash, anchored, signature, tuple(problems), charged, delta, epsilon)
+    return LedgerAudit(ledger, state.head.entries, state.head.hash, anchored, signature, tuple(problems), charged, delta, epsilon,
+                       state)
 
 
 def _read_anchor(path: Path, problems: list[str]) -> LedgerHead | None:

@@ -42,6 +42,7 @@ __all__ = [
     "VerifyReport",
     "VersionInfo",
     "WeightsFormatError",
+    "auditor_findings",
     "auditor_report",
     "code_digest",
     "config_hash",
@@ -58,10 +59,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "auditor_report":
-        from flsuite.registry.auditor import auditor_report
+    if name in ("auditor_findings", "auditor_report"):
+        from flsuite.registry import auditor
 
-        return auditor_report
+        return getattr(auditor, name)
     if name == "render_html":
         from flsuite.registry.html_report import render_html
 

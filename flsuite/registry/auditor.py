@@ -27,20 +27,19 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flsuite.errors import ConfigError, FlsuiteError, RegistryError
-from flsuite.privacy import PrivacyLedger, anchor_path, audit_ledger, pld_epsilon, pld_epsilon_of_phases, verify_head
+from flsuite.errors import ConfigError, RegistryError
+from flsuite.privacy import LedgerAudit, anchor_path, audit_ledger, pld_epsilon, pld_epsilon_of_phases, verify_head
 from flsuite.protocol import LedgerHead
 from flsuite.registry.manifest import VersionInfo, validate_dp_certificate
 from flsuite.registry.report import CLAIM_RTOL, claim_covers
-from flsuite.registry.verify import verify_registry
+from flsuite.registry.verify import VerifyReport, verify_registry
 from flsuite.secagg import load_pinned_identities
 
-__all__ = ["CHECKS", "auditor_report"]
+__all__ = ["CHECKS", "auditor_findings", "auditor_report"]
 
 LEDGER_FILE = "ledger.jsonl"
 SITE_FILE = "site.json"
@@ -58,12 +57,22 @@ CHECKS = {
 def auditor_report(registry: str | Path, *, ledgers: Sequence[str | Path] = (), identities: str | Path | None = None,
                    expected_key: str | None = None, encryption_key: bytes | None = None) -> dict[str, Any]:
     """Everything the HTML report shows; ConfigError for a ledger folder that is not one (before any work)."""
+    return auditor_findings(registry, ledgers=ledgers, identities=identities, expected_key=expected_key,
+                            encryption_key=encryption_key)[0]
+
+
+def auditor_findings(registry: str | Path, *, ledgers: Sequence[str | Path] = (), identities: str | Path | None = None,
+                     expected_key: str | None = None,
+                     encryption_key: bytes | None = None) -> tuple[dict[str, Any], VerifyReport]:
+    """``auditor_report``'s report and the registry's verification it rests on (blobs checked), so a
+    caller that needs the verification too (``audit report``'s privacy table) does not verify again."""
     folders = [_ledger_folder(Path(folder)) for folder in ledgers]
     pinned = _pinned(folders, identities)
     verification = verify_registry(registry, encryption_key=encryption_key, expected_key=expected_key)
     versions = _versions(verification.published)
-    ledger_rows = [_ledger_row(folder, pinned) for folder in folders]
-    by_site = {row["site"]: row for row in ledger_rows if row["site"]}
+    audits = [_audit(folder, pinned) for folder in folders]  # each ledger read and verified once, here
+    ledger_rows = [row for row, _ in audits]
+    by_site = {row["site"]: (row, found) for row, found in audits if row["site"]}
     sites = _site_rows(versions, by_site, pinned)
     failures = [f"site {row['site']} (run {row['run_id']}): {p}" for row in sites for p in row["problems"]]
     failures += [f"ledger {row['folder']}: {p}" for row in ledger_rows for p in row["problems"]]
@@ -79,7 +88,7 @@ def auditor_report(registry: str | Path, *, ledgers: Sequence[str | Path] = (), 
         "ok": verification.ok and not failures,
         "claim_rtol": CLAIM_RTOL,
         "accountant": "dp_accounting PLDAccountant (pessimistic estimate)",
-    }
+    }, verification
 
 
 def _ledger_folder(folder: Path) -> Path:
@@ -149,7 +158,7 @@ def _phases(claim: dict[str, Any]) -> list[tuple[float, float, int]]:
     return [(p["q"], p["sigma"], p["steps"]) for p in claim["phases"]]
 
 
-def _site_rows(versions: list[dict[str, Any]], ledgers: dict[str, dict[str, Any]],
+def _site_rows(versions: list[dict[str, Any]], ledgers: dict[str, tuple[dict[str, Any], LedgerAudit]],
                pinned: dict[str, bytes]) -> list[dict[str, Any]]:
     """Per run (its latest certified version) and per site: claims beside PLD recomputations."""
     latest: dict[str, dict[str, Any]] = {}
@@ -173,7 +182,7 @@ def _site_rows(versions: list[dict[str, Any]], ledgers: dict[str, dict[str, Any]
                 row["problems"].append(f"claims epsilon {row['claimed_epsilon']:.4f} for this study; its phases compose "
                                        f"to {row['pld_epsilon']:.4f} (PLD)")
             if site in ledgers:
-                _check_against_ledger(row, ledgers[site], pinned.get(site))
+                _check_against_ledger(row, *ledgers[site], pinned.get(site))
             claimed_total = row["claimed_total"] if row["claimed_total"] is not None else row["claimed_epsilon"]
             for label, recomputed in (("in this registry", registry_total), ("in its ledger", row["pld_total_ledger"])):
                 if not _claim(claimed_total, recomputed):
@@ -187,8 +196,9 @@ def _site_rows(versions: list[dict[str, Any]], ledgers: dict[str, dict[str, Any]
     return rows
 
 
-def _check_against_ledger(row: dict[str, Any], ledger: dict[str, Any], public_key: bytes | None) -> None:
-    """The site's own ledger against the signed head this registry recorded for it."""
+def _check_against_ledger(row: dict[str, Any], ledger: dict[str, Any], found: LedgerAudit,
+                          public_key: bytes | None) -> None:
+    """The site's own ledger (as read once by ``_audit``) against the signed head this registry recorded for it."""
     row["cap"] = ledger["cap"]
     record = row["ledger_head"]
     if record is None:
@@ -200,7 +210,7 @@ def _check_against_ledger(row: dict[str, Any], ledger: dict[str, Any], public_ke
                                "(pass --identities FILE)")
     elif not verify_head(head, public_key):
         row["problems"].append("the ledger head recorded in the registry is not signed by the site's pinned identity")
-    prefix = _charged_up_to(Path(ledger["ledger"]), head.entries, head.hash)
+    prefix = _charged_up_to(found, head.entries, head.hash)
     if isinstance(prefix, str):
         row["problems"].append(prefix)
         row["ledger_checked"] = False
@@ -209,29 +219,25 @@ def _check_against_ledger(row: dict[str, Any], ledger: dict[str, Any], public_ke
     row["pld_total_ledger"] = pld_epsilon(prefix, row["delta"])
 
 
-def _charged_up_to(ledger: Path, entries: int, expected_hash: str) -> tuple[Any, ...] | str:
-    """The events charged in the ledger's first ``entries`` entries, or why they cannot be trusted."""
-    try:
-        state = PrivacyLedger(ledger).state()
-    except FlsuiteError as error:
-        return f"the site's ledger does not verify: {error}"
+def _charged_up_to(found: LedgerAudit, entries: int, expected_hash: str) -> tuple[Any, ...] | str:
+    """The events charged in the ledger's first ``entries`` entries, or why they cannot be trusted.
+
+    The whole ledger verified (every entry, beyond the head too) or nothing is trusted; the charge
+    is then the verified read's own state at that depth (``LedgerState.up_to``).
+    """
+    state = found.state
+    if state is None:
+        return f"the site's ledger does not verify: {'; '.join(found.problems)}"
     if state.head.entries < entries:
         return (f"the site's ledger holds {state.head.entries} entries, fewer than the {entries} of the head recorded "
                 "in the registry (cut)")
     if state.hash_at(entries) != expected_hash:
         return f"the site's ledger differs at entry {entries} from the head recorded in the registry (rewritten)"
-    with tempfile.TemporaryDirectory(prefix="flsuite-ledger-") as scratch:
-        copy = Path(scratch) / LEDGER_FILE
-        with ledger.open("rb") as source, copy.open("wb") as target:
-            for _ in range(entries):
-                target.write(source.readline())
-        try:
-            return PrivacyLedger(copy, on_torn_tail="refuse").state().charged()
-        except FlsuiteError as error:
-            return f"the site's ledger up to the recorded head does not verify: {error}"
+    return state.up_to(entries).charged()
 
 
-def _ledger_row(folder: Path, pinned: dict[str, bytes]) -> dict[str, Any]:
+def _audit(folder: Path, pinned: dict[str, bytes]) -> tuple[dict[str, Any], LedgerAudit]:
+    """A ledger folder's row (``audit_ledger``'s findings and the site's cap) and the audit itself."""
     ledger = folder / LEDGER_FILE
     site = _anchored_site(ledger)
     found = audit_ledger(ledger, public_key=pinned.get(site) if site else None)
@@ -242,9 +248,10 @@ def _ledger_row(folder: Path, pinned: dict[str, bytes]) -> dict[str, Any]:
     total = found.epsilon_pld
     if cap is not None and total is not None and total > cap + 1e-9:
         problems.append(f"the ledger's total epsilon {total:.4f} (PLD) is over the site's cap {cap:g}")
-    return {"folder": str(folder), "ledger": str(ledger), "site": site, "entries": found.entries,
-            "signature": found.signature, "charged_events": len(found.charged), "delta": found.delta,
-            "epsilon_pld": total, "cap": cap, "problems": problems, "ok": not problems}
+    row = {"folder": str(folder), "ledger": str(ledger), "site": site, "entries": found.entries,
+           "signature": found.signature, "charged_events": len(found.charged), "delta": found.delta,
+           "epsilon_pld": total, "cap": cap, "problems": problems, "ok": not problems}
+    return row, found
 
 
 def _anchored_site(ledger: Path) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 from flsuite.errors import FlsuiteError, RegistryError
 from flsuite.registry.layout import Layout
 from flsuite.registry.manifest import VersionInfo
-from flsuite.registry.verify import verify_registry
+from flsuite.registry.verify import VerifyReport, verify_registry
 
 __all__ = ["CLAIM_RTOL", "claim_covers", "privacy_report"]
 
@@ -34,18 +34,24 @@ EpsilonFn = Callable[..., float]
 
 
 def privacy_report(path: str | Path, *, versions: list[int] | None = None,
-                   epsilon_fn: EpsilonFn | None = None, expected_key: str | None = None) -> dict[str, Any]:
+                   epsilon_fn: EpsilonFn | None = None, expected_key: str | None = None,
+                   verification: VerifyReport | None = None) -> dict[str, Any]:
     """Per version and per site: claimed vs recomputed epsilon. Reads only; needs no key.
 
     `epsilon_fn` replaces the accountant (tests); by default flsuite.privacy's is used when
     importable, otherwise epsilons are reported as not recomputed. `expected_key` pins the
     coordinator's key as for `verify_registry`; "ok" needs the registry to verify.
+    `verification`: this registry's `verify_registry` report when the caller already made it
+    (under the same pin), used instead of verifying again.
     """
     layout = Layout(Path(path).absolute())
     if not layout.is_registry():
         raise RegistryError(f"{layout.root} is not an flsuite registry; point --registry (or the "
                             "REGISTRY argument) at a registry folder")
-    verification = verify_registry(layout.root, expected_key=expected_key, check_blobs=False)
+    if verification is None:
+        verification = verify_registry(layout.root, expected_key=expected_key, check_blobs=False)
+    elif verification.registry != str(layout.root):
+        raise ValueError(f"the verification given is of {verification.registry}, not of {layout.root}")
     accounting, epsilon_fn = _accountant(epsilon_fn)
     infos = []
     for _, logged in sorted(verification.published.items()):

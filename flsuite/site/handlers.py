@@ -23,6 +23,7 @@ from flsuite.config.bridge import from_run_config
 from flsuite.config.schema import DataConfig, StudyConfig
 from flsuite.data.datasets import Dataset
 from flsuite.data.feature_ranges import load_site_csv
+from flsuite.data.site_cache import prepare_once
 from flsuite.data.study_data import model_shape, split_study
 from flsuite.errors import PlanError
 from flsuite.models.weights import load_arrays
@@ -50,19 +51,35 @@ def site_setup(context: Context) -> SiteSetup:
     study = from_run_config(context.run_config)
     node = context.node_config
     if protocol.DATA_PATH in node:
+        path = str(node[protocol.DATA_PATH])
         label_column = str(node.get(protocol.LABEL_COLUMN, study.data.label_column or "label"))
-        # The coordinator's model has data.num_classes outputs: a label beyond it is refused here, naming the line.
-        # Features are scaled with the study's declared ranges (refused without them), as at the coordinator;
-        # under a built-in dataset they must already be in its scaled range (raw values are refused).
-        data = load_site_csv(str(node[protocol.DATA_PATH]), study.data, label_column=label_column)
-        name = str(node.get(protocol.SITE_NAME, data.name))
+        given = node.get(protocol.SITE_NAME)
+        given_name = None if given is None else str(given)
+        # Read, scaled and split once per process for this file version and these settings (the data
+        # section holds the ranges, split seed and class count), not again for every message.
+        settings = (label_column, given_name, study.data.model_dump_json(), study.site_evaluation,
+                    study.monitoring.holdout_fraction)
+        name, train, holdout = prepare_once(path, settings, lambda: _csv_site_data(path, study, label_column, given_name))
         index = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-    else:
-        index = int(node.get(protocol.PARTITION_ID, 0))
-        data = _simulated_site_data(study.data.model_dump_json(), study.federation.num_sites, index)
-        name = str(node.get(protocol.SITE_NAME, f"site-{index}"))
+        return SiteSetup(name=name, index=index, data=train, study=study, holdout=holdout)
+    index = int(node.get(protocol.PARTITION_ID, 0))
+    data = _simulated_site_data(study.data.model_dump_json(), study.federation.num_sites, index)
+    name = str(node.get(protocol.SITE_NAME, f"site-{index}"))
     train, holdout = training_part(study, name, data)
     return SiteSetup(name=name, index=index, data=train, study=study, holdout=holdout)
+
+
+def _csv_site_data(
+    path: str, study: StudyConfig, label_column: str, given_name: str | None
+) -> tuple[str, Dataset, Dataset | None]:
+    """A CSV site's name, training records and held-out records."""
+    # The coordinator's model has data.num_classes outputs: a label beyond it is refused here, naming the line.
+    # Features are scaled with the study's declared ranges (refused without them), as at the coordinator;
+    # under a built-in dataset they must already be in its scaled range (raw values are refused).
+    data = load_site_csv(path, study.data, label_column=label_column)
+    name = given_name if given_name is not None else data.name
+    train, holdout = training_part(study, name, data)
+    return name, train, holdout
 
 
 @lru_cache(maxsize=16)

@@ -36,6 +36,7 @@ def test_launch_resume_sends_the_folders_study_with_resume_set(files, tmp_path):
     study = from_run_config(plan.run_config())
     assert study.resume and study.engine.name == "deployment" and study.federation.rounds == 3
     assert plan.output_dir == folder and study.output_dir == str(folder)
+    assert plan.resumed_after == 1  # resume.json: round 1 was published; the launch shows it as an earlier round
 
 
 def test_launch_resume_refuses_what_run_resume_refuses(files, tmp_path):

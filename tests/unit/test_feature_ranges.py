@@ -87,3 +87,18 @@ def test_a_site_holding_raw_values_under_a_built_in_dataset_refuses_them(tmp_pat
 def test_a_site_of_a_csv_study_scales_with_the_studys_ranges(records):
     config = _config(records, feature_ranges={"age": [0, 120], "creatinine": [0, 1200]})
     assert load_site_csv(records, config).features.max() <= 1.0
+
+
+@pytest.mark.parametrize("bounds", ["[120, 0]", "[5, 5]", "[1, 2, 3]"])
+def test_a_bad_range_is_refused_with_one_text_from_the_config_and_from_a_schema_file(records, tmp_path, bounds):
+    """One check, one text: the config and the schema file once said it three different ways."""
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(f"feature_ranges:\n  age: {bounds}\n")
+    with pytest.raises(ConfigError) as from_file:
+        compose_study(["data=csv", f"data.csv_path={records}", f"data.schema_path={schema}"])
+    with pytest.raises(ConfigError) as from_config:
+        compose_study(["data=csv", f"data.csv_path={records}", f"+data.feature_ranges={{age:{bounds}}}"])
+    tail = "give [min, max], two finite numbers with min < max, e.g. age: [0, 120]"
+    assert f"data.schema_path {schema}: feature_ranges.age=" in str(from_file.value)
+    assert "data.feature_ranges.age=" in str(from_config.value)
+    assert tail in str(from_file.value) and tail in str(from_config.value)

@@ -77,3 +77,35 @@ def test_a_ledger_folder_without_a_ledger_is_bad_input_and_nothing_is_written(tm
                      "--ledger", str(tmp_path / "empty"), timeout=180)
     assert result.returncode == 2 and "no privacy ledger" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_audit_report_verifies_the_registry_once(tmp_path, monkeypatch):
+    """Was twice: once for the auditor's HTML report (blobs included) and again for the privacy table."""
+    from typer.testing import CliRunner
+
+    from flsuite.cli.registry_commands import audit_app
+    from flsuite.registry import auditor, report, verify
+
+    registry = _registry(tmp_path, epsilon=_honest() * 2)  # covers the RDP recomputation of the privacy table too
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("check_blobs", True))
+        return verify.verify_registry(*args, **kwargs)
+
+    for module in (auditor, report):
+        monkeypatch.setattr(module, "verify_registry", counted)
+    html = tmp_path / "report.html"
+    result = CliRunner().invoke(audit_app, ["report", str(registry), "--html", str(html)])
+    assert result.exit_code == 0, result.output
+    assert calls == [True]  # one verification, blobs checked, serving both reports
+    assert "verifies" in result.output.lower() and html.is_file()
+
+
+def test_a_verification_of_another_registry_is_refused_by_the_privacy_report(tmp_path):
+    from flsuite.registry import privacy_report, verify_registry
+
+    one = _registry(tmp_path / "one", epsilon=_honest() * 2)
+    other = _registry(tmp_path / "other", epsilon=_honest() / 2)
+    with pytest.raises(ValueError, match="the verification given is of .*other.*, not of .*one"):
+        privacy_report(one, verification=verify_registry(other))
