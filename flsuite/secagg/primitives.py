@@ -42,7 +42,6 @@ __all__ = [
     "share_encryption_key",
     "share_aad",
     "sign_keys",
-    "split_secret",
     "split_secrets",
     "SHARE_BYTES",
     "u64",
@@ -219,11 +218,6 @@ def split_secrets(secrets: Sequence[bytes], *, threshold: int, holders: int,
                   random_bytes: RandomBytes = os.urandom) -> list[list[bytes]]:
     """Shares 1..holders of each 32-byte secret (``SHARE_BYTES`` each), all secrets in one pass."""
     return shamir.split(secrets, threshold=threshold, holders=holders, random_bytes=random_bytes)
-
-
-def split_secret(secret: bytes, *, threshold: int, holders: int, random_bytes: RandomBytes = os.urandom) -> list[bytes]:
-    """Shares 1..holders of one 32-byte secret."""
-    return shamir.split([secret], threshold=threshold, holders=holders, random_bytes=random_bytes)[0]
 
 
 def combine_secret(shares: Sequence[tuple[int, bytes]]) -> bytes:
