@@ -49,6 +49,7 @@ __all__ = [
     "x25519_keypair",
     "x25519_public",
     "x25519_shared",
+    "x25519_shared_many",
 ]
 
 PROTOCOL = b"flsuite-secagg/v1"
@@ -76,6 +77,13 @@ def x25519_public(private: bytes) -> bytes:
 
 def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
+def x25519_shared_many(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:
+    """``x25519_shared(private, p)`` for every p, loading the private key once (the load costs
+    about as much as an exchange)."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    return [key.exchange(X25519PublicKey.from_public_bytes(peer)) for peer in peer_publics]
 
 
 def hkdf32(ikm: bytes, *, info: bytes) -> bytes:
