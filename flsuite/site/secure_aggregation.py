@@ -4,7 +4,8 @@ Add it to the ClientApp (``ClientApp(mods=[secagg_mod])``) and register a ``@app
 function too: Flower only runs app mods around registered functions, and the protocol's
 key-exchange and unmask stages arrive as "query" messages (the mod answers them before
 the query function is reached). The mod reads the site's identity key, name and pinned
-identities file from its node config, keeps its per-round state in ``context.state`` (bytes
+identities file from its node config (parsed once per process while the files stay as they
+are), keeps its per-round state in ``context.state`` (bytes
 in a ConfigRecord, so it works when every message runs in a fresh process), and passes
 train messages on as plain train messages (the model and the train config). From the
 training reply it sends back only the masked vector and the metric/config records, minus
@@ -14,9 +15,13 @@ the example count; a site's typed refusal passes through unchanged. Record names
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
@@ -64,10 +69,44 @@ def _load_site(context: Context) -> SiteRound:
         raise ConfigError(f"node-config lacks {missing}; secure aggregation needs the site's identity key, "
                           "site name and pinned identities file.")
     stored = context.state.config_records.get(STATE_RECORD)
+    identity, pinned = _identity_files(str(config[protocol.IDENTITY_KEY]), str(config[protocol.IDENTITIES_FILE]))
     return SiteRound(node_id=context.node_id, run_id=context.run_id, site_name=str(config[protocol.SITE_NAME]),
-                     identity=load_identity(str(config[protocol.IDENTITY_KEY])),
-                     pinned=load_pinned_identities(str(config[protocol.IDENTITIES_FILE])),
-                     state=dict(stored) if stored is not None else None)
+                     identity=identity, pinned=pinned, state=dict(stored) if stored is not None else None)
+
+
+_LOADED: OrderedDict[tuple[Any, ...], tuple[Ed25519PrivateKey, dict[str, bytes]]] = OrderedDict()
+_LOADED_MAX = 256  # one entry per site of this process (simulated sites share the process)
+_LOADED_LOCK = threading.Lock()
+
+
+def _identity_files(key_path: str, identities_path: str) -> tuple[Ed25519PrivateKey, dict[str, bytes]]:
+    """The identity key and pinned identities, parsed again only when either file changed.
+
+    Every message needs them (a stage may run in a fresh process); within one process the
+    parsed pair is reused while both files keep their device, inode, size, mode, mtime and
+    ctime (a chmod or any rewrite changes ctime), so the identity key's permission check and
+    the pinned file's validation run again on any change. A file that cannot be stat'ed
+    goes through the loaders, which name the problem.
+    """
+    try:
+        stamp = (key_path, _stamp(key_path), identities_path, _stamp(identities_path))
+    except OSError:
+        return load_identity(key_path), load_pinned_identities(identities_path)
+    with _LOADED_LOCK:
+        hit = _LOADED.get(stamp)
+    if hit is not None:
+        return hit[0], dict(hit[1])
+    loaded = load_identity(key_path), load_pinned_identities(identities_path)
+    with _LOADED_LOCK:
+        _LOADED[stamp] = loaded
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return loaded[0], dict(loaded[1])
+
+
+def _stamp(path: str) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _reply(msg: Message, reply: dict[str, Any]) -> Message:
