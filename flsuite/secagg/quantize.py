@@ -36,8 +36,9 @@ class RangeCheck:
 def check_range(update: np.ndarray, *, clip_range: float) -> RangeCheck:
     """Count values beyond [-clip_range, clip_range] and return a clipped copy."""
     update = np.asarray(update, dtype=np.float64)
-    largest = float(np.max(np.abs(update))) if update.size else 0.0
-    outside = int(np.count_nonzero(np.abs(update) > clip_range))
+    magnitude = np.abs(update)
+    largest = float(np.max(magnitude)) if update.size else 0.0
+    outside = int(np.count_nonzero(magnitude > clip_range)) if largest > clip_range or math.isnan(largest) else 0
     values = np.clip(update, -clip_range, clip_range) if outside else update
     return RangeCheck(values=values, clipped=outside, largest=largest)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from functools import wraps
+from functools import lru_cache, wraps
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import numpy as np
@@ -300,10 +301,22 @@ class SiteRound:
         self._state = kept
 
     def _settings(self) -> SecAggSettings:
-        return SecAggSettings.from_wire(self._state["settings"])
+        return _settings_from_wire(self._state["settings"])
 
-    def _graph(self) -> dict[int, frozenset[int]]:
-        settings = self._settings()
-        return neighbour_graph(unpack_ids(self._state["cohort"]), neighbours=settings.neighbour_count,
-                               run_id=self.run_id, server_round=self._state["round"])
+    def _graph(self) -> Mapping[int, frozenset[int]]:
+        return _round_graph(self._state["settings"], self._state["cohort"], self.run_id, self._state["round"])
+
+
+# Every stage needs the round's settings and graph; both are pure functions of what the site
+# stored at setup, so they are parsed and built once per round, not once per stage.
+@lru_cache(maxsize=256)
+def _settings_from_wire(wire: str) -> SecAggSettings:
+    return SecAggSettings.from_wire(wire)
+
+
+@lru_cache(maxsize=256)
+def _round_graph(settings_wire: str, cohort: bytes, run_id: int, server_round: int) -> Mapping[int, frozenset[int]]:
+    graph = neighbour_graph(unpack_ids(cohort), neighbours=_settings_from_wire(settings_wire).neighbour_count,
+                            run_id=run_id, server_round=server_round)
+    return MappingProxyType(graph)  # shared between calls: read-only
 

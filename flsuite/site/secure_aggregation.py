@@ -27,8 +27,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from flsuite import protocol
 from flsuite.errors import ConfigError, SecAggRefused
-from flsuite.models.weights import ModelLayout, model_digest
-from flsuite.secagg.identity import load_identity, load_pinned_identities
+from flsuite.secagg import load_identity, load_pinned_identities, model_hash
 from flsuite.secagg.site import SiteRound
 
 __all__ = ["secagg_mod"]
@@ -119,7 +118,8 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     if protocol.ARRAYS not in records:
         site.refuse("bad-request", f"the train stage carries no ArrayRecord {protocol.ARRAYS!r}")
     global_arrays = records[protocol.ARRAYS]
-    site.begin_train(request, model_hash=model_digest(global_arrays))  # refuses before any training
+    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once for hash and update
+    site.begin_train(request, model_hash=model_hash(global_values))  # refuses before any training
     config = msg.content.config_records.get(protocol.CONFIG, ConfigRecord())
     msg.content = RecordDict({protocol.ARRAYS: global_arrays, protocol.CONFIG: config})
     trained = call_next(msg, context)
@@ -128,9 +128,8 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     local = list(trained.content.array_records.values())
     if len(local) != 1:
         site.refuse("bad-local-update", f"the training reply has {len(local)} ArrayRecords, expected 1")
-    layout = ModelLayout.of(global_arrays)
     try:
-        update = layout.flatten(local[0]) - layout.flatten(global_arrays)
+        update = _update_vector(global_values, local[0])
     except ValueError as exc:
         site.refuse("bad-local-update", f"the trained weights do not fit the global model: {exc}")
     try:
@@ -147,6 +146,20 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
         if name != SECAGG_RECORD:
             content[name] = record
     return Message(content, reply_to=msg)
+
+
+def _update_vector(global_values: dict[str, np.ndarray], trained: ArrayRecord) -> np.ndarray:
+    """trained - global as one float64 vector, arrays in sorted name order (the coordinator's
+    ``ModelLayout`` order); ValueError when names or shapes differ from the global model's."""
+    if set(trained.keys()) != set(global_values):
+        raise ValueError(f"arrays {sorted(trained.keys())} differ from the model's {sorted(global_values)}")
+    parts = []
+    for key in sorted(global_values):
+        local, glob = trained[key].numpy(), global_values[key]
+        if local.shape != glob.shape:
+            raise ValueError(f"array {key!r} has shape {local.shape}, the model {glob.shape}")
+        parts.append((np.asarray(local, dtype=np.float64) - np.asarray(glob, dtype=np.float64)).ravel())
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _num_examples(metric_records: Any) -> int:
