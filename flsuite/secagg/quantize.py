@@ -47,9 +47,15 @@ def quantise_vector(update: np.ndarray, weight: float, *, clip_range: float, lev
     """Encode [weight * update, weight] as uint32 in [0, levels]; update must be within range."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight {weight} must lie in [0, 1]")
-    scaled = (np.asarray(update, dtype=np.float64) * weight + clip_range) * (levels / (2.0 * clip_range))
+    # (u*w + R) * L/(2R), rounded and held to [0, L]; in place on one float64 buffer
+    scaled = np.multiply(np.asarray(update, dtype=np.float64), weight)
+    scaled += clip_range
+    scaled *= levels / (2.0 * clip_range)
+    np.rint(scaled, out=scaled)
+    np.maximum(scaled, 0, out=scaled)
+    np.minimum(scaled, levels, out=scaled)
     out = np.empty(scaled.size + 1, dtype=np.uint32)
-    out[:-1] = np.clip(np.rint(scaled), 0, levels).astype(np.uint32)
+    out[:-1] = scaled
     out[-1] = np.uint32(weight_level(weight, levels))
     return out
 

@@ -96,3 +96,17 @@ def test_pinned_identities_rewritten_between_rounds_are_read_again(tmp_path):
 def stage_request(msg):
     request = msg.content.config_records.get(protocol.SECAGG_RECORD) if msg.has_content() else None
     return request.get(protocol.STAGE) if request is not None else None
+
+
+def test_quantise_vector_in_place_equals_the_reference_formula():
+    from flsuite.secagg.quantize import quantise_vector, weight_level
+
+    rng = np.random.default_rng(5)
+    for cohort, weight in ((3, 1.0), (10, 0.37), (50, 0.0), (10, 1e-9)):
+        levels, clip = (2**32 - 1) // cohort, 2.5
+        update = rng.uniform(-clip, clip, 1001)
+        update[:4] = [clip, -clip, 0.0, np.nextafter(clip, 0)]
+        expected = np.clip(np.rint((update * weight + clip) * (levels / (2.0 * clip))), 0, levels).astype(np.uint32)
+        got = quantise_vector(update, weight, clip_range=clip, levels=levels)
+        assert got.dtype == np.uint32 and np.array_equal(got[:-1], expected)
+        assert got[-1] == weight_level(weight, levels) and got.max() <= levels
