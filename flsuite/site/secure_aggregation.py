@@ -153,13 +153,16 @@ def _update_vector(global_values: dict[str, np.ndarray], trained: ArrayRecord) -
     ``ModelLayout`` order); ValueError when names or shapes differ from the global model's."""
     if set(trained.keys()) != set(global_values):
         raise ValueError(f"arrays {sorted(trained.keys())} differ from the model's {sorted(global_values)}")
-    parts = []
+    update = np.empty(sum(a.size for a in global_values.values()), dtype=np.float64)
+    offset = 0
     for key in sorted(global_values):
         local, glob = trained[key].numpy(), global_values[key]
         if local.shape != glob.shape:
             raise ValueError(f"array {key!r} has shape {local.shape}, the model {glob.shape}")
-        parts.append((np.asarray(local, dtype=np.float64) - np.asarray(glob, dtype=np.float64)).ravel())
-    return np.concatenate(parts) if parts else np.zeros(0)
+        # one pass: both sides widened to float64 on the fly, written straight into the vector
+        np.subtract(local, glob, out=update[offset : offset + glob.size].reshape(glob.shape), dtype=np.float64)
+        offset += glob.size
+    return update
 
 
 def _num_examples(metric_records: Any) -> int:

@@ -110,3 +110,27 @@ def test_quantise_vector_in_place_equals_the_reference_formula():
         got = quantise_vector(update, weight, clip_range=clip, levels=levels)
         assert got.dtype == np.uint32 and np.array_equal(got[:-1], expected)
         assert got[-1] == weight_level(weight, levels) and got.max() <= levels
+
+
+def test_hkdf32_is_cryptography_hkdf_sha256_with_the_protocol_salt():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    for size in (0, 1, 32, 77):
+        ikm, info = os.urandom(32), os.urandom(size)
+        expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=crypto.PROTOCOL, info=info).derive(ikm)
+        assert crypto.hkdf32(ikm, info=info) == expected
+
+
+def test_update_vector_equals_the_model_layout_difference():
+    from flsuite.models.weights import ModelLayout
+    from flsuite.site.secure_aggregation import _update_vector
+
+    rng = np.random.default_rng(9)
+    shapes = {"b.weight": (7, 3), "a.bias": (3,), "c": (2, 2, 2)}
+    for dtype in (np.float32, np.float64, np.int64):
+        glob = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        local = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        layout = ModelLayout.of(glob)
+        got = _update_vector({k: glob[k].numpy() for k in glob}, local)
+        assert got.dtype == np.float64 and np.array_equal(got, layout.flatten(local) - layout.flatten(glob))
