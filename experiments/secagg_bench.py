@@ -7,8 +7,10 @@
 3. Secure vs plain aggregation time at 10 and 50 sites with 100k parameters: the
    protocol core (all sites' and the coordinator's work, one process, one core), and a
    whole round through the Flower wiring on the in-process Grid with instant training.
+4. ``--round-cpu SITES``: only a secure round's fixed cost (CPU and wall) as a study runs
+   it, instant training (``bench_round_cpu``).
 
-    .venv/bin/python experiments/secagg_bench.py [--repeats 3]
+    .venv/bin/python experiments/secagg_bench.py [--repeats 3] [--round-cpu 10]
 
 Writes experiments/results/secagg.json and prints a markdown table.
 """
@@ -258,10 +260,54 @@ def bench_flower(n_sites: int, settings: SecAggSettings, repeats: int) -> dict[s
             "upload_ratio": secure_upload / plain_upload}
 
 
+def bench_round_cpu(n_sites: int = 10, rounds: int = 21) -> dict[str, float]:
+    """One secure round as a study runs it (the in-process Grid without the protobuf round trip,
+    secagg_mod on every site, SecAgg+'s default graph), with instant training on a
+    99,690-parameter float32 model: the protocol's fixed cost per round, messaging included.
+    CPU time of this process (all threads) and wall time; median and min of the rounds
+    after the first."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from flsuite.config.schema import SecAggConfig
+    from flsuite.coordinator.secure_round import secure_train_round
+    from flsuite.flower import InProcessGrid, new_run
+    from flsuite.site.testing import build_sites
+
+    rng = np.random.default_rng(1)
+    shapes = [(280, 64), (280,), (280, 280), (280,), (10, 280), (10,)]  # the bench study's MLP
+    global_arrays = ArrayRecord({f"layer{i}": Array((rng.standard_normal(s) * 0.1).astype(np.float32)) for i, s in enumerate(shapes)})
+
+    def train(msg: Message, context) -> Message:
+        glob = msg.content["arrays"]
+        local = ArrayRecord({k: Array(glob[k].numpy() + np.float32(0.01)) for k in glob})
+        return Message(RecordDict({"arrays": local, "metrics": MetricRecord({"num-examples": 500})}), reply_to=msg)
+
+    settings = SecAggConfig().settings_for(n_sites)
+    walls, cpus = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = [5000 + i for i in range(n_sites)]
+        handlers, contexts = build_sites(tmp, nodes, train, run_id=3)
+        for r in range(rounds):
+            grid = InProcessGrid(handlers, contexts, run=new_run(3))
+            with grid:
+                wall, cpu = time.perf_counter(), time.process_time()
+                secure_train_round(grid, node_ids=nodes, server_round=r + 1, global_arrays=global_arrays,
+                                   train_configs={n: ConfigRecord() for n in nodes}, settings=settings, timeout_s=60)
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+    return {"cpu_median_s": statistics.median(cpus[1:]), "cpu_min_s": min(cpus[1:]),
+            "wall_median_s": statistics.median(walls[1:]), "wall_min_s": min(walls[1:])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--round-cpu", type=int, metavar="SITES",
+                        help="only print bench_round_cpu(SITES) as JSON (a secure round's fixed cost, instant training)")
     args = parser.parse_args()
+    if args.round_cpu:
+        print(json.dumps({k: round(v, 4) for k, v in bench_round_cpu(args.round_cpu).items()}))
+        return
     configs = {
         "10 sites, full graph, t=6": (10, SecAggSettings(cohort_size=10, threshold=6)),
         "50 sites, full graph, t=26": (50, SecAggSettings(cohort_size=50, threshold=26)),
