@@ -96,8 +96,9 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     missing = [n for n in nodes if n not in train_configs]
     if missing:
         raise ConfigError(f"train_configs lacks a ConfigRecord for nodes {missing}")
-    layout = ModelLayout.of(global_arrays)
-    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once for hash and vector
+    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once: layout, hash and vector
+    layout = ModelLayout(order=tuple(global_values), shapes={k: a.shape for k, a in global_values.items()},
+                         dtypes={k: a.dtype for k, a in global_values.items()})
     global_vector = np.concatenate([np.asarray(global_values[k], dtype=np.float64).ravel() for k in sorted(global_values)])
     if declared is not None and any(n not in declared for n in nodes):
         raise ConfigError(f"declared lacks a record count for nodes {[n for n in nodes if n not in declared]}")
