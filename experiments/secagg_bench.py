@@ -7,8 +7,10 @@
 3. Secure vs plain aggregation time at 10 and 50 sites with 100k parameters: the
    protocol core (all sites' and the coordinator's work, one process, one core), and a
    whole round through the Flower wiring on the in-process Grid with instant training.
+4. ``--round-cpu SITES``: only a secure round's fixed cost (CPU and wall) as a study runs
+   it, instant training (``bench_round_cpu``).
 
-    .venv/bin/python experiments/secagg_bench.py [--repeats 3]
+    .venv/bin/python experiments/secagg_bench.py [--repeats 3] [--round-cpu 10]
 
 Writes experiments/results/secagg.json and prints a markdown table.
 """
@@ -86,6 +88,48 @@ def bench_throughput(repeats: int) -> dict[str, float]:
         "apply_aes_ctr_16M_Bps": _apply(key, 16 * 1024 * 1024, "aes-256-ctr", repeats, times=1),
         "apply_chacha20_16M_Bps": _apply(key, 16 * 1024 * 1024, "chacha20", repeats, times=1),
     }
+
+
+def mask_over_raw(cipher: str, words: int = PARAMS + 1, *, pairs: int = 15, loops: int = 40) -> dict[str, float]:
+    """apply_mask's throughput over the raw keystream's for the same bytes, paired and interleaved.
+
+    Raw: a new encryptor per call (as apply_mask makes one per key) and one ``update_into`` of
+    ``4 * words`` zeros into a preallocated buffer: the keystream alone. Each pair times
+    ``loops`` calls of each, in an order that alternates pair by pair, in CPU time
+    (``time.process_time``: time the process was not scheduled does not count on a shared
+    machine); the result is the median of the pairs' ratios with their spread.
+    """
+    key = os.urandom(32)
+    nbytes = 4 * words
+    zeros, out = bytes(nbytes), np.empty(nbytes + 16, dtype=np.uint8)
+    target = np.zeros(words, dtype=np.uint32)
+    make = (lambda: Cipher(algorithms.AES(key), modes.CTR(bytes(16)))) if cipher == "aes-256-ctr" else (  # noqa: E731
+        lambda: Cipher(algorithms.ChaCha20(key, bytes(16)), mode=None))
+
+    def raw() -> None:
+        for _ in range(loops):
+            make().encryptor().update_into(zeros, out)
+
+    def masked() -> None:
+        for _ in range(loops):
+            apply_mask(target, key, cipher=cipher)
+
+    def cpu(fn) -> float:
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+
+    raw(), masked()  # warm caches and the per-thread scratch buffer
+    ratios, raw_s, mask_s = [], [], []
+    for pair in range(pairs):
+        first, second = (raw, masked) if pair % 2 == 0 else (masked, raw)
+        a, b = cpu(first), cpu(second)
+        r, m = (a, b) if first is raw else (b, a)
+        raw_s.append(r)
+        mask_s.append(m)
+        ratios.append(r / m)
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "n": pairs,
+            "raw_Bps": nbytes * loops / statistics.median(raw_s), "apply_Bps": nbytes * loops / statistics.median(mask_s)}
 
 
 def _apply(key: bytes, words: int, cipher: str, repeats: int, times: int = 50) -> float:
@@ -216,10 +260,54 @@ def bench_flower(n_sites: int, settings: SecAggSettings, repeats: int) -> dict[s
             "upload_ratio": secure_upload / plain_upload}
 
 
+def bench_round_cpu(n_sites: int = 10, rounds: int = 21) -> dict[str, float]:
+    """One secure round as a study runs it (the in-process Grid without the protobuf round trip,
+    secagg_mod on every site, SecAgg+'s default graph), with instant training on a
+    99,690-parameter float32 model: the protocol's fixed cost per round, messaging included.
+    CPU time of this process (all threads) and wall time; median and min of the rounds
+    after the first."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from flsuite.config.schema import SecAggConfig
+    from flsuite.coordinator.secure_round import secure_train_round
+    from flsuite.flower import InProcessGrid, new_run
+    from flsuite.site.testing import build_sites
+
+    rng = np.random.default_rng(1)
+    shapes = [(280, 64), (280,), (280, 280), (280,), (10, 280), (10,)]  # the bench study's MLP
+    global_arrays = ArrayRecord({f"layer{i}": Array((rng.standard_normal(s) * 0.1).astype(np.float32)) for i, s in enumerate(shapes)})
+
+    def train(msg: Message, context) -> Message:
+        glob = msg.content["arrays"]
+        local = ArrayRecord({k: Array(glob[k].numpy() + np.float32(0.01)) for k in glob})
+        return Message(RecordDict({"arrays": local, "metrics": MetricRecord({"num-examples": 500})}), reply_to=msg)
+
+    settings = SecAggConfig().settings_for(n_sites)
+    walls, cpus = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = [5000 + i for i in range(n_sites)]
+        handlers, contexts = build_sites(tmp, nodes, train, run_id=3)
+        for r in range(rounds):
+            grid = InProcessGrid(handlers, contexts, run=new_run(3))
+            with grid:
+                wall, cpu = time.perf_counter(), time.process_time()
+                secure_train_round(grid, node_ids=nodes, server_round=r + 1, global_arrays=global_arrays,
+                                   train_configs={n: ConfigRecord() for n in nodes}, settings=settings, timeout_s=60)
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+    return {"cpu_median_s": statistics.median(cpus[1:]), "cpu_min_s": min(cpus[1:]),
+            "wall_median_s": statistics.median(walls[1:]), "wall_min_s": min(walls[1:])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--round-cpu", type=int, metavar="SITES",
+                        help="only print bench_round_cpu(SITES) as JSON (a secure round's fixed cost, instant training)")
     args = parser.parse_args()
+    if args.round_cpu:
+        print(json.dumps({k: round(v, 4) for k, v in bench_round_cpu(args.round_cpu).items()}))
+        return
     configs = {
         "10 sites, full graph, t=6": (10, SecAggSettings(cohort_size=10, threshold=6)),
         "50 sites, full graph, t=26": (50, SecAggSettings(cohort_size=50, threshold=26)),

@@ -40,9 +40,8 @@ from flsuite import protocol
 from flsuite.coordinator.integrity import status_count_problem
 from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, RoundRules, refusals_from, reported_name, site_report
 from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
-from flsuite.models.weights import ModelLayout, model_digest
-from flsuite.secagg.coordinator import CoordinatorRound
-from flsuite.secagg.settings import SecAggSettings
+from flsuite.models.weights import ModelLayout
+from flsuite.secagg import CoordinatorRound, SecAggSettings, model_hash
 
 __all__ = ["SecureRoundResult", "SecureTrainRound", "secure_train_round"]
 
@@ -97,12 +96,14 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     missing = [n for n in nodes if n not in train_configs]
     if missing:
         raise ConfigError(f"train_configs lacks a ConfigRecord for nodes {missing}")
-    layout = ModelLayout.of(global_arrays)
-    global_vector = layout.flatten(global_arrays)
+    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once: layout, hash and vector
+    layout = ModelLayout(order=tuple(global_values), shapes={k: a.shape for k, a in global_values.items()},
+                         dtypes={k: a.dtype for k, a in global_values.items()})
+    global_vector = np.concatenate([np.asarray(global_values[k], dtype=np.float64).ravel() for k in sorted(global_values)])
     if declared is not None and any(n not in declared for n in nodes):
         raise ConfigError(f"declared lacks a record count for nodes {[n for n in nodes if n not in declared]}")
     coordinator = CoordinatorRound(settings, run_id=grid.run.run_id, server_round=server_round, cohort=nodes,
-                                   model_hash=model_digest(global_arrays), vector_length=layout.size + 1,
+                                   model_hash=model_hash(global_values), vector_length=layout.size + 1,
                                    declared={n: declared[n] for n in nodes} if declared is not None else None)
     refusals: dict[int, str] = {}
     site_refusals: dict[int, protocol.Refusal] = {}

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 __all__ = ["default_neighbours", "neighbour_graph", "share_group"]
 
@@ -68,7 +68,7 @@ def neighbour_graph(cohort: Iterable[int], *, neighbours: int, run_id: int, serv
     return graph
 
 
-def share_group(graph: dict[int, frozenset[int]], node: int) -> list[int]:
+def share_group(graph: Mapping[int, frozenset[int]], node: int) -> list[int]:
     """Holders of ``node``'s shares in share-index order: its neighbours and itself, sorted.
 
     The share index of a holder is its position in this list plus one.

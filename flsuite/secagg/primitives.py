@@ -9,18 +9,17 @@ site's round keys, Shamir sharing of 32-byte secrets (over GF(2^31-1) in numpy, 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from . import shamir
@@ -42,7 +41,6 @@ __all__ = [
     "share_encryption_key",
     "share_aad",
     "sign_keys",
-    "split_secret",
     "split_secrets",
     "SHARE_BYTES",
     "u64",
@@ -50,6 +48,7 @@ __all__ = [
     "x25519_keypair",
     "x25519_public",
     "x25519_shared",
+    "x25519_shared_many",
 ]
 
 PROTOCOL = b"flsuite-secagg/v1"
@@ -79,9 +78,21 @@ def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
 
 
+def x25519_shared_many(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:
+    """``x25519_shared(private, p)`` for every p, loading the private key once (the load costs
+    about as much as an exchange)."""
+    key = X25519PrivateKey.from_private_bytes(private)
+    return [key.exchange(X25519PublicKey.from_public_bytes(peer)) for peer in peer_publics]
+
+
 def hkdf32(ikm: bytes, *, info: bytes) -> bytes:
-    """HKDF-SHA256 with salt PROTOCOL, 32 bytes out."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=PROTOCOL, info=info).derive(ikm)
+    """HKDF-SHA256 (RFC 5869) with salt PROTOCOL, 32 bytes out: the output is the first
+    expand block, T(1) = HMAC(PRK, info || 0x01) with PRK = HMAC(salt, ikm). Written with the
+    standard library's one-shot HMAC (same bytes as ``cryptography``'s HKDF, which a test
+    checks) because a site derives about 20 keys per round and the HKDF object costs more
+    to build than the two HMACs."""
+    prk = hmac.digest(PROTOCOL, ikm, "sha256")
+    return hmac.digest(prk, info + b"\x01", "sha256")
 
 
 def _pair_info(label: bytes, run_id: int, server_round: int, node_a: int, node_b: int) -> bytes:
@@ -219,11 +230,6 @@ def split_secrets(secrets: Sequence[bytes], *, threshold: int, holders: int,
                   random_bytes: RandomBytes = os.urandom) -> list[list[bytes]]:
     """Shares 1..holders of each 32-byte secret (``SHARE_BYTES`` each), all secrets in one pass."""
     return shamir.split(secrets, threshold=threshold, holders=holders, random_bytes=random_bytes)
-
-
-def split_secret(secret: bytes, *, threshold: int, holders: int, random_bytes: RandomBytes = os.urandom) -> list[bytes]:
-    """Shares 1..holders of one 32-byte secret."""
-    return shamir.split([secret], threshold=threshold, holders=holders, random_bytes=random_bytes)[0]
 
 
 def combine_secret(shares: Sequence[tuple[int, bytes]]) -> bytes:

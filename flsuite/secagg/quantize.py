@@ -36,8 +36,9 @@ class RangeCheck:
 def check_range(update: np.ndarray, *, clip_range: float) -> RangeCheck:
     """Count values beyond [-clip_range, clip_range] and return a clipped copy."""
     update = np.asarray(update, dtype=np.float64)
-    largest = float(np.max(np.abs(update))) if update.size else 0.0
-    outside = int(np.count_nonzero(np.abs(update) > clip_range))
+    magnitude = np.abs(update)
+    largest = float(np.max(magnitude)) if update.size else 0.0
+    outside = int(np.count_nonzero(magnitude > clip_range)) if largest > clip_range or math.isnan(largest) else 0
     values = np.clip(update, -clip_range, clip_range) if outside else update
     return RangeCheck(values=values, clipped=outside, largest=largest)
 
@@ -46,9 +47,15 @@ def quantise_vector(update: np.ndarray, weight: float, *, clip_range: float, lev
     """Encode [weight * update, weight] as uint32 in [0, levels]; update must be within range."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"weight {weight} must lie in [0, 1]")
-    scaled = (np.asarray(update, dtype=np.float64) * weight + clip_range) * (levels / (2.0 * clip_range))
+    # (u*w + R) * L/(2R), rounded and held to [0, L]; in place on one float64 buffer
+    scaled = np.multiply(np.asarray(update, dtype=np.float64), weight)
+    scaled += clip_range
+    scaled *= levels / (2.0 * clip_range)
+    np.rint(scaled, out=scaled)
+    np.maximum(scaled, 0, out=scaled)
+    np.minimum(scaled, levels, out=scaled)
     out = np.empty(scaled.size + 1, dtype=np.uint32)
-    out[:-1] = np.clip(np.rint(scaled), 0, levels).astype(np.uint32)
+    out[:-1] = scaled
     out[-1] = np.uint32(weight_level(weight, levels))
     return out
 

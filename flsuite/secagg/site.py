@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from functools import wraps
+from functools import lru_cache, wraps
+from types import MappingProxyType
 from typing import Any, NoReturn
 
 import numpy as np
@@ -141,17 +142,22 @@ class SiteRound:
         group = share_group(graph, self.node_id)
         seed_shares, key_shares = crypto.split_secrets([seed, self._state["s-sk"]], threshold=settings.threshold,
                                                        holders=len(group), random_bytes=self._random)
+        # One agreement per peer for the round: the key encrypts the shares sent now and decrypts
+        # the peer's shares at the train stage; the X25519 secret c-sk is not needed after this.
+        pair_keys = [crypto.share_encryption_key(shared, run_id=self.run_id, server_round=round_, node_a=self.node_id, node_b=peer)
+                     for peer, shared in zip(peers, crypto.x25519_shared_many(self._state["c-sk"], c_pks), strict=True)]
         ciphertexts = []
-        for peer, c_pk in zip(peers, c_pks, strict=True):
+        for peer, pair_key in zip(peers, pair_keys, strict=True):
             index = group.index(peer) + 1
             plaintext = (crypto.u64(self.node_id) + crypto.u64(peer) + index.to_bytes(2, "big")
                          + seed_shares[index - 1] + key_shares[index - 1])
-            ciphertexts.append(crypto.encrypt_share(self._pair_key(c_pk, peer), plaintext, nonce=self._random(12),
+            ciphertexts.append(crypto.encrypt_share(pair_key, plaintext, nonce=self._random(12),
                                                     aad=crypto.share_aad(run_id=self.run_id, server_round=round_,
                                                                          sender=self.node_id, recipient=peer)))
         own = group.index(self.node_id)
+        del self._state["c-sk"]
         self._state.update({
-            "stage": "shares-sent", "seed": seed, "peer-nodes": pack_ids(peers), "peer-c-pk": pack_blobs(c_pks, KEY_SIZE),
+            "stage": "shares-sent", "seed": seed, "peer-nodes": pack_ids(peers), "share-keys": pack_blobs(pair_keys, KEY_SIZE),
             "peer-s-pk": pack_blobs(s_pks, KEY_SIZE), "own-b-share": seed_shares[own], "own-sk-share": key_shares[own],
         })
         return {"stage": "share-keys", "round": round_, "recipients": pack_ids(peers),
@@ -171,7 +177,7 @@ class SiteRound:
         except ValueError as exc:
             raise SecAggRefused("bad-request", f"forwarded shares are malformed: {exc}") from None
         peers = unpack_ids(self._state["peer-nodes"])
-        c_pks = dict(zip(peers, unpack_blobs(self._state["peer-c-pk"], KEY_SIZE), strict=True))
+        pair_keys = dict(zip(peers, unpack_blobs(self._state["share-keys"], KEY_SIZE), strict=True))
         if len(senders) != len(ciphertexts) or len(set(senders)) != len(senders) or not set(senders) <= set(peers):
             raise SecAggRefused("bad-request", "shares must come from distinct peers whose keys this site verified")
         if len(senders) + 1 < settings.threshold:
@@ -179,7 +185,7 @@ class SiteRound:
         b_shares, sk_shares = [], []
         for sender, blob in zip(senders, ciphertexts, strict=True):
             aad = crypto.share_aad(run_id=self.run_id, server_round=self._state["round"], sender=sender, recipient=self.node_id)
-            plain = crypto.decrypt_share(self._pair_key(c_pks[sender], sender), blob, aad=aad)
+            plain = crypto.decrypt_share(pair_keys[sender], blob, aad=aad)
             index = share_group(graph, sender).index(self.node_id) + 1
             if plain is None or plain[:18] != crypto.u64(sender) + crypto.u64(self.node_id) + index.to_bytes(2, "big"):
                 raise SecAggRefused("bad-share", f"the share from node {sender} does not authenticate")
@@ -214,8 +220,8 @@ class SiteRound:
         crypto.apply_mask(masked, self_key, cipher=settings.mask_cipher)
         peers = unpack_ids(self._state["peer-nodes"])
         s_pks = dict(zip(peers, unpack_blobs(self._state["peer-s-pk"], KEY_SIZE), strict=True))
-        for peer in unpack_ids(self._state["senders"]):
-            shared = crypto.x25519_shared(self._state["s-sk"], s_pks[peer])
+        senders = unpack_ids(self._state["senders"])
+        for peer, shared in zip(senders, crypto.x25519_shared_many(self._state["s-sk"], [s_pks[p] for p in senders]), strict=True):
             key = crypto.pairwise_mask_key(shared, run_id=self.run_id, server_round=round_, node_a=self.node_id, node_b=peer)
             # the lower node id adds the pair's mask, the higher subtracts it: they cancel in the sum
             crypto.apply_mask(masked, key, cipher=settings.mask_cipher, subtract=self.node_id > peer)
@@ -295,14 +301,22 @@ class SiteRound:
         self._state = kept
 
     def _settings(self) -> SecAggSettings:
-        return SecAggSettings.from_wire(self._state["settings"])
+        return _settings_from_wire(self._state["settings"])
 
-    def _graph(self) -> dict[int, frozenset[int]]:
-        settings = self._settings()
-        return neighbour_graph(unpack_ids(self._state["cohort"]), neighbours=settings.neighbour_count,
-                               run_id=self.run_id, server_round=self._state["round"])
+    def _graph(self) -> Mapping[int, frozenset[int]]:
+        return _round_graph(self._state["settings"], self._state["cohort"], self.run_id, self._state["round"])
 
-    def _pair_key(self, peer_c_pk: bytes, peer: int) -> bytes:
-        shared = crypto.x25519_shared(self._state["c-sk"], peer_c_pk)
-        return crypto.share_encryption_key(shared, run_id=self.run_id, server_round=self._state["round"],
-                                           node_a=self.node_id, node_b=peer)
+
+# Every stage needs the round's settings and graph; both are pure functions of what the site
+# stored at setup, so they are parsed and built once per round, not once per stage.
+@lru_cache(maxsize=256)
+def _settings_from_wire(wire: str) -> SecAggSettings:
+    return SecAggSettings.from_wire(wire)
+
+
+@lru_cache(maxsize=256)
+def _round_graph(settings_wire: str, cohort: bytes, run_id: int, server_round: int) -> Mapping[int, frozenset[int]]:
+    graph = neighbour_graph(unpack_ids(cohort), neighbours=_settings_from_wire(settings_wire).neighbour_count,
+                            run_id=run_id, server_round=server_round)
+    return MappingProxyType(graph)  # shared between calls: read-only
+

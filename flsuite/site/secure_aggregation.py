@@ -4,7 +4,8 @@ Add it to the ClientApp (``ClientApp(mods=[secagg_mod])``) and register a ``@app
 function too: Flower only runs app mods around registered functions, and the protocol's
 key-exchange and unmask stages arrive as "query" messages (the mod answers them before
 the query function is reached). The mod reads the site's identity key, name and pinned
-identities file from its node config, keeps its per-round state in ``context.state`` (bytes
+identities file from its node config (parsed once per process while the files stay as they
+are), keeps its per-round state in ``context.state`` (bytes
 in a ConfigRecord, so it works when every message runs in a fresh process), and passes
 train messages on as plain train messages (the model and the train config). From the
 training reply it sends back only the masked vector and the metric/config records, minus
@@ -14,16 +15,19 @@ the example count; a site's typed refusal passes through unchanged. Record names
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from flsuite import protocol
 from flsuite.errors import ConfigError, SecAggRefused
-from flsuite.models.weights import ModelLayout, model_digest
-from flsuite.secagg.identity import load_identity, load_pinned_identities
+from flsuite.secagg import load_identity, load_pinned_identities, model_hash
 from flsuite.secagg.site import SiteRound
 
 __all__ = ["secagg_mod"]
@@ -64,10 +68,44 @@ def _load_site(context: Context) -> SiteRound:
         raise ConfigError(f"node-config lacks {missing}; secure aggregation needs the site's identity key, "
                           "site name and pinned identities file.")
     stored = context.state.config_records.get(STATE_RECORD)
+    identity, pinned = _identity_files(str(config[protocol.IDENTITY_KEY]), str(config[protocol.IDENTITIES_FILE]))
     return SiteRound(node_id=context.node_id, run_id=context.run_id, site_name=str(config[protocol.SITE_NAME]),
-                     identity=load_identity(str(config[protocol.IDENTITY_KEY])),
-                     pinned=load_pinned_identities(str(config[protocol.IDENTITIES_FILE])),
-                     state=dict(stored) if stored is not None else None)
+                     identity=identity, pinned=pinned, state=dict(stored) if stored is not None else None)
+
+
+_LOADED: OrderedDict[tuple[Any, ...], tuple[Ed25519PrivateKey, dict[str, bytes]]] = OrderedDict()
+_LOADED_MAX = 256  # one entry per site of this process (simulated sites share the process)
+_LOADED_LOCK = threading.Lock()
+
+
+def _identity_files(key_path: str, identities_path: str) -> tuple[Ed25519PrivateKey, dict[str, bytes]]:
+    """The identity key and pinned identities, parsed again only when either file changed.
+
+    Every message needs them (a stage may run in a fresh process); within one process the
+    parsed pair is reused while both files keep their device, inode, size, mode, mtime and
+    ctime (a chmod or any rewrite changes ctime), so the identity key's permission check and
+    the pinned file's validation run again on any change. A file that cannot be stat'ed
+    goes through the loaders, which name the problem.
+    """
+    try:
+        stamp = (key_path, _stamp(key_path), identities_path, _stamp(identities_path))
+    except OSError:
+        return load_identity(key_path), load_pinned_identities(identities_path)
+    with _LOADED_LOCK:
+        hit = _LOADED.get(stamp)
+    if hit is not None:
+        return hit[0], dict(hit[1])
+    loaded = load_identity(key_path), load_pinned_identities(identities_path)
+    with _LOADED_LOCK:
+        _LOADED[stamp] = loaded
+        while len(_LOADED) > _LOADED_MAX:
+            _LOADED.popitem(last=False)
+    return loaded[0], dict(loaded[1])
+
+
+def _stamp(path: str) -> tuple[int, ...]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mode, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _reply(msg: Message, reply: dict[str, Any]) -> Message:
@@ -80,7 +118,8 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     if protocol.ARRAYS not in records:
         site.refuse("bad-request", f"the train stage carries no ArrayRecord {protocol.ARRAYS!r}")
     global_arrays = records[protocol.ARRAYS]
-    site.begin_train(request, model_hash=model_digest(global_arrays))  # refuses before any training
+    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once for hash and update
+    site.begin_train(request, model_hash=model_hash(global_values))  # refuses before any training
     config = msg.content.config_records.get(protocol.CONFIG, ConfigRecord())
     msg.content = RecordDict({protocol.ARRAYS: global_arrays, protocol.CONFIG: config})
     trained = call_next(msg, context)
@@ -89,9 +128,8 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     local = list(trained.content.array_records.values())
     if len(local) != 1:
         site.refuse("bad-local-update", f"the training reply has {len(local)} ArrayRecords, expected 1")
-    layout = ModelLayout.of(global_arrays)
     try:
-        update = layout.flatten(local[0]) - layout.flatten(global_arrays)
+        update = _update_vector(global_values, local[0])
     except ValueError as exc:
         site.refuse("bad-local-update", f"the trained weights do not fit the global model: {exc}")
     try:
@@ -108,6 +146,23 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
         if name != SECAGG_RECORD:
             content[name] = record
     return Message(content, reply_to=msg)
+
+
+def _update_vector(global_values: dict[str, np.ndarray], trained: ArrayRecord) -> np.ndarray:
+    """trained - global as one float64 vector, arrays in sorted name order (the coordinator's
+    ``ModelLayout`` order); ValueError when names or shapes differ from the global model's."""
+    if set(trained.keys()) != set(global_values):
+        raise ValueError(f"arrays {sorted(trained.keys())} differ from the model's {sorted(global_values)}")
+    update = np.empty(sum(a.size for a in global_values.values()), dtype=np.float64)
+    offset = 0
+    for key in sorted(global_values):
+        local, glob = trained[key].numpy(), global_values[key]
+        if local.shape != glob.shape:
+            raise ValueError(f"array {key!r} has shape {local.shape}, the model {glob.shape}")
+        # one pass: both sides widened to float64 on the fly, written straight into the vector
+        np.subtract(local, glob, out=update[offset : offset + glob.size].reshape(glob.shape), dtype=np.float64)
+        offset += glob.size
+    return update
 
 
 def _num_examples(metric_records: Any) -> int:

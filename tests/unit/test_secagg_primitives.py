@@ -89,7 +89,7 @@ def test_pairwise_mask_stream_known_answer():
 
 def test_shamir_32_byte_secret_needs_threshold_shares():
     secret = os.urandom(32)
-    shares = crypto.split_secret(secret, threshold=3, holders=5)
+    (shares,) = crypto.split_secrets([secret], threshold=3, holders=5)
     assert len(shares) == 5 and all(len(s) == crypto.SHARE_BYTES for s in shares)
     assert crypto.combine_secret([(1, shares[0]), (4, shares[3]), (5, shares[4])]) == secret
     assert crypto.combine_secret([(2, shares[1]), (3, shares[2]), (5, shares[4]), (1, shares[0])]) == secret

@@ -1,0 +1,136 @@
+"""The secure round's work cut to once per round must not cut a check.
+
+Pair keys are agreed once per peer and round (and the X25519 share secret forgotten after
+the share stage); the identity key and pinned identities are parsed once per process while
+their files stay the same, and read again, with every check, as soon as either changes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from flsuite import protocol
+from flsuite.coordinator.secure_round import secure_train_round
+from flsuite.flower import InProcessGrid, new_run
+from flsuite.secagg import SecAggSettings, load_pinned_identities, public_identity, write_pinned_identities
+from flsuite.secagg import primitives as crypto
+from flsuite.site.testing import build_sites
+
+RUN_ID = 11
+
+
+class Sites:
+    def __init__(self, tmp_path, n=5):
+        self.dir = tmp_path
+        self.nodes = [3000 + 7 * i for i in range(n)]
+        self.handlers, self.contexts = build_sites(tmp_path, self.nodes, self.train, run_id=RUN_ID)
+
+    def train(self, msg: Message, context: Context) -> Message:
+        w = msg.content["arrays"]["w"].numpy()
+        return Message(RecordDict({"arrays": ArrayRecord({"w": Array(w + 0.25)}),
+                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=msg)
+
+    def run(self, server_round, *, tamper=None):
+        settings = SecAggSettings(cohort_size=len(self.nodes), threshold=3)
+        self.grid = InProcessGrid(self.handlers, self.contexts, run=new_run(RUN_ID), wire=True, tamper=tamper)
+        with self.grid:
+            return secure_train_round(self.grid, node_ids=self.nodes, server_round=server_round,
+                                      global_arrays=ArrayRecord({"w": Array(np.zeros(6))}),
+                                      train_configs={n: ConfigRecord() for n in self.nodes}, settings=settings, timeout_s=5)
+
+    def errors(self, stage):
+        return {r.node: r.message.error.reason for r in self.grid.log if r.stage == stage and r.message.has_error()}
+
+
+def test_x25519_shared_many_equals_one_agreement_per_peer():
+    private, _ = crypto.x25519_keypair(os.urandom)
+    peers = [crypto.x25519_keypair(os.urandom)[1] for _ in range(4)]
+    assert crypto.x25519_shared_many(private, peers) == [crypto.x25519_shared(private, p) for p in peers]
+
+
+def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path):
+    sites = Sites(tmp_path)
+    seen = {}
+
+    def look(msg):  # at the train stage every site has sent its shares
+        if stage_request(msg) == protocol.MASKED_TRAIN:
+            node = msg.metadata.dst_node_id
+            seen[node] = dict(sites.contexts[node].state[protocol.SECAGG_STATE])
+        return msg
+
+    result = sites.run(1, tamper=look)
+    assert len(result.survivors) == len(sites.nodes)
+    assert set(seen) == set(sites.nodes)
+    for state in seen.values():
+        assert "c-sk" not in state and len(state["share-keys"]) % 32 == 0 and state["share-keys"]
+
+
+def test_identity_key_opened_to_others_between_rounds_is_refused_at_once(tmp_path):
+    sites = Sites(tmp_path)
+    assert len(sites.run(1).survivors) == 5
+    victim = sites.nodes[2]
+    key = sites.contexts[victim].node_config[protocol.IDENTITY_KEY]
+    os.chmod(key, 0o644)  # same bytes, same mtime: only the mode (and ctime) change
+    result = sites.run(2)
+    assert victim in result.dropped and victim not in result.survivors
+    assert "mode 644" in sites.errors(protocol.SETUP)[victim]
+
+
+def test_pinned_identities_rewritten_between_rounds_are_read_again(tmp_path):
+    sites = Sites(tmp_path)
+    assert len(sites.run(1).survivors) == 5
+    # the federation's pinned file now holds another key for site-0, whose own key no longer matches it
+    path = sites.contexts[sites.nodes[1]].node_config[protocol.IDENTITIES_FILE]
+    pinned = load_pinned_identities(path)
+    pinned["site-0"] = public_identity(Ed25519PrivateKey.generate())
+    write_pinned_identities(path, pinned)
+    result = sites.run(2)
+    assert sites.nodes[0] in result.dropped and len(result.survivors) == 4
+    assert "does not match its pinned public key" in sites.errors(protocol.SETUP)[sites.nodes[0]]
+
+
+def stage_request(msg):
+    request = msg.content.config_records.get(protocol.SECAGG_RECORD) if msg.has_content() else None
+    return request.get(protocol.STAGE) if request is not None else None
+
+
+def test_quantise_vector_in_place_equals_the_reference_formula():
+    from flsuite.secagg.quantize import quantise_vector, weight_level
+
+    rng = np.random.default_rng(5)
+    for cohort, weight in ((3, 1.0), (10, 0.37), (50, 0.0), (10, 1e-9)):
+        levels, clip = (2**32 - 1) // cohort, 2.5
+        update = rng.uniform(-clip, clip, 1001)
+        update[:4] = [clip, -clip, 0.0, np.nextafter(clip, 0)]
+        expected = np.clip(np.rint((update * weight + clip) * (levels / (2.0 * clip))), 0, levels).astype(np.uint32)
+        got = quantise_vector(update, weight, clip_range=clip, levels=levels)
+        assert got.dtype == np.uint32 and np.array_equal(got[:-1], expected)
+        assert got[-1] == weight_level(weight, levels) and got.max() <= levels
+
+
+def test_hkdf32_is_cryptography_hkdf_sha256_with_the_protocol_salt():
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    for size in (0, 1, 32, 77):
+        ikm, info = os.urandom(32), os.urandom(size)
+        expected = HKDF(algorithm=hashes.SHA256(), length=32, salt=crypto.PROTOCOL, info=info).derive(ikm)
+        assert crypto.hkdf32(ikm, info=info) == expected
+
+
+def test_update_vector_equals_the_model_layout_difference():
+    from flsuite.models.weights import ModelLayout
+    from flsuite.site.secure_aggregation import _update_vector
+
+    rng = np.random.default_rng(9)
+    shapes = {"b.weight": (7, 3), "a.bias": (3,), "c": (2, 2, 2)}
+    for dtype in (np.float32, np.float64, np.int64):
+        glob = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        local = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        layout = ModelLayout.of(glob)
+        got = _update_vector({k: glob[k].numpy() for k in glob}, local)
+        assert got.dtype == np.float64 and np.array_equal(got, layout.flatten(local) - layout.flatten(glob))
