@@ -112,7 +112,6 @@ class _Slot:
 
     worker: _Worker
     lock: threading.Lock = field(default_factory=threading.Lock)
-    load: float = 0.0  # the weights of the nodes assigned here
 
 
 class SiteProcessPool:
@@ -135,6 +134,7 @@ class SiteProcessPool:
         self.stuck_after_s = stuck_after_s
         self._slots: list[_Slot] = []
         self._slot_of: dict[int, int] = {}
+        self._loads = [0.0] * workers  # the weights of the nodes placed on each slot
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._retiring = threading.Lock()
@@ -213,7 +213,8 @@ class SiteProcessPool:
     def assign(self, weights: dict[int, float]) -> None:
         """Place nodes on slots, longest-processing-time first: each (heaviest first) on the least loaded slot.
 
-        ``weights``: a node's expected work per message (its record count). Call before the first message.
+        ``weights``: a node's expected work per message (its record count). Call before the first message
+        (before or after ``start``); nodes already placed keep their slot.
         """
         with self._lock:
             for node, weight in sorted(weights.items(), key=lambda item: (-item[1], item[0])):
@@ -226,8 +227,8 @@ class SiteProcessPool:
             return self._slot_of[node] if node in self._slot_of else self._place(node, 1.0)
 
     def _place(self, node: int, weight: float) -> int:
-        index = min(range(self.size), key=lambda i: (self._slots[i].load, i))
-        self._slots[index].load += weight
+        index = min(range(self.size), key=lambda i: (self._loads[i], i))
+        self._loads[index] += weight
         self._slot_of[node] = index
         return index
 
