@@ -237,23 +237,27 @@ class SiteProcessPool:
         """Run the ClientApp on ``message`` in the node's worker; updates ``context`` as the ClientApp left it."""
         node = message.metadata.dst_node_id
         slot = self._slots[self.slot_of(node)]
-        lock = self._enter(slot)
+        lock, worker = self._enter(slot)
         try:
-            return self._exchange(slot, slot.worker, node, message, context)
+            return self._exchange(slot, worker, node, message, context)
         finally:
             lock.release()
 
-    def _enter(self, slot: _Slot) -> threading.Lock:
-        """Take the slot's lock; a worker that holds it past ``stuck_after_s`` is killed by PID and replaced."""
-        lock = slot.lock
-        while not lock.acquire(timeout=-1 if self.stuck_after_s is None else self.stuck_after_s):
+    def _enter(self, slot: _Slot) -> tuple[threading.Lock, _Worker]:
+        """Take the slot's lock and its worker; a worker that holds it past ``stuck_after_s`` is killed by PID and replaced."""
+        while True:
+            lock = slot.lock
+            if lock.acquire(timeout=-1 if self.stuck_after_s is None else self.stuck_after_s):
+                with self._retiring:
+                    if slot.lock is lock:  # not a lock released late by a worker that was set aside meanwhile
+                        return lock, slot.worker
+                lock.release()
+                continue
             with self._retiring:  # one replacement at a time
                 if slot.lock is lock:  # still that stuck worker: a fresh one takes the slot (raises once closing)
                     stuck, fresh = slot.worker, self._spawn()
-                    slot.worker, slot.lock = fresh, threading.Lock()  # the worker first: the new lock's holder reads it
+                    slot.worker, slot.lock = fresh, threading.Lock()
                     stuck.process.kill()  # its message's thread sees the pipe close and answers an Error reply
-            lock = slot.lock
-        return lock
 
     def _exchange(self, slot: _Slot, worker: _Worker, node: int, message: Message, context: Context) -> Message:
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
@@ -288,12 +292,13 @@ class SiteProcessPool:
     def _replace(self, slot: _Slot, worker: _Worker) -> None:
         _reap(worker.process)
         worker.conn.close()
-        if slot.worker is not worker:
-            return  # already set aside as stuck, and replaced
-        try:
-            slot.worker = self._spawn()
-        except SiteWorkerLost:
-            pass  # closing: no new worker
+        with self._retiring:
+            if slot.worker is not worker:
+                return  # already set aside as stuck, and replaced
+            try:
+                slot.worker = self._spawn()
+            except SiteWorkerLost:
+                pass  # closing: no new worker
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
