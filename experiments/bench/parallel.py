@@ -4,8 +4,9 @@ Each repeat runs the same seeded 10-site study sequentially (``engine.parallel_s
 with two worker processes (``engine.parallel_sites=2``, ``engine.site_workers=processes``),
 alternating which goes first, each in this process with a fresh sites folder. Reported:
 
-- the wall time of the rounds after the first (the first also pays the workers' start-up),
-  median per study, and parallel / sequential, paired by repeat;
+- the wall time of the rounds after the first (the first also pays the imports and data loading
+  that the workers do at start-up, while the coordinator plans), median per study, and
+  parallel / sequential, paired by repeat; the first round's wall time beside it;
 - coordinator overhead vs the sites' training. The sites' training is timed in process in the
   sequential run (the workers' calls cannot be timed from here; a seeded study does the same
   work on both). Sequential: ``(round - sum of training) / sum of training``. Parallel: the
@@ -129,12 +130,14 @@ def table(result: dict[str, Any]) -> str:
              f"(worker processes), {rounds['repeats']} paired repeats, {result['cores']} cores, load average "
              f"{result['load_average_before'][0]:.1f} before / {result['load_average_after'][0]:.1f} after.", "",
              "| variant | round, sequential (s) | round, processes (s) | processes / sequential (target <= 0.6) "
-             "| sites train, sum (s) | overhead sequential | overhead processes (target <= 0.2) | same final accuracy |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| sites train, sum (s) | overhead sequential | overhead processes (target <= 0.2) | first round, sequential / processes (s) "
+             "| same final accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, v in rounds["variants"].items():
         lines.append(f"| {name} | {v['steady_round_s']['sequential']['median']:.3f} | {v['steady_round_s']['processes']['median']:.3f} | "
                      f"{fmt_ratio(v['processes_over_sequential'])} | {v['sum_site_train_s']['median']:.3f} | "
                      f"{v['overhead_sequential']['median']:.2f} | {v['overhead_processes']['median']:.2f} | "
+                     f"{v['first_round_s']['sequential']['median']:.2f} / {v['first_round_s']['processes']['median']:.2f} | "
                      f"{ {True: 'yes', False: 'NO', None: 'n/a (DP noise)'}[v['same_accuracy']] } |")
     walls = default["study_wall_s"]
     lines += ["", f"Default study ({default['rounds']} rounds, DP + secure aggregation, 5 sites), study wall time: "

@@ -6,32 +6,45 @@ Python-bound, so threads barely help. ``SiteProcessPool`` starts N worker proces
 ``__main__``: never a fork of a process that has threads), each of which imports the ClientApp
 from an importable reference ("package.module:factory" or "package.module:app") and runs
 torch with ``threads`` threads (OMP_NUM_THREADS, and torch.set_num_threads once the app and
-the ``preload`` modules are imported). The pool is a handler for ``InProcessGrid``: for each message
-it takes an idle worker, sends it the message and the node's Context as Flower protobuf
-bytes (never pickled data), and the worker runs the ClientApp under the same Flower task
-identity as the grid sets in process, then answers with the reply and the node's updated
-Context. The parent writes the returned node config and state into the node's Context (as
-a ClientApp in process would have left them), so a node may be served by any worker.
+the ``preload`` modules are imported). A worker then runs the ``warm`` function once (e.g. to
+load the study's data), while the coordinator plans, so that the first round does not pay it.
+
+The pool is a handler for ``InProcessGrid``. **Site affinity**: each node is served by one
+worker slot, so the site's caches in that worker stay warm and are built once, never once per
+worker. ``assign(weights)`` places the nodes on the slots longest-processing-time first (the
+heaviest site on the least loaded slot); a node never assigned goes to the least loaded slot
+when its first message comes. A slot handles one message at a time; the grid may call the pool
+for every node at once (its ``workers`` then only bounds the threads).
+
+For each message the parent sends the message and the node's Context as Flower protobuf bytes
+(never pickled data), the Context only when the worker does not already hold exactly these
+bytes for that node (an empty frame otherwise). The worker keeps one Context per node it
+serves, runs the ClientApp on it under the same Flower task identity as the grid sets in
+process, and answers with the reply and the Context, again only if it changed. The parent
+writes the returned node config and state into the node's Context (as a ClientApp in process
+would have left them), so a fresh worker can take over a node at any time.
 
 Failures: a ClientApp that raises gives the same Error reply the grid makes in process; a
-worker that dies is replaced and its message answered with an Error reply; a worker that
-hangs keeps its slot (the grid's round timeout cuts the round) until the pool is closed; a
-worker that cannot load the ClientApp answers every message with an Error reply saying why.
-``close()`` (and leaving ``with pool:``) stops every worker by PID: SIGTERM, then SIGKILL; a
-worker whose parent died without closing the pool (SIGKILL) ends by itself within a second.
+worker that dies is replaced in its slot (the new one gets each node's Context from the
+parent) and its message answered with an Error reply; a worker that hangs keeps its slot (the
+grid's round timeout cuts the round) until ``stuck_after_s`` seconds pass with a message
+waiting for it: it is then killed by PID and a fresh worker takes its slot (without
+``stuck_after_s``, until the pool is closed); a worker that cannot load the ClientApp answers
+every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``) stops
+every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing the
+pool (SIGKILL) ends by itself within a second.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -75,6 +88,8 @@ class _Worker:
     busy_with: str = field(default="")
     ready: bool = False
     failure: str = ""
+    #: The Context bytes this worker holds for each node it served (what it last received or sent).
+    held: dict[int, bytes] = field(default_factory=dict)
 
     def await_ready(self, timeout: float | None = None) -> None:
         """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not, every time)."""
@@ -91,27 +106,45 @@ class _Worker:
         return self.process.pid
 
 
+@dataclass
+class _Slot:
+    """One place in the pool: the worker serving it now and the lock that lets one message in at a time."""
+
+    worker: _Worker
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 class SiteProcessPool:
     """N worker processes that each run the ClientApp named by ``app_reference``; call it as a grid handler."""
 
-    def __init__(self, app_reference: str, *, workers: int, threads: int = 1, preload: Iterable[str] = ()) -> None:
+    def __init__(self, app_reference: str, *, workers: int, threads: int = 1, preload: Iterable[str] = (),
+                 warm: tuple[str, str] | None = None, stuck_after_s: float | None = None) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if stuck_after_s is not None and not stuck_after_s > 0:
+            raise ValueError(f"stuck_after_s must be > 0 seconds or None, got {stuck_after_s!r}")
         load_client_app(app_reference)  # a bad reference fails here, in the parent, with a clear error
+        if warm is not None:
+            _function(warm[0])  # so does a bad warm-up reference
         self.app_reference = app_reference
         self.size = workers
         self.threads = threads
         self.preload = tuple(preload)
-        self._idle: queue.Queue[_Worker] = queue.Queue()
+        self.warm = warm
+        self.stuck_after_s = stuck_after_s
+        self._slots: list[_Slot] = []
+        self._slot_of: dict[int, int] = {}
+        self._loads = [0.0] * workers  # the weights of the nodes placed on each slot
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
+        self._retiring = threading.Lock()
         self._closed = False
 
     # -- lifetime ----------------------------------------------------------------------------
     def start(self) -> SiteProcessPool:
-        """Start the workers; returns at once (they import in the background)."""
+        """Start the workers; returns at once (they import and warm up in the background)."""
         for _ in range(self.size):
-            self._idle.put(self._spawn())
+            self._slots.append(_Slot(self._spawn()))
         return self
 
     def __enter__(self) -> SiteProcessPool:
@@ -121,15 +154,15 @@ class SiteProcessPool:
         self.close()
 
     def wait_ready(self, timeout: float) -> None:
-        """Block until every idle worker has loaded its ClientApp (tests; the engine just starts sending)."""
+        """Block until every worker has loaded its ClientApp (tests; the engine just starts sending)."""
         deadline = time.monotonic() + timeout
-        taken = [self._idle.get(timeout=max(0.0, deadline - time.monotonic())) for _ in range(self.size)]
-        try:
-            for worker in taken:
-                worker.await_ready(max(0.0, deadline - time.monotonic()))
-        finally:
-            for worker in taken:
-                self._idle.put(worker)
+        for slot in self._slots:
+            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise SiteWorkerLost(f"site worker pid {slot.worker.pid} stayed busy for {timeout:g} s")
+            try:
+                slot.worker.await_ready(max(0.0, deadline - time.monotonic()))
+            finally:
+                slot.lock.release()
 
     @property
     def pids(self) -> list[int]:
@@ -154,7 +187,8 @@ class SiteProcessPool:
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
         code = (f"from flsuite.flower.site_processes import _worker_main; "
-                f"_worker_main({to_worker_r}, {from_worker_w}, {self.app_reference!r}, {self.threads}, {self.preload!r})")
+                f"_worker_main({to_worker_r}, {from_worker_w}, {self.app_reference!r}, {self.threads}, {self.preload!r}, "
+                f"{self.warm!r})")
         # The worker imports what the parent can: its sys.path, as multiprocessing's spawn passes it.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p),
                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -175,45 +209,96 @@ class SiteProcessPool:
             os.close(from_worker_w)
         return worker
 
+    # -- affinity ------------------------------------------------------------------------------
+    def assign(self, weights: dict[int, float]) -> None:
+        """Place nodes on slots, longest-processing-time first: each (heaviest first) on the least loaded slot.
+
+        ``weights``: a node's expected work per message (its record count). Call before the first message
+        (before or after ``start``); nodes already placed keep their slot.
+        """
+        with self._lock:
+            for node, weight in sorted(weights.items(), key=lambda item: (-item[1], item[0])):
+                if node not in self._slot_of:
+                    self._place(node, float(weight))
+
+    def slot_of(self, node: int) -> int:
+        """The slot (0..size-1) that serves ``node`` (placing it now if it has none)."""
+        with self._lock:
+            return self._slot_of[node] if node in self._slot_of else self._place(node, 1.0)
+
+    def _place(self, node: int, weight: float) -> int:
+        index = min(range(self.size), key=lambda i: (self._loads[i], i))
+        self._loads[index] += weight
+        self._slot_of[node] = index
+        return index
+
     # -- the grid handler ----------------------------------------------------------------------
     def __call__(self, message: Message, context: Context) -> Message:
-        """Run the ClientApp on ``message`` in an idle worker; updates ``context`` as the ClientApp left it."""
-        worker = self._idle.get()
+        """Run the ClientApp on ``message`` in the node's worker; updates ``context`` as the ClientApp left it."""
         node = message.metadata.dst_node_id
+        slot = self._slots[self.slot_of(node)]
+        lock, worker = self._enter(slot)
+        try:
+            return self._exchange(slot, worker, node, message, context)
+        finally:
+            lock.release()
+
+    def _enter(self, slot: _Slot) -> tuple[threading.Lock, _Worker]:
+        """Take the slot's lock and its worker; a worker that holds it past ``stuck_after_s`` is killed by PID and replaced."""
+        while True:
+            lock = slot.lock
+            if lock.acquire(timeout=-1 if self.stuck_after_s is None else self.stuck_after_s):
+                with self._retiring:
+                    if slot.lock is lock:  # not a lock released late by a worker that was set aside meanwhile
+                        return lock, slot.worker
+                lock.release()
+                continue
+            with self._retiring:  # one replacement at a time
+                if slot.lock is lock:  # still that stuck worker: a fresh one takes the slot (raises once closing)
+                    stuck, fresh = slot.worker, self._spawn()
+                    slot.worker, slot.lock = fresh, threading.Lock()
+                    stuck.process.kill()  # its message's thread sees the pipe close and answers an Error reply
+
+    def _exchange(self, slot: _Slot, worker: _Worker, node: int, message: Message, context: Context) -> Message:
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
         try:
             worker.await_ready()
         except SiteWorkerLost:
-            self._idle.put(worker)  # it answers every message with why it could not load the app
-            raise
+            raise  # it answers every message with why it could not load the app
         except (EOFError, OSError):
             pass  # died before it was ready: handled as any dead worker below
+        context_bytes = context_to_proto(context).SerializeToString()
         try:
             worker.conn.send_bytes(message_to_proto(message).SerializeToString())
-            worker.conn.send_bytes(context_to_proto(context).SerializeToString())
+            worker.conn.send_bytes(b"" if worker.held.get(node) == context_bytes else context_bytes)
             reply_bytes = worker.conn.recv_bytes()
-            context_bytes = worker.conn.recv_bytes()
+            returned = worker.conn.recv_bytes()
         except (EOFError, OSError) as exc:
             _reap(worker.process, grace=0.5)
             lost = SiteWorkerLost(
                 f"site worker pid {worker.pid} ended (exit code {worker.process.returncode}) while handling {worker.busy_with}; "
                 "a new worker takes its place"
             )
-            self._replace(worker)
+            self._replace(slot, worker)
             raise lost from exc
         worker.busy_with = ""
-        self._idle.put(worker)
-        updated = context_from_proto(ProtoContext.FromString(context_bytes))
-        context.node_config, context.state = updated.node_config, updated.state  # as a ClientApp in process leaves them
+        if returned:
+            updated = context_from_proto(ProtoContext.FromString(returned))
+            context.node_config, context.state = updated.node_config, updated.state  # as a ClientApp in process leaves them
+            context_bytes = returned
+        worker.held[node] = context_bytes
         return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, slot: _Slot, worker: _Worker) -> None:
         _reap(worker.process)
         worker.conn.close()
-        try:
-            self._idle.put(self._spawn())
-        except SiteWorkerLost:
-            pass  # closing: no new worker
+        with self._retiring:
+            if slot.worker is not worker:
+                return  # already set aside as stuck, and replaced
+            try:
+                slot.worker = self._spawn()
+            except SiteWorkerLost:
+                pass  # closing: no new worker
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
@@ -247,8 +332,21 @@ class _Duplex:
         self.writer.close()
 
 
-def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, preload: tuple[str, ...]) -> None:
-    """A worker's life: load the app, then answer (message, context) frames until the pipe closes."""
+def _function(reference: str) -> Callable[[str], object]:
+    """The function named by ``"module:name"`` (a worker's warm-up: it takes one string)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"warm-up reference {reference!r} cannot be imported ({exc}); name an importable function") from exc
+    if not callable(target):
+        raise ConfigError(f"warm-up reference {reference!r} is a {type(target).__name__}, not a function")
+    return target
+
+
+def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, preload: tuple[str, ...],
+                 warm: tuple[str, str] | None = None) -> None:
+    """A worker's life: load the app and warm up, then answer (message, context) frames until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     _leave_with_parent(os.getppid())
     conn = _Pipe(read_fd, write_fd)
@@ -261,15 +359,27 @@ def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, 
         return
     if "torch" in sys.modules:  # else OMP_NUM_THREADS, set by the pool, holds when the app imports torch
         sys.modules["torch"].set_num_threads(threads)
+    if warm is not None:
+        try:
+            _function(warm[0])(warm[1])
+        except Exception:  # noqa: BLE001,S110 - only a head start: a real problem shows (and is reported) on the first message
+            pass
     conn.send_bytes(READY)
-    for message, context in _requests(conn):
+    contexts: dict[int, tuple[Context, bytes]] = {}  # each node's Context, kept apart, and its bytes as last synced
+    for message, context_bytes in _requests(conn):
+        node = message.metadata.dst_node_id
+        if context_bytes:
+            contexts[node] = (context_from_proto(ProtoContext.FromString(context_bytes)), context_bytes)
+        context, held = contexts[node]
         try:
             with server_task_identity(context.run_id):
                 reply = app(message, context)
         except Exception as exc:  # a site's failure is its reply, as in the grid
             reply = error_reply(exc, message)
+        after = context_to_proto(context).SerializeToString()
         conn.send_bytes(message_to_proto(reply).SerializeToString())
-        conn.send_bytes(context_to_proto(context).SerializeToString())
+        conn.send_bytes(b"" if after == held else after)
+        contexts[node] = (context, after)
 
 
 def _leave_with_parent(parent: int) -> None:
@@ -283,12 +393,11 @@ def _leave_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _requests(conn: _Duplex) -> Iterator[tuple[Message, Context]]:
+def _requests(conn: _Duplex) -> Iterator[tuple[Message, bytes]]:
     while True:
         try:
             message_bytes = conn.recv_bytes()
             context_bytes = conn.recv_bytes()
         except (EOFError, OSError):
             return  # the parent closed the pipe: the study is over
-        yield (message_from_proto(ProtoMessage.FromString(message_bytes)),
-               context_from_proto(ProtoContext.FromString(context_bytes)))
+        yield message_from_proto(ProtoMessage.FromString(message_bytes)), context_bytes
