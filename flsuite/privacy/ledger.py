@@ -13,7 +13,8 @@ closed on a torn tail too. An entry's body is one of:
   checked the budget (``reserve(event, admit=...)``), so two concurrent requests cannot
   both pass a check that only one of them fits;
 - ``{"spend": {"reservation": R, "event": E}}``: the final event E, which replaces the
-  reservation R;
+  reservation R; refused when E would charge more than R's recorded event (another dataset,
+  mechanism or delta, a higher q, more steps, a lower sigma): the cap admitted R, not more;
 - ``{"cancel": {"reservation": R, "reason": text}}``: reservation R released because the
   training failed before anything left the site.
 
@@ -227,26 +228,30 @@ class PrivacyLedger:
             return Reservation(reservation_id, event, head.entries)
 
     def spend(self, reservation: Reservation, event: DpEvent) -> LedgerHead:
-        """Replace an open reservation by the final event of the training it reserved."""
+        """Replace an open reservation by the final event of the release it reserved; IntegrityError
+        when the event would charge more than the reservation as the ledger recorded it."""
         _require_event(event)
-        problem = reservation.overspent_by(event)
-        if problem:
-            raise IntegrityError(f"privacy ledger {self.path}: reservation {reservation.id} cannot be spent by this event: {problem}")
         with self.locked():
-            self._require_open(reservation)
+            recorded = self._require_open(reservation)  # the ledger's own record, not the caller's copy
+            problem = recorded.overspent_by(event)
+            if problem:
+                raise IntegrityError(f"privacy ledger {self.path}: reservation {reservation.id} cannot be spent by this event: {problem}")
             return self._write({"spend": {"reservation": reservation.id, "event": event.to_dict()}})
 
     def cancel(self, reservation: Reservation, reason: str) -> LedgerHead:
-        """Release an open reservation whose training failed before anything left the site."""
+        """Release an open reservation whose release failed before anything left the site."""
         if not isinstance(reason, str) or not reason:
             raise ValueError("a cancelled reservation needs a reason")
         with self.locked():
             self._require_open(reservation)
             return self._write({"cancel": {"reservation": reservation.id, "reason": reason}})
 
-    def _require_open(self, reservation: Reservation) -> None:
-        if reservation.id not in {r.id for r in self.state().open}:
-            raise IntegrityError(f"privacy ledger {self.path}: reservation {reservation.id} is not open")
+    def _require_open(self, reservation: Reservation) -> Reservation:
+        """The open reservation with ``reservation``'s id, as the ledger recorded it."""
+        for recorded in self.state().open:
+            if recorded.id == reservation.id:
+                return recorded
+        raise IntegrityError(f"privacy ledger {self.path}: reservation {reservation.id} is not open")
 
     def _write(self, body: dict[str, Any]) -> LedgerHead:
         try:

@@ -109,7 +109,7 @@ class SitePrivacy:
             self.anchor.write(self.ledger.spend(reservation, event))
 
     def cancel(self, reservation: Reservation, reason: str) -> None:
-        """Release a reservation whose training failed before anything left the site."""
+        """Release a reservation whose release failed before anything left the site."""
         with self.ledger.locked():
             self.verified()
             self.anchor.write(self.ledger.cancel(reservation, reason))

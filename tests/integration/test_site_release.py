@@ -193,3 +193,19 @@ def test_a_final_event_that_charges_less_than_its_reservation_is_spent(site):
     cheaper = dataclasses.replace(reserved, rng="os", steps=39, noise_multiplier=1.5, sample_rate=0.05)
     result, event = guard.release(reserved, lambda: "update", final=lambda _: cheaper, what="test")
     assert result == "update" and guard.verified().charged(guard.dataset) == (cheaper,)
+
+
+def test_the_ledger_checks_a_spend_against_its_own_record_not_the_callers_copy_of_the_reservation(site):
+    """A caller passing a forged Reservation (a real open id, a bigger event) spent the bigger event."""
+    import dataclasses
+
+    from flsuite.errors import IntegrityError
+    from flsuite.privacy.ledger import Reservation
+
+    guard, _ = site
+    reserved = _projected(dataset=guard.dataset, steps=40)
+    real = guard.ledger.reserve(reserved)
+    bigger = dataclasses.replace(reserved, rng="os", steps=4000)
+    with pytest.raises(IntegrityError, match="cannot be spent by this event"):
+        guard.ledger.spend(Reservation(real.id, dataclasses.replace(reserved, steps=4000), real.entry), bigger)
+    assert [r.id for r in guard.ledger.state().open] == [real.id] and guard.ledger.state().charged(guard.dataset) == (reserved,)
