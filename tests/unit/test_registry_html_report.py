@@ -109,3 +109,17 @@ def test_a_verification_of_another_registry_is_refused_by_the_privacy_report(tmp
     other = _registry(tmp_path / "other", epsilon=_honest() / 2)
     with pytest.raises(ValueError, match="the verification given is of .*other.*, not of .*one"):
         privacy_report(one, verification=verify_registry(other))
+
+
+def test_a_verification_made_without_the_pin_is_refused_by_a_pinned_privacy_report(tmp_path):
+    """The report took any verification of the same folder: one made unpinned silently dropped the pin."""
+    from flsuite.registry import privacy_report, verify_registry
+
+    one = _registry(tmp_path / "one", epsilon=_honest() * 2)
+    unpinned = verify_registry(one)
+    pin = unpinned.key_ids[0]
+    with pytest.raises(ValueError, match="not made under this pin"):
+        privacy_report(one, expected_key=pin, verification=unpinned)
+    with pytest.raises(ValueError, match="not made under this pin"):
+        privacy_report(one, expected_key="ab" * 32, verification=verify_registry(one, expected_key=pin))
+    assert privacy_report(one, expected_key=pin, verification=verify_registry(one, expected_key=pin))["versions"]
