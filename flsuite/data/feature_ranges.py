@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from flsuite.config.feature_schema import HOW_TO_DECLARE
-from flsuite.config.schema import DataConfig
+from flsuite.config.schema import DataConfig, feature_range_problem
 from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset
 from flsuite.errors import DataError
@@ -84,14 +84,19 @@ def scale_to_ranges(
 ) -> tuple[Dataset, dict[str, int]]:
     """``data`` with each feature scaled to [-1, 1] by its declared range; the clipped values per column.
 
-    ``ranges`` are a validated ``DataConfig.feature_ranges`` (checked where they entered, by
-    ``flsuite.config.schema.feature_range_problem``).
+    ``ranges`` are checked by ``flsuite.config.schema.feature_range_problem`` where they enter
+    (the config, a schema file) and again here, for a caller that did not take that path: an
+    empty or non-finite range would scale to inf or NaN.
     """
     if len(names) != data.num_features:
         raise DataError(f"{source}: {data.num_features} feature columns read but {len(names)} named")
     missing = [name for name in names if name not in ranges]
     if missing:
         raise DataError(f"{source}: no declared range for feature column(s) {missing}: {HOW_TO_DECLARE}")
+    for name in names:
+        problem = feature_range_problem(name, ranges[name])
+        if problem:
+            raise DataError(f"{source}: {problem}")
     low = np.array([float(ranges[name][0]) for name in names])
     high = np.array([float(ranges[name][1]) for name in names])
     scaled = 2.0 * (data.features.astype(np.float64) - low) / (high - low) - 1.0

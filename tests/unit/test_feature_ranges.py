@@ -102,3 +102,21 @@ def test_a_bad_range_is_refused_with_one_text_from_the_config_and_from_a_schema_
     assert f"data.schema_path {schema}: feature_ranges.age=" in str(from_file.value)
     assert "data.feature_ranges.age=" in str(from_config.value)
     assert tail in str(from_file.value) and tail in str(from_config.value)
+
+
+def test_a_non_finite_range_in_a_schema_file_is_refused_with_the_one_text(records, tmp_path):
+    schema = tmp_path / "schema.yaml"
+    schema.write_text("feature_ranges:\n  age: [0, .inf]\n")
+    with pytest.raises(ConfigError, match="age=.*two finite numbers with min < max"):
+        compose_study(["data=csv", f"data.csv_path={records}", f"data.schema_path={schema}"])
+
+
+@pytest.mark.parametrize("bounds", [[5.0, 5.0], [0.0, float("inf")], [float("nan"), 1.0]])
+def test_the_scaler_refuses_a_range_that_did_not_come_through_the_config(bounds):
+    """A direct caller of scale_to_ranges got inf or NaN features, with no error."""
+    from flsuite.data import scale_to_ranges
+    from flsuite.data.datasets import Dataset
+
+    data = Dataset(name="s", features=np.ones((3, 1), np.float32), labels=np.zeros(3, np.int64), num_classes=2)
+    with pytest.raises(DataError, match="two finite numbers with min < max"):
+        scale_to_ranges(data, ["age"], {"age": bounds}, source="direct")
