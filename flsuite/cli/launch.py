@@ -70,5 +70,3 @@ def launch(
     print_summary(summary)
     if summary.get("status") != "completed":
         raise typer.Exit(3)
-
-

@@ -55,16 +55,14 @@ class LaunchPlan:
     def run_config(self) -> dict[str, bool | int | float | str]:
         return to_run_config(self.study)
 
-    def written_rounds(self) -> tuple[list[dict], list[dict]]:
-        """The rows metrics.json holds before this run starts: those of the rounds a resumed study already
-        ran (1..resumed_after), and any of later rounds (ran, never published: the resumed run redoes them)."""
+    def earlier_rows(self) -> list[dict]:
+        """The rows metrics.json holds for the rounds a resumed study already ran (1..resumed_after)."""
         try:
             rows = json.loads((self.output_dir / "metrics.json").read_text())
         except (OSError, ValueError):
-            return [], []
+            return []
         rows = [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
-        earlier = [row for row in rows if isinstance(row.get("round"), int) and row["round"] <= self.resumed_after]
-        return earlier, [row for row in rows if row not in earlier]
+        return [row for row in rows if isinstance(row.get("round"), int) and row["round"] <= self.resumed_after]
 
     def earlier_round_lines(self) -> list[str]:
         """For a resumed study: what the rounds before the restart were, marked as earlier (none otherwise)."""
@@ -72,7 +70,7 @@ class LaunchPlan:
 
         if not self.study.resume or not self.resumed_after:
             return []
-        earlier, _ = self.written_rounds()
+        earlier = self.earlier_rows()
         planned = self.study.federation.rounds
         return [f"rounds 1-{self.resumed_after} ran before the restart; this run goes on from round {self.resumed_after + 1}",
                 *(f"  earlier {progress_line(row, planned)}" for row in earlier)]

@@ -10,6 +10,7 @@ federation. Ctrl-C stops the run on the federation too (`flwr stop`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import re
@@ -87,9 +88,10 @@ class _Follower:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.shown: set[Any] = set()  # rounds (or row positions) already shown
         # A resumed study's metrics.json already holds rows: its earlier rounds (the launch command
-        # shows them, marked as earlier) and any round it ran but never published (redone now).
-        _, stale = plan.written_rounds() if plan.study.resume else ([], [])
-        self.old_rows = {_text(row) for row in stale}  # as text: a NaN loss equals itself there
+        # shows them, marked as earlier) and any round it ran but never published (redone now). Until
+        # this run rewrites the file, every row in it is old; afterwards its rows past the earlier
+        # rounds are this run's, however alike they are to the old ones.
+        self.old_version = _version(plan.output_dir / "metrics.json") if plan.study.resume else None
 
     def on_line(self, raw: str) -> None:
         line = _ANSI.sub("", raw.rstrip("\n"))
@@ -105,14 +107,19 @@ class _Follower:
             self.echo(line)
 
     def poll_rounds(self) -> None:
-        rows = _read_json(self.plan.output_dir / "metrics.json")
+        path = self.plan.output_dir / "metrics.json"
+        if self.old_version is not None:
+            if _version(path) == self.old_version:
+                return  # still the file as it was before this run
+            self.old_version = None
+        rows = _read_json(path)
         if not isinstance(rows, list):
             return
         planned = self.plan.study.federation.rounds
         for index, row in enumerate(rows):
             key = row.get("round") if isinstance(row, dict) and isinstance(row.get("round"), int) else f"row {index}"
             earlier = isinstance(key, int) and key <= self.plan.resumed_after  # shown by the launch command
-            if earlier or key in self.shown or _text(row) in self.old_rows:
+            if earlier or key in self.shown:
                 continue
             self.shown.add(key)
             self.echo(progress_line(row, planned))
@@ -201,8 +208,13 @@ def _interrupt(plan: LaunchPlan, process: subprocess.Popen, run_id: int | None) 
         pass
 
 
-def _text(row: Any) -> str:
-    return json.dumps(row, sort_keys=True)
+def _version(path: Path) -> tuple[int, int, int, str] | None:
+    """Which version of a file this is: inode, modification time, size and content digest (None: no file)."""
+    try:
+        stat, data = path.stat(), path.read_bytes()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size, hashlib.sha256(data).hexdigest()
 
 
 def _read_json(path: Path) -> Any:

@@ -76,3 +76,23 @@ def test_a_fresh_launch_shows_each_round_once(tmp_path):
     follower.poll_rounds()
     follower.poll_rounds()
     assert [line.split(":")[0] for line in shown] == ["round 1/4", "round 2/4"]
+
+
+def test_a_redone_round_whose_row_equals_the_stale_one_is_still_shown(tmp_path):
+    """The follower hid every row equal to a stale one: a deterministic redo of the unpublished round
+    (same row, rewritten by this run) was never shown."""
+    import os
+
+    metrics = tmp_path / "metrics.json"
+    stale = json.dumps([row(1, 0.61), row(2, 0.72), row(3, 0.83)])
+    metrics.write_text(stale)  # round 3 ran, was never published
+    shown: list[str] = []
+    follower = submit._Follower(plan_for(tmp_path, resumed_after=2), echo=shown.append, verbose=False)
+    follower.poll_rounds()
+    assert shown == []  # the file as it was before this run: nothing of it is this run's
+    rewritten = tmp_path / "metrics.json.tmp"
+    rewritten.write_text(stale)  # the redone round 3 came out the same, written as the ServerApp writes
+    os.replace(rewritten, metrics)
+    follower.poll_rounds()
+    follower.poll_rounds()
+    assert shown == ["round 3/4: accuracy 0.830, loss 0.500, 3 sites (10 s)"]
