@@ -13,9 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flsuite.cli.output_folders import run_folder, split_hydra_dirs, sweep_folders
 from flsuite.cli.tables import FORMAT_HELP, Column, OutputFormat, TableData, emit, format_value, to_csv, to_json
-from flsuite.config import check_inputs, compose_study, expand_sweep
+from flsuite.config import check_inputs, compose_study, expand_sweep, run_folder, split_hydra_dirs, sweep_folders
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator import progress
 from flsuite.tracking import StudyTracking

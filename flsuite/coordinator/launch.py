@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from flsuite.config import compose_study, to_run_config, toml_scalar, validate_study
+from flsuite.config import HydraDirs, compose_study, run_folder, to_run_config, toml_scalar, validate_study
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.superlink import flwr_home
 from flsuite.deployment.config import CoordinatorConfig
@@ -101,7 +101,7 @@ def plan_launch(
             f"engine={study.engine.name} runs a simulated federation; `flsuite launch` always runs on the "
             "real federation (engine=deployment). Drop the engine override, or use `flsuite run`."
         )
-    folder = _output_folder(study, output_dir, now=now or datetime.now())
+    folder = _output_folder(study, list(overrides), output_dir, now=now or datetime.now())
     study = _for_deployment(study, folder)
     home = flwr_home(coordinator) if coordinator else _default_flwr_home()
     name = federation or (coordinator.federation if coordinator else None)
@@ -226,13 +226,11 @@ def _default_flwr_home() -> Path:
     return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser()
 
 
-def _output_folder(study: StudyConfig, output_dir: Path | None, *, now: datetime) -> Path:
-    if output_dir is not None:
-        folder = Path(output_dir)
-    elif study.output_dir:
-        folder = Path(study.output_dir)
-    else:
-        folder = Path("outputs") / now.strftime("%Y-%m-%d") / f"{now.strftime('%H-%M-%S')}_{study.name}"
+def _output_folder(study: StudyConfig, overrides: list[str], output_dir: Path | None, *, now: datetime) -> Path:
+    """--output-dir, else the study's output_dir, else ``outputs/DATE/TIME_NAME_OVERRIDES`` as ``flsuite run`` names it."""
+    if output_dir is None and study.output_dir:
+        output_dir = Path(study.output_dir)
+    folder = run_folder(study.name, overrides, now, output_dir=output_dir, dirs=HydraDirs())
     folder = folder.expanduser().resolve()
     for name in ("summary.json", "metrics.json"):
         if (folder / name).exists():

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from flsuite.config import feature_range_problem
 from flsuite.config.feature_schema import HOW_TO_DECLARE
-from flsuite.config.schema import DataConfig, feature_range_problem
+from flsuite.config.schema import DataConfig
 from flsuite.data.csv_source import load_csv
 from flsuite.data.datasets import Dataset
 from flsuite.errors import DataError

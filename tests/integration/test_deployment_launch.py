@@ -7,6 +7,7 @@ the federation on disk is real (PKI, coordinator config, FLWR_HOME connection).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -47,9 +48,10 @@ def test_plan_marks_the_study_deployment_with_absolute_paths(files: FederationFi
 def test_default_output_folder_is_dated_and_absolute(files: FederationFiles, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    plan = plan_launch(["name=trial"], coordinator=files.coordinator())
+    plan = plan_launch(["name=trial", "federation.rounds=2"], coordinator=files.coordinator())
     assert plan.output_dir.is_absolute() and plan.output_dir.is_relative_to(tmp_path / "outputs")
-    assert plan.output_dir.name.endswith("_trial")
+    # named as `flsuite run` names its folder: TIME_NAME_OVERRIDES (it was TIME_NAME, without the overrides)
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_trial_name=trial_federation.rounds=2", plan.output_dir.name)
 
 
 def test_run_config_file_reads_back_as_the_same_study_through_flower(files: FederationFiles, tmp_path: Path) -> None:

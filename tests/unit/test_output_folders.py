@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flsuite.cli.output_folders import MAX_NAME, HydraDirs, run_folder, safe_name, split_hydra_dirs, sweep_folders
+from flsuite.config.output_folders import MAX_NAME, HydraDirs, run_folder, safe_name, split_hydra_dirs, sweep_folders
 from flsuite.errors import ConfigError
 
 STAMP = datetime(2026, 11, 30, 10, 11, 12)

@@ -1,6 +1,6 @@
-"""Where ``flsuite run`` writes: folder names from the experiment and its overrides, and Hydra's own dirs.
+"""Where ``flsuite run`` and ``flsuite launch`` write: folder names from the experiment and its overrides, and Hydra's own dirs.
 
-A single run goes to ``--output-dir``, or ``hydra.run.dir=...``, or
+A single run (or launch) goes to ``--output-dir``, or ``hydra.run.dir=...``, or
 ``outputs/DATE/TIME_NAME_OVERRIDES`` (``NAME`` the study's name, ``OVERRIDES`` the
 command's overrides but ``experiment=``, which the name already says). A sweep goes to
 ``--output-dir``, or ``hydra.sweep.dir=...``, or ``multirun/DATE/TIME_NAME``, one
