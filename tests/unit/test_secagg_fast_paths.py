@@ -1,7 +1,7 @@
 """The secure round's work cut to once per round must not cut a check.
 
-Pair keys are agreed once per peer and round (and the X25519 share secret forgotten after
-the share stage); the identity key and pinned identities are parsed once per process while
+Pair keys are agreed once per peer and round (the X25519 share secret is forgotten after
+the share stage, the pair keys once the peers' shares are decrypted); the identity key and pinned identities are parsed once per process while
 their files stay the same, and read again, with every check, as soon as either changes.
 """
 
@@ -18,6 +18,7 @@ from flsuite.coordinator.secure_round import secure_train_round
 from flsuite.flower import InProcessGrid, new_run
 from flsuite.secagg import SecAggSettings, load_pinned_identities, public_identity, write_pinned_identities
 from flsuite.secagg import primitives as crypto
+from flsuite.secagg.site import SiteRound
 from flsuite.site.testing import build_sites
 
 RUN_ID = 11
@@ -52,9 +53,16 @@ def test_x25519_shared_many_equals_one_agreement_per_peer():
     assert crypto.x25519_shared_many(private, peers) == [crypto.x25519_shared(private, p) for p in peers]
 
 
-def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path):
+def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path, monkeypatch):
     sites = Sites(tmp_path)
-    seen = {}
+    seen, at_masking = {}, {}
+    mask_update = SiteRound.mask_update
+
+    def watched_mask_update(self, **kwargs):  # the per-peer share keys served begin_train only
+        at_masking[self.node_id] = self.state
+        return mask_update(self, **kwargs)
+
+    monkeypatch.setattr(SiteRound, "mask_update", watched_mask_update)
 
     def look(msg):  # at the train stage every site has sent its shares
         if stage_request(msg) == protocol.MASKED_TRAIN:
@@ -67,6 +75,9 @@ def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path):
     assert set(seen) == set(sites.nodes)
     for state in seen.values():
         assert "c-sk" not in state and len(state["share-keys"]) % 32 == 0 and state["share-keys"]
+    assert set(at_masking) == set(sites.nodes)
+    for state in at_masking.values():
+        assert state["stage"] == "training" and "c-sk" not in state and "share-keys" not in state
 
 
 def test_identity_key_opened_to_others_between_rounds_is_refused_at_once(tmp_path):
