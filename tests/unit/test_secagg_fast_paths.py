@@ -104,6 +104,44 @@ def test_pinned_identities_rewritten_between_rounds_are_read_again(tmp_path):
     assert "does not match its pinned public key" in sites.errors(protocol.SETUP)[sites.nodes[0]]
 
 
+def test_rotated_identity_key_leaves_no_old_private_key_in_the_cache(tmp_path):
+    from flsuite.secagg.identity import generate_identity
+    from flsuite.site import secure_aggregation
+
+    sites = Sites(tmp_path)
+    assert len(sites.run(1).survivors) == 5
+    config = sites.contexts[sites.nodes[0]].node_config
+    key_path, ids_path = config[protocol.IDENTITY_KEY], config[protocol.IDENTITIES_FILE]
+    old_key = secure_aggregation._identity_files(key_path, ids_path)[0]
+    # the site rotates its key and the federation pins the new one
+    pinned = load_pinned_identities(ids_path)
+    pinned[config[protocol.SITE_NAME]] = generate_identity(key_path, overwrite=True)
+    write_pinned_identities(ids_path, pinned)
+    assert len(sites.run(2).survivors) == 5
+
+    def cached(key):  # every cached object, whatever the entry's layout
+        return [item for entry in secure_aggregation._LOADED.values() for item in entry if item is key]
+
+    pair_entries = [k for k in secure_aggregation._LOADED if key_path in k and ids_path in k]
+    assert len(pair_entries) == 1
+    new_key = secure_aggregation._identity_files(key_path, ids_path)[0]
+    assert not cached(old_key) and cached(new_key)
+    assert public_identity(new_key) == pinned[config[protocol.SITE_NAME]] != public_identity(old_key)
+
+
+def test_identity_key_refused_after_a_chmod_is_dropped_from_the_cache(tmp_path):
+    from flsuite.site import secure_aggregation
+
+    sites = Sites(tmp_path)
+    assert len(sites.run(1).survivors) == 5
+    config = sites.contexts[sites.nodes[2]].node_config
+    key_path = config[protocol.IDENTITY_KEY]
+    assert any(key_path in k for k in secure_aggregation._LOADED)
+    os.chmod(key_path, 0o644)
+    assert sites.nodes[2] in sites.run(2).dropped
+    assert not any(key_path in k for k in secure_aggregation._LOADED)
+
+
 def stage_request(msg):
     request = msg.content.config_records.get(protocol.SECAGG_RECORD) if msg.has_content() else None
     return request.get(protocol.STAGE) if request is not None else None
