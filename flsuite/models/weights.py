@@ -70,7 +70,8 @@ class ModelLayout:
             size = int(np.prod(self.shapes[key]))
             values = vector[offset : offset + size].reshape(self.shapes[key])
             dtype = self.dtypes[key]
-            out[key] = (np.rint(values) if np.issubdtype(dtype, np.integer) else values).astype(dtype)
+            # np.asarray: np.rint of a 0-d view (a scalar buffer such as a step count) returns a numpy scalar
+            out[key] = np.asarray(np.rint(values) if np.issubdtype(dtype, np.integer) else values).astype(dtype)
             offset += size
         return ArrayRecord({key: Array(out[key]) for key in self.order})
 

@@ -183,3 +183,12 @@ def test_update_vector_equals_the_model_layout_difference():
         layout = ModelLayout.of(glob)
         got = _update_vector({k: glob[k].numpy() for k in glob}, local)
         assert got.dtype == np.float64 and np.array_equal(got, layout.flatten(local) - layout.flatten(glob))
+
+
+def test_layout_rebuilds_a_scalar_integer_buffer():
+    from flsuite.models.weights import ModelLayout
+
+    record = ArrayRecord({"steps": Array(np.array(3, dtype=np.int64)), "w": Array(np.zeros(2, dtype=np.float32))})
+    rebuilt = ModelLayout.of(record).rebuild(np.array([3.4, 0.5, -1.0]))
+    assert rebuilt["steps"].numpy().shape == () and rebuilt["steps"].numpy() == 3
+    assert rebuilt["steps"].numpy().dtype == np.int64 and np.array_equal(rebuilt["w"].numpy(), [0.5, -1.0])
