@@ -26,6 +26,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from flsuite import protocol
 from flsuite.errors import ConfigError, SecAggRefused
+from flsuite.models.weights import ModelLayout
 from flsuite.secagg import load_identity, load_pinned_identities, model_hash
 from flsuite.secagg.site import SiteRound
 
@@ -139,7 +140,7 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     if len(local) != 1:
         site.refuse("bad-local-update", f"the training reply has {len(local)} ArrayRecords, expected 1")
     try:
-        update = _update_vector(global_values, local[0])
+        update = ModelLayout.of_values(global_values).difference(global_values, local[0])
     except ValueError as exc:
         site.refuse("bad-local-update", f"the trained weights do not fit the global model: {exc}")
     try:
@@ -156,23 +157,6 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
         if name != SECAGG_RECORD:
             content[name] = record
     return Message(content, reply_to=msg)
-
-
-def _update_vector(global_values: dict[str, np.ndarray], trained: ArrayRecord) -> np.ndarray:
-    """trained - global as one float64 vector, arrays in sorted name order (the coordinator's
-    ``ModelLayout`` order); ValueError when names or shapes differ from the global model's."""
-    if set(trained.keys()) != set(global_values):
-        raise ValueError(f"arrays {sorted(trained.keys())} differ from the model's {sorted(global_values)}")
-    update = np.empty(sum(a.size for a in global_values.values()), dtype=np.float64)
-    offset = 0
-    for key in sorted(global_values):
-        local, glob = trained[key].numpy(), global_values[key]
-        if local.shape != glob.shape:
-            raise ValueError(f"array {key!r} has shape {local.shape}, the model {glob.shape}")
-        # one pass: both sides widened to float64 on the fly, written straight into the vector
-        np.subtract(local, glob, out=update[offset : offset + glob.size].reshape(glob.shape), dtype=np.float64)
-        offset += glob.size
-    return update
 
 
 def _num_examples(metric_records: Any) -> int:

@@ -8,6 +8,7 @@ their files stay the same, and read again, with every check, as soon as either c
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -171,18 +172,79 @@ def test_hkdf32_is_cryptography_hkdf_sha256_with_the_protocol_salt():
         assert crypto.hkdf32(ikm, info=info) == expected
 
 
-def test_update_vector_equals_the_model_layout_difference():
+def reference_vector(record):
+    """The layout's definition, written out: float64, sorted names, each array in C order."""
+    return np.concatenate([np.asarray(record[k].numpy(), dtype=np.float64).ravel() for k in sorted(record.keys())])
+
+
+def test_layout_difference_and_flatten_equal_the_reference():
     from flsuite.models.weights import ModelLayout
-    from flsuite.site.secure_aggregation import _update_vector
 
     rng = np.random.default_rng(9)
-    shapes = {"b.weight": (7, 3), "a.bias": (3,), "c": (2, 2, 2)}
+    shapes = {"b.weight": (7, 3), "a.bias": (3,), "c": (2, 2, 2), "step": ()}
     for dtype in (np.float32, np.float64, np.int64):
-        glob = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
-        local = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
-        layout = ModelLayout.of(glob)
-        got = _update_vector({k: glob[k].numpy() for k in glob}, local)
-        assert got.dtype == np.float64 and np.array_equal(got, layout.flatten(local) - layout.flatten(glob))
+        glob = ArrayRecord({k: Array(np.asarray(rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        local = ArrayRecord({k: Array(np.asarray(rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        values = {k: glob[k].numpy() for k in glob}
+        layout = ModelLayout.of_values(values)
+        assert layout == ModelLayout.of(glob)
+        got = layout.difference(values, local)
+        assert got.dtype == np.float64 and np.array_equal(got, reference_vector(local) - reference_vector(glob))
+        for flat in (layout.flatten_values(values), layout.flatten(glob)):
+            assert flat.dtype == np.float64 and np.array_equal(flat, reference_vector(glob))
+        rebuilt = layout.rebuild(reference_vector(local))
+        assert all(np.array_equal(rebuilt[k].numpy(), local[k].numpy()) for k in shapes)
+
+
+def test_layout_refuses_arrays_that_do_not_fit_the_model_naming_them():
+    import pytest
+
+    from flsuite.models.weights import ModelLayout
+
+    values = {"w": np.zeros((2, 3)), "b": np.zeros(3)}
+    layout = ModelLayout.of_values(values)
+    for bad, named in (({"w": np.zeros((3, 2)), "b": np.zeros(3)}, "array 'w' has shape (3, 2)"),
+                       ({"w": np.zeros((2, 3))}, "missing ['b']"),
+                       ({"w": np.zeros((2, 3)), "b": np.zeros(3), "x": np.zeros(1)}, "unexpected ['x']")):
+        record = ArrayRecord({k: Array(v) for k, v in bad.items()})
+        for method, args in ((layout.difference, (values, record)), (layout.flatten, (record,)),
+                             (layout.flatten_values, (bad,))):
+            with pytest.raises(ValueError, match=re.escape(named)):
+                method(*args)
+
+
+def test_trained_weights_of_another_shape_are_refused_naming_the_array(tmp_path):
+    sites = Sites(tmp_path)
+    odd = sites.nodes[1]
+    train = sites.train
+
+    def reshaping_train(msg, context):
+        reply = train(msg, context)
+        if context.node_id == odd:
+            reply.content["arrays"] = ArrayRecord({"w": Array(np.zeros(7))})
+        return reply
+
+    sites.handlers, sites.contexts = build_sites(tmp_path, sites.nodes, reshaping_train, run_id=RUN_ID)
+    result = sites.run(1)
+    assert odd in result.dropped and len(result.survivors) == 4
+    assert "[bad-local-update]" in sites.errors(protocol.MASKED_TRAIN)[odd]
+    assert "array 'w' has shape (7,), the model (6,)" in sites.errors(protocol.MASKED_TRAIN)[odd]
+
+
+def test_empty_model_is_a_clear_config_error_before_any_site_is_asked(tmp_path):
+    import pytest
+
+    from flsuite.errors import ConfigError
+    from flsuite.models.weights import ModelLayout
+
+    assert ModelLayout.of_values({}).flatten_values({}).shape == (0,)
+    sites = Sites(tmp_path)
+    grid = InProcessGrid(sites.handlers, sites.contexts, run=new_run(RUN_ID), wire=True)
+    with grid, pytest.raises(ConfigError, match="no weights to average"):
+        secure_train_round(grid, node_ids=sites.nodes, server_round=1, global_arrays=ArrayRecord({}),
+                           train_configs={n: ConfigRecord() for n in sites.nodes},
+                           settings=SecAggSettings(cohort_size=5, threshold=3), timeout_s=5)
+    assert not grid.log
 
 
 def test_layout_rebuilds_a_scalar_integer_buffer():
