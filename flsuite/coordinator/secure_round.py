@@ -97,9 +97,11 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     if missing:
         raise ConfigError(f"train_configs lacks a ConfigRecord for nodes {missing}")
     global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once: layout, hash and vector
-    layout = ModelLayout(order=tuple(global_values), shapes={k: a.shape for k, a in global_values.items()},
-                         dtypes={k: a.dtype for k, a in global_values.items()})
-    global_vector = np.concatenate([np.asarray(global_values[k], dtype=np.float64).ravel() for k in sorted(global_values)])
+    layout = ModelLayout.of_values(global_values)
+    if layout.size == 0:
+        raise ConfigError(f"the global model has no weights to average (arrays: {sorted(global_values)}); secure "
+                          "aggregation needs a model with at least one value.")
+    global_vector = layout.flatten_values(global_values)
     if declared is not None and any(n not in declared for n in nodes):
         raise ConfigError(f"declared lacks a record count for nodes {[n for n in nodes if n not in declared]}")
     coordinator = CoordinatorRound(settings, run_id=grid.run.run_id, server_round=server_round, cohort=nodes,

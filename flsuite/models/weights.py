@@ -8,6 +8,7 @@ binds names, dtypes, shapes and bytes of every array.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +35,10 @@ def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
 
 @dataclass(frozen=True)
 class ModelLayout:
-    """Names, shapes and dtypes of a model's arrays, in the order of the original record."""
+    """Names, shapes and dtypes of a model's arrays, in the order of the original record.
+
+    Vectors lay the arrays out in sorted name order, each flattened in C order, as float64.
+    """
 
     order: tuple[str, ...]
     shapes: dict[str, tuple[int, ...]]
@@ -42,9 +46,13 @@ class ModelLayout:
 
     @classmethod
     def of(cls, record: ArrayRecord) -> ModelLayout:
-        arrays = {key: record[key].numpy() for key in record}
-        return cls(order=tuple(record.keys()), shapes={k: a.shape for k, a in arrays.items()},
-                   dtypes={k: a.dtype for k, a in arrays.items()})
+        return cls.of_values({key: record[key].numpy() for key in record})
+
+    @classmethod
+    def of_values(cls, values: Mapping[str, np.ndarray]) -> ModelLayout:
+        """The layout of already decoded arrays (name -> array, in the record's order)."""
+        return cls(order=tuple(values), shapes={k: a.shape for k, a in values.items()},
+                   dtypes={k: a.dtype for k, a in values.items()})
 
     @property
     def size(self) -> int:
@@ -52,27 +60,56 @@ class ModelLayout:
 
     def flatten(self, record: ArrayRecord) -> np.ndarray:
         """One float64 vector of the record's arrays; ValueError when names or shapes differ."""
-        if set(record.keys()) != set(self.order):
-            raise ValueError(f"arrays {sorted(record.keys())} differ from the model's {sorted(self.order)}")
-        parts = []
-        for key in sorted(self.order):
-            array = record[key].numpy()
-            if array.shape != self.shapes[key]:
-                raise ValueError(f"array {key!r} has shape {array.shape}, the model {self.shapes[key]}")
-            parts.append(np.asarray(array, dtype=np.float64).ravel())
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return self.flatten_values({key: record[key].numpy() for key in record.keys()})
+
+    def flatten_values(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One float64 vector of decoded arrays (one copy, no concatenation); ValueError when
+        names or shapes differ. An empty model gives an empty vector."""
+        self._check_names(values.keys())
+        vector = np.empty(self.size, dtype=np.float64)
+        for key, part in self._parts(vector):
+            np.copyto(part, self._checked(key, values[key]), casting="unsafe")
+        return vector
+
+    def difference(self, values: Mapping[str, np.ndarray], record: ArrayRecord) -> np.ndarray:
+        """``record - values`` (e.g. trained minus global weights) as one float64 vector, in one
+        pass: each array is decoded once and both sides are widened to float64 as they are
+        subtracted straight into the vector. ValueError when names or shapes differ."""
+        self._check_names(values.keys())
+        self._check_names(record.keys())
+        vector = np.empty(self.size, dtype=np.float64)
+        for key, part in self._parts(vector):
+            np.subtract(self._checked(key, record[key].numpy()), self._checked(key, values[key]), out=part,
+                        dtype=np.float64)
+        return vector
 
     def rebuild(self, vector: np.ndarray) -> ArrayRecord:
         """An ArrayRecord with the model's names, shapes and dtypes (integers rounded)."""
         out: dict[str, np.ndarray] = {}
+        for key, values in self._parts(vector):
+            dtype = self.dtypes[key]
+            # np.asarray: np.rint of a 0-d view (a scalar buffer such as a step count) returns a numpy scalar
+            out[key] = np.asarray(np.rint(values) if np.issubdtype(dtype, np.integer) else values).astype(dtype)
+        return ArrayRecord({key: Array(out[key]) for key in self.order})
+
+    def _parts(self, vector: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, view of ``vector`` shaped like the array), in sorted name order."""
         offset = 0
         for key in sorted(self.order):
             size = int(np.prod(self.shapes[key]))
-            values = vector[offset : offset + size].reshape(self.shapes[key])
-            dtype = self.dtypes[key]
-            out[key] = (np.rint(values) if np.issubdtype(dtype, np.integer) else values).astype(dtype)
+            yield key, vector[offset : offset + size].reshape(self.shapes[key])
             offset += size
-        return ArrayRecord({key: Array(out[key]) for key in self.order})
+
+    def _check_names(self, keys: Iterable[str]) -> None:
+        names = set(keys)
+        missing, unexpected = sorted(set(self.order) - names), sorted(names - set(self.order))
+        if missing or unexpected:
+            raise ValueError(f"the arrays differ from the model's: missing {missing}, unexpected {unexpected}")
+
+    def _checked(self, key: str, array: np.ndarray) -> np.ndarray:
+        if array.shape != self.shapes[key]:
+            raise ValueError(f"array {key!r} has shape {array.shape}, the model {self.shapes[key]}")
+        return array
 
 
 def model_digest(record: ArrayRecord) -> bytes:

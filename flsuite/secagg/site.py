@@ -191,6 +191,8 @@ class SiteRound:
                 raise SecAggRefused("bad-share", f"the share from node {sender} does not authenticate")
             b_shares.append(plain[18 : 18 + crypto.SHARE_BYTES])
             sk_shares.append(plain[18 + crypto.SHARE_BYTES :])
+        # the pair keys served only to decrypt these shares: forget them before training and masking
+        del self._state["share-keys"]
         self._state.update({"stage": "training", "senders": pack_ids(senders),
                             "held-b-shares": b"".join(b_shares), "held-sk-shares": b"".join(sk_shares)})
 

@@ -18,17 +18,20 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from flsuite import protocol
 from flsuite.errors import ConfigError, SecAggRefused
+from flsuite.models.weights import ModelLayout
 from flsuite.secagg import load_identity, load_pinned_identities, model_hash
 from flsuite.secagg.site import SiteRound
+
+if TYPE_CHECKING:  # a type hint only: cryptography is used through flsuite.secagg
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["secagg_mod"]
 
@@ -73,7 +76,9 @@ def _load_site(context: Context) -> SiteRound:
                      identity=identity, pinned=pinned, state=dict(stored) if stored is not None else None)
 
 
-_LOADED: OrderedDict[tuple[Any, ...], tuple[Ed25519PrivateKey, dict[str, bytes]]] = OrderedDict()
+# (key path, identities path) -> (both files' stamps, parsed key, pinned identities): one entry
+# per pair, so a changed file replaces its entry and the old private key is not kept around
+_LOADED: OrderedDict[tuple[str, str], tuple[tuple[int, ...], Ed25519PrivateKey, dict[str, bytes]]] = OrderedDict()
 _LOADED_MAX = 256  # one entry per site of this process (simulated sites share the process)
 _LOADED_LOCK = threading.Lock()
 
@@ -84,23 +89,29 @@ def _identity_files(key_path: str, identities_path: str) -> tuple[Ed25519Private
     Every message needs them (a stage may run in a fresh process); within one process the
     parsed pair is reused while both files keep their device, inode, size, mode, mtime and
     ctime (a chmod or any rewrite changes ctime), so the identity key's permission check and
-    the pinned file's validation run again on any change. A file that cannot be stat'ed
-    goes through the loaders, which name the problem.
+    the pinned file's validation run again on any change. A changed or unreadable file drops
+    the pair's cached entry before the files are read again (a refused file leaves nothing
+    cached); a file that cannot be stat'ed goes through the loaders, which name the problem.
     """
+    pair = (key_path, identities_path)
     try:
-        stamp = (key_path, _stamp(key_path), identities_path, _stamp(identities_path))
+        stamp = _stamp(key_path) + _stamp(identities_path)
     except OSError:
+        with _LOADED_LOCK:
+            _LOADED.pop(pair, None)
         return load_identity(key_path), load_pinned_identities(identities_path)
     with _LOADED_LOCK:
-        hit = _LOADED.get(stamp)
-    if hit is not None:
-        return hit[0], dict(hit[1])
-    loaded = load_identity(key_path), load_pinned_identities(identities_path)
+        hit = _LOADED.get(pair)
+        if hit is not None and hit[0] == stamp:
+            _LOADED.move_to_end(pair)
+            return hit[1], dict(hit[2])
+        _LOADED.pop(pair, None)
+    identity, pinned = load_identity(key_path), load_pinned_identities(identities_path)
     with _LOADED_LOCK:
-        _LOADED[stamp] = loaded
+        _LOADED[pair] = (stamp, identity, pinned)
         while len(_LOADED) > _LOADED_MAX:
             _LOADED.popitem(last=False)
-    return loaded[0], dict(loaded[1])
+    return identity, dict(pinned)
 
 
 def _stamp(path: str) -> tuple[int, ...]:
@@ -129,7 +140,7 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     if len(local) != 1:
         site.refuse("bad-local-update", f"the training reply has {len(local)} ArrayRecords, expected 1")
     try:
-        update = _update_vector(global_values, local[0])
+        update = ModelLayout.of_values(global_values).difference(global_values, local[0])
     except ValueError as exc:
         site.refuse("bad-local-update", f"the trained weights do not fit the global model: {exc}")
     try:
@@ -146,23 +157,6 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
         if name != SECAGG_RECORD:
             content[name] = record
     return Message(content, reply_to=msg)
-
-
-def _update_vector(global_values: dict[str, np.ndarray], trained: ArrayRecord) -> np.ndarray:
-    """trained - global as one float64 vector, arrays in sorted name order (the coordinator's
-    ``ModelLayout`` order); ValueError when names or shapes differ from the global model's."""
-    if set(trained.keys()) != set(global_values):
-        raise ValueError(f"arrays {sorted(trained.keys())} differ from the model's {sorted(global_values)}")
-    update = np.empty(sum(a.size for a in global_values.values()), dtype=np.float64)
-    offset = 0
-    for key in sorted(global_values):
-        local, glob = trained[key].numpy(), global_values[key]
-        if local.shape != glob.shape:
-            raise ValueError(f"array {key!r} has shape {local.shape}, the model {glob.shape}")
-        # one pass: both sides widened to float64 on the fly, written straight into the vector
-        np.subtract(local, glob, out=update[offset : offset + glob.size].reshape(glob.shape), dtype=np.float64)
-        offset += glob.size
-    return update
 
 
 def _num_examples(metric_records: Any) -> int:

@@ -1,13 +1,14 @@
 """The secure round's work cut to once per round must not cut a check.
 
-Pair keys are agreed once per peer and round (and the X25519 share secret forgotten after
-the share stage); the identity key and pinned identities are parsed once per process while
+Pair keys are agreed once per peer and round (the X25519 share secret is forgotten after
+the share stage, the pair keys once the peers' shares are decrypted); the identity key and pinned identities are parsed once per process while
 their files stay the same, and read again, with every check, as soon as either changes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,6 +19,7 @@ from flsuite.coordinator.secure_round import secure_train_round
 from flsuite.flower import InProcessGrid, new_run
 from flsuite.secagg import SecAggSettings, load_pinned_identities, public_identity, write_pinned_identities
 from flsuite.secagg import primitives as crypto
+from flsuite.secagg.site import SiteRound
 from flsuite.site.testing import build_sites
 
 RUN_ID = 11
@@ -52,9 +54,16 @@ def test_x25519_shared_many_equals_one_agreement_per_peer():
     assert crypto.x25519_shared_many(private, peers) == [crypto.x25519_shared(private, p) for p in peers]
 
 
-def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path):
+def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path, monkeypatch):
     sites = Sites(tmp_path)
-    seen = {}
+    seen, at_masking = {}, {}
+    mask_update = SiteRound.mask_update
+
+    def watched_mask_update(self, **kwargs):  # the per-peer share keys served begin_train only
+        at_masking[self.node_id] = self.state
+        return mask_update(self, **kwargs)
+
+    monkeypatch.setattr(SiteRound, "mask_update", watched_mask_update)
 
     def look(msg):  # at the train stage every site has sent its shares
         if stage_request(msg) == protocol.MASKED_TRAIN:
@@ -67,6 +76,9 @@ def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path):
     assert set(seen) == set(sites.nodes)
     for state in seen.values():
         assert "c-sk" not in state and len(state["share-keys"]) % 32 == 0 and state["share-keys"]
+    assert set(at_masking) == set(sites.nodes)
+    for state in at_masking.values():
+        assert state["stage"] == "training" and "c-sk" not in state and "share-keys" not in state
 
 
 def test_identity_key_opened_to_others_between_rounds_is_refused_at_once(tmp_path):
@@ -91,6 +103,44 @@ def test_pinned_identities_rewritten_between_rounds_are_read_again(tmp_path):
     result = sites.run(2)
     assert sites.nodes[0] in result.dropped and len(result.survivors) == 4
     assert "does not match its pinned public key" in sites.errors(protocol.SETUP)[sites.nodes[0]]
+
+
+def test_rotated_identity_key_leaves_no_old_private_key_in_the_cache(tmp_path):
+    from flsuite.secagg.identity import generate_identity
+    from flsuite.site import secure_aggregation
+
+    sites = Sites(tmp_path)
+    assert len(sites.run(1).survivors) == 5
+    config = sites.contexts[sites.nodes[0]].node_config
+    key_path, ids_path = config[protocol.IDENTITY_KEY], config[protocol.IDENTITIES_FILE]
+    old_key = secure_aggregation._identity_files(key_path, ids_path)[0]
+    # the site rotates its key and the federation pins the new one
+    pinned = load_pinned_identities(ids_path)
+    pinned[config[protocol.SITE_NAME]] = generate_identity(key_path, overwrite=True)
+    write_pinned_identities(ids_path, pinned)
+    assert len(sites.run(2).survivors) == 5
+
+    def cached(key):  # every cached object, whatever the entry's layout
+        return [item for entry in secure_aggregation._LOADED.values() for item in entry if item is key]
+
+    pair_entries = [k for k in secure_aggregation._LOADED if key_path in k and ids_path in k]
+    assert len(pair_entries) == 1
+    new_key = secure_aggregation._identity_files(key_path, ids_path)[0]
+    assert not cached(old_key) and cached(new_key)
+    assert public_identity(new_key) == pinned[config[protocol.SITE_NAME]] != public_identity(old_key)
+
+
+def test_identity_key_refused_after_a_chmod_is_dropped_from_the_cache(tmp_path):
+    from flsuite.site import secure_aggregation
+
+    sites = Sites(tmp_path)
+    assert len(sites.run(1).survivors) == 5
+    config = sites.contexts[sites.nodes[2]].node_config
+    key_path = config[protocol.IDENTITY_KEY]
+    assert any(key_path in k for k in secure_aggregation._LOADED)
+    os.chmod(key_path, 0o644)
+    assert sites.nodes[2] in sites.run(2).dropped
+    assert not any(key_path in k for k in secure_aggregation._LOADED)
 
 
 def stage_request(msg):
@@ -122,15 +172,85 @@ def test_hkdf32_is_cryptography_hkdf_sha256_with_the_protocol_salt():
         assert crypto.hkdf32(ikm, info=info) == expected
 
 
-def test_update_vector_equals_the_model_layout_difference():
+def reference_vector(record):
+    """The layout's definition, written out: float64, sorted names, each array in C order."""
+    return np.concatenate([np.asarray(record[k].numpy(), dtype=np.float64).ravel() for k in sorted(record.keys())])
+
+
+def test_layout_difference_and_flatten_equal_the_reference():
     from flsuite.models.weights import ModelLayout
-    from flsuite.site.secure_aggregation import _update_vector
 
     rng = np.random.default_rng(9)
-    shapes = {"b.weight": (7, 3), "a.bias": (3,), "c": (2, 2, 2)}
+    shapes = {"b.weight": (7, 3), "a.bias": (3,), "c": (2, 2, 2), "step": ()}
     for dtype in (np.float32, np.float64, np.int64):
-        glob = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
-        local = ArrayRecord({k: Array((rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
-        layout = ModelLayout.of(glob)
-        got = _update_vector({k: glob[k].numpy() for k in glob}, local)
-        assert got.dtype == np.float64 and np.array_equal(got, layout.flatten(local) - layout.flatten(glob))
+        glob = ArrayRecord({k: Array(np.asarray(rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        local = ArrayRecord({k: Array(np.asarray(rng.standard_normal(s) * 50).astype(dtype)) for k, s in shapes.items()})
+        values = {k: glob[k].numpy() for k in glob}
+        layout = ModelLayout.of_values(values)
+        assert layout == ModelLayout.of(glob)
+        got = layout.difference(values, local)
+        assert got.dtype == np.float64 and np.array_equal(got, reference_vector(local) - reference_vector(glob))
+        for flat in (layout.flatten_values(values), layout.flatten(glob)):
+            assert flat.dtype == np.float64 and np.array_equal(flat, reference_vector(glob))
+        rebuilt = layout.rebuild(reference_vector(local))
+        assert all(np.array_equal(rebuilt[k].numpy(), local[k].numpy()) for k in shapes)
+
+
+def test_layout_refuses_arrays_that_do_not_fit_the_model_naming_them():
+    import pytest
+
+    from flsuite.models.weights import ModelLayout
+
+    values = {"w": np.zeros((2, 3)), "b": np.zeros(3)}
+    layout = ModelLayout.of_values(values)
+    for bad, named in (({"w": np.zeros((3, 2)), "b": np.zeros(3)}, "array 'w' has shape (3, 2)"),
+                       ({"w": np.zeros((2, 3))}, "missing ['b']"),
+                       ({"w": np.zeros((2, 3)), "b": np.zeros(3), "x": np.zeros(1)}, "unexpected ['x']")):
+        record = ArrayRecord({k: Array(v) for k, v in bad.items()})
+        for method, args in ((layout.difference, (values, record)), (layout.flatten, (record,)),
+                             (layout.flatten_values, (bad,))):
+            with pytest.raises(ValueError, match=re.escape(named)):
+                method(*args)
+
+
+def test_trained_weights_of_another_shape_are_refused_naming_the_array(tmp_path):
+    sites = Sites(tmp_path)
+    odd = sites.nodes[1]
+    train = sites.train
+
+    def reshaping_train(msg, context):
+        reply = train(msg, context)
+        if context.node_id == odd:
+            reply.content["arrays"] = ArrayRecord({"w": Array(np.zeros(7))})
+        return reply
+
+    sites.handlers, sites.contexts = build_sites(tmp_path, sites.nodes, reshaping_train, run_id=RUN_ID)
+    result = sites.run(1)
+    assert odd in result.dropped and len(result.survivors) == 4
+    assert "[bad-local-update]" in sites.errors(protocol.MASKED_TRAIN)[odd]
+    assert "array 'w' has shape (7,), the model (6,)" in sites.errors(protocol.MASKED_TRAIN)[odd]
+
+
+def test_empty_model_is_a_clear_config_error_before_any_site_is_asked(tmp_path):
+    import pytest
+
+    from flsuite.errors import ConfigError
+    from flsuite.models.weights import ModelLayout
+
+    assert ModelLayout.of_values({}).flatten_values({}).shape == (0,)
+    sites = Sites(tmp_path)
+    grid = InProcessGrid(sites.handlers, sites.contexts, run=new_run(RUN_ID), wire=True)
+    with grid, pytest.raises(ConfigError, match="no weights to average"):
+        secure_train_round(grid, node_ids=sites.nodes, server_round=1, global_arrays=ArrayRecord({}),
+                           train_configs={n: ConfigRecord() for n in sites.nodes},
+                           settings=SecAggSettings(cohort_size=5, threshold=3), timeout_s=5)
+    assert not grid.log
+
+
+def test_layout_rebuilds_a_scalar_integer_buffer():
+    from flsuite.models.weights import ModelLayout
+
+    record = ArrayRecord({"steps": Array(np.array(3, dtype=np.int64)), "w": Array(np.zeros(2, dtype=np.float32))})
+    rebuilt = ModelLayout.of(record).rebuild(np.array([3.4, 0.5, -1.0]))
+    assert rebuilt["steps"].numpy().shape == () and rebuilt["steps"].numpy() == 3
+    assert rebuilt["steps"].numpy().dtype == np.int64 and np.array_equal(rebuilt["w"].numpy(), [0.5, -1.0])
