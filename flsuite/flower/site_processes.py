@@ -44,6 +44,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -108,10 +109,21 @@ class _Worker:
 
 @dataclass
 class _Slot:
-    """One place in the pool: the worker serving it now and the lock that lets one message in at a time."""
+    """One place in the pool: the worker serving it now, and its queue (one message at a time, first come first served).
+
+    Every field is read and written under ``turn``.
+    """
 
     worker: _Worker
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    turn: threading.Condition = field(default_factory=threading.Condition)
+    #: The waiting threads' tokens in arrival order: the first goes in once the slot is idle.
+    queue: deque[object] = field(default_factory=deque)
+    #: The number of the exchange running now (or last), the worker it runs on, and when it began (None: idle).
+    exchange: int = 0
+    running: _Worker | None = None
+    busy_since: float | None = None
+    #: The last exchange whose worker was killed as stuck (killed once, however many threads wait).
+    killed: int = 0
 
 
 class SiteProcessPool:
@@ -137,7 +149,6 @@ class SiteProcessPool:
         self._loads = [0.0] * workers  # the weights of the nodes placed on each slot
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
-        self._retiring = threading.Lock()
         self._closed = False
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -157,12 +168,13 @@ class SiteProcessPool:
         """Block until every worker has loaded its ClientApp (tests; the engine just starts sending)."""
         deadline = time.monotonic() + timeout
         for slot in self._slots:
-            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            worker = self._enter(slot, deadline)
+            if worker is None:
                 raise SiteWorkerLost(f"site worker pid {slot.worker.pid} stayed busy for {timeout:g} s")
             try:
-                slot.worker.await_ready(max(0.0, deadline - time.monotonic()))
+                worker.await_ready(max(0.0, deadline - time.monotonic()))
             finally:
-                slot.lock.release()
+                self._leave(slot)
 
     @property
     def pids(self) -> list[int]:
@@ -237,27 +249,57 @@ class SiteProcessPool:
         """Run the ClientApp on ``message`` in the node's worker; updates ``context`` as the ClientApp left it."""
         node = message.metadata.dst_node_id
         slot = self._slots[self.slot_of(node)]
-        lock, worker = self._enter(slot)
+        worker = self._enter(slot)
+        assert worker is not None  # no deadline: it waits for its turn
         try:
             return self._exchange(slot, worker, node, message, context)
         finally:
-            lock.release()
+            self._leave(slot)
 
-    def _enter(self, slot: _Slot) -> tuple[threading.Lock, _Worker]:
-        """Take the slot's lock and its worker; a worker that holds it past ``stuck_after_s`` is killed by PID and replaced."""
-        while True:
-            lock = slot.lock
-            if lock.acquire(timeout=-1 if self.stuck_after_s is None else self.stuck_after_s):
-                with self._retiring:
-                    if slot.lock is lock:  # not a lock released late by a worker that was set aside meanwhile
-                        return lock, slot.worker
-                lock.release()
-                continue
-            with self._retiring:  # one replacement at a time
-                if slot.lock is lock:  # still that stuck worker: a fresh one takes the slot (raises once closing)
-                    stuck, fresh = slot.worker, self._spawn()
-                    slot.worker, slot.lock = fresh, threading.Lock()
-                    stuck.process.kill()  # its message's thread sees the pipe close and answers an Error reply
+    def _enter(self, slot: _Slot, deadline: float | None = None) -> _Worker | None:
+        """Wait for the slot's turn, first come first served; its worker, or None once ``deadline`` passed.
+
+        While waiting, the exchange running in the slot is timed from its own start (never from when
+        this message began to wait): once that same exchange has run ``stuck_after_s``, its worker is
+        stuck and is killed by PID (its thread then sees the pipe close, answers an Error reply and puts
+        a fresh worker in the slot). Healthy messages queued ahead of this one never count.
+        """
+        token = object()
+        with slot.turn:
+            slot.queue.append(token)
+            try:
+                admitted = self._await_turn(slot, token, deadline)
+            finally:
+                slot.queue.remove(token)
+                slot.turn.notify_all()  # the next in line looks again
+            if not admitted:
+                return None
+            slot.exchange += 1
+            slot.running, slot.busy_since = slot.worker, time.monotonic()
+            return slot.worker
+
+    def _await_turn(self, slot: _Slot, token: object, deadline: float | None) -> bool:
+        """Under ``slot.turn``: wait until ``token`` is first in line and the slot idle (False: ``deadline`` passed)."""
+        while slot.busy_since is not None or slot.queue[0] is not token:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            wake = deadline
+            if self.stuck_after_s is not None and slot.busy_since is not None and slot.killed != slot.exchange:
+                stuck_at = slot.busy_since + self.stuck_after_s
+                if now >= stuck_at:  # this very exchange has run stuck_after_s: decided under the lock, so no race
+                    slot.killed = slot.exchange
+                    if slot.running is not None:
+                        slot.running.process.kill()
+                    continue
+                wake = stuck_at if wake is None else min(wake, stuck_at)
+            slot.turn.wait(None if wake is None else wake - now)
+        return True
+
+    def _leave(self, slot: _Slot) -> None:
+        with slot.turn:
+            slot.running, slot.busy_since = None, None
+            slot.turn.notify_all()
 
     def _exchange(self, slot: _Slot, worker: _Worker, node: int, message: Message, context: Context) -> Message:
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
@@ -290,15 +332,15 @@ class SiteProcessPool:
         return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
     def _replace(self, slot: _Slot, worker: _Worker) -> None:
+        """Put a fresh worker in the slot of ``worker``, which ended (called by the thread whose turn it is)."""
         _reap(worker.process)
         worker.conn.close()
-        with self._retiring:
-            if slot.worker is not worker:
-                return  # already set aside as stuck, and replaced
-            try:
-                slot.worker = self._spawn()
-            except SiteWorkerLost:
-                pass  # closing: no new worker
+        try:
+            fresh = self._spawn()
+        except SiteWorkerLost:
+            return  # closing: no new worker
+        with slot.turn:
+            slot.worker = fresh
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:

@@ -29,6 +29,8 @@ def stateful_app() -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         if context.node_id == STUCK and "stick" in msg.content.config_records:
             time.sleep(3600)
+        if "slow" in msg.content.config_records:
+            time.sleep(float(msg.content.config_records["slow"]["s"]))
         state = context.state.config_records.get("site", ConfigRecord({"count": 0}))
         seen = sorted(str(k) for k in state)  # every key this site's state holds
         state["count"] = int(state["count"]) + 1
@@ -142,9 +144,10 @@ def test_a_dead_workers_sites_are_served_again_with_their_state(pool):
     assert _out(after[202])["pid"] == _out(before[202])["pid"] and _out(after[202])["count"] == 2
 
 
-def test_a_stuck_worker_is_replaced_once_a_message_waited_its_deadline():
+def test_a_stuck_worker_is_replaced_once_one_message_ran_past_its_deadline():
     """The attack: a site that hangs forever. Without stuck_after_s its worker's other sites would wait
-    for it in every later round; with it, the stuck worker is killed by PID and a fresh one serves them."""
+    for it in every later round; with it, once that one message has run stuck_after_s the stuck worker
+    is killed by PID and a fresh one serves them."""
     pool = SiteProcessPool(f"{__name__}:stateful_app", workers=2, stuck_after_s=3)
     pool.assign({201: 40.0, 202: 30.0, 203: 20.0, 204: 10.0})  # 203 shares slot 1 with 202
     pool.start()
@@ -161,6 +164,25 @@ def test_a_stuck_worker_is_replaced_once_a_message_waited_its_deadline():
         assert set(after) == set(NODES)
         assert _out(after[202])["pid"] not in (stuck_pid, _out(before[201])["pid"]) and _out(after[202])["count"] == 2
         assert _out(after[STUCK])["count"] == 2  # its state as it was before the message that hung
+    finally:
+        pool.close()
+    assert not any(is_running(pid) for pid in pool.pids)
+
+
+def test_a_slow_but_healthy_worker_is_never_killed_however_long_its_queue():
+    """The attack on "stuck = a message waited stuck_after_s": four sites share one worker, each message
+    takes 1 s (well under stuck_after_s), so the last waits 3 s or more behind healthy messages. Timed
+    from when it began waiting, the worker would be killed mid-message (mid DP training: the site's
+    reservation burnt); timed from the running message's start, it never is."""
+    pool = SiteProcessPool(f"{__name__}:stateful_app", workers=1, stuck_after_s=2.5)
+    pool.start()
+    try:
+        pool.wait_ready(120)
+        with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=len(NODES)) as grid:
+            replies = _ask(grid, [_train(n, slow={"s": 1.0}) for n in NODES])
+        assert set(replies) == set(NODES)
+        pids = {_out(replies[n])["pid"] for n in NODES}  # every message answered, none an Error reply
+        assert pids == set(pool.pids) and len(pids) == 1 and all(is_running(pid) for pid in pids)  # never replaced
     finally:
         pool.close()
     assert not any(is_running(pid) for pid in pool.pids)
