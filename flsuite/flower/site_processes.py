@@ -38,6 +38,8 @@ pool (SIGKILL) ends by itself within a second.
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -62,6 +64,9 @@ __all__ = ["SiteProcessPool", "load_client_app"]
 
 #: A worker's first frame once its ClientApp is loaded (else the reason it could not be).
 READY = b"ready"
+
+#: The site workers log to the ServerApp's log (Flower's), which a worker writes to its stderr.
+log = logging.getLogger("flwr")
 
 #: Seconds a worker gets to leave after SIGTERM before SIGKILL.
 STOP_GRACE_S = 2.0
@@ -91,6 +96,8 @@ class _Worker:
     failure: str = ""
     #: The Context bytes this worker holds for each node it served (what it last received or sent).
     held: dict[int, bytes] = field(default_factory=dict)
+    #: The thread writing the worker's setup frame (it blocks until the worker has started and reads it).
+    sender: threading.Thread | None = None
 
     def await_ready(self, timeout: float | None = None) -> None:
         """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not, every time)."""
@@ -105,6 +112,12 @@ class _Worker:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def close(self) -> None:
+        """Close the pipes of a worker that ended (its setup sender fails at once then, and is awaited)."""
+        if self.sender is not None:
+            self.sender.join()
+        self.conn.close()
 
 
 @dataclass
@@ -192,15 +205,17 @@ class SiteProcessPool:
                 worker.process.terminate()
         for worker in workers:
             _reap(worker.process)
-            worker.conn.close()
+            worker.close()
 
     def _spawn(self) -> _Worker:
         """A fresh interpreter (no fork, no re-import of the parent's __main__) talking over a pipe pair."""
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
-        code = (f"from flsuite.flower.site_processes import _worker_main; "
-                f"_worker_main({to_worker_r}, {from_worker_w}, {self.app_reference!r}, {self.threads}, {self.preload!r}, "
-                f"{self.warm!r})")
+        # Only the pipes on the command line: the setup (a study's JSON can pass Linux's 128 KiB limit on
+        # one argument, and would show in `ps`) is the first frame over the pipe.
+        code = f"from flsuite.flower.site_processes import _worker_main; _worker_main({to_worker_r}, {from_worker_w})"
+        setup = json.dumps({"app": self.app_reference, "threads": self.threads, "preload": list(self.preload),
+                            "warm": None if self.warm is None else list(self.warm)}).encode()
         # The worker imports what the parent can: its sys.path, as multiprocessing's spawn passes it.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p),
                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -219,6 +234,11 @@ class SiteProcessPool:
         finally:
             os.close(to_worker_r)
             os.close(from_worker_w)
+        # Written from a thread: a frame larger than the pipe's buffer waits for the worker to start reading,
+        # and start() returns at once. Nothing else writes to the worker before it answers READY.
+        worker.sender = threading.Thread(target=_send_setup, args=(worker.conn, setup), name=f"site-worker-{worker.pid}-setup",
+                                         daemon=True)
+        worker.sender.start()
         return worker
 
     # -- affinity ------------------------------------------------------------------------------
@@ -334,7 +354,7 @@ class SiteProcessPool:
     def _replace(self, slot: _Slot, worker: _Worker) -> None:
         """Put a fresh worker in the slot of ``worker``, which ended (called by the thread whose turn it is)."""
         _reap(worker.process)
-        worker.conn.close()
+        worker.close()
         try:
             fresh = self._spawn()
         except SiteWorkerLost:
@@ -386,26 +406,37 @@ def _function(reference: str) -> Callable[[str], object]:
     return target
 
 
-def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, preload: tuple[str, ...],
-                 warm: tuple[str, str] | None = None) -> None:
-    """A worker's life: load the app and warm up, then answer (message, context) frames until the pipe closes."""
+def _send_setup(conn: _Duplex, setup: bytes) -> None:
+    try:
+        conn.send_bytes(setup)
+    except OSError:
+        pass  # the worker ended before reading it: the first message to it finds out, and says so
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """A worker's life: read its setup, load the app and warm up, then answer (message, context) frames until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     _leave_with_parent(os.getppid())
     conn = _Pipe(read_fd, write_fd)
     try:
-        for module in preload:
+        setup = json.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return  # the pool was closed before this worker started
+    warm = setup["warm"]
+    try:
+        for module in setup["preload"]:
             importlib.import_module(module)
-        app = load_client_app(app_reference)
+        app = load_client_app(setup["app"])
     except Exception as exc:
         conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
         return
     if "torch" in sys.modules:  # else OMP_NUM_THREADS, set by the pool, holds when the app imports torch
-        sys.modules["torch"].set_num_threads(threads)
+        sys.modules["torch"].set_num_threads(int(setup["threads"]))
     if warm is not None:
         try:
             _function(warm[0])(warm[1])
-        except Exception:  # noqa: BLE001,S110 - only a head start: a real problem shows (and is reported) on the first message
-            pass
+        except Exception:  # only a head start: the worker still serves, and a real problem shows again on the first message
+            log.warning("site worker pid %d: warm-up %s failed; it goes on without it", os.getpid(), warm[0], exc_info=True)
     conn.send_bytes(READY)
     contexts: dict[int, tuple[Context, bytes]] = {}  # each node's Context, kept apart, and its bytes as last synced
     for message, context_bytes in _requests(conn):

@@ -4,6 +4,7 @@ dead or stuck worker's sites are served again by a fresh worker with their state
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -51,6 +52,16 @@ def stateful_app() -> ClientApp:
 def warm_marker(path: str) -> None:
     """A warm-up that leaves a mark (the worker ran it before its first message)."""
     Path(path).write_text(str(os.getpid()))
+
+
+def warm_measure(study_json: str) -> None:
+    """A warm-up that writes where it was told how much of the study's JSON it got."""
+    study = json.loads(study_json)
+    Path(study["mark"]).write_text(str(len(study_json)))
+
+
+def warm_broken(study_json: str) -> None:
+    raise RuntimeError("the data share is unreachable")
 
 
 def _contexts() -> dict[int, Context]:
@@ -195,6 +206,28 @@ def test_a_worker_warms_up_before_its_first_message(tmp_path):
         assert mark.read_text() == str(pool.pids[0])
     with pytest.raises(ConfigError, match="warm-up reference"):
         SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:no_such_function", ""))
+
+
+def test_a_study_json_larger_than_one_command_line_argument_warms_a_worker(tmp_path):
+    """The attack: a study with many feature ranges, its JSON past Linux's 128 KiB limit on one
+    argument (E2BIG when it went on the worker's command line, where `ps` also showed it)."""
+    mark = tmp_path / "warm"
+    study_json = json.dumps({"mark": str(mark), "feature_ranges": {f"feature_{i}": [0.0, float(i)] for i in range(8000)}})
+    assert len(study_json) > 200 * 1024
+    with SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:warm_measure", study_json)) as pool:
+        pool.wait_ready(120)
+        assert mark.read_text() == str(len(study_json))
+        with open(f"/proc/{pool.pids[0]}/cmdline", "rb") as cmdline:
+            assert b"feature_" not in cmdline.read()
+
+
+def test_a_failed_warm_up_is_logged_and_the_worker_still_serves(capfd):
+    with SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:warm_broken", "{}")) as pool:
+        pool.wait_ready(120)
+        with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=1) as grid:
+            assert _out(_ask(grid, [_train(201)])[201])["count"] == 1
+    logged = capfd.readouterr().err  # the worker writes to the stderr it inherited
+    assert "warm_broken failed" in logged and "the data share is unreachable" in logged
 
 
 def blas_threads_app() -> ClientApp:
