@@ -65,6 +65,10 @@ __all__ = ["SiteProcessPool", "load_client_app"]
 #: A worker's first frame once its ClientApp is loaded (else the reason it could not be).
 READY = b"ready"
 
+#: The one-byte tag in front of each Context frame: the Context's bytes follow, or the receiver's copy is current.
+#: (A tag, not an empty frame, marks "unchanged": a Context can encode to no bytes at all.)
+CHANGED, UNCHANGED = b"C", b"="
+
 #: The site workers log to the ServerApp's log (Flower's), which a worker writes to its stderr.
 log = logging.getLogger("flwr")
 
@@ -332,9 +336,9 @@ class SiteProcessPool:
         context_bytes = context_to_proto(context).SerializeToString()
         try:
             worker.conn.send_bytes(message_to_proto(message).SerializeToString())
-            worker.conn.send_bytes(b"" if worker.held.get(node) == context_bytes else context_bytes)
+            worker.conn.send_bytes(_context_frame(context_bytes, worker.held.get(node)))
             reply_bytes = worker.conn.recv_bytes()
-            returned = worker.conn.recv_bytes()
+            returned = _context_of(worker.conn.recv_bytes())
         except (EOFError, OSError) as exc:
             _reap(worker.process, grace=0.5)
             lost = SiteWorkerLost(
@@ -344,7 +348,7 @@ class SiteProcessPool:
             self._replace(slot, worker)
             raise lost from exc
         worker.busy_with = ""
-        if returned:
+        if returned is not None:
             updated = context_from_proto(ProtoContext.FromString(returned))
             context.node_config, context.state = updated.node_config, updated.state  # as a ClientApp in process leaves them
             context_bytes = returned
@@ -361,6 +365,21 @@ class SiteProcessPool:
             return  # closing: no new worker
         with slot.turn:
             slot.worker = fresh
+
+
+def _context_frame(encoded: bytes, held: bytes | None) -> bytes:
+    """The frame that brings the receiver's copy of a Context (``held``: what it has, None: nothing) to ``encoded``."""
+    return UNCHANGED if encoded == held else CHANGED + encoded
+
+
+def _context_of(frame: bytes) -> bytes | None:
+    """A Context frame's bytes (None: unchanged)."""
+    tag, encoded = frame[:1], frame[1:]
+    if tag == CHANGED:
+        return encoded
+    if tag == UNCHANGED and not encoded:
+        return None
+    raise OSError(f"a site worker's Context frame starts with {tag!r}, not {CHANGED!r} or {UNCHANGED!r}")
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
@@ -441,7 +460,7 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
     contexts: dict[int, tuple[Context, bytes]] = {}  # each node's Context, kept apart, and its bytes as last synced
     for message, context_bytes in _requests(conn):
         node = message.metadata.dst_node_id
-        if context_bytes:
+        if context_bytes is not None:
             contexts[node] = (context_from_proto(ProtoContext.FromString(context_bytes)), context_bytes)
         context, held = contexts[node]
         try:
@@ -451,7 +470,7 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
             reply = error_reply(exc, message)
         after = context_to_proto(context).SerializeToString()
         conn.send_bytes(message_to_proto(reply).SerializeToString())
-        conn.send_bytes(b"" if after == held else after)
+        conn.send_bytes(_context_frame(after, held))
         contexts[node] = (context, after)
 
 
@@ -466,11 +485,12 @@ def _leave_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _requests(conn: _Duplex) -> Iterator[tuple[Message, bytes]]:
+def _requests(conn: _Duplex) -> Iterator[tuple[Message, bytes | None]]:
+    """Each (message, Context bytes or None when the worker's copy is current) the parent sends."""
     while True:
         try:
             message_bytes = conn.recv_bytes()
-            context_bytes = conn.recv_bytes()
+            context_bytes = _context_of(conn.recv_bytes())
         except (EOFError, OSError):
             return  # the parent closed the pipe: the study is over
         yield message_from_proto(ProtoMessage.FromString(message_bytes)), context_bytes

@@ -49,6 +49,35 @@ def stateful_app() -> ClientApp:
     return app
 
 
+def forgetful_app() -> ClientApp:
+    """Counts its messages in its Context; told to forget, it leaves the Context's state empty. In a
+    worker, a Context with an empty state encodes to no bytes at all (see ``_encode_forgotten_as_nothing``)."""
+    import sys
+
+    import flsuite.flower.site_processes as site_processes
+
+    if sys.argv[0] == "-c":  # in a worker process, not in the parent that checks the reference
+        site_processes.context_to_proto = _encode_forgotten_as_nothing
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        count = int(context.state.config_records.get("site", ConfigRecord({"count": 0}))["count"]) + 1
+        context.state = RecordDict() if "forget" in msg.content.config_records else RecordDict({"site": ConfigRecord({"count": count})})
+        return Message(RecordDict({"out": ConfigRecord({"count": count})}), reply_to=msg)
+
+    return app
+
+
+def _encode_forgotten_as_nothing(context: Context):
+    """Flower's Context encoding, except that a Context whose state is empty encodes to b"" (Flower's own
+    always writes the state field, but nothing in the pipe protocol may depend on that)."""
+    from flwr.common.serde import context_to_proto
+    from flwr.proto.message_pb2 import Context as ProtoContext
+
+    return ProtoContext() if not context.state else context_to_proto(context)
+
+
 def warm_marker(path: str) -> None:
     """A warm-up that leaves a mark (the worker ran it before its first message)."""
     Path(path).write_text(str(os.getpid()))
@@ -139,6 +168,27 @@ def test_a_context_changed_by_the_parent_reaches_the_worker(pool):
     with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=len(NODES)) as grid:
         fresh = _ask(grid, [_train(n) for n in NODES])  # fresh Contexts: every count starts again
     assert all(_out(fresh[n])["count"] == 1 for n in NODES)
+
+
+def test_a_context_that_encodes_to_no_bytes_goes_both_ways(monkeypatch):
+    """The attack on "an empty frame means unchanged": a Context that encodes to b"". Sent to a
+    worker that holds none for the site, it killed the worker (KeyError); left so by the site, the
+    parent kept its stale copy."""
+    import flsuite.flower.site_processes as site_processes
+
+    monkeypatch.setattr(site_processes, "context_to_proto", _encode_forgotten_as_nothing)
+    context = Context(run_id=5, node_id=201, node_config={}, state=RecordDict(), run_config={})
+    assert _encode_forgotten_as_nothing(context).SerializeToString() == b""
+    with SiteProcessPool(f"{__name__}:forgetful_app", workers=1) as pool:
+        pool.wait_ready(120)
+        with InProcessGrid({201: pool}, {201: context}, run=new_run(5), workers=1) as grid:
+            assert _out(_ask(grid, [_train(201)])[201])["count"] == 1  # not an Error reply: the worker took b""
+            assert context.state.config_records["site"]["count"] == 1
+            assert _out(_ask(grid, [_train(201, forget={"x": 1})])[201])["count"] == 2
+            assert not context.state  # the parent's Context is as the site left it: forgotten
+            assert _out(_ask(grid, [_train(201)])[201])["count"] == 1
+        (pid,) = pool.pids
+        assert is_running(pid)  # the same worker all along
 
 
 def test_a_dead_workers_sites_are_served_again_with_their_state(pool):
