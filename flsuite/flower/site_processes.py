@@ -13,26 +13,32 @@ The pool is a handler for ``InProcessGrid``. **Site affinity**: each node is ser
 worker slot, so the site's caches in that worker stay warm and are built once, never once per
 worker. ``assign(weights)`` places the nodes on the slots longest-processing-time first (the
 heaviest site on the least loaded slot); a node never assigned goes to the least loaded slot
-when its first message comes. A slot handles one message at a time; the grid may call the pool
-for every node at once (its ``workers`` then only bounds the threads).
+when its first message comes. A slot handles one message at a time, in the order they came
+(so a late message of a round that timed out cannot overtake the next round's); the grid may
+call the pool for every node at once (its ``workers`` then only bounds the threads).
 
-For each message the parent sends the message and the node's Context as Flower protobuf bytes
-(never pickled data), the Context only when the worker does not already hold exactly these
-bytes for that node (an empty frame otherwise). The worker keeps one Context per node it
-serves, runs the ClientApp on it under the same Flower task identity as the grid sets in
-process, and answers with the reply and the Context, again only if it changed. The parent
+A worker's setup (the ClientApp reference, threads, preload modules, and the warm-up function
+and its argument, e.g. the study's JSON) is its first frame over the pipe, never on its command
+line. For each message the parent sends the message and the node's Context as Flower protobuf
+bytes (never pickled data); each Context frame starts with a one-byte tag: the Context's bytes
+follow, or the worker already holds exactly these bytes for that node. The worker keeps one
+Context per node it serves, runs the ClientApp on it under the same Flower task identity as the
+grid sets in process, and answers with the reply and the Context, again tagged. The parent
 writes the returned node config and state into the node's Context (as a ClientApp in process
 would have left them), so a fresh worker can take over a node at any time.
 
 Failures: a ClientApp that raises gives the same Error reply the grid makes in process; a
 worker that dies is replaced in its slot (the new one gets each node's Context from the
 parent) and its message answered with an Error reply; a worker that hangs keeps its slot (the
-grid's round timeout cuts the round) until ``stuck_after_s`` seconds pass with a message
-waiting for it: it is then killed by PID and a fresh worker takes its slot (without
-``stuck_after_s``, until the pool is closed); a worker that cannot load the ClientApp answers
-every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``) stops
-every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing the
-pool (SIGKILL) ends by itself within a second.
+grid's round timeout cuts the round) until, while another message waits for the slot, the one
+message it is running has run ``stuck_after_s`` seconds (timed from that message's own start,
+never from when the waiting one began to wait, so a slow worker with a long queue is not
+stuck): it is then killed by PID, its message answered with an Error reply and a fresh worker
+takes its slot (without ``stuck_after_s``, it hangs until the pool is closed); a warm-up that
+raises is logged, and the worker serves without it; a worker that cannot load the ClientApp
+answers every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``)
+stops every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing
+the pool (SIGKILL) ends by itself within a second.
 """
 
 from __future__ import annotations
