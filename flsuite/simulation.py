@@ -86,7 +86,7 @@ def run_local_study(
             # Started now, so that the workers' start-up overlaps the coordinator's preparation and
             # planning; stopped by PID when the study ends, however it ends.
             # Each site stays on one worker (its caches warm there), sites balanced by their records; a worker
-            # still busy when a message has waited a whole round's deadline for it is replaced.
+            # that has run one message for a whole round's deadline while another waits for it is replaced.
             pool = SiteProcessPool(reference, workers=site_workers, threads=study.engine.threads_per_site,
                                    preload=("flsuite.site.handlers",), warm=(WARM_SITE_WORKER, study.model_dump_json()),
                                    stuck_after_s=max(study.federation.round_timeout_s, study.secagg.stage_timeout_s or 0.0))

@@ -13,37 +13,46 @@ The pool is a handler for ``InProcessGrid``. **Site affinity**: each node is ser
 worker slot, so the site's caches in that worker stay warm and are built once, never once per
 worker. ``assign(weights)`` places the nodes on the slots longest-processing-time first (the
 heaviest site on the least loaded slot); a node never assigned goes to the least loaded slot
-when its first message comes. A slot handles one message at a time; the grid may call the pool
-for every node at once (its ``workers`` then only bounds the threads).
+when its first message comes. A slot handles one message at a time, in the order they came
+(so a late message of a round that timed out cannot overtake the next round's); the grid may
+call the pool for every node at once (its ``workers`` then only bounds the threads).
 
-For each message the parent sends the message and the node's Context as Flower protobuf bytes
-(never pickled data), the Context only when the worker does not already hold exactly these
-bytes for that node (an empty frame otherwise). The worker keeps one Context per node it
-serves, runs the ClientApp on it under the same Flower task identity as the grid sets in
-process, and answers with the reply and the Context, again only if it changed. The parent
+A worker's setup (the ClientApp reference, threads, preload modules, and the warm-up function
+and its argument, e.g. the study's JSON) is its first frame over the pipe, never on its command
+line. For each message the parent sends the message and the node's Context as Flower protobuf
+bytes (never pickled data); each Context frame starts with a one-byte tag: the Context's bytes
+follow, or the worker already holds exactly these bytes for that node. The worker keeps one
+Context per node it serves, runs the ClientApp on it under the same Flower task identity as the
+grid sets in process, and answers with the reply and the Context, again tagged. The parent
 writes the returned node config and state into the node's Context (as a ClientApp in process
 would have left them), so a fresh worker can take over a node at any time.
 
 Failures: a ClientApp that raises gives the same Error reply the grid makes in process; a
 worker that dies is replaced in its slot (the new one gets each node's Context from the
 parent) and its message answered with an Error reply; a worker that hangs keeps its slot (the
-grid's round timeout cuts the round) until ``stuck_after_s`` seconds pass with a message
-waiting for it: it is then killed by PID and a fresh worker takes its slot (without
-``stuck_after_s``, until the pool is closed); a worker that cannot load the ClientApp answers
-every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``) stops
-every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing the
-pool (SIGKILL) ends by itself within a second.
+grid's round timeout cuts the round) until, while another message waits for the slot, the one
+message it is running has run ``stuck_after_s`` seconds (timed from that message's own start,
+never from when the waiting one began to wait, so a slow worker with a long queue is not
+stuck): it is then killed by PID, its message answered with an Error reply and a fresh worker
+takes its slot (without ``stuck_after_s``, it hangs until the pool is closed); a warm-up that
+raises is logged, and the worker serves without it; a worker that cannot load the ClientApp
+answers every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``)
+stops every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing
+the pool (SIGKILL) ends by itself within a second.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -61,6 +70,13 @@ __all__ = ["SiteProcessPool", "load_client_app"]
 
 #: A worker's first frame once its ClientApp is loaded (else the reason it could not be).
 READY = b"ready"
+
+#: The one-byte tag in front of each Context frame: the Context's bytes follow, or the receiver's copy is current.
+#: (A tag, not an empty frame, marks "unchanged": a Context can encode to no bytes at all.)
+CHANGED, UNCHANGED = b"C", b"="
+
+#: The site workers log to the ServerApp's log (Flower's), which a worker writes to its stderr.
+log = logging.getLogger("flwr")
 
 #: Seconds a worker gets to leave after SIGTERM before SIGKILL.
 STOP_GRACE_S = 2.0
@@ -90,6 +106,8 @@ class _Worker:
     failure: str = ""
     #: The Context bytes this worker holds for each node it served (what it last received or sent).
     held: dict[int, bytes] = field(default_factory=dict)
+    #: The thread writing the worker's setup frame (it blocks until the worker has started and reads it).
+    sender: threading.Thread | None = None
 
     def await_ready(self, timeout: float | None = None) -> None:
         """Read the worker's first frame: it has loaded the ClientApp (or raise why it could not, every time)."""
@@ -105,13 +123,30 @@ class _Worker:
     def pid(self) -> int:
         return self.process.pid
 
+    def close(self) -> None:
+        """Close the pipes of a worker that ended (its setup sender fails at once then, and is awaited)."""
+        if self.sender is not None:
+            self.sender.join()
+        self.conn.close()
+
 
 @dataclass
 class _Slot:
-    """One place in the pool: the worker serving it now and the lock that lets one message in at a time."""
+    """One place in the pool: the worker serving it now, and its queue (one message at a time, first come first served).
+
+    Every field is read and written under ``turn``.
+    """
 
     worker: _Worker
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    turn: threading.Condition = field(default_factory=threading.Condition)
+    #: The waiting threads' tokens in arrival order: the first goes in once the slot is idle.
+    queue: deque[object] = field(default_factory=deque)
+    #: The number of the exchange running now (or last), the worker it runs on, and when it began (None: idle).
+    exchange: int = 0
+    running: _Worker | None = None
+    busy_since: float | None = None
+    #: The last exchange whose worker was killed as stuck (killed once, however many threads wait).
+    killed: int = 0
 
 
 class SiteProcessPool:
@@ -137,7 +172,6 @@ class SiteProcessPool:
         self._loads = [0.0] * workers  # the weights of the nodes placed on each slot
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
-        self._retiring = threading.Lock()
         self._closed = False
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -157,12 +191,13 @@ class SiteProcessPool:
         """Block until every worker has loaded its ClientApp (tests; the engine just starts sending)."""
         deadline = time.monotonic() + timeout
         for slot in self._slots:
-            if not slot.lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            worker = self._enter(slot, deadline)
+            if worker is None:
                 raise SiteWorkerLost(f"site worker pid {slot.worker.pid} stayed busy for {timeout:g} s")
             try:
-                slot.worker.await_ready(max(0.0, deadline - time.monotonic()))
+                worker.await_ready(max(0.0, deadline - time.monotonic()))
             finally:
-                slot.lock.release()
+                self._leave(slot)
 
     @property
     def pids(self) -> list[int]:
@@ -180,15 +215,17 @@ class SiteProcessPool:
                 worker.process.terminate()
         for worker in workers:
             _reap(worker.process)
-            worker.conn.close()
+            worker.close()
 
     def _spawn(self) -> _Worker:
         """A fresh interpreter (no fork, no re-import of the parent's __main__) talking over a pipe pair."""
         to_worker_r, to_worker_w = os.pipe()
         from_worker_r, from_worker_w = os.pipe()
-        code = (f"from flsuite.flower.site_processes import _worker_main; "
-                f"_worker_main({to_worker_r}, {from_worker_w}, {self.app_reference!r}, {self.threads}, {self.preload!r}, "
-                f"{self.warm!r})")
+        # Only the pipes on the command line: the setup (a study's JSON can pass Linux's 128 KiB limit on
+        # one argument, and would show in `ps`) is the first frame over the pipe.
+        code = f"from flsuite.flower.site_processes import _worker_main; _worker_main({to_worker_r}, {from_worker_w})"
+        setup = json.dumps({"app": self.app_reference, "threads": self.threads, "preload": list(self.preload),
+                            "warm": None if self.warm is None else list(self.warm)}).encode()
         # The worker imports what the parent can: its sys.path, as multiprocessing's spawn passes it.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p),
                "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -207,6 +244,11 @@ class SiteProcessPool:
         finally:
             os.close(to_worker_r)
             os.close(from_worker_w)
+        # Written from a thread: a frame larger than the pipe's buffer waits for the worker to start reading,
+        # and start() returns at once. Nothing else writes to the worker before it answers READY.
+        worker.sender = threading.Thread(target=_send_setup, args=(worker.conn, setup), name=f"site-worker-{worker.pid}-setup",
+                                         daemon=True)
+        worker.sender.start()
         return worker
 
     # -- affinity ------------------------------------------------------------------------------
@@ -237,27 +279,57 @@ class SiteProcessPool:
         """Run the ClientApp on ``message`` in the node's worker; updates ``context`` as the ClientApp left it."""
         node = message.metadata.dst_node_id
         slot = self._slots[self.slot_of(node)]
-        lock, worker = self._enter(slot)
+        worker = self._enter(slot)
+        assert worker is not None  # no deadline: it waits for its turn
         try:
             return self._exchange(slot, worker, node, message, context)
         finally:
-            lock.release()
+            self._leave(slot)
 
-    def _enter(self, slot: _Slot) -> tuple[threading.Lock, _Worker]:
-        """Take the slot's lock and its worker; a worker that holds it past ``stuck_after_s`` is killed by PID and replaced."""
-        while True:
-            lock = slot.lock
-            if lock.acquire(timeout=-1 if self.stuck_after_s is None else self.stuck_after_s):
-                with self._retiring:
-                    if slot.lock is lock:  # not a lock released late by a worker that was set aside meanwhile
-                        return lock, slot.worker
-                lock.release()
-                continue
-            with self._retiring:  # one replacement at a time
-                if slot.lock is lock:  # still that stuck worker: a fresh one takes the slot (raises once closing)
-                    stuck, fresh = slot.worker, self._spawn()
-                    slot.worker, slot.lock = fresh, threading.Lock()
-                    stuck.process.kill()  # its message's thread sees the pipe close and answers an Error reply
+    def _enter(self, slot: _Slot, deadline: float | None = None) -> _Worker | None:
+        """Wait for the slot's turn, first come first served; its worker, or None once ``deadline`` passed.
+
+        While waiting, the exchange running in the slot is timed from its own start (never from when
+        this message began to wait): once that same exchange has run ``stuck_after_s``, its worker is
+        stuck and is killed by PID (its thread then sees the pipe close, answers an Error reply and puts
+        a fresh worker in the slot). Healthy messages queued ahead of this one never count.
+        """
+        token = object()
+        with slot.turn:
+            slot.queue.append(token)
+            try:
+                admitted = self._await_turn(slot, token, deadline)
+            finally:
+                slot.queue.remove(token)
+                slot.turn.notify_all()  # the next in line looks again
+            if not admitted:
+                return None
+            slot.exchange += 1
+            slot.running, slot.busy_since = slot.worker, time.monotonic()
+            return slot.worker
+
+    def _await_turn(self, slot: _Slot, token: object, deadline: float | None) -> bool:
+        """Under ``slot.turn``: wait until ``token`` is first in line and the slot idle (False: ``deadline`` passed)."""
+        while slot.busy_since is not None or slot.queue[0] is not token:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            wake = deadline
+            if self.stuck_after_s is not None and slot.busy_since is not None and slot.killed != slot.exchange:
+                stuck_at = slot.busy_since + self.stuck_after_s
+                if now >= stuck_at:  # this very exchange has run stuck_after_s: decided under the lock, so no race
+                    slot.killed = slot.exchange
+                    if slot.running is not None:
+                        slot.running.process.kill()
+                    continue
+                wake = stuck_at if wake is None else min(wake, stuck_at)
+            slot.turn.wait(None if wake is None else wake - now)
+        return True
+
+    def _leave(self, slot: _Slot) -> None:
+        with slot.turn:
+            slot.running, slot.busy_since = None, None
+            slot.turn.notify_all()
 
     def _exchange(self, slot: _Slot, worker: _Worker, node: int, message: Message, context: Context) -> Message:
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
@@ -270,9 +342,9 @@ class SiteProcessPool:
         context_bytes = context_to_proto(context).SerializeToString()
         try:
             worker.conn.send_bytes(message_to_proto(message).SerializeToString())
-            worker.conn.send_bytes(b"" if worker.held.get(node) == context_bytes else context_bytes)
+            worker.conn.send_bytes(_context_frame(context_bytes, worker.held.get(node)))
             reply_bytes = worker.conn.recv_bytes()
-            returned = worker.conn.recv_bytes()
+            returned = _context_of(worker.conn.recv_bytes())
         except (EOFError, OSError) as exc:
             _reap(worker.process, grace=0.5)
             lost = SiteWorkerLost(
@@ -282,7 +354,7 @@ class SiteProcessPool:
             self._replace(slot, worker)
             raise lost from exc
         worker.busy_with = ""
-        if returned:
+        if returned is not None:
             updated = context_from_proto(ProtoContext.FromString(returned))
             context.node_config, context.state = updated.node_config, updated.state  # as a ClientApp in process leaves them
             context_bytes = returned
@@ -290,15 +362,30 @@ class SiteProcessPool:
         return message_from_proto(ProtoMessage.FromString(reply_bytes))
 
     def _replace(self, slot: _Slot, worker: _Worker) -> None:
+        """Put a fresh worker in the slot of ``worker``, which ended (called by the thread whose turn it is)."""
         _reap(worker.process)
-        worker.conn.close()
-        with self._retiring:
-            if slot.worker is not worker:
-                return  # already set aside as stuck, and replaced
-            try:
-                slot.worker = self._spawn()
-            except SiteWorkerLost:
-                pass  # closing: no new worker
+        worker.close()
+        try:
+            fresh = self._spawn()
+        except SiteWorkerLost:
+            return  # closing: no new worker
+        with slot.turn:
+            slot.worker = fresh
+
+
+def _context_frame(encoded: bytes, held: bytes | None) -> bytes:
+    """The frame that brings the receiver's copy of a Context (``held``: what it has, None: nothing) to ``encoded``."""
+    return UNCHANGED if encoded == held else CHANGED + encoded
+
+
+def _context_of(frame: bytes) -> bytes | None:
+    """A Context frame's bytes (None: unchanged)."""
+    tag, encoded = frame[:1], frame[1:]
+    if tag == CHANGED:
+        return encoded
+    if tag == UNCHANGED and not encoded:
+        return None
+    raise OSError(f"a site worker's Context frame starts with {tag!r}, not {CHANGED!r} or {UNCHANGED!r}")
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
@@ -344,31 +431,42 @@ def _function(reference: str) -> Callable[[str], object]:
     return target
 
 
-def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, preload: tuple[str, ...],
-                 warm: tuple[str, str] | None = None) -> None:
-    """A worker's life: load the app and warm up, then answer (message, context) frames until the pipe closes."""
+def _send_setup(conn: _Duplex, setup: bytes) -> None:
+    try:
+        conn.send_bytes(setup)
+    except OSError:
+        pass  # the worker ended before reading it: the first message to it finds out, and says so
+
+
+def _worker_main(read_fd: int, write_fd: int) -> None:
+    """A worker's life: read its setup, load the app and warm up, then answer (message, context) frames until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
     _leave_with_parent(os.getppid())
     conn = _Pipe(read_fd, write_fd)
     try:
-        for module in preload:
+        setup = json.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return  # the pool was closed before this worker started
+    warm = setup["warm"]
+    try:
+        for module in setup["preload"]:
             importlib.import_module(module)
-        app = load_client_app(app_reference)
+        app = load_client_app(setup["app"])
     except Exception as exc:
         conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
         return
     if "torch" in sys.modules:  # else OMP_NUM_THREADS, set by the pool, holds when the app imports torch
-        sys.modules["torch"].set_num_threads(threads)
+        sys.modules["torch"].set_num_threads(int(setup["threads"]))
     if warm is not None:
         try:
             _function(warm[0])(warm[1])
-        except Exception:  # noqa: BLE001,S110 - only a head start: a real problem shows (and is reported) on the first message
-            pass
+        except Exception:  # only a head start: the worker still serves, and a real problem shows again on the first message
+            log.warning("site worker pid %d: warm-up %s failed; it goes on without it", os.getpid(), warm[0], exc_info=True)
     conn.send_bytes(READY)
     contexts: dict[int, tuple[Context, bytes]] = {}  # each node's Context, kept apart, and its bytes as last synced
     for message, context_bytes in _requests(conn):
         node = message.metadata.dst_node_id
-        if context_bytes:
+        if context_bytes is not None:
             contexts[node] = (context_from_proto(ProtoContext.FromString(context_bytes)), context_bytes)
         context, held = contexts[node]
         try:
@@ -378,7 +476,7 @@ def _worker_main(read_fd: int, write_fd: int, app_reference: str, threads: int, 
             reply = error_reply(exc, message)
         after = context_to_proto(context).SerializeToString()
         conn.send_bytes(message_to_proto(reply).SerializeToString())
-        conn.send_bytes(b"" if after == held else after)
+        conn.send_bytes(_context_frame(after, held))
         contexts[node] = (context, after)
 
 
@@ -393,11 +491,12 @@ def _leave_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
-def _requests(conn: _Duplex) -> Iterator[tuple[Message, bytes]]:
+def _requests(conn: _Duplex) -> Iterator[tuple[Message, bytes | None]]:
+    """Each (message, Context bytes or None when the worker's copy is current) the parent sends."""
     while True:
         try:
             message_bytes = conn.recv_bytes()
-            context_bytes = conn.recv_bytes()
+            context_bytes = _context_of(conn.recv_bytes())
         except (EOFError, OSError):
             return  # the parent closed the pipe: the study is over
         yield message_from_proto(ProtoMessage.FromString(message_bytes)), context_bytes

@@ -4,6 +4,7 @@ dead or stuck worker's sites are served again by a fresh worker with their state
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,8 @@ def stateful_app() -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         if context.node_id == STUCK and "stick" in msg.content.config_records:
             time.sleep(3600)
+        if "slow" in msg.content.config_records:
+            time.sleep(float(msg.content.config_records["slow"]["s"]))
         state = context.state.config_records.get("site", ConfigRecord({"count": 0}))
         seen = sorted(str(k) for k in state)  # every key this site's state holds
         state["count"] = int(state["count"]) + 1
@@ -46,9 +49,48 @@ def stateful_app() -> ClientApp:
     return app
 
 
+def forgetful_app() -> ClientApp:
+    """Counts its messages in its Context; told to forget, it leaves the Context's state empty. In a
+    worker, a Context with an empty state encodes to no bytes at all (see ``_encode_forgotten_as_nothing``)."""
+    import sys
+
+    import flsuite.flower.site_processes as site_processes
+
+    if sys.argv[0] == "-c":  # in a worker process, not in the parent that checks the reference
+        site_processes.context_to_proto = _encode_forgotten_as_nothing
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        count = int(context.state.config_records.get("site", ConfigRecord({"count": 0}))["count"]) + 1
+        context.state = RecordDict() if "forget" in msg.content.config_records else RecordDict({"site": ConfigRecord({"count": count})})
+        return Message(RecordDict({"out": ConfigRecord({"count": count})}), reply_to=msg)
+
+    return app
+
+
+def _encode_forgotten_as_nothing(context: Context):
+    """Flower's Context encoding, except that a Context whose state is empty encodes to b"" (Flower's own
+    always writes the state field, but nothing in the pipe protocol may depend on that)."""
+    from flwr.common.serde import context_to_proto
+    from flwr.proto.message_pb2 import Context as ProtoContext
+
+    return ProtoContext() if not context.state else context_to_proto(context)
+
+
 def warm_marker(path: str) -> None:
     """A warm-up that leaves a mark (the worker ran it before its first message)."""
     Path(path).write_text(str(os.getpid()))
+
+
+def warm_measure(study_json: str) -> None:
+    """A warm-up that writes where it was told how much of the study's JSON it got."""
+    study = json.loads(study_json)
+    Path(study["mark"]).write_text(str(len(study_json)))
+
+
+def warm_broken(study_json: str) -> None:
+    raise RuntimeError("the data share is unreachable")
 
 
 def _contexts() -> dict[int, Context]:
@@ -128,6 +170,27 @@ def test_a_context_changed_by_the_parent_reaches_the_worker(pool):
     assert all(_out(fresh[n])["count"] == 1 for n in NODES)
 
 
+def test_a_context_that_encodes_to_no_bytes_goes_both_ways(monkeypatch):
+    """The attack on "an empty frame means unchanged": a Context that encodes to b"". Sent to a
+    worker that holds none for the site, it killed the worker (KeyError); left so by the site, the
+    parent kept its stale copy."""
+    import flsuite.flower.site_processes as site_processes
+
+    monkeypatch.setattr(site_processes, "context_to_proto", _encode_forgotten_as_nothing)
+    context = Context(run_id=5, node_id=201, node_config={}, state=RecordDict(), run_config={})
+    assert _encode_forgotten_as_nothing(context).SerializeToString() == b""
+    with SiteProcessPool(f"{__name__}:forgetful_app", workers=1) as pool:
+        pool.wait_ready(120)
+        with InProcessGrid({201: pool}, {201: context}, run=new_run(5), workers=1) as grid:
+            assert _out(_ask(grid, [_train(201)])[201])["count"] == 1  # not an Error reply: the worker took b""
+            assert context.state.config_records["site"]["count"] == 1
+            assert _out(_ask(grid, [_train(201, forget={"x": 1})])[201])["count"] == 2
+            assert not context.state  # the parent's Context is as the site left it: forgotten
+            assert _out(_ask(grid, [_train(201)])[201])["count"] == 1
+        (pid,) = pool.pids
+        assert is_running(pid)  # the same worker all along
+
+
 def test_a_dead_workers_sites_are_served_again_with_their_state(pool):
     contexts = _contexts()
     with InProcessGrid({n: pool for n in NODES}, contexts, run=new_run(5), workers=len(NODES)) as grid:
@@ -142,9 +205,10 @@ def test_a_dead_workers_sites_are_served_again_with_their_state(pool):
     assert _out(after[202])["pid"] == _out(before[202])["pid"] and _out(after[202])["count"] == 2
 
 
-def test_a_stuck_worker_is_replaced_once_a_message_waited_its_deadline():
+def test_a_stuck_worker_is_replaced_once_one_message_ran_past_its_deadline():
     """The attack: a site that hangs forever. Without stuck_after_s its worker's other sites would wait
-    for it in every later round; with it, the stuck worker is killed by PID and a fresh one serves them."""
+    for it in every later round; with it, once that one message has run stuck_after_s the stuck worker
+    is killed by PID and a fresh one serves them."""
     pool = SiteProcessPool(f"{__name__}:stateful_app", workers=2, stuck_after_s=3)
     pool.assign({201: 40.0, 202: 30.0, 203: 20.0, 204: 10.0})  # 203 shares slot 1 with 202
     pool.start()
@@ -166,6 +230,25 @@ def test_a_stuck_worker_is_replaced_once_a_message_waited_its_deadline():
     assert not any(is_running(pid) for pid in pool.pids)
 
 
+def test_a_slow_but_healthy_worker_is_never_killed_however_long_its_queue():
+    """The attack on "stuck = a message waited stuck_after_s": four sites share one worker, each message
+    takes 1 s (well under stuck_after_s), so the last waits 3 s or more behind healthy messages. Timed
+    from when it began waiting, the worker would be killed mid-message (mid DP training: the site's
+    reservation burnt); timed from the running message's start, it never is."""
+    pool = SiteProcessPool(f"{__name__}:stateful_app", workers=1, stuck_after_s=2.5)
+    pool.start()
+    try:
+        pool.wait_ready(120)
+        with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=len(NODES)) as grid:
+            replies = _ask(grid, [_train(n, slow={"s": 1.0}) for n in NODES])
+        assert set(replies) == set(NODES)
+        pids = {_out(replies[n])["pid"] for n in NODES}  # every message answered, none an Error reply
+        assert pids == set(pool.pids) and len(pids) == 1 and all(is_running(pid) for pid in pids)  # never replaced
+    finally:
+        pool.close()
+    assert not any(is_running(pid) for pid in pool.pids)
+
+
 def test_a_worker_warms_up_before_its_first_message(tmp_path):
     mark = tmp_path / "warm"
     with SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:warm_marker", str(mark))) as pool:
@@ -173,6 +256,28 @@ def test_a_worker_warms_up_before_its_first_message(tmp_path):
         assert mark.read_text() == str(pool.pids[0])
     with pytest.raises(ConfigError, match="warm-up reference"):
         SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:no_such_function", ""))
+
+
+def test_a_study_json_larger_than_one_command_line_argument_warms_a_worker(tmp_path):
+    """The attack: a study with many feature ranges, its JSON past Linux's 128 KiB limit on one
+    argument (E2BIG when it went on the worker's command line, where `ps` also showed it)."""
+    mark = tmp_path / "warm"
+    study_json = json.dumps({"mark": str(mark), "feature_ranges": {f"feature_{i}": [0.0, float(i)] for i in range(8000)}})
+    assert len(study_json) > 200 * 1024
+    with SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:warm_measure", study_json)) as pool:
+        pool.wait_ready(120)
+        assert mark.read_text() == str(len(study_json))
+        with open(f"/proc/{pool.pids[0]}/cmdline", "rb") as cmdline:
+            assert b"feature_" not in cmdline.read()
+
+
+def test_a_failed_warm_up_is_logged_and_the_worker_still_serves(capfd):
+    with SiteProcessPool(f"{__name__}:stateful_app", workers=1, warm=(f"{__name__}:warm_broken", "{}")) as pool:
+        pool.wait_ready(120)
+        with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=1) as grid:
+            assert _out(_ask(grid, [_train(201)])[201])["count"] == 1
+    logged = capfd.readouterr().err  # the worker writes to the stderr it inherited
+    assert "warm_broken failed" in logged and "the data share is unreachable" in logged
 
 
 def blas_threads_app() -> ClientApp:
