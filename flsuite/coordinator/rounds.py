@@ -36,7 +36,7 @@ from flwr.serverapp.strategy import Strategy
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.cohort import CohortGrid, choose_cohort
-from flsuite.coordinator.integrity import DeclaredSizes, reply_weight_problem, update_problem
+from flsuite.coordinator.integrity import DeclaredSizes, decoded, reply_weight_problem, update_problem
 from flsuite.coordinator.pruning import MissedRounds, PrunedSite, pruning_text
 from flsuite.errors import ProtocolError
 
@@ -213,6 +213,7 @@ class PlainTrainRound:
         failures = len(cohort) - len(replies)
         refusals: list[Refusal | Rejection] = []
         answered: set[int] = set()  # nodes that trained, refused or were rejected: they did not miss the round
+        global_values = decoded(arrays)  # once per round, not once per reply
         for reply in replies:
             node = reply.metadata.src_node_id
             if not reply.has_error():
@@ -227,7 +228,7 @@ class PlainTrainRound:
                 else:
                     refusals.append(refusal)
             else:
-                why = self._problem(server_round, node, reply.content, arrays, rules)
+                why = self._problem(server_round, node, reply.content, global_values, rules)
                 if why is None:
                     trained.append(reply)
                 else:
@@ -244,12 +245,13 @@ class PlainTrainRound:
         sites = [site_report(reply.metadata.src_node_id, reply.content) for reply in trained]
         return RoundOutcome(new_arrays, sites, refusals, failures, missed=missed)
 
-    def _problem(self, server_round: int, node: int, content: RecordDict, arrays: ArrayRecord, rules: RoundRules) -> str | None:
+    def _problem(self, server_round: int, node: int, content: RecordDict, global_values: Mapping[str, Any],
+                 rules: RoundRules) -> str | None:
         """Why a train reply may not be averaged (its model, its weight, the DP plan), or None."""
         declared = rules.declared.get(node) if rules.declared is not None else None
         if rules.declared is not None and declared is None:
             return f"node {node} declared no record count (its status), so it has no aggregation weight"
-        why = update_problem(arrays, content, max_update_norm=rules.max_update_norm)
+        why = update_problem(global_values, content, max_update_norm=rules.max_update_norm)
         if why is None:
             why = reply_weight_problem(content, declared=declared)
         if why is None and self.reply_check is not None:
