@@ -53,8 +53,7 @@ def privacy_report(path: str | Path, *, versions: list[int] | None = None,
         verification = verify_registry(layout.root, expected_key=expected_key, check_blobs=False)
     elif verification.registry != str(layout.root):
         raise ValueError(f"the verification given is of {verification.registry}, not of {layout.root}")
-    elif expected_key is not None and (verification.pinned_key is None
-                                       or not any(key.startswith(check_pin(expected_key)) for key in verification.key_ids)):
+    elif (None if expected_key is None else check_pin(expected_key)) != verification.pin:
         raise ValueError("the verification given was not made under this pin: verify with the same expected_key")
     accounting, epsilon_fn = _accountant(epsilon_fn)
     infos = []

@@ -63,7 +63,8 @@ class VerifyReport:
     head_hash: str | None = None
     blobs_checked: int = 0
     blobs_decrypted: int = 0
-    pinned_key: str | None = None
+    pinned_key: str | None = None  # the genesis key the pin matched (None: no pin, or it matched none)
+    pin: str | None = None  # the expected key this verification was made under, as given (lower case)
     since_seq: int | None = None
     signed_head: SignedHead | None = None  # the verified head.json (None when it did not verify)
     published: dict[int, dict[str, Any]] = field(default_factory=dict)  # number -> logged payload + seq
@@ -97,7 +98,7 @@ def verify_registry(path: str | Path, *, encryption_key: bytes | None = None,
     """
     pin = None if expected_key is None else check_pin(expected_key)
     layout = Layout(Path(path).absolute())
-    report = VerifyReport(registry=str(layout.root))
+    report = VerifyReport(registry=str(layout.root), pin=pin)
     if not layout.is_registry():
         report.problems.append(Problem(str(layout.root), "layout", "not an flsuite registry "
                                        "(registry.json or audit.jsonl missing)"))

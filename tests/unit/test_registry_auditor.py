@@ -107,6 +107,12 @@ def test_audit_commands_under_a_pin_fail_on_the_re_signed_log(built) -> None:
     data = json.loads(bad_report.output)
     assert data["ok"] is False and data["verdict"].startswith("FAILED: audit entry 1")
     assert privacy_report(path, expected_key=genuine)["ok"] is False
+    # with --html (one verification serves the auditor's report and the privacy table): FAILED, exit 1, no
+    # crash, for a pin the genesis lists (the re-signed log) and for one it does not (a wrong key)
+    for pin in (genuine, "ab" * 32):
+        with_html = _run("audit", "report", str(path), "--expect-key", pin, "--html", str(path.parent / "report.html"))
+        assert with_html.exit_code == 1 and isinstance(with_html.exception, SystemExit), with_html.exception
+        assert "FAILED" in with_html.output
 
 
 def test_a_malformed_pin_is_bad_input(built) -> None:
