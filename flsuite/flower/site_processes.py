@@ -196,6 +196,8 @@ class SiteProcessPool:
                 raise SiteWorkerLost(f"site worker pid {slot.worker.pid} stayed busy for {timeout:g} s")
             try:
                 worker.await_ready(max(0.0, deadline - time.monotonic()))
+            except (EOFError, OSError) as exc:
+                raise SiteWorkerLost(f"site worker pid {worker.pid} ended before it loaded its ClientApp") from exc
             finally:
                 self._leave(slot)
 
@@ -332,6 +334,12 @@ class SiteProcessPool:
             slot.turn.notify_all()
 
     def _exchange(self, slot: _Slot, worker: _Worker, node: int, message: Message, context: Context) -> Message:
+        if worker.process.poll() is not None:
+            # It ended while idle (killed as stuck just after its last reply, or by the system): this
+            # message never reached it, so a fresh worker takes the slot and the message.
+            self._replace(slot, worker)
+            with slot.turn:
+                worker = slot.running = slot.worker
         worker.busy_with = f"node {node}'s {message.metadata.message_type} message"
         try:
             worker.await_ready()
@@ -441,6 +449,10 @@ def _send_setup(conn: _Duplex, setup: bytes) -> None:
 def _worker_main(read_fd: int, write_fd: int) -> None:
     """A worker's life: read its setup, load the app and warm up, then answer (message, context) frames until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops the workers
+    # Our pipe ends are for this process alone: a child the ClientApp starts must not hold them open,
+    # or the parent would never see the pipe close when this worker dies.
+    os.set_inheritable(read_fd, False)
+    os.set_inheritable(write_fd, False)
     _leave_with_parent(os.getppid())
     conn = _Pipe(read_fd, write_fd)
     try:

@@ -205,6 +205,25 @@ def test_a_dead_workers_sites_are_served_again_with_their_state(pool):
     assert _out(after[202])["pid"] == _out(before[202])["pid"] and _out(after[202])["count"] == 2
 
 
+def test_a_worker_that_died_while_idle_is_replaced_before_the_next_message_reaches_it(pool):
+    """A worker killed between messages (as stuck just after its last reply, or by the system) stayed
+    in its slot: the next healthy message to its sites was answered SiteWorkerLost."""
+    import os
+    import signal
+
+    contexts = _contexts()
+    with InProcessGrid({n: pool for n in NODES}, contexts, run=new_run(5), workers=len(NODES)) as grid:
+        before = _ask(grid, [_train(n) for n in NODES])
+        idle = _out(before[201])["pid"]
+        os.kill(idle, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while is_running(idle) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = _ask(grid, [_train(n) for n in NODES])
+    for node in (201, 204):  # served by a fresh worker, with their state, and no error
+        assert _out(after[node])["pid"] != idle and _out(after[node])["count"] == 2
+
+
 def test_a_stuck_worker_is_replaced_once_one_message_ran_past_its_deadline():
     """The attack: a site that hangs forever. Without stuck_after_s its worker's other sites would wait
     for it in every later round; with it, once that one message has run stuck_after_s the stuck worker
