@@ -19,25 +19,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
 from flsuite import protocol
 from flsuite.coordinator.planning import status_replies
 from flsuite.errors import ProtocolError
 
-__all__ = ["DeclaredSizes", "Declarations", "decoded", "reply_weight_problem", "status_count_problem", "update_problem"]
+__all__ = ["DeclaredSizes", "Declarations", "reply_weight_problem", "status_count_problem", "update_problem"]
 
 _SHOWN = 3  # names listed in a message before "..."
 
 
-def decoded(arrays: ArrayRecord) -> dict[str, np.ndarray]:
-    """The global model's arrays, decoded once for every reply's ``update_problem`` of a round."""
-    return {key: arrays[key].numpy() for key in arrays}
-
-
 def update_problem(global_arrays: Mapping[str, np.ndarray], content: RecordDict, *, max_update_norm: float | None) -> str | None:
-    """Why the reply's model cannot be averaged with ``global_arrays`` (the global model, ``decoded``), or None."""
+    """Why the reply's model cannot be averaged with ``global_arrays`` (the global model, decoded once a round), or None."""
     local = content.array_records.get(protocol.ARRAYS)
     if local is None:
         return f"the reply carries no model (ArrayRecord {protocol.ARRAYS!r})"
@@ -48,12 +43,11 @@ def update_problem(global_arrays: Mapping[str, np.ndarray], content: RecordDict,
         return "the reply's arrays are not the global model's: " + ", ".join(parts)
     squared = 0.0
     for key in global_arrays:
-        want = global_arrays[key]
         try:
             got = local[key].numpy()
         except Exception as error:  # bytes that do not decode as the array they claim to be
             return f"array {key!r} cannot be read ({type(error).__name__}: {error})"
-        expected = want
+        expected = global_arrays[key]
         if got.shape != expected.shape:
             return f"array {key!r} has shape {tuple(got.shape)}, the global model's is {tuple(expected.shape)}"
         if got.dtype != expected.dtype:

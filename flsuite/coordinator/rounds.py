@@ -36,9 +36,10 @@ from flwr.serverapp.strategy import Strategy
 from flsuite import protocol
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.cohort import CohortGrid, choose_cohort
-from flsuite.coordinator.integrity import DeclaredSizes, decoded, reply_weight_problem, update_problem
+from flsuite.coordinator.integrity import DeclaredSizes, reply_weight_problem, update_problem
 from flsuite.coordinator.pruning import MissedRounds, PrunedSite, pruning_text
 from flsuite.errors import ProtocolError
+from flsuite.models import decoded
 
 __all__ = [
     "PlainTrainRound",

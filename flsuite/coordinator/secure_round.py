@@ -40,7 +40,7 @@ from flsuite import protocol
 from flsuite.coordinator.integrity import status_count_problem
 from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, RoundRules, refusals_from, reported_name, site_report
 from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
-from flsuite.models.weights import ModelLayout
+from flsuite.models import ModelLayout, decoded
 from flsuite.secagg import CoordinatorRound, SecAggSettings, model_hash
 
 __all__ = ["SecureRoundResult", "SecureTrainRound", "secure_train_round"]
@@ -96,7 +96,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     missing = [n for n in nodes if n not in train_configs]
     if missing:
         raise ConfigError(f"train_configs lacks a ConfigRecord for nodes {missing}")
-    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once: layout, hash and vector
+    global_values = decoded(global_arrays)  # decoded once: layout, hash and vector
     layout = ModelLayout.of_values(global_values)
     if layout.size == 0:
         raise ConfigError(f"the global model has no weights to average (arrays: {sorted(global_values)}); secure "

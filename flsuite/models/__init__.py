@@ -4,6 +4,7 @@ from flsuite.lazy import lazy_exports
 
 _EXPORTS = {
     "ModelLayout": "weights",
+    "decoded": "weights",
     "load_arrays": "weights",
     "model_digest": "weights",
     "model_to_arrays": "weights",

@@ -20,12 +20,17 @@ if TYPE_CHECKING:  # torch loads only where a model is built (secure-aggregation
 
 from flsuite.secagg import model_hash
 
-__all__ = ["ModelLayout", "load_arrays", "model_digest", "model_to_arrays"]
+__all__ = ["ModelLayout", "decoded", "load_arrays", "model_digest", "model_to_arrays"]
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
     """The model's weights as an ArrayRecord (a copy, detached from the model)."""
     return ArrayRecord({key: value.detach().clone() for key, value in model.state_dict().items()})
+
+
+def decoded(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays as numpy arrays, in its order: decode once, then reuse (each decode parses the bytes)."""
+    return {key: record[key].numpy() for key in record}
 
 
 def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
@@ -46,7 +51,7 @@ class ModelLayout:
 
     @classmethod
     def of(cls, record: ArrayRecord) -> ModelLayout:
-        return cls.of_values({key: record[key].numpy() for key in record})
+        return cls.of_values(decoded(record))
 
     @classmethod
     def of_values(cls, values: Mapping[str, np.ndarray]) -> ModelLayout:
@@ -60,7 +65,7 @@ class ModelLayout:
 
     def flatten(self, record: ArrayRecord) -> np.ndarray:
         """One float64 vector of the record's arrays; ValueError when names or shapes differ."""
-        return self.flatten_values({key: record[key].numpy() for key in record.keys()})
+        return self.flatten_values(decoded(record))
 
     def flatten_values(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
         """One float64 vector of decoded arrays (one copy, no concatenation); ValueError when
@@ -114,4 +119,4 @@ class ModelLayout:
 
 def model_digest(record: ArrayRecord) -> bytes:
     """SHA-256 over every array's name, dtype, shape and bytes, in sorted name order."""
-    return model_hash({key: record[key].numpy() for key in record.keys()})
+    return model_hash(decoded(record))

@@ -26,7 +26,7 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from flsuite import protocol
 from flsuite.errors import ConfigError, SecAggRefused
-from flsuite.models.weights import ModelLayout
+from flsuite.models import ModelLayout, decoded
 from flsuite.secagg import load_identity, load_pinned_identities, model_hash
 from flsuite.secagg.site import SiteRound
 
@@ -129,8 +129,9 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     if protocol.ARRAYS not in records:
         site.refuse("bad-request", f"the train stage carries no ArrayRecord {protocol.ARRAYS!r}")
     global_arrays = records[protocol.ARRAYS]
-    global_values = {key: global_arrays[key].numpy() for key in global_arrays}  # decoded once for hash and update
+    global_values = decoded(global_arrays)  # decoded once for hash and update
     site.begin_train(request, model_hash=model_hash(global_values))  # refuses before any training
+    context.state[STATE_RECORD] = ConfigRecord(site.state)  # the share keys it dropped leave the Context before training
     config = msg.content.config_records.get(protocol.CONFIG, ConfigRecord())
     msg.content = RecordDict({protocol.ARRAYS: global_arrays, protocol.CONFIG: config})
     trained = call_next(msg, context)

@@ -56,11 +56,12 @@ def test_x25519_shared_many_equals_one_agreement_per_peer():
 
 def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path, monkeypatch):
     sites = Sites(tmp_path)
-    seen, at_masking = {}, {}
+    seen, at_masking, in_context = {}, {}, {}
     mask_update = SiteRound.mask_update
 
     def watched_mask_update(self, **kwargs):  # the per-peer share keys served begin_train only
         at_masking[self.node_id] = self.state
+        in_context[self.node_id] = dict(sites.contexts[self.node_id].state[protocol.SECAGG_STATE])  # what training saw
         return mask_update(self, **kwargs)
 
     monkeypatch.setattr(SiteRound, "mask_update", watched_mask_update)
@@ -77,7 +78,7 @@ def test_x25519_share_secret_is_gone_once_the_shares_are_sent(tmp_path, monkeypa
     for state in seen.values():
         assert "c-sk" not in state and len(state["share-keys"]) % 32 == 0 and state["share-keys"]
     assert set(at_masking) == set(sites.nodes)
-    for state in at_masking.values():
+    for state in [*at_masking.values(), *in_context.values()]:
         assert state["stage"] == "training" and "c-sk" not in state and "share-keys" not in state
 
 
