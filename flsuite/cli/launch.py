@@ -15,7 +15,8 @@ Give Hydra overrides after the command, as with `flsuite run`
 validated first, then submitted with `flwr run ... --stream` to the federation
 that `flsuite coordinator start --config FILE` started; pass the same --config.
 Run it on the coordinator's machine: the study's outputs and registry are written
-there (default outputs/DATE/TIME_NAME_OVERRIDES as `flsuite run` names it, or --output-dir).
+there (default outputs/DATE/TIME_NAME_OVERRIDES as `flsuite run` names it, or --output-dir, or
+hydra.run.dir=FOLDER).
 
 Exit status: 0 when the study completed, 3 when it ended early, 2 on bad input
 or when the coordinator does not answer.

@@ -25,8 +25,8 @@ def feature_range_problem(column: str, bounds: Any, *, where: str = "data.featur
     """Why ``bounds`` is not a declared feature range (two finite numbers, [min, max] with min < max); None when it is.
 
     The one check of a declared range, made where ranges enter: the config (``DataConfig``, so also
-    the study a site receives) and a schema file (``feature_schema.read_schema_file``). The scaler
-    trusts what passed it.
+    the study a site receives) and a schema file (``feature_schema.read_schema_file``), and again by
+    the scaler (``data.feature_ranges.scale_to_ranges``) for a caller that took neither path.
     """
     ok = (
         isinstance(bounds, (list, tuple))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from flsuite.config import HydraDirs, compose_study, run_folder, to_run_config, toml_scalar, validate_study
+from flsuite.config import HydraDirs, compose_study, run_folder, split_hydra_dirs, to_run_config, toml_scalar, validate_study
 from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.superlink import flwr_home
 from flsuite.deployment.config import CoordinatorConfig
@@ -95,13 +95,14 @@ def plan_launch(
     """
     if resume is not None:
         return _plan_resume(resume, overrides, federation=federation, coordinator=coordinator, output_dir=output_dir, app_dir=app_dir)
-    study = compose_study(list(overrides))
+    overrides, dirs = split_hydra_dirs(list(overrides), multirun=False)  # hydra.run.dir names the folder, as for `flsuite run`
+    study = compose_study(overrides)
     if study.engine.name not in ("inline", "deployment"):
         raise ConfigError(
             f"engine={study.engine.name} runs a simulated federation; `flsuite launch` always runs on the "
             "real federation (engine=deployment). Drop the engine override, or use `flsuite run`."
         )
-    folder = _output_folder(study, list(overrides), output_dir, now=now or datetime.now())
+    folder = _output_folder(study, overrides, output_dir, dirs, now=now or datetime.now())
     study = _for_deployment(study, folder)
     home = flwr_home(coordinator) if coordinator else _default_flwr_home()
     name = federation or (coordinator.federation if coordinator else None)
@@ -226,11 +227,13 @@ def _default_flwr_home() -> Path:
     return Path(os.environ.get("FLWR_HOME") or Path.home() / ".flwr").expanduser()
 
 
-def _output_folder(study: StudyConfig, overrides: list[str], output_dir: Path | None, *, now: datetime) -> Path:
-    """--output-dir, else the study's output_dir, else ``outputs/DATE/TIME_NAME_OVERRIDES`` as ``flsuite run`` names it."""
+def _output_folder(study: StudyConfig, overrides: list[str], output_dir: Path | None, dirs: HydraDirs, *,
+                   now: datetime) -> Path:
+    """--output-dir, else the study's output_dir, else hydra.run.dir, else ``outputs/DATE/TIME_NAME_OVERRIDES``,
+    as ``flsuite run`` names it."""
     if output_dir is None and study.output_dir:
         output_dir = Path(study.output_dir)
-    folder = run_folder(study.name, overrides, now, output_dir=output_dir, dirs=HydraDirs())
+    folder = run_folder(study.name, overrides, now, output_dir=output_dir, dirs=dirs)
     folder = folder.expanduser().resolve()
     for name in ("summary.json", "metrics.json"):
         if (folder / name).exists():

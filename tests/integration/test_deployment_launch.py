@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,10 @@ def test_default_output_folder_is_dated_and_absolute(files: FederationFiles, tmp
     assert plan.output_dir.is_absolute() and plan.output_dir.is_relative_to(tmp_path / "outputs")
     # named as `flsuite run` names its folder: TIME_NAME_OVERRIDES (it was TIME_NAME, without the overrides)
     assert re.fullmatch(r"\d\d-\d\d-\d\d_trial_name=trial_federation.rounds=2", plan.output_dir.name)
+    named = plan_launch(["name=trial", "hydra.run.dir=studies/${now:%Y}/one"], coordinator=files.coordinator())
+    assert named.output_dir == (tmp_path / "studies" / datetime.now().strftime("%Y") / "one")
+    with pytest.raises(ConfigError, match="hydra.job.chdir=true"):
+        plan_launch(["hydra.job.chdir=true"], coordinator=files.coordinator())
 
 
 def test_run_config_file_reads_back_as_the_same_study_through_flower(files: FederationFiles, tmp_path: Path) -> None:
