@@ -25,9 +25,7 @@ file, the line and the column.
 from __future__ import annotations
 
 import csv
-import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator
 from operator import itemgetter
 from pathlib import Path
@@ -36,7 +34,7 @@ from typing import Protocol
 import numpy as np
 
 from flsuite.data.datasets import Dataset
-from flsuite.data.site_cache import file_identity
+from flsuite.data.site_cache import FileVersionCache
 from flsuite.errors import DataError
 
 MAX_LABEL_WITHOUT_NUM_CLASSES = 10_000
@@ -53,8 +51,7 @@ FAST_BLOCK_BYTES = 1 << 22
 CACHE_SIZE = 4
 """Datasets ``load_csv`` keeps (least recently used first out)."""
 
-_CACHE: OrderedDict[tuple, Dataset] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
+_CACHE = FileVersionCache(CACHE_SIZE)
 
 
 class _CsvReader(Protocol):
@@ -81,24 +78,13 @@ def load_csv(
         raise DataError(f"CSV file {path} does not exist: check data.csv_path (or the site's data-path)")
     if num_classes is not None and num_classes < 1:
         raise DataError(f"num_classes={num_classes} for {path} must be at least 1: set data.num_classes")
-    key = (*file_identity(path), label_column, tuple(feature_columns) if feature_columns else None, num_classes)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            _CACHE.move_to_end(key)
-            return cached
-    dataset = _read(path, label_column, feature_columns, num_classes)
-    with _CACHE_LOCK:
-        _CACHE[key] = dataset
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return dataset
+    settings = (label_column, tuple(feature_columns) if feature_columns else None, num_classes)
+    return _CACHE.get(path, settings, lambda: _read(path, label_column, feature_columns, num_classes))
 
 
 def clear_csv_cache() -> None:
     """Forget every dataset ``load_csv`` kept (the next call parses its file again)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
 
 
 def _read(path: Path, label_column: str, feature_columns: list[str] | None, num_classes: int | None) -> Dataset:

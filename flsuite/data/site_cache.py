@@ -23,8 +23,48 @@ T = TypeVar("T")
 CACHE_SIZE = 4
 """Prepared results kept (least recently used first out)."""
 
-_CACHE: OrderedDict[tuple, object] = OrderedDict()
-_LOCK = threading.Lock()
+
+class FileVersionCache:
+    """The last ``size`` results built from files, keyed on the file's version and the caller's settings.
+
+    Thread-safe; least recently used first out. A file that cannot be stat'ed is not cached.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, path: str | Path, settings: Hashable, build: Callable[[], T]) -> T:
+        """``build()``'s result for this version of ``path`` and these ``settings``, built once.
+
+        The file is stat'ed before ``build`` reads it, so a file changed while it is read is kept
+        under its older identity and read again on the next call: never a fresh key with stale records.
+        """
+        try:
+            key = (file_identity(path), settings)
+        except OSError:
+            return build()  # no such file (or unreadable): the reader names the problem
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]  # type: ignore[return-value]
+        value = build()
+        with self._lock:
+            self._entries[key] = value
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_CACHE = FileVersionCache(CACHE_SIZE)
 
 
 def file_identity(path: str | Path) -> tuple[str, int, int, int, int]:
@@ -35,28 +75,10 @@ def file_identity(path: str | Path) -> tuple[str, int, int, int, int]:
 
 
 def prepare_once(path: str | Path, settings: Hashable, build: Callable[[], T]) -> T:
-    """``build()``'s result for this version of ``path`` and these ``settings``, built once per process.
-
-    The file is stat'ed before ``build`` reads it, so a file changed while it is read is kept
-    under its older identity and read again on the next call: never a fresh key with stale records.
-    """
-    try:
-        key = (file_identity(path), settings)
-    except OSError:
-        return build()  # no such file (or unreadable): the reader names the problem
-    with _LOCK:
-        if key in _CACHE:
-            _CACHE.move_to_end(key)
-            return _CACHE[key]  # type: ignore[return-value]
-    value = build()
-    with _LOCK:
-        _CACHE[key] = value
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    return value
+    """``build()``'s result for this version of ``path`` and these ``settings``, built once per process."""
+    return _CACHE.get(path, settings, build)
 
 
 def clear_site_cache() -> None:
     """Forget every prepared result (the next call prepares again)."""
-    with _LOCK:
-        _CACHE.clear()
+    _CACHE.clear()
