@@ -8,6 +8,7 @@ keeps the last few results keyed on both: the file's identity as ``load_csv`` ke
 caller's settings (the data section with its ranges, seed and class count, the hold-out
 fraction, the site's name). A changed or replaced file, or any changed setting, is another
 key and is prepared afresh; a file that cannot be stat'ed is not cached (its reader raises).
+``FileVersionCache`` is that bounded cache; ``load_csv`` keeps its parsed datasets in one too.
 """
 
 from __future__ import annotations
