@@ -53,22 +53,22 @@ def parses_per_study(path: Path, tmp: Path) -> dict[str, int]:
 
     counts = {}
     original = csv_source._read
-    for label, cache_size in (("before (no cache)", 0), ("after", csv_source.CACHE_SIZE)):
+    for label, cache_size in (("before (no cache)", 0), ("after", csv_source._CACHE.size)):
         calls: list[Path] = []
 
         def counted(*args, calls=calls, **kwargs):
             calls.append(args[0])
             return original(*args, **kwargs)
 
-        saved_size = csv_source.CACHE_SIZE
-        csv_source._read, csv_source.CACHE_SIZE = counted, cache_size
+        saved_size = csv_source._CACHE.size  # load_csv's FileVersionCache; size 0 keeps nothing (every caller parses)
+        csv_source._read, csv_source._CACHE.size = counted, cache_size
         csv_source.clear_csv_cache()
         try:
             run_study(["experiment=smoke", "data=csv", f"data.csv_path={path}", "data.label_column=label", RANGES,
                        "federation.num_sites=5", "federation.min_sites=2", "privacy=none", "secagg=none",
                        "registry.enabled=false"], tmp)
         finally:
-            csv_source._read, csv_source.CACHE_SIZE = original, saved_size
+            csv_source._read, csv_source._CACHE.size = original, saved_size
             csv_source.clear_csv_cache()
         counts[label] = len(calls)
     return counts
