@@ -63,7 +63,7 @@ def _one(overrides: list[str], root: Path, *, timed: bool) -> dict[str, Any]:
 
 
 def measure_rounds(scale: Scale) -> dict[str, Any]:
-    rounds, repeats = scale.pick(4, 2), scale.pick(2, 1)
+    rounds, repeats = scale.pick(8, 2), scale.pick(3, 1)  # 7 steady rounds a study: this VM's rounds jitter by 10-20%
     study = [*STUDY, *(QUICK if scale.quick else []), f"federation.rounds={rounds}"]
     result: dict[str, Any] = {"study": study, "rounds": rounds, "repeats": repeats, "workers": WORKERS, "variants": {}}
     with tempfile.TemporaryDirectory(prefix="bench-parallel-") as tmp:

@@ -51,9 +51,10 @@ def _overrides(kind: str, sites: int) -> list[str]:
 
 
 def measure_rounds(scale: Scale) -> dict[str, Any]:
+    from experiments.secagg_bench import bench_core
     from flsuite.config.schema import SecAggConfig
 
-    rounds = scale.pick(3, 2)
+    rounds = scale.pick(6, 2)  # 5 steady rounds a study: this VM's rounds jitter by 10-20%
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-secagg-") as tmp:
         for label, sites in _settings(scale).items():
@@ -69,12 +70,18 @@ def measure_rounds(scale: Scale) -> dict[str, Any]:
                         _, output = run_study([*base, *_overrides(kind, sites)], Path(tmp))
                     walls[kind].append(statistics.median(round_walls(output)[1:]))
             after = SecAggConfig().settings_for(sites)
+            progress(f"secagg rounds: {label}, the protocol's own work alone")
+            core = bench_core(sites, after, repeats=3)
             results[label] = {
                 "sites": sites, "overrides": base,
                 "neighbours_before": sites - 1, "neighbours_after": after.neighbour_count, "threshold_after": after.threshold,
                 "plain_round_s": stats(walls["plain"]),
                 "secure_round_s_before": stats(walls["before"]), "secure_round_s": stats(walls["after"]),
                 "ratio_before": paired_ratio(walls["before"], walls["plain"]), "ratio": paired_ratio(walls["after"], walls["plain"]),
+                # the protocol's computation alone (every site's and the coordinator's, one thread, no messages, no
+                # training: experiments/secagg_bench.bench_core): what no engineering short of fewer operations removes
+                "protocol_core_s": round(core["secure_total_cpu_s"], 4),
+                "ratio_floor": round((statistics.median(walls["plain"]) + core["secure_total_cpu_s"]) / statistics.median(walls["plain"]), 3),
             }
     return results
 
@@ -146,7 +153,8 @@ def table(result: dict[str, Any]) -> str:
              "PyCryptodome's GF(2^128) Shamir and the complete graph; after: numpy GF(2^31-1) Shamir and "
              "SecAgg+'s default neighbours (3·log2 n, up to even).", "",
              "| sites | plain round (s) | secure round before (s) | secure / plain before | neighbours after | "
-             "secure round after (s) | secure / plain after |", "|---|---|---|---|---|---|---|"]
+             "secure round after (s) | secure / plain after | protocol's crypto alone (s) | floor: (plain + crypto) / plain |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, row in result["rounds"].items():
         if "ratio_before" not in row:  # a result from before the before/after columns
             lines.append(f"| {label} | {row['plain_round_s']['median']:.3f} | | | | "
@@ -154,7 +162,7 @@ def table(result: dict[str, Any]) -> str:
             continue
         lines.append(f"| {label} | {row['plain_round_s']['median']:.3f} | {row['secure_round_s_before']['median']:.3f} | "
                      f"{fmt_ratio(row['ratio_before'])} | {row['neighbours_after']} (t={row['threshold_after']}) | "
-                     f"{row['secure_round_s']['median']:.3f} | {fmt_ratio(row['ratio'])} |")
+                     f"{row['secure_round_s']['median']:.3f} | {fmt_ratio(row['ratio'])} | {_floor(row)} |")
     if result.get("shamir"):
         lines += ["", "Shamir work of one round alone (each site splits 2 secrets for its share group, the "
                   "coordinator rebuilds one per site), seconds:", "",
@@ -179,6 +187,12 @@ def table(result: dict[str, Any]) -> str:
               f"| flsuite mask_stream (new 64 MiB array): AES / ChaCha20 | {gb(t['mask_aes_ctr_64MiB_Bps'])} "
               f"({m['aes_ctr_stream_64MiB']:.2f}x raw) / {gb(t['mask_chacha20_64MiB_Bps'])} ({m['chacha20_stream_64MiB']:.2f}x raw) |"]
     return "\n".join(lines)
+
+
+def _floor(row: dict[str, Any]) -> str:
+    if "protocol_core_s" not in row:  # a result from before this column
+        return " | "
+    return f"{row['protocol_core_s']:.3f} | {row['ratio_floor']:.2f}"
 
 
 def _spread(ratios: dict[str, Any], name: str) -> str:

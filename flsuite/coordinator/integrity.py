@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from flsuite import protocol
 from flsuite.coordinator.planning import status_replies
 from flsuite.errors import ProtocolError
+from flsuite.models import array_values
 
 __all__ = ["DeclaredSizes", "Declarations", "reply_weight_problem", "status_count_problem", "update_problem"]
 
@@ -44,7 +45,7 @@ def update_problem(global_arrays: Mapping[str, np.ndarray], content: RecordDict,
     squared = 0.0
     for key in global_arrays:
         try:
-            got = local[key].numpy()
+            got = array_values(local[key])
         except Exception as error:  # bytes that do not decode as the array they claim to be
             return f"array {key!r} cannot be read ({type(error).__name__}: {error})"
         expected = global_arrays[key]

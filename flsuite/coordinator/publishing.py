@@ -19,13 +19,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord
 
 from flsuite import protocol
 from flsuite.config.schema import UNIT_OF_PRIVACY, StudyConfig
 from flsuite.coordinator.rounds import REJECTED_REPLY, RoundRecord, StudyResult
 from flsuite.coordinator.verdict import SiteFailure, Verdict
+from flsuite.models import decoded
 
 SOURCE_FOLDERS = ("flsuite", "server", "clients")
 
@@ -133,7 +133,7 @@ class RegistryPublisher:
                 "final_version": self.published[-1] if self.published else None}
 
     def _publish(self, record: RoundRecord, arrays: ArrayRecord) -> None:
-        weights = {name: np.asarray(array.numpy()) for name, array in arrays.items()}
+        weights = decoded(arrays)
         sites = [site.name for site in record.sites]
         info = self.registry.publish(
             weights,

@@ -38,6 +38,7 @@ from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.cohort import CohortGrid, choose_cohort
 from flsuite.coordinator.integrity import DeclaredSizes, reply_weight_problem, update_problem
 from flsuite.coordinator.pruning import MissedRounds, PrunedSite, pruning_text
+from flsuite.coordinator.strategies import averaged_reply
 from flsuite.errors import ProtocolError
 from flsuite.models import decoded
 
@@ -239,7 +240,7 @@ class PlainTrainRound:
             return RoundOutcome(None, [], refusals, failures, missed=missed,
                                 aborted=quorum_failure(server_round, len(trained), len(cohort), rules.quorum))
         checked = [_checked_reply(reply, rules) for reply in trained]
-        new_arrays, _ = self.strategy.aggregate_train(server_round, checked)
+        new_arrays, _ = self.strategy.aggregate_train(server_round, [averaged_reply(checked)])
         if new_arrays is None:
             return RoundOutcome(None, [], refusals, failures, missed=missed,
                                 aborted={"stage": protocol.TRAIN, "reason": "the strategy produced no model"})

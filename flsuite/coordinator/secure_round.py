@@ -40,7 +40,7 @@ from flsuite import protocol
 from flsuite.coordinator.integrity import status_count_problem
 from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, RoundRules, refusals_from, reported_name, site_report
 from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
-from flsuite.models import ModelLayout, decoded
+from flsuite.models import ModelLayout, array_values, decoded
 from flsuite.secagg import CoordinatorRound, SecAggSettings, model_hash
 
 __all__ = ["SecureRoundResult", "SecureTrainRound", "secure_train_round"]
@@ -164,7 +164,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
             if stage == protocol.MASKED_TRAIN:
                 masked = reply.content.array_records.get(MASKED_RECORD)
                 vector = protocol.MASKED_VECTOR
-                answer[vector] = masked[vector].numpy() if masked is not None and vector in masked else None
+                answer[vector] = array_values(masked[vector]) if masked is not None and vector in masked else None
                 records[node] = RecordDict({name: rec for name, rec in reply.content.items()
                                             if name not in (SECAGG_RECORD, MASKED_RECORD)
                                             and not isinstance(rec, ArrayRecord)})

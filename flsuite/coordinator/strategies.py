@@ -1,13 +1,17 @@
-"""The server-side aggregation strategies a study can choose, all from Flower."""
+"""The server-side aggregation strategies a study can choose, all from Flower, and the one
+averaged reply a plain round hands them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from flsuite.config.schema import FederationConfig
-from flsuite.protocol import ARRAYS, CONFIG, NUM_EXAMPLES
+from flsuite.models import array_values
+from flsuite.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, TRAIN
 
 FEDAVGM_LEARNING_RATE = 1.0  # Flower's own default for FedAvgM
 FEDADAM_LEARNING_RATE = 0.1
@@ -60,3 +64,32 @@ def restore_momentum(strategy: FedAvg, previous: ArrayRecord, latest: ArrayRecor
             (np.asarray(old) - np.asarray(new)) / strategy.server_learning_rate
             for old, new in zip(previous.to_numpy_ndarrays(), latest.to_numpy_ndarrays(), strict=True)
         ]
+
+
+def averaged_reply(replies: Sequence[Message]) -> Message:
+    """One train reply carrying the example-weighted average of ``replies``' models, and their total weight.
+
+    A secure round hands the strategy one such reply (the unmasked average); a plain round
+    does the same with this. The sums are Flower's ``aggregate_arrayrecords``' own, in its
+    order (each array times its share of the total weight, added reply by reply), so the
+    strategy's result from this one reply (times a share of exactly 1.0) is bit for bit what it
+    computes from the replies themselves; the arrays are decoded by ``array_values`` instead
+    of numpy's header parser (tests/unit/test_averaged_reply.py). Each reply carries its model
+    as ArrayRecord ``ARRAYS`` and its weight as ``NUM_EXAMPLES`` in MetricRecord ``METRICS``,
+    with the same array names (the round's checks saw to that).
+    """
+    if not replies:
+        raise ValueError("no replies to average")
+    weights = [float(reply.content.metric_records[METRICS][NUM_EXAMPLES]) for reply in replies]  # type: ignore[arg-type]
+    total = sum(weights)
+    summed: dict[str, np.ndarray] = {}
+    for reply, weight in zip(replies, weights, strict=True):
+        share = weight / total
+        for key, array in reply.content.array_records[ARRAYS].items():
+            if key in summed:
+                summed[key] += array_values(array) * share
+            else:
+                summed[key] = array_values(array) * share
+    content = RecordDict({ARRAYS: ArrayRecord({key: Array(np.asarray(value)) for key, value in summed.items()}),
+                          METRICS: MetricRecord({NUM_EXAMPLES: total})})
+    return Message(content, dst_node_id=0, message_type=TRAIN)

@@ -4,6 +4,7 @@ from flsuite.lazy import lazy_exports
 
 _EXPORTS = {
     "ModelLayout": "weights",
+    "array_values": "array_codec",
     "decoded": "weights",
     "load_arrays": "weights",
     "model_digest": "weights",

@@ -18,6 +18,7 @@ from flwr.app import Array, ArrayRecord
 if TYPE_CHECKING:  # torch loads only where a model is built (secure-aggregation stages need none)
     from torch import nn
 
+from flsuite.models.array_codec import array_values
 from flsuite.secagg import model_hash
 
 __all__ = ["ModelLayout", "decoded", "load_arrays", "model_digest", "model_to_arrays"]
@@ -30,12 +31,14 @@ def model_to_arrays(model: nn.Module) -> ArrayRecord:
 
 def decoded(record: ArrayRecord) -> dict[str, np.ndarray]:
     """The record's arrays as numpy arrays, in its order: decode once, then reuse (each decode parses the bytes)."""
-    return {key: record[key].numpy() for key in record}
+    return {key: array_values(record[key]) for key in record}
 
 
 def load_arrays(model: nn.Module, arrays: ArrayRecord) -> None:
     """Copy weights into the model in place; keys and shapes must match exactly."""
-    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+    import torch
+
+    model.load_state_dict({key: torch.from_numpy(values) for key, values in decoded(arrays).items()}, strict=True)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class ModelLayout:
         self._check_names(record.keys())
         vector = np.empty(self.size, dtype=np.float64)
         for key, part in self._parts(vector):
-            np.subtract(self._checked(key, record[key].numpy()), self._checked(key, values[key]), out=part,
+            np.subtract(self._checked(key, array_values(record[key])), self._checked(key, values[key]), out=part,
                         dtype=np.float64)
         return vector
 

@@ -1,0 +1,65 @@
+"""Decoding a Flower ``Array`` without numpy's header parser, and refusing what it cannot read.
+
+A Flower ``Array`` of stype ``numpy.ndarray`` carries the bytes ``np.save`` writes: a
+header (a Python dict literal) and the raw values. ``Array.numpy`` parses that header with
+``ast.literal_eval`` on every call, which costs more than copying the values of a
+100k-parameter model. ``array_values`` decodes the common case directly: when the bytes
+begin with exactly the header ``np.save`` writes for the Array's declared dtype and shape
+(C order, format version 1.0) and the rest is exactly that many values, it copies the
+values out with ``np.frombuffer``. Anything else (another header, Fortran order, another
+format version, a size that does not match, a dtype outside bool/int/uint/float/complex)
+goes through ``Array.numpy``, which parses the header itself and never unpickles
+(``allow_pickle=False``). Both paths give an equal, writable array of the same dtype and
+shape (tests/unit/test_array_codec.py checks them against each other).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+
+import numpy as np
+from flwr.app import Array
+
+__all__ = ["array_values"]
+
+_PLAIN_KINDS = frozenset("biufc")  # values that are just bytes: no objects, no structured or void types
+_HEADERS_KEPT = 1024
+
+
+def array_values(array: Array) -> np.ndarray:
+    """The Array's values as a new numpy array; a malformed Array raises what ``Array.numpy`` raises."""
+    header = _expected_header(array.stype, array.dtype, tuple(array.shape)) if _shape_ok(array.shape) else None
+    if header is not None:
+        prefix, dtype, count = header
+        data = array.data
+        if len(data) == len(prefix) + count * dtype.itemsize and data.startswith(prefix):
+            return np.frombuffer(data, dtype=dtype, count=count, offset=len(prefix)).reshape(array.shape).copy()
+    return array.numpy()
+
+
+def _shape_ok(shape: object) -> bool:
+    return isinstance(shape, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+
+
+@functools.lru_cache(maxsize=_HEADERS_KEPT)
+def _expected_header(stype: str, dtype_name: str, shape: tuple[int, ...]) -> tuple[bytes, np.dtype, int] | None:
+    """The bytes ``np.save`` writes before the values of a C-ordered array of this dtype and
+    shape, the dtype and the value count; None where the fast path does not apply."""
+    if stype != "numpy.ndarray" or not isinstance(dtype_name, str):
+        return None
+    try:
+        dtype = np.dtype(dtype_name)
+    except (TypeError, ValueError):
+        return None
+    if dtype.kind not in _PLAIN_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        return None
+    if str(dtype) != dtype_name:
+        return None  # an alias ("f4", "<f4"): Flower writes str(ndarray.dtype); let np.load judge the rest
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # a header too long for format 1.0: np.save would use 2.0
+        return None
+    return buffer.getvalue(), dtype, int(np.prod(shape, dtype=np.int64))
