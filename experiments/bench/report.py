@@ -16,8 +16,9 @@ TITLES = {
     "registry": "5. Registry",
     "utility": "6. Utility (accuracy vs epsilon)",
     "csv": "7. CSV loading (a site's 10^6-record file, before / after)",
+    "parallel": "8. Sites in parallel on the inline engine (worker processes / sequential)",
 }
-ORDER = ["dp_cost", "engines", "secagg", "csv", "accounting", "registry", "utility"]
+ORDER = ["dp_cost", "engines", "secagg", "parallel", "csv", "accounting", "registry", "utility"]
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -50,6 +51,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add("upload bytes secure / plain <= 1.05", wire["upload_bytes"]["ratio"], 1.05)
         add("mask generation (apply_mask, 100k words) / raw AES-CTR keystream >= 0.8",
             wire["mask_over_raw"]["aes_ctr_apply_100k"], 0.8, at_least=True)
+    parallel = results.get("parallel")
+    if parallel:  # issue 15.2 and 15.5
+        for name, variant in parallel["rounds"]["variants"].items():
+            add(f"10-site round, {parallel['rounds']['workers']} worker processes / sequential, {name} <= 0.6",
+                variant["processes_over_sequential"]["median"], 0.6)
+            add(f"coordinator overhead with worker processes, (round - ideal) / ideal, {name} <= 0.2",
+                variant["overhead_processes"]["median"], 0.2)
+        add("default study, study wall time on 1 worker (s) < 10", parallel["default_study"]["study_wall_s"]["1"]["median"], 10.0)
     csv_load = results.get("csv")
     if csv_load and "after" in csv_load:
         b, a = csv_load["before"], csv_load["after"]

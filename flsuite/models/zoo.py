@@ -69,7 +69,9 @@ def build_model(
 ) -> nn.Module:
     """Build the configured network with seeded initial weights."""
     generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    # The CPU generator only (the model is built on the CPU): torch.manual_seed would also queue seeds
+    # for CUDA, XPU and MTIA, recording a stack trace for each, on every site's every round.
+    torch.random.default_generator.manual_seed(seed)
     try:
         if config.name == "logreg":
             return LogisticRegression(num_features, num_classes)
