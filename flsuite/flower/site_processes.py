@@ -39,9 +39,9 @@ takes its slot (without ``stuck_after_s``, it hangs until the pool is closed). A
 warming up is never killed as stuck: one that dies warming up is a dead worker (above), one that
 hangs warming up keeps its slot as a hung worker without ``stuck_after_s`` (each round still
 ends at the grid's timeout); a warm-up that raises is logged, and the worker serves without it;
-a worker that cannot load the ClientApp answers every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``)
-stops every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing
-the pool (SIGKILL) ends by itself within a second.
+a worker that cannot load the ClientApp answers every message with an Error reply saying why.
+``close()`` (and leaving ``with pool:``) stops every worker by PID: SIGTERM, then SIGKILL; a
+worker whose parent died without closing the pool (SIGKILL) ends by itself within a second.
 """
 
 from __future__ import annotations
