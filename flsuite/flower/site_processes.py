@@ -31,14 +31,17 @@ Failures: a ClientApp that raises gives the same Error reply the grid makes in p
 worker that dies is replaced in its slot (the new one gets each node's Context from the
 parent) and its message answered with an Error reply; a worker that hangs keeps its slot (the
 grid's round timeout cuts the round) until, while another message waits for the slot, the one
-message it is running has run ``stuck_after_s`` seconds (timed from that message's own start,
-never from when the waiting one began to wait, so a slow worker with a long queue is not
+message it is running has run ``stuck_after_s`` seconds (timed from that message's own start
+on a ready worker: never from when the waiting one began to wait, so a slow worker with a long
+queue is not stuck, and never counting a fresh worker's warm-up, so a slow warm-up is not
 stuck): it is then killed by PID, its message answered with an Error reply and a fresh worker
-takes its slot (without ``stuck_after_s``, it hangs until the pool is closed); a warm-up that
-raises is logged, and the worker serves without it; a worker that cannot load the ClientApp
-answers every message with an Error reply saying why. ``close()`` (and leaving ``with pool:``)
-stops every worker by PID: SIGTERM, then SIGKILL; a worker whose parent died without closing
-the pool (SIGKILL) ends by itself within a second.
+takes its slot (without ``stuck_after_s``, it hangs until the pool is closed). A worker still
+warming up is never killed as stuck: one that dies warming up is a dead worker (above), one that
+hangs warming up keeps its slot as a hung worker without ``stuck_after_s`` (each round still
+ends at the grid's timeout); a warm-up that raises is logged, and the worker serves without it;
+a worker that cannot load the ClientApp answers every message with an Error reply saying why.
+``close()`` (and leaving ``with pool:``) stops every worker by PID: SIGTERM, then SIGKILL; a
+worker whose parent died without closing the pool (SIGKILL) ends by itself within a second.
 """
 
 from __future__ import annotations
@@ -141,9 +144,10 @@ class _Slot:
     turn: threading.Condition = field(default_factory=threading.Condition)
     #: The waiting threads' tokens in arrival order: the first goes in once the slot is idle.
     queue: deque[object] = field(default_factory=deque)
-    #: The number of the exchange running now (or last), the worker it runs on, and when it began (None: idle).
+    #: The number of the exchange running now (or last), and the worker it runs on (None: the slot is idle).
     exchange: int = 0
     running: _Worker | None = None
+    #: When the running exchange's stuck clock started: once its worker was ready (None: idle, or still warming up).
     busy_since: float | None = None
     #: The last exchange whose worker was killed as stuck (killed once, however many threads wait).
     killed: int = 0
@@ -291,10 +295,11 @@ class SiteProcessPool:
     def _enter(self, slot: _Slot, deadline: float | None = None) -> _Worker | None:
         """Wait for the slot's turn, first come first served; its worker, or None once ``deadline`` passed.
 
-        While waiting, the exchange running in the slot is timed from its own start (never from when
-        this message began to wait): once that same exchange has run ``stuck_after_s``, its worker is
-        stuck and is killed by PID (its thread then sees the pipe close, answers an Error reply and puts
-        a fresh worker in the slot). Healthy messages queued ahead of this one never count.
+        While waiting, the exchange running in the slot is timed from its own start on a ready worker
+        (``_start_clock``: never from when this message began to wait, nor while a fresh worker warms
+        up): once that same exchange has run ``stuck_after_s``, its worker is stuck and is killed by PID
+        (its thread then sees the pipe close, answers an Error reply and puts a fresh worker in the
+        slot). Healthy messages queued ahead of this one, and warm-ups, never count.
         """
         token = object()
         with slot.turn:
@@ -307,12 +312,12 @@ class SiteProcessPool:
             if not admitted:
                 return None
             slot.exchange += 1
-            slot.running, slot.busy_since = slot.worker, time.monotonic()
+            slot.running, slot.busy_since = slot.worker, None  # busy; the stuck clock starts once the worker is ready
             return slot.worker
 
     def _await_turn(self, slot: _Slot, token: object, deadline: float | None) -> bool:
         """Under ``slot.turn``: wait until ``token`` is first in line and the slot idle (False: ``deadline`` passed)."""
-        while slot.busy_since is not None or slot.queue[0] is not token:
+        while slot.running is not None or slot.queue[0] is not token:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return False
@@ -327,6 +332,12 @@ class SiteProcessPool:
                 wake = stuck_at if wake is None else min(wake, stuck_at)
             slot.turn.wait(None if wake is None else wake - now)
         return True
+
+    def _start_clock(self, slot: _Slot) -> None:
+        """The running exchange's worker is ready (or dead): from now on it counts toward ``stuck_after_s``."""
+        with slot.turn:
+            slot.busy_since = time.monotonic()
+            slot.turn.notify_all()  # a waiting message times this exchange from now
 
     def _leave(self, slot: _Slot) -> None:
         with slot.turn:
@@ -347,6 +358,8 @@ class SiteProcessPool:
             raise  # it answers every message with why it could not load the app
         except (EOFError, OSError):
             pass  # died before it was ready: handled as any dead worker below
+        # Only now is this message running: a warm-up however slow (a big CSV, a cold disk) is not stuck.
+        self._start_clock(slot)
         context_bytes = context_to_proto(context).SerializeToString()
         try:
             worker.conn.send_bytes(message_to_proto(message).SerializeToString())

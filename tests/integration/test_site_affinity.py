@@ -89,6 +89,11 @@ def warm_measure(study_json: str) -> None:
     Path(study["mark"]).write_text(str(len(study_json)))
 
 
+def warm_slowly(seconds: str) -> None:
+    """A slow warm-up (a big CSV on a cold disk): it takes ``seconds``."""
+    time.sleep(float(seconds))
+
+
 def warm_broken(study_json: str) -> None:
     raise RuntimeError("the data share is unreachable")
 
@@ -244,6 +249,25 @@ def test_a_stuck_worker_is_replaced_once_one_message_ran_past_its_deadline():
         assert set(after) == set(NODES)
         assert _out(after[202])["pid"] not in (stuck_pid, _out(before[201])["pid"]) and _out(after[202])["count"] == 2
         assert _out(after[STUCK])["count"] == 2  # its state as it was before the message that hung
+    finally:
+        pool.close()
+    assert not any(is_running(pid) for pid in pool.pids)
+
+
+def test_a_warm_up_longer_than_stuck_after_s_is_not_stuck():
+    """The attack on "the stuck clock starts when the message goes in": a fresh worker whose warm-up
+    (2.5 s) takes longer than stuck_after_s (1 s), and two sites on its slot whose first messages come
+    at once. Timed from the first message's entry, the waiting one killed the healthy worker while it
+    was still warming up (an Error reply, and a fresh worker that warms up again); timed from when the
+    worker was ready, both get real replies from the one worker."""
+    pool = SiteProcessPool(f"{__name__}:stateful_app", workers=1, stuck_after_s=1.0, warm=(f"{__name__}:warm_slowly", "2.5"))
+    pool.start()  # no wait_ready: the messages come while the worker warms up
+    try:
+        with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=2) as grid:
+            replies = _ask(grid, [_train(201), _train(202)])
+        assert set(replies) == {201, 202}
+        (pid,) = pool.pids  # one worker per slot: none was killed and replaced
+        assert _out(replies[201])["pid"] == _out(replies[202])["pid"] == pid and is_running(pid)
     finally:
         pool.close()
     assert not any(is_running(pid) for pid in pool.pids)
