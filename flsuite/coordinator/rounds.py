@@ -195,7 +195,8 @@ class TrainRound(Protocol):
 
 
 class PlainTrainRound:
-    """Send each site the global model, collect the replies, let the strategy average the accepted ones."""
+    """Send each site the global model, collect the replies, average the accepted ones weighted by their
+    (declared) counts, and let the strategy take its server step from that one average (``averaged_reply``)."""
 
     def __init__(self, grid: Grid, strategy: Strategy, *, timeout_s: float, reply_check: ReplyCheck | None = None) -> None:
         self.grid = grid
@@ -271,7 +272,7 @@ def quorum_failure(server_round: int, valid: int, asked: int, quorum: int) -> di
 
 
 def _checked_reply(reply: Message, rules: RoundRules) -> Message:
-    """What the strategy sees of an accepted reply: its model and metrics, weighted by the declared count."""
+    """What goes into the round's average of an accepted reply: its model and metrics, weighted by the declared count."""
     metrics = dict(reply.content.metric_records[protocol.METRICS])
     node = reply.metadata.src_node_id
     if rules.declared is not None:

@@ -164,7 +164,11 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
             if stage == protocol.MASKED_TRAIN:
                 masked = reply.content.array_records.get(MASKED_RECORD)
                 vector = protocol.MASKED_VECTOR
-                answer[vector] = array_values(masked[vector]) if masked is not None and vector in masked else None
+                try:
+                    answer[vector] = array_values(masked[vector]) if masked is not None and vector in masked else None
+                except Exception as error:  # a site's bytes that do not decode: that site is dropped, not the round
+                    refusals[node] = f"{stage}: the masked vector cannot be read ({type(error).__name__}: {error})"
+                    continue
                 records[node] = RecordDict({name: rec for name, rec in reply.content.items()
                                             if name not in (SECAGG_RECORD, MASKED_RECORD)
                                             and not isinstance(rec, ArrayRecord)})

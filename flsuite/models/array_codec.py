@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 
 import numpy as np
 from flwr.app import Array
@@ -25,10 +26,12 @@ __all__ = ["array_values"]
 
 _PLAIN_KINDS = frozenset("biufc")  # values that are just bytes: no objects, no structured or void types
 _HEADERS_KEPT = 1024
+_MAX_DIMS = 64  # numpy's limit on dimensions
 
 
 def array_values(array: Array) -> np.ndarray:
-    """The Array's values as a new numpy array; a malformed Array raises what ``Array.numpy`` raises."""
+    """The Array's values as a new numpy array; a malformed Array raises what ``Array.numpy`` raises (np.load's
+    errors: ValueError, TypeError, ...), which a caller decoding another party's bytes must catch."""
     header = _expected_header(array.stype, array.dtype, tuple(array.shape)) if _shape_ok(array.shape) else None
     if header is not None:
         prefix, dtype, count = header
@@ -39,7 +42,9 @@ def array_values(array: Array) -> np.ndarray:
 
 
 def _shape_ok(shape: object) -> bool:
-    return isinstance(shape, (list, tuple)) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    """A shape numpy could hold (at most 64 dimensions of sizes in int64): anything else, np.load judges."""
+    return (isinstance(shape, (list, tuple)) and len(shape) <= _MAX_DIMS
+            and all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2**63 for n in shape))
 
 
 @functools.lru_cache(maxsize=_HEADERS_KEPT)
@@ -62,4 +67,4 @@ def _expected_header(stype: str, dtype_name: str, shape: tuple[int, ...]) -> tup
         np.lib.format.write_array_header_1_0(buffer, header)
     except ValueError:  # a header too long for format 1.0: np.save would use 2.0
         return None
-    return buffer.getvalue(), dtype, int(np.prod(shape, dtype=np.int64))
+    return buffer.getvalue(), dtype, math.prod(shape)  # exact (Python ints): a product past int64 matches no byte count

@@ -273,6 +273,25 @@ def test_a_warm_up_longer_than_stuck_after_s_is_not_stuck():
     assert not any(is_running(pid) for pid in pool.pids)
 
 
+def test_a_worker_hung_in_its_warm_up_is_replaced_once_a_message_waited_ready_within_s():
+    """The attack on "a warm-up is never stuck": a warm-up that never ends (a dead network share) would hold
+    its slot, and every site on it would miss every round; after ready_within_s the waiting message gets an
+    Error reply naming why, and a fresh worker takes the slot (here it hangs too, until the pool closes)."""
+    pool = SiteProcessPool(f"{__name__}:stateful_app", workers=1, stuck_after_s=1.0, ready_within_s=1.5,
+                           warm=(f"{__name__}:warm_slowly", "3600"))
+    pool.start()
+    try:
+        (hung,) = pool.pids
+        with InProcessGrid({n: pool for n in NODES}, _contexts(), run=new_run(5), workers=1) as grid:
+            replies = _ask(grid, [_train(201)], timeout=60)
+        assert replies[201].has_error() and "did not load its ClientApp within 1.5 s" in replies[201].error.reason
+        assert not is_running(hung)
+        assert len(pool.pids) == 2 and is_running(pool.pids[1])  # its replacement, warming up
+    finally:
+        pool.close()
+    assert not any(is_running(pid) for pid in pool.pids)
+
+
 def test_a_slow_but_healthy_worker_is_never_killed_however_long_its_queue():
     """The attack on "stuck = a message waited stuck_after_s": four sites share one worker, each message
     takes 1 s (well under stuck_after_s), so the last waits 3 s or more behind healthy messages. Timed

@@ -102,8 +102,9 @@ def test_fortran_order_is_read_in_its_order() -> None:
     np.testing.assert_array_equal(got, values)
 
 
-@pytest.mark.parametrize("shape", [(-1,), (True,), (4,)])
+@pytest.mark.parametrize("shape", [(-1,), (True,), (4,), (2**63, 1), (2**64,), (2**40, 2**40), (1,) * 65])
 def test_nonsense_shapes_fall_back_to_nps_reader(shape: object) -> None:
+    """Negative, boolean, wrong, past-int64 and past-64-dimension declarations: the bytes' own header decides."""
     data = _npy(np.arange(3, dtype=np.float32))
     got = array_values(Array(dtype="float32", shape=shape, stype="numpy.ndarray", data=data))  # type: ignore[arg-type]
     np.testing.assert_array_equal(got, np.arange(3, dtype=np.float32))

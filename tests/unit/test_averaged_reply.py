@@ -46,7 +46,7 @@ def test_strategies_step_alike(strategy: type[FedAvg]) -> None:
         initial = _replies(99, [1])[0].content[ARRAYS]
         results = []
         for averaged in (False, True):
-            chosen = strategy(weighted_by_key=NUM_EXAMPLES)
+            chosen = strategy(weighted_by_key=NUM_EXAMPLES, **({"server_momentum": 0.9} if strategy is FedAvgM else {}))
             if isinstance(chosen, FedAdam):  # FedOpt keeps numpy arrays (configure_train sets them)
                 chosen.current_arrays = {key: array.numpy() for key, array in initial.items()}
             elif isinstance(chosen, FedAvgM):
@@ -58,6 +58,25 @@ def test_strategies_step_alike(strategy: type[FedAvg]) -> None:
                 got.append({key: arrays[key].numpy().tobytes() for key in arrays})
             results.append(got)
     assert results[0] == results[1]
+
+
+def test_mixed_dtypes_key_orders_and_float_weights_match_flower() -> None:
+    """A 0-d integer buffer (a step count), float16, replies listing their arrays in different orders, and
+    fractional weights (a declared count is an int, but the arithmetic must not depend on it)."""
+    rng = np.random.default_rng(7)
+    replies = []
+    with server_task_identity(1):
+        for node, (count, reverse) in enumerate([(2.5, False), (7, True), (1, False)], start=1):
+            arrays = {"steps": Array(np.array(node * 3, dtype=np.int64)), "h": Array(rng.normal(size=4).astype(np.float16)),
+                      "w": Array(rng.normal(size=(2, 2)).astype(np.float32))}
+            ordered = dict(reversed(list(arrays.items()))) if reverse else arrays
+            replies.append(Message(RecordDict({ARRAYS: ArrayRecord(ordered), METRICS: MetricRecord({NUM_EXAMPLES: count})}),
+                                   dst_node_id=node, message_type=TRAIN))
+        theirs = aggregate_arrayrecords([reply.content for reply in replies], NUM_EXAMPLES)
+        again = aggregate_arrayrecords([averaged_reply(replies).content], NUM_EXAMPLES)
+    assert list(again) == list(theirs)
+    for key in theirs:
+        assert again[key].dtype == theirs[key].dtype and again[key].numpy().tobytes() == theirs[key].numpy().tobytes(), key
 
 
 def test_no_replies_is_an_error() -> None:

@@ -30,7 +30,8 @@ def site(name: str, *, shift: float = 1.0, lie: str | None = None, declares: int
     """A site that declares ``declares`` records and adds ``shift`` to every weight, unless it lies.
 
     ``lie``: "nan", "inf", "shape", "missing-key", "extra-key", "dtype", "huge" (update x1e6),
-    "examples-1e9", "examples--5", "status-records" (its reply's status declares other records).
+    "examples-1e9", "examples--5", "status-records" (its reply's status declares other records),
+    "extra-metric" (one more metric than the other sites report).
     ``hang``: the site blocks on this Event when asked to train (a hung site).
     """
 
@@ -64,10 +65,11 @@ def site(name: str, *, shift: float = 1.0, lie: str | None = None, declares: int
             examples = -5
         elif lie == "status-records":
             records = 1_000_000
+        metrics = {protocol.NUM_EXAMPLES: examples, protocol.TRAIN_LOSS: 0.5, **({"extra": 1.0} if lie == "extra-metric" else {})}
         return Message(
             RecordDict({
                 protocol.ARRAYS: ArrayRecord({key: Array(value) for key, value in local.items()}),
-                protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: examples, protocol.TRAIN_LOSS: 0.5}),
+                protocol.METRICS: MetricRecord(metrics),
                 protocol.SITE: ConfigRecord(protocol.SiteStatus(name=name, records=records).to_record()),
             }),
             reply_to=msg,
@@ -132,6 +134,15 @@ def test_a_bad_reply_is_rejected_with_its_reason_and_the_study_goes_on_without_i
         np.testing.assert_allclose(result.arrays[key].numpy(), np.full(size, 2.0), rtol=1e-6)
     assert (2, 13) not in trains_sent(grid)  # and it is not asked again
     assert all("c" not in [s.name for s in record.sites] for record in result.rounds)
+
+
+def test_a_site_reporting_one_more_metric_does_not_stop_the_study():
+    """The attack: Flower's strategies refuse replies whose MetricRecords differ in keys (raising, which
+    ended the study); the round averages the checked replies itself and hands the strategy one."""
+    result = run(grid_of({11: site("a"), 12: site("b", lie="extra-metric")}), study())
+    assert result.status == "completed", result.message
+    assert [r.round for r in result.rounds] == [1, 2] and result.refusals == [] and result.aborted_rounds == []
+    np.testing.assert_allclose(result.arrays["w"].numpy(), np.full(3, 2.0), rtol=1e-6)
 
 
 def test_the_update_norm_bound_is_the_configured_one():

@@ -32,7 +32,7 @@ LEVELS = (2**32 - 1) // 4
 class Federation:
     """Sites behind the real secagg mod; ``attack`` (node -> how) is a mod around it or a lie in training.
 
-    Attacks: "garbage" (a random masked vector), "shift-all" (+2**31 on every coordinate),
+    Attacks: "garbage" (a random masked vector), "undecodable" (bytes that are no array), "shift-all" (+2**31 on every coordinate),
     "shift-update" (+2**30 on the update coordinates only), "examples-1e9", "examples--5",
     "crash" (the site fails to train). ``rounds``: the rounds in which attackers attack.
     """
@@ -80,7 +80,13 @@ class Federation:
         request = msg.content.config_records.get(protocol.SECAGG_RECORD)  # read first: the mod replaces the content
         how = self.how(context.node_id, int(request.get("round", 0))) if request is not None else None
         reply = call_next(msg, context)
-        if how not in ("garbage", "shift-all", "shift-update") or reply.has_error() or protocol.MASKED_RECORD not in reply.content.array_records:
+        if how not in ("garbage", "shift-all", "shift-update", "undecodable") or reply.has_error() \
+                or protocol.MASKED_RECORD not in reply.content.array_records:
+            return reply
+        if how == "undecodable":  # bytes that are no npy file at all, under a plausible declaration
+            declared = reply.content.array_records[protocol.MASKED_RECORD][protocol.MASKED_VECTOR]
+            reply.content[protocol.MASKED_RECORD] = ArrayRecord({protocol.MASKED_VECTOR: Array(
+                dtype=declared.dtype, shape=tuple(declared.shape), stype=declared.stype, data=b"\x93NUMPY garbage")})
             return reply
         vector = reply.content.array_records[protocol.MASKED_RECORD][protocol.MASKED_VECTOR].numpy().copy()
         if how == "garbage":
@@ -139,6 +145,14 @@ def test_a_sum_that_honest_sites_cannot_produce_aborts_the_round_and_publishes_n
 
 def test_a_negative_example_count_is_refused_and_the_round_goes_on_without_that_site(tmp_path):
     result = run(Federation(tmp_path, RECORDS, attack={23: "examples--5"}), secure_study("federation.rounds=1"))
+    (record,) = result.rounds
+    assert result.aborted_rounds == [] and record.secure["survivors"] == 3 and "site-2" not in [s.name for s in record.sites]
+    np.testing.assert_allclose(result.arrays["w"].numpy(), np.full(3, 1.0), atol=1e-5)
+
+
+def test_a_masked_vector_that_does_not_decode_drops_that_site_and_the_round_goes_on(tmp_path):
+    """A site's unreadable bytes cost that site the round (its mask is rebuilt from the shares), not the study."""
+    result = run(Federation(tmp_path, RECORDS, attack={23: "undecodable"}), secure_study("federation.rounds=1"))
     (record,) = result.rounds
     assert result.aborted_rounds == [] and record.secure["survivors"] == 3 and "site-2" not in [s.name for s in record.sites]
     np.testing.assert_allclose(result.arrays["w"].numpy(), np.full(3, 1.0), atol=1e-5)
