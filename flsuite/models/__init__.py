@@ -7,7 +7,6 @@ _EXPORTS = {
     "array_values": "array_codec",
     "decoded": "weights",
     "load_arrays": "weights",
-    "model_digest": "weights",
     "model_to_arrays": "weights",
     "build_model": "zoo",
 }

@@ -1,9 +1,9 @@
-"""Models as Flower ArrayRecords: weights in and out, the flat vectors secure aggregation
-masks, and the model hash.
+"""Models as Flower ArrayRecords: weights in and out, decoded once, and the flat vectors secure
+aggregation masks.
 
 Weights travel as ArrayRecords (numpy buffers, never pickle). Arrays are laid out in sorted key order (so the layout does not depend on how a record
-was serialised), each flattened in C order into one float64 vector. The model hash
-binds names, dtypes, shapes and bytes of every array.
+was serialised), each flattened in C order into one float64 vector. The model hash that binds
+names, dtypes, shapes and bytes of every array is ``flsuite.secagg.model_hash`` of the decoded arrays.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ if TYPE_CHECKING:  # torch loads only where a model is built (secure-aggregation
     from torch import nn
 
 from flsuite.models.array_codec import array_values
-from flsuite.secagg import model_hash
 
-__all__ = ["ModelLayout", "decoded", "load_arrays", "model_digest", "model_to_arrays"]
+__all__ = ["ModelLayout", "decoded", "load_arrays", "model_to_arrays"]
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
@@ -118,8 +117,3 @@ class ModelLayout:
         if array.shape != self.shapes[key]:
             raise ValueError(f"array {key!r} has shape {array.shape}, the model {self.shapes[key]}")
         return array
-
-
-def model_digest(record: ArrayRecord) -> bytes:
-    """SHA-256 over every array's name, dtype, shape and bytes, in sorted name order."""
-    return model_hash(decoded(record))
