@@ -34,6 +34,7 @@ import fcntl
 import os
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,10 @@ LEDGER_DOMAIN = "flsuite.privacy.ledger/2"
 GENESIS_HASH = GENESIS
 LedgerHead = ChainHead  # (entries, hash of the last one): what a site anchors, signs and reports
 _KINDS = ("event", "reserve", "spend", "cancel")
+# (path, head) -> the ledger state those entries fold to (frozen: DpEvents, Reservations, tuples)
+_FOLDED: OrderedDict[tuple[str, ChainHead], LedgerState] = OrderedDict()
+_FOLDED_MOST = 64
+_FOLDED_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +142,21 @@ class PrivacyLedger:
     # -- reading ---------------------------------------------------------------------------
     def state(self) -> LedgerState:
         """The verified ledger: IntegrityError when an entry is bad or a spend/cancel names no
-        open reservation."""
+        open reservation. The folding of entries into events is kept per head: the head's hash
+        commits to every entry, so a ledger with the same head folds to the same state."""
         read = self._read()
+        key = (str(self.path), read.head)
+        with _FOLDED_LOCK:
+            folded = _FOLDED.get(key)
+        if folded is None:
+            folded = self._fold(read)
+            with _FOLDED_LOCK:
+                _FOLDED[key] = folded
+                while len(_FOLDED) > _FOLDED_MOST:
+                    _FOLDED.popitem(last=False)
+        return dataclasses.replace(folded, exists=self.path.exists())
+
+    def _fold(self, read: ChainRead) -> LedgerState:
         final: list[tuple[int, DpEvent]] = []
         open_: dict[str, Reservation] = {}
         closed: list[tuple[Reservation, int]] = []
@@ -158,7 +176,7 @@ class PrivacyLedger:
                 if kind == "spend":
                     final.append((entry.number, DpEvent.from_dict(value["event"])))
         return LedgerState(
-            exists=self.path.exists(),
+            exists=True,
             head=read.head,
             hashes=tuple(entry.hash for entry in read.entries),
             final=tuple(final),

@@ -18,6 +18,12 @@ Rules every user shares:
 - fail closed: reading and appending verify every line and refuse, with an IntegrityError
   naming the line, a log whose chain is broken.
 POSIX only (fcntl).
+
+A log is read many times as it grows (a site's ledger several times per training), so the
+committed bytes a read verified are remembered (``VerifiedPrefixes``): a later read whose bytes
+begin with exactly those bytes decodes them again but verifies only the lines after them. The
+check is on the bytes themselves, not on file stamps: any change inside them (an edited,
+removed or reordered line, a rewritten file) is a different prefix and is verified in full.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import hashlib
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -138,10 +146,13 @@ class HashChainLog:
             os.close(fd)
 
     def _parse(self, data: bytes) -> ChainRead:
-        *lines, torn = data.split(b"\n")
-        entries: list[ChainEntry] = []
-        prev = GENESIS
-        for number, line in enumerate(lines, start=1):
+        key = (str(self.path), self.domain, self.unhashed, self.check_body)
+        verified = _VERIFIED.longest(key, data)  # bytes this log's rules already accepted
+        *known, _ = data[:verified].split(b"\n")
+        *lines, torn = data[verified:].split(b"\n")
+        entries = [self._decode(line, number, verify=False) for number, line in enumerate(known, start=1)]
+        prev = entries[-1].hash if entries else GENESIS
+        for number, line in enumerate(lines, start=len(entries) + 1):
             entry = self._decode(line, number)
             if entry.prev != prev:
                 raise self._broken(number, "hash chain broken")
@@ -149,9 +160,14 @@ class HashChainLog:
                 raise self._broken(number, "checksum mismatch")
             entries.append(entry)
             prev = entry.hash
-        return ChainRead(tuple(entries), ChainHead(len(entries), prev), torn, len(data) - len(torn))
+        committed = len(data) - len(torn)
+        if committed > verified:
+            _VERIFIED.remember(key, data[:committed])
+        return ChainRead(tuple(entries), ChainHead(len(entries), prev), torn, committed)
 
-    def _decode(self, line: bytes, number: int) -> ChainEntry:
+    def _decode(self, line: bytes, number: int, *, verify: bool = True) -> ChainEntry:
+        """One line as an entry; ``verify=False`` only for a line of bytes a read already verified
+        (it is decoded again, into new objects, but not checked again)."""
         try:
             record = _json_object(line)
         except (ValueError, UnicodeDecodeError):
@@ -159,10 +175,10 @@ class HashChainLog:
         required = _LINK_FIELDS | self.unhashed
         if not required <= record.keys() or not all(isinstance(record[k], str) for k in _LINK_FIELDS):
             raise self._broken(number, "not a valid entry")
-        if canonical_json(record) != line:
+        if verify and canonical_json(record) != line:
             raise self._broken(number, "not in canonical form")
         body = {k: v for k, v in record.items() if k not in required}
-        if self.check_body is not None:
+        if verify and self.check_body is not None:
             try:
                 self.check_body(body)
             except ValueError:
@@ -246,6 +262,47 @@ class HashChainLog:
             os.close(side_fd)
         os.ftruncate(fd, current.committed_bytes)
         os.fsync(fd)
+
+
+class VerifiedPrefixes:
+    """The committed bytes of the last verified read of each log (by path, domain and rules),
+    within a byte budget: a read whose bytes begin with them verifies only the rest.
+
+    Only what a full verification accepted is kept, and a prefix is reused only when the new
+    bytes begin with it byte for byte, so a read reports exactly what verifying every line would.
+    """
+
+    def __init__(self, *, most_bytes: int = 64 << 20) -> None:
+        self._most_bytes = most_bytes
+        self._prefixes: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def longest(self, key: tuple[Any, ...], data: bytes) -> int:
+        """How many leading bytes of ``data`` are a prefix verified before (0 if none)."""
+        with self._lock:
+            prefix = self._prefixes.get(key)
+            if prefix is not None:
+                self._prefixes.move_to_end(key)
+        return len(prefix) if prefix is not None and data.startswith(prefix) else 0
+
+    def remember(self, key: tuple[Any, ...], committed: bytes) -> None:
+        with self._lock:
+            self._held -= len(self._prefixes.pop(key, b""))
+            if len(committed) > self._most_bytes // 4:  # a log this large is verified in full each time
+                return
+            self._prefixes[key] = committed
+            self._held += len(committed)
+            while self._held > self._most_bytes:
+                self._held -= len(self._prefixes.popitem(last=False)[1])
+
+    def clear(self) -> None:
+        with self._lock:
+            self._prefixes.clear()
+            self._held = 0
+
+
+_VERIFIED = VerifiedPrefixes()
 
 
 def _json_object(line: bytes) -> dict[str, Any]:

@@ -214,3 +214,33 @@ def test_a_site_killed_while_appending_keeps_a_valid_ledger_and_continues(tmp_pa
     assert len(before) >= 10 and [e.round for e in before] == list(range(1, len(before) + 1))
     ledger.append(make_event(site="site-0", round=len(before) + 1))
     assert [e.round for e in PrivacyLedger(path).events()] == list(range(1, len(before) + 2))
+
+
+def test_a_ledger_is_folded_into_events_once_per_head(tmp_path, monkeypatch):
+    """A site reads its ledger several times per training: a head it has folded before (the head's
+    hash commits to every entry) is not folded again, and a new entry is folded in at once."""
+    from flsuite.privacy.events import DpEvent
+
+    ledger = filled(tmp_path / "ledger.jsonl", n=4)
+    first = ledger.state()
+    folds = [0]
+    real = DpEvent.from_dict.__func__
+
+    def counting(cls, record):
+        folds[0] += 1
+        return real(cls, record)
+
+    monkeypatch.setattr(DpEvent, "from_dict", classmethod(counting))
+    assert PrivacyLedger(ledger.path).state() == first and folds[0] == 0
+    added = make_event(round=5)
+    ledger.append(added)
+    assert ledger.events()[-1] == added and len(ledger.events()) == 5
+
+
+def test_a_ledger_deleted_after_a_read_is_reported_missing(tmp_path):
+    """The folded state is shared, but whether the file exists is looked up on every read."""
+    ledger = filled(tmp_path / "ledger.jsonl", n=2)
+    assert ledger.state().exists
+    ledger.path.unlink()
+    state = ledger.state()
+    assert not state.exists and state.head.entries == 0

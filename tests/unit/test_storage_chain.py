@@ -191,3 +191,88 @@ def test_storage_imports_neither_torch_nor_flwr_and_exports_what_it_lists() -> N
     public = {name for name in vars(flsuite.storage) if not name.startswith("_")}
     modules = {"canonical", "chain", "durable", "keyfiles"}
     assert public - modules == set(flsuite.storage.__all__)
+
+
+# --- reads verify only what they have not verified before --------------------------------
+
+def _count_hashes(monkeypatch) -> list[int]:
+    import flsuite.storage.chain as chain
+
+    calls = [0]
+    real = chain.entry_hash
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain, "entry_hash", counting)
+    return calls
+
+
+@USERS
+def test_a_grown_log_verifies_only_its_new_lines(tmp_path: Path, make_user, monkeypatch) -> None:
+    user = make_user(tmp_path)
+    for n in range(1, 6):
+        user.append(n)
+    assert user.count() == 5
+    hashes = _count_hashes(monkeypatch)
+    user.append(6)
+    assert user.count() == 6
+    assert hashes[0] <= 2  # the new entry sealed once and checked once; the first five not again
+
+
+@USERS
+def test_an_edited_earlier_line_is_found_after_the_log_was_read(tmp_path: Path, make_user) -> None:
+    """Attack: read the log (its bytes are remembered), then edit an early entry in place, keeping
+    the file's size and its modification time. Verification is on the bytes, so it is caught."""
+    import os
+
+    user = make_user(tmp_path)
+    for n in range(1, 5):
+        user.append(n)
+    assert user.count() == 4
+    stat = user.path.stat()
+    lines = user.path.read_bytes().split(b"\n")
+    record = json.loads(lines[1])
+    key = "ledger" if "event" in record or "reserve" in record else "payload"
+    edited = lines[1].replace(b'"round":2', b'"round":7') if key == "ledger" else lines[1].replace(b'"n":2', b'"n":7')
+    assert edited != lines[1] and len(edited) == len(lines[1])
+    user.path.write_bytes(b"\n".join([lines[0], edited, *lines[2:]]))
+    os.utime(user.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(IntegrityError, match="line 2"):
+        user.count()
+
+
+def test_a_rewritten_log_is_read_as_it_is_now_not_as_it_was(tmp_path: Path) -> None:
+    """A log replaced by another valid chain (what an anchor or a signed head then catches) is
+    reported as the new chain: a remembered read never stands in for bytes that changed."""
+    log = HashChainLog(tmp_path / "log.jsonl", domain="test/1", name="test log")
+    for n in range(3):
+        log.append({"n": n})
+    first = log.read()
+    (tmp_path / "log.jsonl").unlink()
+    for n in range(3):
+        log.append({"n": 10 + n})
+    again = log.read()
+    assert [e.body for e in again.entries] == [{"n": 10}, {"n": 11}, {"n": 12}]
+    assert again.head != first.head
+
+
+def test_entries_of_a_remembered_read_are_new_objects(tmp_path: Path) -> None:
+    """A caller that changes an entry it was given cannot change what the next read returns."""
+    log = HashChainLog(tmp_path / "log.jsonl", domain="test/1", name="test log")
+    log.append({"n": {"deep": 1}})
+    log.read().entries[0].body["n"]["deep"] = 99
+    assert log.read().entries[0].body == {"n": {"deep": 1}}
+
+
+def test_the_remembered_bytes_stay_within_their_budget() -> None:
+    from flsuite.storage.chain import VerifiedPrefixes
+
+    prefixes = VerifiedPrefixes(most_bytes=100)
+    for n in range(10):
+        prefixes.remember(("log", n), b"x" * 20 + b"\n")
+    assert prefixes.longest(("log", 9), b"x" * 20 + b"\nmore") == 21
+    assert prefixes.longest(("log", 0), b"x" * 20 + b"\n") == 0  # evicted: at most 100 bytes held
+    prefixes.remember(("big", 0), b"y" * 60 + b"\n")  # over a quarter of the budget: not kept
+    assert prefixes.longest(("big", 0), b"y" * 60 + b"\n") == 0
