@@ -143,12 +143,14 @@ class PrivacyLedger:
     def state(self) -> LedgerState:
         """The verified ledger: IntegrityError when an entry is bad or a spend/cancel names no
         open reservation. The folding of entries into events is kept per head: the head's hash
-        commits to every entry, so a ledger with the same head folds to the same state."""
-        read = self._read()
-        key = (str(self.path), read.head)
+        commits to every entry, so a ledger with the same head folds to the same state, and the
+        entries are decoded only when that head was not folded before."""
+        key = (str(self.path), self.head())
         with _FOLDED_LOCK:
             folded = _FOLDED.get(key)
         if folded is None:
+            read = self._read()
+            key = (str(self.path), read.head)  # another process may have appended in between
             folded = self._fold(read)
             with _FOLDED_LOCK:
                 _FOLDED[key] = folded
@@ -193,7 +195,13 @@ class PrivacyLedger:
         return self.state().charged(dataset)
 
     def head(self) -> LedgerHead:
-        return self._read().head
+        try:
+            head, torn = self._log.head_and_torn()
+        except OSError as error:
+            raise self._path_error("read", error) from None
+        if torn and self.on_torn_tail == "refuse":
+            raise IntegrityError(f"privacy ledger {self.path} line {head.entries + 1}: incomplete last entry")
+        return head
 
     # -- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -126,7 +126,20 @@ class HashChainLog:
         return self._parse(self._read_bytes())
 
     def head(self) -> ChainHead:
-        return self.read().head
+        """The verified head; (bytes, head) of the committed part when it is all verified already."""
+        return self.head_and_torn()[0]
+
+    def head_and_torn(self) -> tuple[ChainHead, bytes]:
+        """The verified head and the bytes of a torn last line, decoding only lines not verified
+        before (a log whose committed bytes were all verified by an earlier read costs one read
+        of the file and one comparison of bytes)."""
+        data = self._read_bytes()
+        committed = data.rfind(b"\n") + 1
+        known = _VERIFIED.known(self._cache_key(), data[:committed])
+        if known is not None:
+            return known, data[committed:]
+        read = self._parse(data)
+        return read.head, read.torn
 
     def read_lines(self) -> tuple[list[bytes], bytes]:
         """(committed lines without their newline, bytes of a torn last line or b''), not
@@ -145,8 +158,11 @@ class HashChainLog:
         finally:
             os.close(fd)
 
+    def _cache_key(self) -> tuple[Any, ...]:
+        return (str(self.path), self.domain, self.unhashed, self.check_body)
+
     def _parse(self, data: bytes) -> ChainRead:
-        key = (str(self.path), self.domain, self.unhashed, self.check_body)
+        key = self._cache_key()
         verified = _VERIFIED.longest(key, data)  # bytes this log's rules already accepted
         *known, _ = data[:verified].split(b"\n")
         *lines, torn = data[verified:].split(b"\n")
@@ -161,9 +177,10 @@ class HashChainLog:
             entries.append(entry)
             prev = entry.hash
         committed = len(data) - len(torn)
+        head = ChainHead(len(entries), prev)
         if committed > verified:
-            _VERIFIED.remember(key, data[:committed])
-        return ChainRead(tuple(entries), ChainHead(len(entries), prev), torn, committed)
+            _VERIFIED.remember(key, data[:committed], head)
+        return ChainRead(tuple(entries), head, torn, committed)
 
     def _decode(self, line: bytes, number: int, *, verify: bool = True) -> ChainEntry:
         """One line as an entry; ``verify=False`` only for a line of bytes a read already verified
@@ -265,8 +282,9 @@ class HashChainLog:
 
 
 class VerifiedPrefixes:
-    """The committed bytes of the last verified read of each log (by path, domain and rules),
-    within a byte budget: a read whose bytes begin with them verifies only the rest.
+    """The committed bytes of the last verified read of each log (by path, domain and rules)
+    and the head they verified to, within a byte budget: a read whose bytes begin with them
+    verifies only the rest.
 
     Only what a full verification accepted is kept, and a prefix is reused only when the new
     bytes begin with it byte for byte, so a read reports exactly what verifying every line would.
@@ -274,27 +292,37 @@ class VerifiedPrefixes:
 
     def __init__(self, *, most_bytes: int = 64 << 20) -> None:
         self._most_bytes = most_bytes
-        self._prefixes: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[Any, ...], tuple[bytes, ChainHead]] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
 
+    def _get(self, key: tuple[Any, ...]) -> tuple[bytes, ChainHead] | None:
+        with self._lock:
+            hit = self._prefixes.get(key)
+            if hit is not None:
+                self._prefixes.move_to_end(key)
+            return hit
+
     def longest(self, key: tuple[Any, ...], data: bytes) -> int:
         """How many leading bytes of ``data`` are a prefix verified before (0 if none)."""
-        with self._lock:
-            prefix = self._prefixes.get(key)
-            if prefix is not None:
-                self._prefixes.move_to_end(key)
-        return len(prefix) if prefix is not None and data.startswith(prefix) else 0
+        hit = self._get(key)
+        return len(hit[0]) if hit is not None and data.startswith(hit[0]) else 0
 
-    def remember(self, key: tuple[Any, ...], committed: bytes) -> None:
+    def known(self, key: tuple[Any, ...], committed: bytes) -> ChainHead | None:
+        """The head of ``committed`` when exactly these bytes were verified before, else None."""
+        hit = self._get(key)
+        return hit[1] if hit is not None and hit[0] == committed else None
+
+    def remember(self, key: tuple[Any, ...], committed: bytes, head: ChainHead) -> None:
         with self._lock:
-            self._held -= len(self._prefixes.pop(key, b""))
+            old = self._prefixes.pop(key, None)
+            self._held -= len(old[0]) if old is not None else 0
             if len(committed) > self._most_bytes // 4:  # a log this large is verified in full each time
                 return
-            self._prefixes[key] = committed
+            self._prefixes[key] = (committed, head)
             self._held += len(committed)
             while self._held > self._most_bytes:
-                self._held -= len(self._prefixes.popitem(last=False)[1])
+                self._held -= len(self._prefixes.popitem(last=False)[1][0])
 
     def clear(self) -> None:
         with self._lock:

@@ -267,12 +267,15 @@ def test_entries_of_a_remembered_read_are_new_objects(tmp_path: Path) -> None:
 
 
 def test_the_remembered_bytes_stay_within_their_budget() -> None:
-    from flsuite.storage.chain import VerifiedPrefixes
+    from flsuite.storage.chain import ChainHead, VerifiedPrefixes
 
     prefixes = VerifiedPrefixes(most_bytes=100)
+    head = ChainHead(1, "a" * 64)
     for n in range(10):
-        prefixes.remember(("log", n), b"x" * 20 + b"\n")
+        prefixes.remember(("log", n), b"x" * 20 + b"\n", head)
     assert prefixes.longest(("log", 9), b"x" * 20 + b"\nmore") == 21
+    assert prefixes.known(("log", 9), b"x" * 20 + b"\n") == head
+    assert prefixes.known(("log", 9), b"x" * 19 + b"y\n") is None
     assert prefixes.longest(("log", 0), b"x" * 20 + b"\n") == 0  # evicted: at most 100 bytes held
-    prefixes.remember(("big", 0), b"y" * 60 + b"\n")  # over a quarter of the budget: not kept
+    prefixes.remember(("big", 0), b"y" * 60 + b"\n", head)  # over a quarter of the budget: not kept
     assert prefixes.longest(("big", 0), b"y" * 60 + b"\n") == 0
