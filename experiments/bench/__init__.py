@@ -17,6 +17,7 @@ MEASUREMENTS = {
     "csv": "experiments.bench.csv_load",
     "engines": "experiments.bench.engine_cost",
     "parallel": "experiments.bench.parallel",
+    "history": "experiments.bench.site_history",
     "utility": "experiments.bench.utility",
 }
 

@@ -17,8 +17,9 @@ TITLES = {
     "utility": "6. Utility (accuracy vs epsilon)",
     "csv": "7. CSV loading (a site's 10^6-record file, before / after)",
     "parallel": "8. Sites in parallel on the inline engine (worker processes / sequential)",
+    "history": "9. A site with a history (the default study after earlier studies, before / after)",
 }
-ORDER = ["dp_cost", "engines", "secagg", "parallel", "csv", "accounting", "registry", "utility"]
+ORDER = ["dp_cost", "engines", "secagg", "parallel", "csv", "accounting", "history", "registry", "utility"]
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:

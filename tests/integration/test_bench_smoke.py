@@ -33,7 +33,7 @@ def test_quick_run_succeeds_and_writes_every_measurement(quick_run):
     done, out = quick_run
     assert done.returncode == 0, done.stderr[-4000:]
     bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["results"]) == {"accounting", "registry", "dp_cost", "secagg", "csv", "engines", "parallel", "utility"}
+    assert set(bench["results"]) == {"accounting", "registry", "dp_cost", "secagg", "csv", "engines", "parallel", "history", "utility"}
     assert not [name for name, result in bench["results"].items() if "error" in result]
     machine = bench["meta"]["machine"]
     assert machine["cores"] >= 1 and machine["torch"] and machine["flwr"] and machine["opacus"]
@@ -58,6 +58,9 @@ def test_results_hold_the_ratios_the_tables_report(quick_run):
     parallel = results["parallel"]
     assert all(_positive(v["processes_over_sequential"]) and v["same_accuracy"] in (True, None) for v in parallel["rounds"]["variants"].values())
     assert _positive(parallel["default_study"]["two_over_one"]) and len(parallel["load_average_before"]) == 3
+    history = results["history"]
+    assert _positive(history["after_over_before"]) and all(_positive(history["wall_s"][v]) for v in ("before", "after"))
+    assert min(history["ledger_entries_per_site"]) > 0 and history["largest_epsilon_difference"] < 1e-3
     assert results["secagg"]["wire"]["upload_bytes"]["ratio"] > 1.0  # masks add a little, never nothing
     assert all(_positive(row["ratio_before"]) for row in results["secagg"]["rounds"].values())
     assert all(row["before"]["seconds"]["median"] > 0 for row in results["secagg"]["shamir"].values())
