@@ -362,10 +362,11 @@ class _PrvAccountant:
       cell edges (one CDF evaluation per edge instead of two);
     - every mechanism's spectrum is computed once, and a composition of several mechanisms is
       one inverse FFT of the product of their powers: Gopi et al.'s circular convolution on the
-      domain sized for the whole composition (prv_accountant's ``Heterogeneous`` composes each
-      mechanism so, then convolves the results linearly and keeps the domain's window; the two
-      differ only by mass beyond the domain, which its size bounds, and wrapped-around mass can
-      only raise the upper tail);
+      domain sized for the whole composition. prv_accountant's ``Heterogeneous`` composes each
+      mechanism so, then convolves the results linearly and keeps the domain's window: the two
+      differ only in what becomes of mass beyond the domain (dropped there, wrapped around
+      here, as the Fourier composer already wraps each mechanism's own), which the domain's
+      size keeps within the delta error;
     - epsilon is read off the composed PRV in float64 (``_epsilon_bounds``) rather than on a
       long double grid: the same formula, about 1e-10 apart on delta against delta/1000.
     """
@@ -394,7 +395,7 @@ class _PrvAccountant:
         return _epsilon_bounds(*self._composition(steps), delta, self.delta_error, self.eps_error)
 
     def _composition(self, steps: Sequence[int]):
-        """(pmf, t_min, log of the finite mass) of the composition, on this accountant's grid.
+        """(pmf, t_min, dt, log of the finite mass) of the composition, on this accountant's grid.
 
         prv_accountant's Fourier composer, for every mechanism at once: the n-fold circular
         convolution of pmfs whose origin sits at index N/2 - 1 lands n - 1 cells (plus N/2 when n

@@ -126,7 +126,7 @@ class HashChainLog:
         return self._parse(self._read_bytes())
 
     def head(self) -> ChainHead:
-        """The verified head; (bytes, head) of the committed part when it is all verified already."""
+        """The verified head (``head_and_torn`` without the torn bytes)."""
         return self.head_and_torn()[0]
 
     def head_and_torn(self) -> tuple[ChainHead, bytes]:
