@@ -57,9 +57,11 @@ LEDGER_DOMAIN = "flsuite.privacy.ledger/2"
 GENESIS_HASH = GENESIS
 LedgerHead = ChainHead  # (entries, hash of the last one): what a site anchors, signs and reports
 _KINDS = ("event", "reserve", "spend", "cancel")
-# (path, head) -> the ledger state those entries fold to (frozen: DpEvents, Reservations, tuples)
-_FOLDED: OrderedDict[tuple[str, ChainHead], LedgerState] = OrderedDict()
-_FOLDED_MOST = 64
+# path -> (head, the state its entries fold to; frozen: DpEvents, Reservations, tuples): the latest
+# head of each ledger a process reads, for at most _FOLDED_PATHS ledgers and _FOLDED_ENTRIES entries
+_FOLDED: OrderedDict[str, tuple[ChainHead, LedgerState]] = OrderedDict()
+_FOLDED_PATHS = 64
+_FOLDED_ENTRIES = 200_000
 _FOLDED_LOCK = threading.Lock()
 
 
@@ -142,20 +144,20 @@ class PrivacyLedger:
     # -- reading ---------------------------------------------------------------------------
     def state(self) -> LedgerState:
         """The verified ledger: IntegrityError when an entry is bad or a spend/cancel names no
-        open reservation. The folding of entries into events is kept per head: the head's hash
-        commits to every entry, so a ledger with the same head folds to the same state, and the
-        entries are decoded only when that head was not folded before."""
-        key = (str(self.path), self.head())
+        open reservation. The state of each ledger's latest head is kept (``_keep_folded``): the
+        head's hash commits to every entry, so a ledger with the same head folds to the same
+        state, and the entries are decoded only when the head moved."""
+        path, head = str(self.path), self.head()
         with _FOLDED_LOCK:
-            folded = _FOLDED.get(key)
-        if folded is None:
-            read = self._read()
-            key = (str(self.path), read.head)  # another process may have appended in between
+            hit = _FOLDED.get(path)
+            if hit is not None:
+                _FOLDED.move_to_end(path)
+        if hit is not None and hit[0] == head:
+            folded = hit[1]
+        else:
+            read = self._read()  # another process may have appended since: its head is the one kept
             folded = self._fold(read)
-            with _FOLDED_LOCK:
-                _FOLDED[key] = folded
-                while len(_FOLDED) > _FOLDED_MOST:
-                    _FOLDED.popitem(last=False)
+            _keep_folded(path, read.head, folded)
         return dataclasses.replace(folded, exists=self.path.exists())
 
     def _fold(self, read: ChainRead) -> LedgerState:
@@ -300,6 +302,17 @@ class PrivacyLedger:
             f"cannot {action} the privacy ledger at {self.path}: {error.strerror or error}. "
             "Point the site's ledger path to a file in a folder this process can write."
         )
+
+
+def _keep_folded(path: str, head: ChainHead, state: LedgerState) -> None:
+    """Keep ``state`` as ``path``'s latest folded state, within the count and entry budgets."""
+    with _FOLDED_LOCK:
+        _FOLDED.pop(path, None)
+        if head.entries > _FOLDED_ENTRIES // 4:  # a ledger this long is folded on every read
+            return
+        _FOLDED[path] = (head, state)
+        while len(_FOLDED) > _FOLDED_PATHS or sum(h.entries for h, _ in _FOLDED.values()) > _FOLDED_ENTRIES:
+            _FOLDED.popitem(last=False)
 
 
 def _require_event(event: object) -> None:

@@ -244,3 +244,24 @@ def test_a_ledger_deleted_after_a_read_is_reported_missing(tmp_path):
     ledger.path.unlink()
     state = ledger.state()
     assert not state.exists and state.head.entries == 0
+
+
+def test_a_process_keeps_one_folded_state_per_ledger_within_its_budget(tmp_path, monkeypatch):
+    """Attack on memory: a ledger read after every append (a site's long history) must not leave a
+    folded copy of itself per head; the states kept stay within the count and entry budgets."""
+    import flsuite.privacy.ledger as module
+
+    monkeypatch.setattr(module, "_FOLDED", module.OrderedDict())
+    ledger = filled(tmp_path / "a" / "ledger.jsonl", n=1)
+    for n in range(2, 30):
+        ledger.append(make_event(round=n))
+        assert len(ledger.state().events) == n
+    assert list(module._FOLDED) == [str(ledger.path)]
+    monkeypatch.setattr(module, "_FOLDED_ENTRIES", 40)
+    others = [filled(tmp_path / f"site-{i}" / "ledger.jsonl", n=8) for i in range(6)]
+    for other in others:
+        other.state()
+    assert sum(head.entries for head, _ in module._FOLDED.values()) <= 40
+    assert str(others[-1].path) in module._FOLDED  # the most recent are kept, the oldest go first
+    long_one = filled(tmp_path / "long" / "ledger.jsonl", n=11)  # over a quarter of the budget: never kept
+    assert len(long_one.state().events) == 11 and str(long_one.path) not in module._FOLDED

@@ -277,5 +277,22 @@ def test_the_remembered_bytes_stay_within_their_budget() -> None:
     assert prefixes.known(("log", 9), b"x" * 20 + b"\n") == head
     assert prefixes.known(("log", 9), b"x" * 19 + b"y\n") is None
     assert prefixes.longest(("log", 0), b"x" * 20 + b"\n") == 0  # evicted: at most 100 bytes held
+    assert prefixes._held <= 100 and all(prefixes.longest(("log", n), b"x" * 20 + b"\n") == 21 for n in range(6, 10))
     prefixes.remember(("big", 0), b"y" * 60 + b"\n", head)  # over a quarter of the budget: not kept
     assert prefixes.longest(("big", 0), b"y" * 60 + b"\n") == 0
+
+
+def test_a_bad_line_after_a_remembered_prefix_is_named_by_its_own_number(tmp_path: Path) -> None:
+    """Lines after the bytes verified before are checked as a full read checks them, with the
+    same line numbers in the error."""
+    path = tmp_path / "log.jsonl"
+    log = HashChainLog(path, domain="test/1", name="test log")
+    for n in range(5):
+        log.append({"n": n})
+    log.read()  # remembers 5 verified lines
+    log.append({"n": 5})
+    lines = path.read_bytes().split(b"\n")
+    lines[5] = lines[5].replace(b'"n":5', b'"n":6')  # the sixth entry's body no longer matches its hash
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(IntegrityError, match="line 6: checksum mismatch"):
+        log.read()
