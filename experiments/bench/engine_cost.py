@@ -158,7 +158,9 @@ def measure_overhead(scale: Scale) -> dict[str, Any]:
 BUCKETS = {
     "local training at the sites (DP-SGD / SGD)": [("flsuite/privacy/dp_training.py", "train_dp"),
                                                    ("flsuite/training/local.py", "train_plain")],
-    "privacy accounting (sites' budget checks)": [("flsuite/privacy/accounting.py", "epsilon")],
+    "privacy accounting and ledger (sites' reserve, spend, status)": [
+        ("flsuite/site/privacy_guard.py", name) for name in ("reserve", "spend", "status")
+    ],
     "secure aggregation protocol (sites + coordinator)": [
         ("flsuite/secagg/site.py", name) for name in ("setup", "share_keys", "begin_train", "mask_update", "unmask")
     ] + [("flsuite/secagg/coordinator.py", name) for name in
@@ -170,19 +172,34 @@ BUCKETS = {
 
 
 def profile_rounds(overrides: list[str]) -> dict[str, Any]:
-    """Where the time of rounds 2.. goes on the inline engine (cProfile, cumulative seconds per bucket)."""
+    """Where the time of rounds 2.. goes on the inline engine (cProfile, cumulative seconds per bucket).
+
+    The in-process Grid delivers each message in a thread of its own, so every thread started
+    after round 1 gets a profiler of its own as it starts (``threading.setprofile``), and their
+    statistics are added to the coordinator thread's.
+    """
     import cProfile
     import pstats
+    import sys
+    import threading
 
     from flsuite.coordinator import progress as study_progress
 
     profiler = cProfile.Profile()
+    in_threads: list[cProfile.Profile] = []
     walls: list[float] = []
+
+    def profile_thread(*_: Any) -> None:
+        sys.setprofile(None)
+        thread_profiler = cProfile.Profile()
+        in_threads.append(thread_profiler)  # list.append is atomic
+        thread_profiler.enable()
 
     def on_round(record: Any) -> None:
         walls.append(record.wall_s)
         if record.round == 1:
             profiler.enable()  # rounds after the first only: planning and warm-up stay out
+            threading.setprofile(profile_thread)
 
     study_progress.subscribe(on_round)
     try:
@@ -190,8 +207,11 @@ def profile_rounds(overrides: list[str]) -> dict[str, Any]:
             run_study(overrides, Path(tmp))
     finally:
         profiler.disable()
+        threading.setprofile(None)
         study_progress.unsubscribe(on_round)
-    table = pstats.Stats(profiler).stats  # (file, line, function) -> (cc, nc, tottime, cumtime, callers)
+    for thread_profiler in in_threads:
+        thread_profiler.disable()  # a finished thread's profiler holds its statistics
+    table = pstats.Stats(profiler, *in_threads).stats  # (file, line, function) -> (cc, nc, tottime, cumtime, callers)
 
     def cumulative(pairs) -> float:
         return sum(ct for (file, _, fn), (_, _, _, ct, _) in table.items()

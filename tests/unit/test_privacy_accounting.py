@@ -184,6 +184,15 @@ def test_reported_epsilon_is_never_below_pld_and_within_five_percent(phases):
     assert reference * (1 - 1e-9) <= reported <= reference * 1.05, (phases, reported, reference)
 
 
+def test_a_site_s_long_history_is_never_reported_below_pld():
+    """A site after several studies: one sigma per study and its private evaluations (q = 1), 1,100
+    steps in all, composed by the one product of spectra: within [1.00, 1.05] x dp_accounting's PLD."""
+    history = [(1 / 7, 2.664, 420), (1 / 7, 3.113, 420), (1 / 7, 3.941, 280), (1.0, 5.0, 8)]
+    reported = epsilon(history, delta=1e-5)
+    reference = _pld_reference(history)
+    assert reference * (1 - 1e-9) <= reported <= reference * 1.05, (reported, reference)
+
+
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_noise_multiplier_lands_at_or_just_below_the_target(accountant):
     sigma = noise_multiplier_for(target_epsilon=3.0, delta=1e-5, sample_rate=1 / 6, steps=120, accountant=accountant)
