@@ -146,25 +146,30 @@ class PrivacyLedger:
         """The verified ledger: IntegrityError when an entry is bad or a spend/cancel names no
         open reservation. The state of each ledger's latest head is kept (``_keep_folded``): the
         head's hash commits to every entry, so a ledger with the same head folds to the same
-        state, and the entries are decoded only when the head moved."""
-        path, head = str(self.path), self.head()
+        state, entries are decoded only when the head moved, and only the entries after the
+        kept head are folded."""
+        path = str(self.path)
+        head, read = self._peek()
         with _FOLDED_LOCK:
-            hit = _FOLDED.get(path)
-            if hit is not None:
+            kept = _FOLDED.get(path)
+            if kept is not None:
                 _FOLDED.move_to_end(path)
-        if hit is not None and hit[0] == head:
-            folded = hit[1]
+        if kept is not None and kept[0] == head:
+            folded = kept[1]
         else:
-            read = self._read()  # another process may have appended since: its head is the one kept
-            folded = self._fold(read)
+            read = read or self._read()
+            folded = self._fold(read, since=kept[1] if kept is not None else None)
             _keep_folded(path, read.head, folded)
         return dataclasses.replace(folded, exists=self.path.exists())
 
-    def _fold(self, read: ChainRead) -> LedgerState:
-        final: list[tuple[int, DpEvent]] = []
-        open_: dict[str, Reservation] = {}
-        closed: list[tuple[Reservation, int]] = []
-        for entry in read.entries:
+    def _fold(self, read: ChainRead, since: LedgerState | None = None) -> LedgerState:
+        """The entries of ``read`` as events and reservations; from ``since`` on when ``read``
+        extends the ledger ``since`` was folded from (its hash at since's depth is since's head)."""
+        start = since.head.entries if since is not None and _extends(read, since.head) else 0
+        final: list[tuple[int, DpEvent]] = list(since.final) if start else []
+        open_: dict[str, Reservation] = {r.id: r for r in since.open} if start else {}
+        closed: list[tuple[Reservation, int]] = list(since.closed) if start else []
+        for entry in read.entries[start:]:
             kind, value = next(iter(entry.body.items()))
             if kind == "event":
                 final.append((entry.number, DpEvent.from_dict(value)))
@@ -197,13 +202,17 @@ class PrivacyLedger:
         return self.state().charged(dataset)
 
     def head(self) -> LedgerHead:
+        return self._peek()[0]
+
+    def _peek(self) -> tuple[LedgerHead, ChainRead | None]:
+        """The verified head, and the read when the log had lines to verify (``HashChainLog.peek``)."""
         try:
-            head, torn = self._log.head_and_torn()
+            head, torn, read = self._log.peek()
         except OSError as error:
             raise self._path_error("read", error) from None
         if torn and self.on_torn_tail == "refuse":
             raise IntegrityError(f"privacy ledger {self.path} line {head.entries + 1}: incomplete last entry")
-        return head
+        return head, read
 
     # -- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -302,6 +311,11 @@ class PrivacyLedger:
             f"cannot {action} the privacy ledger at {self.path}: {error.strerror or error}. "
             "Point the site's ledger path to a file in a folder this process can write."
         )
+
+
+def _extends(read: ChainRead, head: ChainHead) -> bool:
+    """Whether ``read``'s first ``head.entries`` entries are the ones ``head`` commits to."""
+    return 0 < head.entries <= read.head.entries and read.entries[head.entries - 1].hash == head.hash
 
 
 def _keep_folded(path: str, head: ChainHead, state: LedgerState) -> None:

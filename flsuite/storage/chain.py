@@ -130,16 +130,21 @@ class HashChainLog:
         return self.head_and_torn()[0]
 
     def head_and_torn(self) -> tuple[ChainHead, bytes]:
-        """The verified head and the bytes of a torn last line, decoding only lines not verified
-        before (a log whose committed bytes were all verified by an earlier read costs one read
-        of the file and one comparison of bytes)."""
+        """The verified head and the bytes of a torn last line (``peek`` without the read)."""
+        head, torn, _ = self.peek()
+        return head, torn
+
+    def peek(self) -> tuple[ChainHead, bytes, ChainRead | None]:
+        """The verified head, the bytes of a torn last line, and the verified read when some
+        committed lines had not been verified before. None when all had: then nothing was decoded
+        (one read of the file and one comparison of bytes)."""
         data = self._read_bytes()
         committed = data.rfind(b"\n") + 1
         known = _VERIFIED.known(self._cache_key(), data[:committed])
         if known is not None:
-            return known, data[committed:]
+            return known, data[committed:], None
         read = self._parse(data)
-        return read.head, read.torn
+        return read.head, read.torn, read
 
     def read_lines(self) -> tuple[list[bytes], bytes]:
         """(committed lines without their newline, bytes of a torn last line or b''), not

@@ -79,13 +79,13 @@ def test_each_ledger_is_read_once(site, tmp_path, monkeypatch):
     root, head = copy_site(site, tmp_path)
     registry = registry_with(tmp_path, head)
     reads = []
-    original = HashChainLog.read
+    original = HashChainLog._read_bytes  # every read of a log's file goes through it
 
     def counted(self, *args, **kwargs):
         reads.append(self.path)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(HashChainLog, "read", counted)
+    monkeypatch.setattr(HashChainLog, "_read_bytes", counted)
     auditor_report(registry, ledgers=[root / "site-0"])
     assert reads.count(root / "site-0" / "ledger.jsonl") == 1
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -265,3 +266,31 @@ def test_a_process_keeps_one_folded_state_per_ledger_within_its_budget(tmp_path,
     assert str(others[-1].path) in module._FOLDED  # the most recent are kept, the oldest go first
     long_one = filled(tmp_path / "long" / "ledger.jsonl", n=11)  # over a quarter of the budget: never kept
     assert len(long_one.state().events) == 11 and str(long_one.path) not in module._FOLDED
+
+
+def test_a_grown_ledger_folds_only_its_new_entries_into_the_same_state(tmp_path, monkeypatch):
+    """After an append, the kept state is continued with the new entries only, and the result is the
+    state a fold of every entry gives (events, open and closed reservations, in ledger order)."""
+    from flsuite.privacy.events import DpEvent
+
+    ledger = filled(tmp_path / "ledger.jsonl", n=6)
+    first = ledger.reserve(make_event(round=7))
+    second = ledger.reserve(make_event(round=8))
+    ledger.spend(first, make_event(round=7))
+    ledger.state()
+    folds = [0]
+    real = DpEvent.from_dict.__func__
+
+    def counting(cls, record):
+        folds[0] += 1
+        return real(cls, record)
+
+    monkeypatch.setattr(DpEvent, "from_dict", classmethod(counting))
+    ledger.cancel(second, "the training failed")
+    ledger.append(make_event(round=9))
+    folds[0] = 0
+    state = ledger.state()
+    assert folds[0] <= 2  # the chain's check of the new line, then the fold of it; not all eleven entries
+    monkeypatch.undo()
+    assert state == dataclasses.replace(ledger._fold(ledger._read()), exists=True)
+    assert [e.round for e in state.events] == [1, 2, 3, 4, 5, 6, 7, 9] and state.open == ()
