@@ -126,13 +126,8 @@ class HashChainLog:
         return self._parse(self._read_bytes())
 
     def head(self) -> ChainHead:
-        """The verified head (``head_and_torn`` without the torn bytes)."""
-        return self.head_and_torn()[0]
-
-    def head_and_torn(self) -> tuple[ChainHead, bytes]:
-        """The verified head and the bytes of a torn last line (``peek`` without the read)."""
-        head, torn, _ = self.peek()
-        return head, torn
+        """The verified head (``peek``'s first part)."""
+        return self.peek()[0]
 
     def peek(self) -> tuple[ChainHead, bytes, ChainRead | None]:
         """The verified head, the bytes of a torn last line, and the verified read when some
