@@ -148,19 +148,20 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
             if reply.has_error():
                 refusals[node] = f"{stage}: {reply.error.reason or f'error {reply.error.code}'}"
                 continue
-            if protocol.REFUSAL in reply.content.config_records:
+            config_records = reply.content.config_records  # Flower builds a new dict at each access
+            if protocol.REFUSAL in config_records:
                 try:
-                    refusal = protocol.Refusal.from_record(reply.content.config_records[protocol.REFUSAL])
+                    refusal = protocol.Refusal.from_record(config_records[protocol.REFUSAL])
                 except ProtocolError as error:
                     refusals[node] = f"{stage}: {error}"
                     continue
                 site_refusals[node] = refusal
                 refusals[node] = f"{stage}: site {refusal.site!r} refused ({refusal.kind}): {refusal.message}"
                 continue
-            if SECAGG_RECORD not in reply.content.config_records:
+            if SECAGG_RECORD not in config_records:
                 refusals[node] = f"{stage}: reply without a {SECAGG_RECORD!r} record"
                 continue
-            answer = dict(reply.content.config_records[SECAGG_RECORD])
+            answer = dict(config_records[SECAGG_RECORD])
             if stage == protocol.MASKED_TRAIN:
                 masked = reply.content.array_records.get(MASKED_RECORD)
                 vector = protocol.MASKED_VECTOR

@@ -93,8 +93,9 @@ def stage_of(message: Message) -> str:
     """The secure-aggregation stage a message belongs to, else its message type."""
     from flsuite.protocol import SECAGG_RECORD
 
-    if message.has_content() and SECAGG_RECORD in message.content.config_records:
-        return str(message.content.config_records[SECAGG_RECORD].get("stage", ""))
+    records = message.content.config_records if message.has_content() else {}  # Flower builds it at each access
+    if SECAGG_RECORD in records:
+        return str(records[SECAGG_RECORD].get("stage", ""))
     return message.metadata.message_type
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -210,11 +211,38 @@ def sign_keys(identity: Ed25519PrivateKey, payload: bytes) -> bytes:
 
 
 def verify_keys(identity_public: bytes, signature: bytes, payload: bytes) -> bool:
+    """Whether ``signature`` is ``identity_public``'s Ed25519 signature of ``payload``.
+
+    A verification is a pure function of those three byte strings, so one that succeeded is
+    remembered, keyed by the three exactly (``_VERIFIED``): every neighbour of a site checks that
+    site's one signature over its round keys, and simulated sites share a process, so the
+    signature is checked there once instead of once per neighbour. Any other key, signature or
+    payload is a different key and is verified; failures are never remembered, and only
+    immutable ``bytes`` are (a mutable buffer could change after it was checked).
+    """
+    triple = (identity_public, signature, payload)
+    remember = all(type(part) is bytes for part in triple)
+    if remember:
+        with _VERIFIED_LOCK:
+            if triple in _VERIFIED:
+                _VERIFIED.move_to_end(triple)
+                return True
     try:
         Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, payload)
     except (InvalidSignature, ValueError):
         return False
+    if remember:
+        with _VERIFIED_LOCK:
+            _VERIFIED[triple] = None
+            while len(_VERIFIED) > _VERIFIED_MAX:
+                _VERIFIED.popitem(last=False)
     return True
+
+
+#: Signatures that verified, keyed by (public key, signature, payload) exactly; a round of 50 sites adds 50.
+_VERIFIED: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+_VERIFIED_MAX = 4096
+_VERIFIED_LOCK = threading.Lock()
 
 
 def public_key_bytes(identity: Ed25519PrivateKey) -> bytes:

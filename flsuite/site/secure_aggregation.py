@@ -40,9 +40,10 @@ SECAGG_RECORD, MASKED_RECORD, STATE_RECORD = protocol.SECAGG_RECORD, protocol.MA
 
 def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """Answer secure-aggregation stages; pass every other message on unchanged."""
-    if not msg.has_content() or SECAGG_RECORD not in msg.content.config_records:
+    config_records = msg.content.config_records if msg.has_content() else {}  # Flower builds it at each access
+    if SECAGG_RECORD not in config_records:
         return call_next(msg, context)
-    request: dict[str, Any] = dict(msg.content.config_records[SECAGG_RECORD])
+    request: dict[str, Any] = dict(config_records[SECAGG_RECORD])
     try:
         site = _load_site(context)
     except ConfigError as exc:
