@@ -9,8 +9,10 @@
    whole round through the Flower wiring on the in-process Grid with instant training.
 4. ``--round-cpu SITES``: only a secure round's fixed cost (CPU and wall) as a study runs
    it, instant training (``bench_round_cpu``).
+5. ``--signature-memo SITES [--pairs N]``: only that round with and without the memo of
+   verified signatures, paired (``bench_signature_memo``).
 
-    .venv/bin/python experiments/secagg_bench.py [--repeats 3] [--round-cpu 10]
+    .venv/bin/python experiments/secagg_bench.py [--repeats 3] [--round-cpu 10] [--signature-memo 10]
 
 Writes experiments/results/secagg.json and prints a markdown table.
 """
@@ -299,14 +301,80 @@ def bench_round_cpu(n_sites: int = 10, rounds: int = 21) -> dict[str, float]:
             "wall_median_s": statistics.median(walls[1:]), "wall_min_s": min(walls[1:])}
 
 
+def bench_signature_memo(n_sites: int = 10, pairs: int = 30) -> dict[str, float]:
+    """A secure round (``bench_round_cpu``'s setting) with and without the memo of verified signatures.
+
+    Rounds alternate between ``crypto.verify_keys`` as it is (each signature checked once per process)
+    and a verification of every signature by every neighbour, in an order that flips pair by pair;
+    wall and CPU medians and the median of the pairs' wall ratios (with / without).
+    """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from flsuite.config.schema import SecAggConfig
+    from flsuite.coordinator.secure_round import secure_train_round
+    from flsuite.flower import InProcessGrid, new_run
+    from flsuite.secagg import primitives
+    from flsuite.site.testing import build_sites
+
+    def every_time(identity_public: bytes, signature: bytes, payload: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(identity_public).verify(signature, payload)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+    rng = np.random.default_rng(1)
+    shapes = [(280, 64), (280,), (280, 280), (280,), (10, 280), (10,)]  # the bench study's MLP
+    global_arrays = ArrayRecord({f"layer{i}": Array((rng.standard_normal(s) * 0.1).astype(np.float32)) for i, s in enumerate(shapes)})
+
+    def train(msg: Message, context) -> Message:
+        glob = msg.content["arrays"]
+        local = ArrayRecord({k: Array(glob[k].numpy() + np.float32(0.01)) for k in glob})
+        return Message(RecordDict({"arrays": local, "metrics": MetricRecord({"num-examples": 500})}), reply_to=msg)
+
+    settings = SecAggConfig().settings_for(n_sites)
+    variants = {"memo": primitives.verify_keys, "every_time": every_time}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = [5000 + i for i in range(n_sites)]
+        handlers, contexts = build_sites(tmp, nodes, train, run_id=3)
+        server_round = 0
+        try:
+            for pair in range(pairs + 1):  # pair 0 warms up
+                for name in (("memo", "every_time") if pair % 2 else ("every_time", "memo")):
+                    primitives.verify_keys = variants[name]
+                    server_round += 1
+                    with InProcessGrid(handlers, contexts, run=new_run(3)) as grid:
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        secure_train_round(grid, node_ids=nodes, server_round=server_round, global_arrays=global_arrays,
+                                           train_configs={n: ConfigRecord() for n in nodes}, settings=settings, timeout_s=60)
+                        if pair:
+                            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+        finally:
+            primitives.verify_keys = variants["memo"]
+    result = {f"{name}_{kind}_median_s": statistics.median(t[i] for t in times[name])
+              for name in variants for i, kind in enumerate(("wall", "cpu"))}
+    result["paired_wall_ratio"] = statistics.median(m[0] / e[0] for m, e in zip(times["memo"], times["every_time"], strict=True))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--round-cpu", type=int, metavar="SITES",
                         help="only print bench_round_cpu(SITES) as JSON (a secure round's fixed cost, instant training)")
+    parser.add_argument("--signature-memo", type=int, metavar="SITES",
+                        help="only print bench_signature_memo(SITES) as JSON (secure rounds with and without the memo of "
+                             "verified signatures, paired)")
+    parser.add_argument("--pairs", type=int, default=30, help="pairs of rounds for --signature-memo")
     args = parser.parse_args()
     if args.round_cpu:
         print(json.dumps({k: round(v, 4) for k, v in bench_round_cpu(args.round_cpu).items()}))
+        return
+    if args.signature_memo:
+        print(json.dumps({k: round(v, 4) for k, v in bench_signature_memo(args.signature_memo, args.pairs).items()}))
         return
     configs = {
         "10 sites, full graph, t=6": (10, SecAggSettings(cohort_size=10, threshold=6)),
