@@ -112,8 +112,13 @@ def load_pinned_identities(path: str | os.PathLike[str]) -> dict[str, bytes]:
 
 
 def _check_name(name: object, path: object) -> None:
-    if not isinstance(name, str) or not name or len(name.encode("utf-8")) > 255:
-        raise ConfigError(f"pinned identities {path}: site name {name!r} must be a non-empty string of at most 255 bytes.")
+    try:
+        encoded = name.encode("utf-8") if isinstance(name, str) else b""
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can carry
+        encoded = b""
+    if not encoded or len(encoded) > 255:
+        raise ConfigError(f"pinned identities {path}: site name {name!r} must be a non-empty string of at most 255 bytes "
+                          "of UTF-8.")
 
 
 def _check_public(public: object, name: str, path: object) -> None:

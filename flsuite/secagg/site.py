@@ -131,9 +131,10 @@ class SiteRound:
         round_, digest = self._state["round"], self._state["setup-digest"]
         for peer, name, c_pk, s_pk, signature in zip(peers, names, c_pks, s_pks, signatures, strict=True):
             pinned = self._pinned.get(name)
-            payload = crypto.key_signature_payload(run_id=self.run_id, server_round=round_, node=peer, site_name=name,
-                                                   c_pk=c_pk, s_pk=s_pk, setup_digest=digest)
-            if pinned is None or not crypto.verify_keys(pinned, signature, payload):
+            # Only a pinned name is encoded into the payload: any other (one that does not even encode) is refused here.
+            if pinned is None or not crypto.verify_keys(pinned, signature, crypto.key_signature_payload(
+                    run_id=self.run_id, server_round=round_, node=peer, site_name=name, c_pk=c_pk, s_pk=s_pk,
+                    setup_digest=digest)):
                 raise SecAggRefused("unsigned-peer-key", f"the keys of node {peer} ({name!r}) are not signed by a pinned "
                                     "site identity for this run, round and setup")
         if len(peers) + 1 < settings.threshold:

@@ -69,6 +69,8 @@ def test_unusable_identity_key_files_are_named_in_the_error(tmp_path):
     ('{"sites": {"site-a": "!!!"}}', "site 'site-a' is not base64"),
     ('{"sites": {"site-a": "' + base64.b64encode(b"short").decode() + '"}}', "raw 32-byte"),
     ('{"sites": {"": "' + base64.b64encode(bytes(32)).decode() + '"}}', "site name ''"),
+    ('{"sites": {"\\ud800": "' + base64.b64encode(bytes(32)).decode() + '"}}', "site name '\\ud800'"),  # no UTF-8
+    ('{"sites": {"' + "a" * 256 + '": "' + base64.b64encode(bytes(32)).decode() + '"}}', "at most 255 bytes"),
 ])
 def test_unusable_pinned_identities_are_refused(tmp_path, content, words):
     path = tmp_path / "identities.json"

@@ -275,6 +275,20 @@ def test_one_site_cannot_be_presented_twice():
         core.call(victim, "share_keys", request)
 
 
+@pytest.mark.parametrize("name", ["\ud800", "x" * 70_000], ids=["lone surrogate", "past 65535 bytes"])
+def test_a_peer_name_that_cannot_be_signed_is_refused_as_unsigned(name):
+    """A coordinator names a peer with a string no site could have signed: a refusal, never an exception."""
+    core = Core()
+    requests = core.setup()
+    victim = core.nodes[-1]
+    names = unpack_names(requests[victim]["peer-names"])
+    names[0] = name
+    request = dict(requests[victim], **{"peer-names": pack_names(names)})
+    with pytest.raises(SecAggRefused, match="unsigned-peer-key"):
+        core.call(victim, "share_keys", request)
+    assert core.states[victim]["stage"] == "refused"  # the round ended for this site, its secrets wiped
+
+
 def test_setup_with_a_weakened_threshold_is_refused():
     core = Core()
     request = dict(next(iter(core.coordinator.setup_requests().values())))
