@@ -96,6 +96,8 @@ class CoordinatorRound:
                         "signature": reply["signature"]}
                 if len(keys["c-pk"]) != KEY_SIZE or len(keys["s-pk"]) != KEY_SIZE or len(keys["signature"]) != SIGNATURE_SIZE:
                     raise ValueError("key or signature of wrong size")
+                if not (crypto.x25519_usable(keys["c-pk"]) and crypto.x25519_usable(keys["s-pk"])):
+                    raise ValueError("a key is a low-order X25519 point, which no agreement can use")
             except (KeyError, TypeError, ValueError) as exc:
                 self.rejected[node] = f"malformed setup reply: {exc}"
                 continue

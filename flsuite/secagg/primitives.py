@@ -50,6 +50,7 @@ __all__ = [
     "x25519_public",
     "x25519_shared",
     "x25519_shared_many",
+    "x25519_usable",
 ]
 
 PROTOCOL = b"flsuite-secagg/v1"
@@ -77,6 +78,19 @@ def x25519_public(private: bytes) -> bytes:
 
 def x25519_shared(private: bytes, peer_public: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private).exchange(X25519PublicKey.from_public_bytes(peer_public))
+
+
+def x25519_usable(public: bytes) -> bool:
+    """Whether ``public`` is an X25519 public key an agreement can use (not one of the low-order points)."""
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:  # OpenSSL refuses a low-order point: the shared secret would be all zeros
+        return False
+    return True
+
+
+#: A throwaway private key: agreeing with it tells whether a public key is usable (its secret never matters).
+_PROBE = X25519PrivateKey.generate()
 
 
 def x25519_shared_many(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:

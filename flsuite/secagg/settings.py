@@ -13,9 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 from flsuite.errors import ConfigError
 
-__all__ = ["MASK_CIPHERS", "SecAggSettings"]
+__all__ = ["MASK_CIPHERS", "MAX_COHORT_SIZE", "MAX_WEIGHT_CAP", "SecAggSettings"]
 
 MASK_CIPHERS = ("aes-256-ctr", "chacha20")
+#: The most sites in one secure round: each site builds the round's neighbour graph (its size squared with
+#: every other site as a neighbour), so a coordinator's setup cannot ask a site for gigabytes.
+MAX_COHORT_SIZE = 1024
+#: The largest weight cap (records that count towards a site's weight).
+MAX_WEIGHT_CAP = 10**12
 _MODULUS = 2**32
 
 
@@ -56,6 +61,9 @@ class SecAggSettings:
                 f"secagg.cohort_size={n!r}: secure aggregation needs at least 3 sites per round "
                 "(with 2, each site could subtract its own update from the sum and learn the other's)."
             )
+        if n > MAX_COHORT_SIZE:  # every site builds the round's graph: a coordinator must not set its size at will
+            raise ConfigError(f"secagg.cohort_size={n}: at most {MAX_COHORT_SIZE} sites per secure round; sample a "
+                              "cohort of at most that many sites for each round.")
         k = self.neighbours
         if k is not None:
             if not _is_int(k) or not 2 <= k <= n - 1:
@@ -89,12 +97,12 @@ class SecAggSettings:
             )
         object.__setattr__(self, "_resolved_dropouts", d)
         r = self.clip_range
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r <= 0:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not _finite(r) or r <= 0:
             raise ConfigError(f"secagg.clip_range={r!r}: must be a finite number > 0.")
         if not isinstance(self.clip_out_of_range, bool):
             raise ConfigError(f"secagg.clip_out_of_range={self.clip_out_of_range!r}: must be true or false.")
-        if not _is_int(self.weight_cap) or self.weight_cap < 1:
-            raise ConfigError(f"secagg.weight_cap={self.weight_cap!r}: must be an integer >= 1.")
+        if not _is_int(self.weight_cap) or not 1 <= self.weight_cap <= MAX_WEIGHT_CAP:
+            raise ConfigError(f"secagg.weight_cap={self.weight_cap!r}: must be an integer from 1 to {MAX_WEIGHT_CAP}.")
         if self.mask_cipher not in MASK_CIPHERS:
             raise ConfigError(f"secagg.mask_cipher={self.mask_cipher!r}: choose one of {', '.join(MASK_CIPHERS)}.")
 
@@ -138,8 +146,8 @@ class SecAggSettings:
         """Rebuild (and re-validate) settings sent by the coordinator."""
         try:
             data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"secagg settings are not valid JSON: {exc}") from None
+        except (TypeError, ValueError, RecursionError) as exc:  # RecursionError: nested past Python's limit
+            raise ConfigError(f"secagg settings are not valid JSON: {type(exc).__name__}: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError("secagg settings must be a JSON object")
         allowed = {"cohort_size", "threshold", "neighbours", "max_dropouts", "clip_range",
@@ -155,3 +163,10 @@ class SecAggSettings:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

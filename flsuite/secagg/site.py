@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from functools import lru_cache, wraps
+from functools import lru_cache, partial, wraps
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -40,9 +40,17 @@ from .wire import (
 
 __all__ = ["SiteRound"]
 
+#: Round numbers and lengths travel as uint64 in what sites sign, and as Flower's signed 64-bit ints.
+_MAX_U63 = 2**63 - 1
 
 
-def _refusals_end_the_round(method: Callable[..., Any]) -> Callable[..., Any]:
+def _refusals_end_the_round(method: Callable[..., Any], unexpected: str = "bad-request") -> Callable[..., Any]:
+    """Any failure of the stage ends the site's round (its secrets wiped) and is a refusal.
+
+    A ``SecAggRefused`` passes as it is; any other exception (an input no check foresaw) becomes
+    the refusal ``unexpected``, naming the exception, so nothing a coordinator sends makes a site
+    raise anything else, nor keep a round's secrets after it failed.
+    """
     @wraps(method)
     def guarded(self: SiteRound, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -50,7 +58,23 @@ def _refusals_end_the_round(method: Callable[..., Any]) -> Callable[..., Any]:
         except SecAggRefused as refusal:
             self._end_round(stage="refused", reason=refusal.reason)
             raise
+        except Exception as exc:
+            self._end_round(stage="refused", reason=unexpected)
+            raise SecAggRefused(unexpected, f"{method.__name__} could not use its input ({_described(exc)})") from exc
     return guarded
+
+
+def _agree(private: bytes, peer_publics: list[bytes]) -> list[bytes]:
+    """X25519 agreements with the peers' keys; a low-order peer key (a signed one too) is refused."""
+    try:
+        return crypto.x25519_shared_many(private, peer_publics)
+    except ValueError:
+        raise SecAggRefused("bad-request", "a peer's X25519 key is a low-order point, which no agreement can use") from None
+
+
+def _described(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 class SiteRound:
@@ -91,8 +115,8 @@ class SiteRound:
             raise SecAggRefused("bad-request", "the cohort must be sorted, unique, of cohort_size nodes and include this site")
         model_hash = field(request, "model-hash", bytes)
         vector_length = field(request, "vector-length", int)
-        if len(model_hash) != 32 or vector_length < 2:
-            raise SecAggRefused("bad-request", "model hash must be 32 bytes and the vector at least 2 long")
+        if len(model_hash) != 32 or not 2 <= vector_length <= _MAX_U63:
+            raise SecAggRefused("bad-request", "model hash must be 32 bytes and the vector between 2 and 2**63-1 long")
         digest = setup_digest(run_id=self.run_id, server_round=server_round, settings_wire=settings.to_wire(),
                               cohort=cohort, model_hash=model_hash, vector_length=vector_length)
         c_sk, c_pk = crypto.x25519_keypair(self._random)
@@ -146,7 +170,7 @@ class SiteRound:
         # One agreement per peer for the round: the key encrypts the shares sent now and decrypts
         # the peer's shares at the train stage; the X25519 secret c-sk is not needed after this.
         pair_keys = [crypto.share_encryption_key(shared, run_id=self.run_id, server_round=round_, node_a=self.node_id, node_b=peer)
-                     for peer, shared in zip(peers, crypto.x25519_shared_many(self._state["c-sk"], c_pks), strict=True)]
+                     for peer, shared in zip(peers, _agree(self._state["c-sk"], c_pks), strict=True)]
         ciphertexts = []
         for peer, pair_key in zip(peers, pair_keys, strict=True):
             index = group.index(peer) + 1
@@ -197,7 +221,7 @@ class SiteRound:
         self._state.update({"stage": "training", "senders": pack_ids(senders),
                             "held-b-shares": b"".join(b_shares), "held-sk-shares": b"".join(sk_shares)})
 
-    @_refusals_end_the_round
+    @partial(_refusals_end_the_round, unexpected="bad-local-update")
     def mask_update(self, *, update: np.ndarray, num_examples: int) -> dict[str, Any]:
         """Quantise [w*update, w] and add the self mask and the pairwise masks."""
         if self._state.get("stage") != "training":
@@ -224,7 +248,7 @@ class SiteRound:
         peers = unpack_ids(self._state["peer-nodes"])
         s_pks = dict(zip(peers, unpack_blobs(self._state["peer-s-pk"], KEY_SIZE), strict=True))
         senders = unpack_ids(self._state["senders"])
-        for peer, shared in zip(senders, crypto.x25519_shared_many(self._state["s-sk"], [s_pks[p] for p in senders]), strict=True):
+        for peer, shared in zip(senders, _agree(self._state["s-sk"], [s_pks[p] for p in senders]), strict=True):
             key = crypto.pairwise_mask_key(shared, run_id=self.run_id, server_round=round_, node_a=self.node_id, node_b=peer)
             # the lower node id adds the pair's mask, the higher subtracts it: they cancel in the sum
             crypto.apply_mask(masked, key, cipher=settings.mask_cipher, subtract=self.node_id > peer)
@@ -273,6 +297,10 @@ class SiteRound:
         return {"stage": "unmask", "round": round_, "b-nodes": pack_ids(b_nodes), "b-shares": pack_blobs(b_out, SHARE_SIZE),
                 "sk-nodes": pack_ids(sk_nodes), "sk-shares": pack_blobs(sk_out, SHARE_SIZE)}
 
+    def end(self, reason: str) -> None:
+        """End this site's part in the round (its secrets wiped) without raising: something outside the stages failed."""
+        self._end_round(stage="refused", reason=reason)
+
     def refuse(self, reason: str, message: str) -> NoReturn:
         """Refuse on behalf of the transport (e.g. an unusable training reply): end the round and raise."""
         self._end_round(stage="refused", reason=reason)
@@ -286,6 +314,8 @@ class SiteRound:
         if field(request, "run-id", bytes) != crypto.u64(self.run_id):
             raise SecAggRefused("bad-request", "the request belongs to another run")
         server_round = field(request, "round", int)
+        if not 0 <= server_round <= _MAX_U63:
+            raise SecAggRefused("bad-request", f"round {server_round} is not between 0 and 2**63-1")
         if new_round:
             last = self._state.get("last-round")
             if self._state.get("run-id") == crypto.u64(self.run_id) and last is not None and server_round <= last:

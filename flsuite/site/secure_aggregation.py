@@ -61,6 +61,9 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
         site.refuse("bad-request", f"unknown secure-aggregation stage {stage!r}")
     except SecAggRefused as refusal:
         return Message(Error(code=protocol.SECAGG_REFUSED, reason=str(refusal)), reply_to=msg)
+    except Exception:
+        site.end("bad-local-update")  # e.g. the local training failed: the round's secrets go, the error is the reply
+        raise
     finally:
         context.state[STATE_RECORD] = ConfigRecord(site.state)
 
@@ -130,7 +133,10 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     if protocol.ARRAYS not in records:
         site.refuse("bad-request", f"the train stage carries no ArrayRecord {protocol.ARRAYS!r}")
     global_arrays = records[protocol.ARRAYS]
-    global_values = decoded(global_arrays)  # decoded once for hash and update
+    try:
+        global_values = decoded(global_arrays)  # decoded once for hash and update
+    except Exception as exc:  # another party's bytes (array_values' contract: the caller catches)
+        site.refuse("bad-request", f"the global model cannot be read ({type(exc).__name__}: {exc})")
     site.begin_train(request, model_hash=model_hash(global_values))  # refuses before any training
     context.state[STATE_RECORD] = ConfigRecord(site.state)  # the share keys it dropped leave the Context before training
     config = msg.content.config_records.get(protocol.CONFIG, ConfigRecord())
@@ -143,7 +149,7 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
         site.refuse("bad-local-update", f"the training reply has {len(local)} ArrayRecords, expected 1")
     try:
         update = ModelLayout.of_values(global_values).difference(global_values, local[0])
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: a dtype numpy cannot subtract (complex, datetime)
         site.refuse("bad-local-update", f"the trained weights do not fit the global model: {exc}")
     try:
         num_examples = _num_examples(trained.content.metric_records)
