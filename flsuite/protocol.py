@@ -13,12 +13,34 @@ Pure: no torch, no flwr (callers wrap the mappings in ConfigRecords).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from flsuite.errors import ProtocolError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
+
+_Parsed = TypeVar("_Parsed")
+
+
+def _parses(what: str) -> Callable[[Callable[..., _Parsed]], Callable[..., _Parsed]]:
+    """A record from another node that does not parse is a ProtocolError, whatever inside the parse failed.
+
+    Each parser checks what it expects; a value of a shape no check foresaw (a list where a number
+    belongs, text that is no number) must still be the other node's error, not a crash of this one.
+    """
+    def wrap(parse: Callable[..., _Parsed]) -> Callable[..., _Parsed]:
+        @functools.wraps(parse)
+        def parsed(*args: Any, **kwargs: Any) -> _Parsed:
+            try:
+                return parse(*args, **kwargs)
+            except ProtocolError:
+                raise
+            except Exception as exc:
+                raise ProtocolError(f"{what}: a value does not parse ({type(exc).__name__}: {str(exc)[:200]})") from None
+        return parsed
+    return wrap
 
 __all__ = [
     "ARRAYS",
@@ -176,6 +198,7 @@ class Refusal:
         return record
 
     @classmethod
+    @_parses("refusal")
     def from_record(cls, record: Mapping[str, Any]) -> Refusal:
         _expect_keys(record, required={"kind", "site", "message"}, optional={"remaining-epsilon"}, what="refusal")
         return cls(
@@ -221,6 +244,7 @@ class LedgerHead:
         return {"site": self.site, "dataset": self.dataset, "entries": self.entries, "hash": self.hash, "signature": self.signature}
 
     @classmethod
+    @_parses("ledger head")
     def from_record(cls, record: Mapping[str, Any]) -> LedgerHead:
         _expect_keys(record, required={"site", "dataset", "entries", "hash", "signature"}, optional=set(), what="ledger head")
         return cls(
@@ -282,6 +306,7 @@ class SiteStatus:
         return record
 
     @classmethod
+    @_parses("site status")
     def from_record(cls, record: Mapping[str, Any]) -> SiteStatus:
         private = "max-epsilon" in record
         prior = {f"prior-{field}" for field in _EVENT_FIELDS}
@@ -320,6 +345,7 @@ def dp_event_to_record(event: DpEvent) -> dict[str, Any]:
     return event.to_dict()
 
 
+@_parses("DP event")
 def dp_event_from_record(record: Mapping[str, Any]) -> DpEvent:
     """The DP event a reply carries; ProtocolError when any field is missing, extra or wrong."""
     return _event(dict(record), what="DP event")

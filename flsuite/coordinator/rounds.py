@@ -259,7 +259,7 @@ class PlainTrainRound:
             why = reply_weight_problem(content, declared=declared)
         if why is None and self.reply_check is not None:
             why = self.reply_check(server_round, node, content)
-        return why
+        return why if why is not None else report_problem(node, content)
 
 
 def quorum_failure(server_round: int, valid: int, asked: int, quorum: int) -> dict[str, Any]:
@@ -437,18 +437,33 @@ def reported_name(node: int, content: RecordDict) -> str:
 
 
 def site_report(node: int, content: RecordDict) -> SiteReport:
-    """A site's train reply as the coordinator records it (its name from its status record)."""
-    status_record = content.config_records.get(protocol.SITE)
-    event_record = content.config_records.get(protocol.DP_EVENT)
+    """A site's train reply as the coordinator records it (its name from its status record).
+
+    ProtocolError when its status or DP event record does not parse (``report_problem`` checks
+    that before the reply is averaged). Only the metrics that are single numbers are kept.
+    """
+    config_records = content.config_records
+    status_record = config_records.get(protocol.SITE)
+    event_record = config_records.get(protocol.DP_EVENT)
     metrics = content.metric_records.get(protocol.METRICS)
     status = protocol.SiteStatus.from_record(status_record) if status_record is not None else None
     return SiteReport(
         node_id=node,
         name=status.name if status else str(node),
-        metrics={key: float(value) for key, value in (metrics or {}).items()},
+        metrics={key: float(value) for key, value in (metrics or {}).items()
+                 if isinstance(value, (int, float)) and not isinstance(value, bool)},
         status=status,
         dp_event=protocol.dp_event_from_record(event_record) if event_record is not None else None,
     )
+
+
+def report_problem(node: int, content: RecordDict) -> str | None:
+    """Why a reply's records cannot be recorded (``site_report``), or None: checked before it is averaged."""
+    try:
+        site_report(node, content)
+    except ProtocolError as error:
+        return f"the reply's records do not parse ({error})"
+    return None
 
 
 def refusals_from(server_round: int, site_refusals: Mapping[int, protocol.Refusal]) -> list[Refusal]:

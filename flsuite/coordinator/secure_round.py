@@ -38,7 +38,16 @@ from flwr.serverapp.strategy import Strategy
 
 from flsuite import protocol
 from flsuite.coordinator.integrity import status_count_problem
-from flsuite.coordinator.rounds import Rejection, ReplyCheck, RoundOutcome, RoundRules, refusals_from, reported_name, site_report
+from flsuite.coordinator.rounds import (
+    Rejection,
+    ReplyCheck,
+    RoundOutcome,
+    RoundRules,
+    refusals_from,
+    report_problem,
+    reported_name,
+    site_report,
+)
 from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
 from flsuite.models import ModelLayout, array_values, decoded
 from flsuite.secagg import CoordinatorRound, SecAggSettings, model_hash
@@ -82,13 +91,16 @@ class SecureRoundResult:
 def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int, global_arrays: ArrayRecord,
                        train_configs: Mapping[int, ConfigRecord], settings: SecAggSettings,
                        timeout_s: float, reply_check: ReplyCheck | None = None, quorum: int = 1,
-                       declared: Mapping[int, int] | None = None) -> SecureRoundResult:
+                       declared: Mapping[int, int] | None = None, pinned: Mapping[str, bytes] | None = None) -> SecureRoundResult:
     """Train one round on ``node_ids`` and return the securely aggregated weighted average.
 
     ``reply_check(round, node, records)`` sees each masked train reply's clear records
     (status, DP event, ...) before the unmask stage; a reply it rejects is dropped there.
     ``declared``: each node's declared record count; the unmasked total weight must be the
-    survivors' (None: not checked). ``quorum``: fewest valid masked replies to unmask.
+    survivors' (None: not checked, and then a wrong share or masked vector is caught only when
+    it puts the average beyond the clip range; a study always declares). ``quorum``: fewest
+    valid masked replies to unmask. ``pinned``: the sites' pinned identities, when the
+    coordinator has them: a site whose setup keys they do not sign is dropped at setup.
     """
     nodes = sorted(set(node_ids))
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) or timeout_s <= 0:
@@ -106,7 +118,8 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         raise ConfigError(f"declared lacks a record count for nodes {[n for n in nodes if n not in declared]}")
     coordinator = CoordinatorRound(settings, run_id=grid.run.run_id, server_round=server_round, cohort=nodes,
                                    model_hash=model_hash(global_values), vector_length=layout.size + 1,
-                                   declared={n: declared[n] for n in nodes} if declared is not None else None)
+                                   declared={n: declared[n] for n in nodes} if declared is not None else None,
+                                   pinned=pinned)
     refusals: dict[int, str] = {}
     site_refusals: dict[int, protocol.Refusal] = {}
     records: dict[int, RecordDict] = {}
@@ -125,6 +138,8 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
             why = status_count_problem(status, declared=declared[node]) if declared is not None and status is not None else None
             if why is None and reply_check is not None:
                 why = reply_check(server_round, node, content)
+            if why is None:
+                why = report_problem(node, content)
             if why is not None:
                 rejected[node] = (reported_name(node, records.get(node, RecordDict())), why)
                 refusals[node] = f"{protocol.MASKED_TRAIN}: reply rejected: {why}"
@@ -201,6 +216,13 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     average = summed.weighted_update_sum / summed.total_weight
     if not np.all(np.isfinite(average)):
         raise SecAggAborted(f"round {server_round}: the unmasked average is not finite; nothing was published", stage=CoordinatorRound.SUM_CHECK)
+    # A weighted average of updates within [-R, R] lies within it too (up to the quantisation error): one that does
+    # not was made of a wrong share or a garbage masked vector, which the sum check cannot see without declared weights.
+    outside = int(np.count_nonzero(np.abs(average) > settings.clip_range + summed.error_bound))
+    if outside:
+        raise SecAggAborted(f"round {server_round}: {outside} coordinates of the unmasked average lie beyond the clip range "
+                            f"±{settings.clip_range}, which no honest sites' average can: a site sent a wrong share or masked "
+                            "vector; nothing was published", stage=CoordinatorRound.SUM_CHECK)
     return SecureRoundResult(
         arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
         survivors=summed.survivors, dropped=summed.dropped,
@@ -218,12 +240,13 @@ class SecureTrainRound:
     """
 
     def __init__(self, grid: Grid, strategy: Strategy, *, settings_for: Callable[[int], SecAggSettings], timeout_s: float,
-                 reply_check: ReplyCheck | None = None) -> None:
+                 reply_check: ReplyCheck | None = None, pinned: Mapping[str, bytes] | None = None) -> None:
         self.grid = grid
         self.strategy = strategy
         self.settings_for = settings_for
         self.timeout_s = timeout_s
         self.reply_check = reply_check
+        self.pinned = pinned
 
     def __call__(self, server_round: int, cohort: list[int], configs: Mapping[int, ConfigRecord], arrays: ArrayRecord,
                  rules: RoundRules | None = None) -> RoundOutcome:
@@ -240,6 +263,7 @@ class SecureTrainRound:
                 reply_check=self.reply_check,
                 quorum=rules.quorum,
                 declared=rules.declared,
+                pinned=self.pinned,
             )
         except SecAggAborted as exc:  # nothing was unmasked; the global model stays as it was
             refusals = [*refusals_from(server_round, exc.site_refusals), *_rejections(server_round, getattr(exc, "rejected", {}))]  # type: ignore[arg-type]

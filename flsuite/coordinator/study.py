@@ -194,7 +194,8 @@ def train_round(study: StudyConfig, grid: Grid, strategy: Strategy, *, reply_che
     from flsuite.coordinator.secure_round import SecureTrainRound
 
     return SecureTrainRound(grid, strategy, settings_for=study.secagg.settings_for,
-                            timeout_s=study.secagg.stage_deadline_s(study.federation.round_timeout_s), reply_check=reply_check)
+                            timeout_s=study.secagg.stage_deadline_s(study.federation.round_timeout_s), reply_check=reply_check,
+                            pinned=HeadVerifier.for_study(study).pinned)
 
 
 def _site_monitor(study: StudyConfig, grid: Grid, folder: Path, admission: DpAdmission | None):

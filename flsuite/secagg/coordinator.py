@@ -32,6 +32,7 @@ from .wire import (
     pack_blobs,
     pack_ids,
     pack_names,
+    setup_digest,
     unpack_blobs,
     unpack_ids,
 )
@@ -58,8 +59,14 @@ class CoordinatorRound:
     SUM_CHECK = "sum-check"  # the stage of an abort whose unmasked sum cannot be honest sites' sum
 
     def __init__(self, settings: SecAggSettings, *, run_id: int, server_round: int, cohort: Sequence[int],
-                 model_hash: bytes, vector_length: int, declared: Mapping[int, int] | None = None) -> None:
-        """``declared``: per node, its declared record count, which gives its weight (None: unknown)."""
+                 model_hash: bytes, vector_length: int, declared: Mapping[int, int] | None = None,
+                 pinned: Mapping[str, bytes] | None = None) -> None:
+        """``declared``: per node, its declared record count, which gives its weight (None: unknown).
+
+        ``pinned``: the sites' pinned identities (name -> Ed25519 public key), when the coordinator has
+        them: a setup reply whose keys are not signed by the pinned identity of the site it names is
+        dropped here, so that no honest neighbour is made to refuse the round over it.
+        """
         cohort = sorted(set(cohort))
         if len(cohort) != settings.cohort_size:
             raise ConfigError(f"secagg.cohort_size={settings.cohort_size} but the round selected {len(cohort)} sites; "
@@ -69,6 +76,9 @@ class CoordinatorRound:
         self.cohort = cohort
         self.model_hash, self.vector_length = model_hash, vector_length
         self.weights = {n: site_weight(count, settings.weight_cap) for n, count in declared.items()} if declared is not None else None
+        self.pinned = dict(pinned) if pinned is not None else None
+        self._digest = setup_digest(run_id=run_id, server_round=server_round, settings_wire=settings.to_wire(), cohort=cohort,
+                                    model_hash=model_hash, vector_length=vector_length)
         self.graph = neighbour_graph(cohort, neighbours=settings.neighbour_count, run_id=run_id, server_round=server_round)
         self.rejected: dict[int, str] = {}
         self._stage = "setup"
@@ -92,12 +102,15 @@ class CoordinatorRound:
         self._advance("keys", "shares")
         for node, reply in self._expected(replies, self.cohort, "setup").items():
             try:
-                keys = {"site-name": str(reply["site-name"]), "c-pk": reply["c-pk"], "s-pk": reply["s-pk"],
+                keys = {"site-name": reply["site-name"], "c-pk": reply["c-pk"], "s-pk": reply["s-pk"],
                         "signature": reply["signature"]}
+                if not isinstance(keys["site-name"], str) or not all(type(keys[k]) is bytes for k in ("c-pk", "s-pk", "signature")):
+                    raise TypeError("the site name must be text and the keys and signature bytes")
                 if len(keys["c-pk"]) != KEY_SIZE or len(keys["s-pk"]) != KEY_SIZE or len(keys["signature"]) != SIGNATURE_SIZE:
                     raise ValueError("key or signature of wrong size")
                 if not (crypto.x25519_usable(keys["c-pk"]) and crypto.x25519_usable(keys["s-pk"])):
                     raise ValueError("a key is a low-order X25519 point, which no agreement can use")
+                self._check_signed(node, keys)
             except (KeyError, TypeError, ValueError) as exc:
                 self.rejected[node] = f"malformed setup reply: {exc}"
                 continue
@@ -113,6 +126,19 @@ class CoordinatorRound:
                               "peer-s-pk": pack_blobs([self._keys[p]["s-pk"] for p in peers], KEY_SIZE),
                               "peer-signatures": pack_blobs([self._keys[p]["signature"] for p in peers], SIGNATURE_SIZE)}
         return requests
+
+    def _check_signed(self, node: int, keys: Mapping[str, Any]) -> None:
+        """ValueError unless the keys are signed by the pinned identity of the site they name (with pinned identities)."""
+        if self.pinned is None:
+            return
+        public = self.pinned.get(keys["site-name"])
+        if public is None:
+            raise ValueError(f"site {keys['site-name']!r} has no pinned identity")
+        payload = crypto.key_signature_payload(run_id=self.run_id, server_round=self.server_round, node=node,
+                                               site_name=keys["site-name"], c_pk=keys["c-pk"], s_pk=keys["s-pk"],
+                                               setup_digest=self._digest)
+        if not crypto.verify_keys(public, keys["signature"], payload):
+            raise ValueError(f"the keys are not signed by the pinned identity of site {keys['site-name']!r} for this round")
 
     def receive_shares(self, replies: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
         """Keep sites that sent a share to every live neighbour (U2); build the train requests."""
@@ -150,8 +176,8 @@ class CoordinatorRound:
                 continue
             total += masked  # wraps modulo 2**32, which is what cancels the masks
             self._survivors.append(node)
-            clipped = reply.get("clipped-values", 0)
-            self._clipped[node] = int(clipped) if isinstance(clipped, int) else 0
+            clipped = reply.get("clipped-values", 0)  # a count the site reports: anything else counts as none
+            self._clipped[node] = clipped if isinstance(clipped, int) and not isinstance(clipped, bool) and clipped >= 0 else 0
         self._sum = total
         self._survivors.sort()
         self._require(self._survivors, "train")

@@ -40,7 +40,7 @@ class Federation:
     def __init__(self, tmp_path: Path, records: dict[int, int], *, attack: dict[int, str] | None = None, rounds=(1,)) -> None:
         self.records, self.attack, self.rounds = records, attack or {}, set(rounds)
         self.names = {node: f"site-{i}" for i, node in enumerate(sorted(records))}
-        folder = tmp_path / "ids"
+        folder = self.folder = tmp_path / "ids"
         write_pinned_identities(folder / "identities.json",
                                 {name: generate_identity(folder / f"{name}.pem") for name in self.names.values()})
         self.handlers, self.contexts = {}, {}
@@ -109,6 +109,7 @@ def secure_study(*overrides: str):
 
 
 def run(fed: Federation, config):
+    config = config.model_copy(update={"sites_dir": str(fed.folder)})  # the coordinator checks setup keys against these pins
     initial = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
     strategy = build_strategy(config.federation, initial)
     grid = fed.grid()
