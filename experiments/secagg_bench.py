@@ -262,18 +262,9 @@ def bench_flower(n_sites: int, settings: SecAggSettings, repeats: int) -> dict[s
             "upload_ratio": secure_upload / plain_upload}
 
 
-def bench_round_cpu(n_sites: int = 10, rounds: int = 21) -> dict[str, float]:
-    """One secure round as a study runs it (the in-process Grid without the protobuf round trip,
-    secagg_mod on every site, SecAgg+'s default graph), with instant training on a
-    99,690-parameter float32 model: the protocol's fixed cost per round, messaging included.
-    CPU time of this process (all threads) and wall time; median and min of the rounds
-    after the first."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-
-    from flsuite.config.schema import SecAggConfig
-    from flsuite.coordinator.secure_round import secure_train_round
-    from flsuite.flower import InProcessGrid, new_run
-    from flsuite.site.testing import build_sites
+def _instant_training():
+    """The bench study's 99,690-parameter MLP as a global model, and a site's training that returns it at once, changed."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
     rng = np.random.default_rng(1)
     shapes = [(280, 64), (280,), (280, 280), (280,), (10, 280), (10,)]  # the bench study's MLP
@@ -283,6 +274,24 @@ def bench_round_cpu(n_sites: int = 10, rounds: int = 21) -> dict[str, float]:
         glob = msg.content["arrays"]
         local = ArrayRecord({k: Array(glob[k].numpy() + np.float32(0.01)) for k in glob})
         return Message(RecordDict({"arrays": local, "metrics": MetricRecord({"num-examples": 500})}), reply_to=msg)
+
+    return global_arrays, train
+
+
+def bench_round_cpu(n_sites: int = 10, rounds: int = 21) -> dict[str, float]:
+    """One secure round as a study runs it (the in-process Grid without the protobuf round trip,
+    secagg_mod on every site, SecAgg+'s default graph), with instant training on a
+    99,690-parameter float32 model: the protocol's fixed cost per round, messaging included.
+    CPU time of this process (all threads) and wall time; median and min of the rounds
+    after the first."""
+    from flwr.app import ConfigRecord
+
+    from flsuite.config.schema import SecAggConfig
+    from flsuite.coordinator.secure_round import secure_train_round
+    from flsuite.flower import InProcessGrid, new_run
+    from flsuite.site.testing import build_sites
+
+    global_arrays, train = _instant_training()
 
     settings = SecAggConfig().settings_for(n_sites)
     walls, cpus = [], []
@@ -310,7 +319,7 @@ def bench_signature_memo(n_sites: int = 10, pairs: int = 30) -> dict[str, float]
     """
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ConfigRecord
 
     from flsuite.config.schema import SecAggConfig
     from flsuite.coordinator.secure_round import secure_train_round
@@ -325,14 +334,7 @@ def bench_signature_memo(n_sites: int = 10, pairs: int = 30) -> dict[str, float]
             return False
         return True
 
-    rng = np.random.default_rng(1)
-    shapes = [(280, 64), (280,), (280, 280), (280,), (10, 280), (10,)]  # the bench study's MLP
-    global_arrays = ArrayRecord({f"layer{i}": Array((rng.standard_normal(s) * 0.1).astype(np.float32)) for i, s in enumerate(shapes)})
-
-    def train(msg: Message, context) -> Message:
-        glob = msg.content["arrays"]
-        local = ArrayRecord({k: Array(glob[k].numpy() + np.float32(0.01)) for k in glob})
-        return Message(RecordDict({"arrays": local, "metrics": MetricRecord({"num-examples": 500})}), reply_to=msg)
+    global_arrays, train = _instant_training()
 
     settings = SecAggConfig().settings_for(n_sites)
     variants = {"memo": primitives.verify_keys, "every_time": every_time}
