@@ -21,27 +21,6 @@ from typing import Any, TypeVar
 from flsuite.errors import ProtocolError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
 
-_Parsed = TypeVar("_Parsed")
-
-
-def _parses(what: str) -> Callable[[Callable[..., _Parsed]], Callable[..., _Parsed]]:
-    """A record from another node that does not parse is a ProtocolError, whatever inside the parse failed.
-
-    Each parser checks what it expects; a value of a shape no check foresaw (a list where a number
-    belongs, text that is no number) must still be the other node's error, not a crash of this one.
-    """
-    def wrap(parse: Callable[..., _Parsed]) -> Callable[..., _Parsed]:
-        @functools.wraps(parse)
-        def parsed(*args: Any, **kwargs: Any) -> _Parsed:
-            try:
-                return parse(*args, **kwargs)
-            except ProtocolError:
-                raise
-            except Exception as exc:
-                raise ProtocolError(f"{what}: a value does not parse ({type(exc).__name__}: {str(exc)[:200]})") from None
-        return parsed
-    return wrap
-
 __all__ = [
     "ARRAYS",
     "CONFIG",
@@ -106,6 +85,28 @@ __all__ = [
     "dp_event_from_record",
     "dp_event_to_record",
 ]
+
+_Parsed = TypeVar("_Parsed")
+
+
+def _parses(what: str) -> Callable[[Callable[..., _Parsed]], Callable[..., _Parsed]]:
+    """A record from another node that does not parse is a ProtocolError, whatever inside the parse failed.
+
+    Each parser checks what it expects; a value of a shape no check foresaw (a list where a number
+    belongs, text that is no number) must still be the other node's error, not a crash of this one.
+    """
+    def wrap(parse: Callable[..., _Parsed]) -> Callable[..., _Parsed]:
+        @functools.wraps(parse)
+        def parsed(*args: Any, **kwargs: Any) -> _Parsed:
+            try:
+                return parse(*args, **kwargs)
+            except ProtocolError:
+                raise
+            except Exception as exc:
+                raise ProtocolError(f"{what}: a value does not parse ({type(exc).__name__}: {str(exc)[:200]})") from None
+        return parsed
+    return wrap
+
 
 # -- message kinds (Flower message types) ----------------------------------------------------
 TRAIN = "train"
