@@ -217,13 +217,11 @@ def test_a_site_killed_while_appending_keeps_a_valid_ledger_and_continues(tmp_pa
     assert [e.round for e in PrivacyLedger(path).events()] == list(range(1, len(before) + 2))
 
 
-def test_a_ledger_is_folded_into_events_once_per_head(tmp_path, monkeypatch):
-    """A site reads its ledger several times per training: a head it has folded before (the head's
-    hash commits to every entry) is not folded again, and a new entry is folded in at once."""
+
+def count_decodes(monkeypatch) -> list[int]:
+    """How many ledger entries are decoded into DP events from now on (``folds[0]``)."""
     from flsuite.privacy.events import DpEvent
 
-    ledger = filled(tmp_path / "ledger.jsonl", n=4)
-    first = ledger.state()
     folds = [0]
     real = DpEvent.from_dict.__func__
 
@@ -232,6 +230,15 @@ def test_a_ledger_is_folded_into_events_once_per_head(tmp_path, monkeypatch):
         return real(cls, record)
 
     monkeypatch.setattr(DpEvent, "from_dict", classmethod(counting))
+    return folds
+
+
+def test_a_ledger_is_folded_into_events_once_per_head(tmp_path, monkeypatch):
+    """A site reads its ledger several times per training: a head it has folded before (the head's
+    hash commits to every entry) is not folded again, and a new entry is folded in at once."""
+    ledger = filled(tmp_path / "ledger.jsonl", n=4)
+    first = ledger.state()
+    folds = count_decodes(monkeypatch)
     assert PrivacyLedger(ledger.path).state() == first and folds[0] == 0
     added = make_event(round=5)
     ledger.append(added)
@@ -271,21 +278,13 @@ def test_a_process_keeps_one_folded_state_per_ledger_within_its_budget(tmp_path,
 def test_a_grown_ledger_folds_only_its_new_entries_into_the_same_state(tmp_path, monkeypatch):
     """After an append, the kept state is continued with the new entries only, and the result is the
     state a fold of every entry gives (events, open and closed reservations, in ledger order)."""
-    from flsuite.privacy.events import DpEvent
 
     ledger = filled(tmp_path / "ledger.jsonl", n=6)
     first = ledger.reserve(make_event(round=7))
     second = ledger.reserve(make_event(round=8))
     ledger.spend(first, make_event(round=7))
     ledger.state()
-    folds = [0]
-    real = DpEvent.from_dict.__func__
-
-    def counting(cls, record):
-        folds[0] += 1
-        return real(cls, record)
-
-    monkeypatch.setattr(DpEvent, "from_dict", classmethod(counting))
+    folds = count_decodes(monkeypatch)
     ledger.cancel(second, "the training failed")
     ledger.append(make_event(round=9))
     folds[0] = 0
