@@ -20,9 +20,11 @@ from threadpoolctl import threadpool_limits
 from flsuite import protocol
 from flsuite.config import check_inputs, to_run_config
 from flsuite.config.schema import StudyConfig
+from flsuite.coordinator import progress
 from flsuite.coordinator.app import build_server_app
 from flsuite.data.study_data import split_study
 from flsuite.errors import ConfigError, StudyAborted
+from flsuite.heap import frozen_heap, settle
 from flsuite.site.simulated import prepare_simulated_sites
 
 #: The site's ClientApp as worker processes import it.
@@ -82,6 +84,11 @@ def run_local_study(
         # numpy's OpenBLAS starts a thread per core for every dot product the coordinator takes (an update's norm):
         # on a 100k-parameter model that is 5x the CPU of one thread, spinning on the cores the sites train on.
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        # What is alive now lives as long as the study: out of the collector's full passes until it ends,
+        # and so is what the first round imported (``flsuite.heap``).
+        stack.enter_context(frozen_heap())
+        progress.subscribe(_settle_after_first_round)
+        stack.callback(progress.unsubscribe, _settle_after_first_round)
         if site_workers > 1:
             # Started now, so that the workers' start-up overlaps the coordinator's preparation and
             # planning; stopped by PID when the study ends, however it ends.
@@ -110,6 +117,11 @@ def run_local_study(
     if _stamp(summary_path) in (None, before):
         raise StudyAborted(f"the study ended without writing {summary_path}; see the log above")
     return json.loads(summary_path.read_text())
+
+
+def _settle_after_first_round(event: Any) -> None:
+    if getattr(event, "round", None) == 1:
+        settle()
 
 
 def warm_site_worker(study_json: str) -> None:
