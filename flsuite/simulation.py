@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from flsuite.coordinator import progress
 from flsuite.coordinator.app import build_server_app
 from flsuite.data.study_data import split_study
 from flsuite.errors import ConfigError, StudyAborted
-from flsuite.heap import frozen_heap, settle
+from flsuite.heap import freeze_more, frozen_heap
 from flsuite.site.simulated import prepare_simulated_sites
 
 #: The site's ClientApp as worker processes import it.
@@ -85,10 +87,11 @@ def run_local_study(
         # on a 100k-parameter model that is 5x the CPU of one thread, spinning on the cores the sites train on.
         stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
         # What is alive now lives as long as the study: out of the collector's full passes until it ends,
-        # and so is what the first round imported (``flsuite.heap``).
+        # and so is what its first round (the first a resumed study runs) imported (``flsuite.heap``).
         stack.enter_context(frozen_heap())
-        progress.subscribe(_settle_after_first_round)
-        stack.callback(progress.unsubscribe, _settle_after_first_round)
+        after_first_round = _once(freeze_more)
+        progress.subscribe(after_first_round)
+        stack.callback(progress.unsubscribe, after_first_round)
         if site_workers > 1:
             # Started now, so that the workers' start-up overlaps the coordinator's preparation and
             # planning; stopped by PID when the study ends, however it ends.
@@ -119,9 +122,16 @@ def run_local_study(
     return json.loads(summary_path.read_text())
 
 
-def _settle_after_first_round(event: Any) -> None:
-    if getattr(event, "round", None) == 1:
-        settle()
+def _once(action: Callable[[], None]) -> Callable[[Any], None]:
+    """A progress listener that runs ``action`` at the first round it hears of, and never again."""
+    done = threading.Event()
+
+    def listener(event: Any) -> None:
+        if not done.is_set():
+            done.set()
+            action()
+
+    return listener
 
 
 def warm_site_worker(study_json: str) -> None:

@@ -68,7 +68,7 @@ from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from flsuite.errors import ConfigError, SiteWorkerLost
 from flsuite.flower.grid import error_reply, server_task_identity
-from flsuite.heap import settle
+from flsuite.heap import freeze_for_good
 
 __all__ = ["SiteProcessPool", "load_client_app"]
 
@@ -500,7 +500,7 @@ def _worker_main(read_fd: int, write_fd: int) -> None:
             _function(warm[0])(warm[1])
         except Exception:  # only a head start: the worker still serves, and a real problem shows again on the first message
             log.warning("site worker pid %d: warm-up %s failed; it goes on without it", os.getpid(), warm[0], exc_info=True)
-    settle()  # the imports and data now loaded live as long as the worker: out of the collector's full passes
+    freeze_for_good()  # the imports and data now loaded live as long as the worker: out of the collector's full passes
     conn.send_bytes(READY)
     contexts: dict[int, tuple[Context, bytes]] = {}  # each node's Context, kept apart, and its bytes as last synced
     for message, context_bytes in _requests(conn):
