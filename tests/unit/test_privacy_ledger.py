@@ -217,7 +217,6 @@ def test_a_site_killed_while_appending_keeps_a_valid_ledger_and_continues(tmp_pa
     assert [e.round for e in PrivacyLedger(path).events()] == list(range(1, len(before) + 2))
 
 
-
 def count_decodes(monkeypatch) -> list[int]:
     """How many ledger entries are decoded into DP events from now on (``folds[0]``)."""
     from flsuite.privacy.events import DpEvent
