@@ -277,7 +277,6 @@ def test_a_process_keeps_one_folded_state_per_ledger_within_its_budget(tmp_path,
 def test_a_grown_ledger_folds_only_its_new_entries_into_the_same_state(tmp_path, monkeypatch):
     """After an append, the kept state is continued with the new entries only, and the result is the
     state a fold of every entry gives (events, open and closed reservations, in ledger order)."""
-
     ledger = filled(tmp_path / "ledger.jsonl", n=6)
     first = ledger.reserve(make_event(round=7))
     second = ledger.reserve(make_event(round=8))
