@@ -19,8 +19,10 @@ Accountants (both report an upper bound on the true epsilon, never an estimate b
   PLD accountant instead, with a pessimistic (connect-the-dots) discretisation fine enough for
   that epsilon: within 0.3% of a 100x finer PLD, never below it. Never the looser RDP bound,
   except where PLD itself is more than 1.05x above it (then 1.05 x RDP, still an upper bound).
-- ``"rdp"``: Renyi DP from Google's ``dp_accounting`` with Opacus' order list, so it equals
-  Opacus' RDPAccountant. Per-step RDP curves are cached per (q, sigma): composing is a sum.
+- ``"rdp"``: Renyi DP at Opacus' order list, each step's curve exact (``rdp_curves``: the series
+  Opacus sums, in numpy), converted to epsilon by dp_accounting's ``compute_epsilon``. So it
+  equals Opacus' RDPAccountant, and falls as sigma grows. Per-step curves are cached per
+  (q, sigma): composing is a sum.
 
 ``screening_bound`` is a cheap certified upper bound on what ``epsilon`` reports (budget checks
 use it to pass requests far from a cap without running the exact accountant). The sigma search
@@ -65,13 +67,13 @@ PhaseLike = Union[DpEvent, Sequence[float]]
 RDP_ORDERS: tuple[float, ...] = tuple([1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)))
 
 #: Integer orders only, for internal bounds that need not equal Opacus' (PRV's domain size, the
-#: start of the sigma search): each is exact and cheap (fractional orders need a slow series);
-#: fewer orders only loosen an RDP bound, never tighten it.
+#: start of the sigma search): each is a finite sum (fractional orders need a series, several
+#: times the cost); fewer orders only loosen an RDP bound, never tighten it.
 _COARSE_ORDERS: tuple[float, ...] = tuple(float(order) for order in (*range(2, 64), 80, 128, 256))
 
 #: Opacus' integer orders: RDP minimised over fewer orders is never below RDP over all of them,
-#: so it screens budget checks as soundly, from numpy alone (no dp_accounting import, no slow
-#: fractional-order series). The margin covers float rounding against dp_accounting's sums.
+#: so it screens budget checks as soundly, from numpy alone (no dp_accounting import, no
+#: fractional-order series). The margin covers float rounding against the reported sums.
 _SCREEN_ORDERS: tuple[float, ...] = tuple(order for order in RDP_ORDERS if float(order).is_integer())
 _SCREEN_MARGIN = 1.0 + 1e-9
 
@@ -204,53 +206,12 @@ def _epsilon_cached(phases: tuple[Phase, ...], delta: float, accountant: str) ->
     return pld_epsilon
 
 
-class _QuietAbsl:
-    """dp_accounting logs a warning per fractional order it must skip at large q; skipping
-    an order only loosens the bound, so those warnings are noise to a site operator."""
-
-    def __enter__(self) -> None:
-        self._logger = logging.getLogger("absl")
-        self._level = self._logger.level
-        self._logger.setLevel(logging.ERROR)
-
-    def __exit__(self, *exc: object) -> None:
-        self._logger.setLevel(self._level)
-
-
 @functools.lru_cache(maxsize=2048)
 def _rdp_per_step(q: float, sigma: float, orders: tuple[float, ...] = RDP_ORDERS):
     """RDP at ``orders`` of one step of the Poisson-subsampled Gaussian (q = 1: the Gaussian; read-only array)."""
-    if all(float(order).is_integer() for order in orders):
-        return _integer_rdp_per_step(q, sigma, orders)
-    from dp_accounting import rdp
+    from flsuite.privacy.rdp_curves import rdp_per_step  # numpy and scipy: imported when first needed
 
-    accountant = rdp.RdpAccountant(list(orders))
-    with _QuietAbsl():
-        accountant.compose(step_event(q, sigma))
-    curve = accountant.rdp
-    curve.setflags(write=False)
-    return curve
-
-
-def _integer_rdp_per_step(q: float, sigma: float, orders: tuple[float, ...] = _COARSE_ORDERS):
-    """dp_accounting's RDP of one subsampled Gaussian step at integer ``orders``,
-    the same sum (Mironov et al. 2019, section 3.3: log A_alpha = log sum_i C(alpha, i)
-    q^i (1-q)^(alpha-i) exp((i^2 - i) / (2 sigma^2))) in one numpy pass instead of a Python
-    loop per term (2,500 terms per sigma: the sigma search's main cost). Equal to 1e-10 relative."""
-    import numpy as np
-    from scipy.special import gammaln, logsumexp
-
-    alpha = np.asarray(orders, dtype=np.float64)
-    if q == 1.0:
-        curve = alpha / (2 * sigma**2)
-    else:
-        i = np.arange(int(alpha.max()) + 1, dtype=np.float64)[None, :]
-        a = alpha[:, None]
-        terms = (
-            gammaln(a + 1) - gammaln(i + 1) - gammaln(np.maximum(a - i, 0) + 1)
-            + i * math.log(q) + (a - i) * math.log1p(-q) + (i * i - i) / (2 * sigma**2)
-        )
-        curve = logsumexp(np.where(i <= a, terms, -np.inf), axis=1) / (alpha - 1)
+    curve = rdp_per_step(q, sigma, orders)
     curve.setflags(write=False)
     return curve
 
@@ -265,7 +226,7 @@ def step_event(q: float, sigma: float):
 
 
 def _rdp_epsilon(phases: tuple[Phase, ...], delta: float, orders: tuple[float, ...] = RDP_ORDERS) -> float:
-    """RDP composes by adding curves; the same sum, in the same order, as dp_accounting's RdpAccountant."""
+    """RDP composes by adding curves, in the order the phases come (as Opacus' RDPAccountant does)."""
     import numpy as np
 
     total = np.zeros(len(orders), dtype=np.float64)
