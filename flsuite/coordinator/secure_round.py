@@ -26,6 +26,7 @@ aborts the round and nothing is published. Fewer valid masked replies than ``quo
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from flsuite.errors import ConfigError, ProtocolError, SecAggAborted
 from flsuite.models import ModelLayout, array_values, decoded
 from flsuite.secagg import CoordinatorRound, SecAggSettings, model_hash
 
+_log = logging.getLogger(__name__)
+
 __all__ = ["SecureRoundResult", "SecureTrainRound", "secure_train_round"]
 
 SECAGG_RECORD, MASKED_RECORD = protocol.SECAGG_RECORD, protocol.MASKED_RECORD
@@ -73,6 +76,8 @@ class SecureRoundResult:
     site_refusals: per node, the typed refusal of a site that declined to train (its budget, ...).
     rejected: per node, (site name, reason) of a masked train reply the reply check refused
         before the unmask stage: dropped, its masked input is not in the average.
+    wrong_shares: per node, the shares it revealed at unmask that are off their secret's
+        polynomial (outvoted; the node stays, since the share's dealer may have dealt it wrong).
     """
 
     arrays: ArrayRecord
@@ -86,6 +91,7 @@ class SecureRoundResult:
     site_refusals: dict[int, protocol.Refusal] = field(default_factory=dict)
     rejected: dict[int, tuple[str, str]] = field(default_factory=dict)
     missed: tuple[int, ...] = ()  # nodes that gave no valid answer in time at some stage (not refusals or rejections)
+    wrong_shares: dict[int, str] = field(default_factory=dict)
 
 
 def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int, global_arrays: ArrayRecord,
@@ -223,12 +229,14 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         raise SecAggAborted(f"round {server_round}: {outside} coordinates of the unmasked average lie beyond the clip range "
                             f"±{settings.clip_range}, which no honest sites' average can: a site sent a wrong share or masked "
                             "vector; nothing was published", stage=CoordinatorRound.SUM_CHECK)
+    for node, why in summed.wrong_shares.items():
+        _log.warning("round %d: node %d revealed a wrong share, outvoted by the others: %s", server_round, node, why)
     return SecureRoundResult(
         arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
         survivors=summed.survivors, dropped=summed.dropped,
         replies={n: records[n] for n in summed.survivors if n in records}, error_bound=summed.error_bound,
         clipped_values=summed.clipped_values, refusals={**summed.rejected, **refusals}, site_refusals=site_refusals,
-        rejected=rejected, missed=missed())
+        rejected=rejected, missed=missed(), wrong_shares=summed.wrong_shares)
 
 
 class SecureTrainRound:
@@ -282,6 +290,7 @@ class SecureTrainRound:
             "dropped": len(secure.dropped),
             "quantisation_error_bound": secure.error_bound,
             "clipped_values": sum(secure.clipped_values.values()),
+            "wrong_shares": len(secure.wrong_shares),
         }
         return RoundOutcome(new_arrays, sites, refusals, len(secure.dropped) - len(refusals), secure=details, missed=secure.missed)
 

@@ -8,12 +8,19 @@ SecAggAborted and nothing is unmasked. The unmasked sum is checked before it is 
 (``quantize.sum_problem``): its total weight must equal the survivors' declared weights
 (from ``declared``, each node's declared record count, when the coordinator knows them) and every coordinate must lie in the range
 honest updates fill; a sum that fails aborts the round (stage "sum-check").
+
+A rebuilt secret is checked before it is used: a survivor's self-mask seed against the
+commitment the site sent with its shares, a dropped site's mask key against its announced
+public key. A holder that reveals a wrong share is outvoted: other subsets of the shares are
+tried until one rebuilds the checked secret, and the wrong share is recorded against its holder
+(``RoundSum.wrong_shares``). The round aborts only when no subset does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +28,7 @@ import numpy as np
 from flsuite.errors import ConfigError, SecAggAborted
 
 from . import primitives as crypto
+from . import shamir
 from .graph import neighbour_graph, share_group
 from .quantize import average_error_bound, dequantise_sum, site_weight, sum_problem
 from .settings import SecAggSettings
@@ -37,7 +45,12 @@ from .wire import (
     unpack_ids,
 )
 
-__all__ = ["CoordinatorRound", "RoundSum"]
+__all__ = ["MAX_SUBSETS", "CoordinatorRound", "RoundSum"]
+
+#: Subsets of threshold shares tried per secret when some share is wrong, fewest left out first:
+#: enough for any 4 wrong shares among 18. Past it the round aborts.
+MAX_SUBSETS = 4096
+COMMITMENT_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,11 @@ class RoundSum:
     error_bound: float  # per coordinate, on weighted_update_sum / total_weight
     clipped_values: dict[int, int]
     rejected: dict[int, str]  # node -> why its reply was not used
+    # holder -> the shares it revealed that are off the polynomial that rebuilt their secret. A hint, never a
+    # reason to drop or exclude the holder: the share's dealer may have dealt it wrong, and when more than
+    # (m + 1 - threshold) / 2 of a secret's m revealed shares are wrong, cooperating liars can put an honest
+    # holder's share off the polynomial they chose (the secret is still the committed one).
+    wrong_shares: dict[int, str] = field(default_factory=dict)
 
 
 class CoordinatorRound:
@@ -85,6 +103,8 @@ class CoordinatorRound:
         self._keys: dict[int, dict[str, Any]] = {}
         self._routes: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> ciphertext
         self._senders: dict[int, list[int]] = {}
+        self._commitments: dict[int, bytes] = {}  # node -> its self-mask seed commitment
+        self._wrong_shares: dict[int, list[str]] = {}
         self._shared_round: list[int] = []  # U2: sites whose shares went out
         self._survivors: list[int] = []  # U3: sites whose masked vectors are in the sum
         self._sum: np.ndarray | None = None
@@ -151,10 +171,14 @@ class CoordinatorRound:
                 blobs = unpack_blobs(reply["ciphertexts"], CIPHERTEXT_SIZE)
                 if sorted(recipients) != sorted(self.graph[node] & alive) or len(recipients) != len(blobs):
                     raise ValueError("shares do not go to exactly the live neighbours")
+                commitment = reply.get("seed-commitment")
+                if type(commitment) is not bytes or len(commitment) != COMMITMENT_SIZE:
+                    raise ValueError(f"the self-mask seed commitment is not {COMMITMENT_SIZE} bytes")
             except (KeyError, TypeError, ValueError) as exc:
                 self.rejected[node] = f"malformed share-keys reply: {exc}"
                 continue
             sent[node] = dict(zip(recipients, blobs, strict=True))
+            self._commitments[node] = commitment
         self._shared_round = sorted(sent)
         self._require(self._shared_round, "share-keys")
         requests = {}
@@ -217,14 +241,13 @@ class CoordinatorRound:
         assert self._sum is not None
         total, cipher = self._sum.copy(), self.settings.mask_cipher
         for node in self._survivors:
-            seed = self._combine(node, b_shares[node], "self-mask seed")
+            seed = self._rebuild(node, b_shares[node], "self-mask seed", "commitment", self._committed_seed(node))
             key = crypto.self_mask_key(seed, run_id=self.run_id, server_round=self.server_round, node=node)
             crypto.apply_mask(total, key, cipher=cipher, subtract=True)
         for node in dropped:
-            s_sk = self._combine(node, sk_shares[node], "mask key")
-            if crypto.x25519_public(s_sk) != self._keys[node]["s-pk"]:
-                raise SecAggAborted(f"round {self.server_round}: the mask key rebuilt for dropped node {node} does not "
-                                    "match its announced public key (a site sent a wrong share)", stage="unmask")
+            announced = self._keys[node]["s-pk"]
+            s_sk = self._rebuild(node, sk_shares[node], "mask key", "announced public key",
+                                 lambda secret, announced=announced: crypto.x25519_public(secret) == announced)
             for peer in self._survivors:
                 if node not in self._senders.get(peer, ()):
                     continue
@@ -245,16 +268,39 @@ class CoordinatorRound:
                                     clip_range=self.settings.clip_range, levels=self.settings.levels)
         return RoundSum(weighted_update_sum=numerator, total_weight=weight, survivors=tuple(self._survivors),
                         dropped=tuple(n for n in self.cohort if n not in survivors), error_bound=bound,
-                        clipped_values=dict(self._clipped), rejected=dict(self.rejected))
+                        clipped_values=dict(self._clipped), rejected=dict(self.rejected),
+                        wrong_shares={holder: "; ".join(why) for holder, why in sorted(self._wrong_shares.items())})
 
     # --- helpers ------------------------------------------------------------------------
-    def _combine(self, node: int, shares: Mapping[int, bytes], what: str) -> bytes:
-        try:
-            return crypto.combine_secret(sorted(shares.items())[: self.settings.threshold])
-        except ValueError as exc:
-            self._stage = "aborted"
-            raise SecAggAborted(f"round {self.server_round}: the shares of node {node}'s {what} do not rebuild a "
-                                f"secret ({exc}); a site sent a wrong share. Nothing was published.", stage="unmask") from None
+    def _rebuild(self, node: int, shares: Mapping[int, bytes], what: str, check: str, genuine: Callable[[bytes], bool]) -> bytes:
+        """The secret that ``threshold`` of ``shares`` rebuild and ``genuine`` accepts (the owner's
+        commitment or public key, fixed before any share was revealed). The first ``threshold``
+        shares do unless one is wrong; then other subsets are tried, up to ``MAX_SUBSETS``, those
+        that leave out fewer shares first. Shares off the found secret's polynomial are recorded
+        against their holders."""
+        ordered = sorted(shares.items())
+        for subset in itertools.islice(_subsets_fewest_left_out_first(ordered, self.settings.threshold), MAX_SUBSETS):
+            try:
+                secret = crypto.combine_secret(subset)
+            except ValueError:  # limbs no 256-bit secret has: a wrong share among these
+                continue
+            if genuine(secret):
+                group = share_group(self.graph, node)
+                for index in shamir.off_polynomial(subset, [share for share in ordered if share not in subset]):
+                    self._wrong_shares.setdefault(group[index - 1], []).append(
+                        f"its share of node {node}'s {what} is off the polynomial of the other shares and node {node}'s "
+                        f"{check} (it altered the share, or node {node} dealt it wrong)")
+                return secret
+        self._stage = "aborted"
+        raise SecAggAborted(f"round {self.server_round}: no {self.settings.threshold} of the {len(ordered)} shares of node "
+                            f"{node}'s {what} rebuild the secret its {check} fixes (tried up to {MAX_SUBSETS} subsets): "
+                            f"sites sent wrong shares, or node {node} dealt them wrong. Nothing was published.",
+                            stage="unmask")
+
+    def _committed_seed(self, node: int) -> Callable[[bytes], bool]:
+        commitment = self._commitments[node]
+        return lambda seed: crypto.seed_commitment(seed, run_id=self.run_id, server_round=self.server_round,
+                                                   node=node) == commitment
 
     def _header(self) -> dict[str, Any]:
         return {"run-id": crypto.u64(self.run_id), "round": self.server_round}
@@ -292,3 +338,19 @@ class CoordinatorRound:
                 self._stage = "aborted"
                 raise SecAggAborted(f"round {self.server_round}: only {len(holders)} surviving holders of node {node}'s "
                                     f"shares, threshold {self.settings.threshold}. Nothing was unmasked.", stage=stage)
+
+
+def _subsets_fewest_left_out_first(ordered: Sequence[tuple[int, bytes]], threshold: int):
+    """Each distinct subset of ``threshold`` shares once: the first ``threshold`` shares left after
+    leaving out no share, then each single share, then each pair, ... So e wrong shares among m cost
+    at most 1 + m + ... + C(m, e) tries wherever they sit (in lexicographic order, one wrong first
+    share would come before C(m - 1, threshold - 1) subsets: 75,582 for 12 of 20)."""
+    seen = set()
+    for left_out in range(len(ordered) - threshold + 1):
+        for excluded in itertools.combinations(range(len(ordered)), left_out):
+            subset = tuple(share for position, share in enumerate(ordered) if position not in excluded)[:threshold]
+            key = tuple(index for index, _ in subset)
+            if key not in seen:
+                seen.add(key)
+                yield subset
+

@@ -130,6 +130,13 @@ def self_mask_key(seed: bytes, *, run_id: int, server_round: int, node: int) -> 
     return hkdf32(seed, info=b"self-mask" + u64(run_id) + u64(server_round) + u64(node))
 
 
+def seed_commitment(seed: bytes, *, run_id: int, server_round: int, node: int) -> bytes:
+    """SHA-256 commitment to a site's self-mask seed, sent with its shares: the coordinator
+    checks a seed rebuilt at unmask against it, so a wrong share is found, not unmasked. The
+    seed is 32 uniform bytes, so the hash reveals nothing about a dropped site's seed."""
+    return hashlib.sha256(PROTOCOL + b"/seed-commitment" + u64(run_id) + u64(server_round) + u64(node) + seed).digest()
+
+
 # --- mask keystream ---------------------------------------------------------------------
 
 def mask_stream(key: bytes, words: int, *, cipher: str) -> np.ndarray:

@@ -12,18 +12,24 @@ shares and the secret, and each is equally likely. Products of two field element
 uint64, so evaluation (Horner's rule) and interpolation run as a few numpy operations on
 a (holders x limbs) array, for all secrets of a site at once.
 
+``off_polynomial`` names the shares off the polynomial through ``threshold`` others: after the
+coordinator found a set of shares that rebuilds the committed secret, the shares a holder
+altered (or its dealer dealt wrong).
+
 Pure: numpy only. Rebuilt limbs that cannot be a 256-bit secret (a limb of 30 bits or
 more, or bits beyond the 256th) mean the shares were not of one secret: ValueError.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["LIMBS", "PRIME", "SECRET_BYTES", "SHARE_BYTES", "combine", "split"]
+__all__ = ["LIMBS", "PRIME", "SECRET_BYTES", "SHARE_BYTES", "combine", "off_polynomial", "split"]
 
 PRIME = 2**31 - 1
 SECRET_BYTES = 32
@@ -65,6 +71,25 @@ def split(secrets: Sequence[bytes], *, threshold: int, holders: int,
 def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
     """The secret from (index, share) pairs; give exactly ``threshold`` of them (more also works,
     when all lie on one polynomial)."""
+    indices, values = _checked(shares)
+    limbs = _interpolate(indices, values, 0)
+    return _from_limbs([int(limb) for limb in limbs])
+
+
+def off_polynomial(basis: Sequence[tuple[int, bytes]], others: Sequence[tuple[int, bytes]]) -> list[int]:
+    """The indices of ``others`` whose shares do not lie on the polynomials through the ``basis``
+    shares (threshold of them, of one secret): shares that were altered or dealt wrong."""
+    if not others:
+        return []
+    xs, values = _checked(basis)
+    at, actual = _checked(others)
+    weights = _lagrange_weights(tuple(xs), tuple(at))
+    predicted = (weights[:, :, None] * values[None, :, :] % PRIME).sum(axis=1) % PRIME  # each term below 2^31
+    return [index for index, same in zip(at, (predicted == actual).all(axis=1), strict=True) if not same]
+
+
+def _checked(shares: Sequence[tuple[int, bytes]]) -> tuple[list[int], np.ndarray]:
+    """Indices and a (shares x LIMBS) uint64 array of field elements; ValueError for shares that cannot be."""
     if not shares:
         raise ValueError("no shares to combine")
     indices = [int(index) for index, _ in shares]
@@ -75,22 +100,24 @@ def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
     values = np.frombuffer(b"".join(share for _, share in shares), dtype="<u4").reshape(len(shares), LIMBS)
     if (values >= PRIME).any():
         raise ValueError(f"a share value is not below the field prime {PRIME}")
-    weights = np.array(_lagrange_at_zero(indices), dtype=np.uint64).reshape(-1, 1)
-    terms = values.astype(np.uint64) * weights % PRIME  # each below 2^31: the sum of 65,535 fits
-    limbs = terms.sum(axis=0) % PRIME
-    return _from_limbs([int(limb) for limb in limbs])
+    return indices, values.astype(np.uint64)
 
 
-def _lagrange_at_zero(xs: Sequence[int]) -> list[int]:
-    """Lagrange basis polynomials of the points ``xs`` evaluated at 0, modulo PRIME."""
-    weights = []
-    for i, xi in enumerate(xs):
-        numerator, denominator = 1, 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                numerator = numerator * xj % PRIME
-                denominator = denominator * (xj - xi) % PRIME
-        weights.append(numerator * pow(denominator, PRIME - 2, PRIME) % PRIME)
+def _interpolate(xs: Sequence[int], values: np.ndarray, x: int) -> np.ndarray:
+    """Every limb's polynomial through (xs, values), evaluated at ``x``."""
+    weights = _lagrange_weights(tuple(xs), (x,)).reshape(-1, 1)
+    terms = values * weights % PRIME  # each below 2^31: the sum of 65,535 fits
+    return terms.sum(axis=0) % PRIME
+
+
+@functools.lru_cache(maxsize=1024)
+def _lagrange_weights(xs: tuple[int, ...], at: tuple[int, ...]) -> np.ndarray:
+    """Row j: the Lagrange basis polynomials of the points ``xs`` evaluated at ``at[j]``, modulo
+    PRIME (read-only). Cached: a round rebuilds many secrets from the same holders' indices."""
+    inverse = [pow(math.prod(xi - xj for xj in xs if xj != xi) % PRIME, PRIME - 2, PRIME) for xi in xs]
+    weights = np.array([[math.prod(x - xj for xj in xs if xj != xi) * inverse[i] % PRIME for i, xi in enumerate(xs)]
+                        for x in at], dtype=np.uint64)
+    weights.setflags(write=False)
     return weights
 
 

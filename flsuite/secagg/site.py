@@ -186,7 +186,8 @@ class SiteRound:
             "peer-s-pk": pack_blobs(s_pks, KEY_SIZE), "own-b-share": seed_shares[own], "own-sk-share": key_shares[own],
         })
         return {"stage": "share-keys", "round": round_, "recipients": pack_ids(peers),
-                "ciphertexts": pack_blobs(ciphertexts, CIPHERTEXT_SIZE)}
+                "ciphertexts": pack_blobs(ciphertexts, CIPHERTEXT_SIZE),
+                "seed-commitment": crypto.seed_commitment(seed, run_id=self.run_id, server_round=round_, node=self.node_id)}
 
     # --- stage 3 ----------------------------------------------------------------------
     @_refusals_end_the_round
