@@ -28,9 +28,12 @@ from tests.unit.test_secagg_refusals import Core
 UPDATES = {10: 0.1, 11: -0.2, 12: 0.3, 13: 0.05, 14: -0.15, **{node: 0.01 * (node - 20) for node in range(15, 30)}}
 
 
-def run_to_unmask(core: Core, *, drop: int | None = None):
-    """Every site of ``core`` through share-keys and masked training (``drop`` sends no masked vector)."""
+def run_to_unmask(core: Core, *, drop: int | None = None, commitments: dict[int, bytes] | None = None):
+    """Every site of ``core`` through share-keys and masked training (``drop`` sends no masked vector;
+    ``commitments`` replace the seed commitments some sites send)."""
     replies = {n: core.call(n, "share_keys", r) for n, r in core.setup().items()}
+    for node, commitment in (commitments or {}).items():
+        replies[node] = dict(replies[node], **{"seed-commitment": commitment})
     train = core.coordinator.receive_shares(replies)
     masked = {}
     for node, request in train.items():
@@ -106,6 +109,21 @@ def test_a_wrong_share_of_a_dropped_site_s_mask_key_is_outvoted():
     assert summed.dropped == (dropped,) and f"node {dropped}'s mask key" in summed.wrong_shares[liar]
 
 
+def test_sites_revealing_only_wrong_shares_abort_the_round_at_the_coordinator():
+    """Every survivor answers the unmask request with altered self-mask shares: the coordinator aborts
+    with SecAggAborted (nothing published), not a crash or garbage unmasked. A 4-site cohort's sum check
+    accepts every vector, so this is the share check: no subset rebuilds the seed a site committed to."""
+    core = Core(n=4, threshold=3)
+    answers = run_to_unmask(core)
+    for liar in sorted(answers):  # every holder alters the top limb of every share it reveals (the index stays)
+        blobs = unpack_blobs(answers[liar]["b-shares"], SHARE_SIZE)
+        answers[liar] = dict(answers[liar], **{"b-shares": pack_blobs(
+            [b[:-2] + bytes([b[-2] ^ 0x5A]) + b[-1:] for b in blobs], SHARE_SIZE)})
+    with pytest.raises(SecAggAborted) as info:
+        core.coordinator.receive_unmask(answers)
+    assert info.value.stage == "unmask" and "rebuild the secret its commitment fixes" in str(info.value)
+
+
 def test_more_wrong_shares_than_can_be_outvoted_abort_the_round_and_publish_nothing():
     core = Core(n=4, threshold=3)
     answers = run_to_unmask(core)
@@ -122,17 +140,8 @@ def test_more_wrong_shares_than_can_be_outvoted_abort_the_round_and_publish_noth
 
 def test_a_site_that_commits_to_another_seed_than_it_shared_is_named_when_the_round_aborts():
     core = Core(n=4, threshold=3)
-    replies = {n: core.call(n, "share_keys", r) for n, r in core.setup().items()}
     owner = core.nodes[3]
-    replies[owner] = dict(replies[owner], **{"seed-commitment": bytes(32)})
-    train = core.coordinator.receive_shares(replies)
-    masked = {}
-    for node, request in train.items():
-        site = core.site(node)
-        site.begin_train(request, model_hash=core.model_hash)
-        masked[node] = site.mask_update(update=np.zeros(4), num_examples=10)
-        core.states[node] = site.state
-    answers = {n: core.call(n, "unmask", r) for n, r in core.coordinator.receive_masked(masked).items()}
+    answers = run_to_unmask(core, commitments={owner: bytes(32)})
     with pytest.raises(SecAggAborted, match=f"or node {owner} dealt them wrong"):
         core.coordinator.receive_unmask(answers)
 
