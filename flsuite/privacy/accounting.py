@@ -197,8 +197,12 @@ def _epsilon_cached(phases: tuple[Phase, ...], delta: float, accountant: str) ->
             if upper <= REPORT_TOLERANCE * lower:
                 return upper
             reason = f"PRV interval [{lower:.4g}, {upper:.4g}] is wider than {REPORT_TOLERANCE}x"
-    pld_epsilon, interval = _pld_epsilon(phases, delta)
     rdp_bound = _rdp_epsilon(phases, delta)
+    try:
+        pld_epsilon, interval = _pld_epsilon(phases, delta)
+    except (ArithmeticError, ValueError, MemoryError) as error:  # a sigma so small that PLD's grid overflows
+        _log.info("%s for %s; PLD failed too (%s): reporting the RDP bound %.6g", reason, phases, error, rdp_bound)
+        return rdp_bound
     if pld_epsilon > REPORT_TOLERANCE * rdp_bound:  # PLD's discretisation is loose here
         _log.info("%s for %s; PLD %.6g is above %gx RDP: reporting that", reason, phases, pld_epsilon, REPORT_TOLERANCE)
         return REPORT_TOLERANCE * rdp_bound

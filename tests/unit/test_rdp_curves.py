@@ -39,7 +39,7 @@ def test_the_curve_equals_opacus_compute_rdp(q, sigma):
     from opacus.accountants.analysis.rdp import compute_rdp
 
     theirs = compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(RDP_ORDERS))
-    assert np.allclose(rdp_per_step(q, sigma, RDP_ORDERS), theirs, rtol=1e-8, atol=1e-12)  # float sums near 1
+    assert np.allclose(rdp_per_step(q, sigma, RDP_ORDERS), theirs, rtol=1e-8, atol=2e-12)  # float sums near 1, our margin
 
 
 @pytest.mark.parametrize(("q", "sigma"), CURVES)
@@ -54,7 +54,7 @@ def test_the_curve_is_never_above_dp_accounting_s(q, sigma):
     logging.getLogger("absl").setLevel(logging.ERROR)
     theirs.compose(step_event(q, sigma))
     ours = rdp_per_step(q, sigma, RDP_ORDERS)
-    assert np.all(ours <= theirs._rdp * (1 + 1e-10) + 1e-14)  # integer orders: the same sum, in numpy
+    assert np.all(ours <= theirs._rdp * (1 + 1e-10) + 2e-12)  # integer orders: the same sum, plus our rounding margin
     assert np.all(np.isfinite(ours))
 
 
@@ -83,3 +83,28 @@ def test_an_order_that_does_not_converge_is_left_out_not_underestimated(monkeypa
 
 def test_the_plain_gaussian_is_alpha_over_two_sigma_squared():
     assert np.array_equal(rdp_per_step(1.0, 2.0, (1.5, 4.0)), np.array([1.5 / 8, 4.0 / 8]))
+
+
+@pytest.mark.parametrize("q", [1e-4, 1e-6, 1e-9])
+@pytest.mark.parametrize("sigma", [0.5, 100.0, 1e4])
+def test_a_tiny_divergence_is_never_computed_below_zero(q, sigma):
+    """Found in review: at q <= 1e-4 with large sigma the float rounding of a sum near 1 is the whole
+    divergence, some orders came out negative, and dp_accounting's conversion reads a negative order
+    as epsilon 0. The curve must stay at or above the truth, so at or above zero."""
+    assert np.all(rdp_per_step(q, sigma, RDP_ORDERS) > 0)
+
+
+def test_where_rounding_made_epsilon_zero_it_is_opacus_value_again():
+    from opacus.accountants import RDPAccountant
+
+    phase = (1e-4, 1e4, 1000)
+    theirs = RDPAccountant()
+    theirs.history = [(phase[1], phase[0], phase[2])]
+    assert epsilon([phase], delta=1e-10, accountant="rdp") == pytest.approx(theirs.get_epsilon(1e-10), rel=1e-6)
+    assert epsilon([phase], delta=1e-10) > 0  # PLD (1.08e-5), no longer capped at 1.05 x an RDP bound of 0
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_a_sigma_whose_square_underflows_has_no_finite_epsilon(accountant):
+    """sigma 1e-170 (a tampered ledger): sigma^2 is 0, the curve was NaN and the RDP epsilon came out 0."""
+    assert epsilon([(0.3, 1e-170, 10)], delta=1e-5, accountant=accountant) == float("inf")
