@@ -9,11 +9,12 @@ SecAggAborted and nothing is unmasked. The unmasked sum is checked before it is 
 (from ``declared``, each node's declared record count, when the coordinator knows them) and every coordinate must lie in the range
 honest updates fill; a sum that fails aborts the round (stage "sum-check").
 
-A rebuilt secret is checked before it is used: a survivor's self-mask seed against the
-commitment the site sent with its shares, a dropped site's mask key against its announced
-public key. A holder that reveals a wrong share is outvoted: other subsets of the shares are
-tried until one rebuilds the checked secret, and the wrong share is recorded against its holder
-(``RoundSum.wrong_shares``). The round aborts only when no subset does.
+A rebuilt secret is checked before it is used, against the commitment the site sent with its
+shares (a survivor's self-mask seed; a dropped site's mask key, and its announced public key).
+A holder that reveals a wrong share is outvoted: other subsets of the shares are tried until one
+rebuilds the committed secret, and the shares off its polynomial are recorded against their
+holders (``RoundSum.wrong_shares``; only when the first subset failed, since a wrong share
+outside it changed nothing). The round aborts only when no subset does.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import numpy as np
 from flsuite.errors import ConfigError, SecAggAborted
 
 from . import primitives as crypto
-from . import shamir
 from .graph import neighbour_graph, share_group
 from .quantize import average_error_bound, dequantise_sum, site_weight, sum_problem
 from .settings import SecAggSettings
@@ -45,11 +45,13 @@ from .wire import (
     unpack_ids,
 )
 
-__all__ = ["MAX_SUBSETS", "CoordinatorRound", "RoundSum"]
+__all__ = ["MAX_SUBSETS", "CoordinatorRound", "RoundSum", "search_limit"]
 
 #: Subsets of threshold shares tried per secret when some share is wrong, fewest left out first:
-#: enough for any 4 wrong shares among 18. Past it the round aborts.
+#: enough for any 4 wrong shares among 18. Past it the round aborts. Each try costs about
+#: threshold^2 modular products, so large thresholds try fewer (``search_limit``).
 MAX_SUBSETS = 4096
+_SEARCH_PRODUCTS = 1 << 24
 COMMITMENT_SIZE = 32
 
 
@@ -103,7 +105,7 @@ class CoordinatorRound:
         self._keys: dict[int, dict[str, Any]] = {}
         self._routes: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> ciphertext
         self._senders: dict[int, list[int]] = {}
-        self._commitments: dict[int, bytes] = {}  # node -> its self-mask seed commitment
+        self._commitments: dict[int, dict[str, bytes]] = {}  # node -> "seed" / "mask-key" -> its commitment
         self._wrong_shares: dict[int, list[str]] = {}
         self._shared_round: list[int] = []  # U2: sites whose shares went out
         self._survivors: list[int] = []  # U3: sites whose masked vectors are in the sum
@@ -171,14 +173,15 @@ class CoordinatorRound:
                 blobs = unpack_blobs(reply["ciphertexts"], CIPHERTEXT_SIZE)
                 if sorted(recipients) != sorted(self.graph[node] & alive) or len(recipients) != len(blobs):
                     raise ValueError("shares do not go to exactly the live neighbours")
-                commitment = reply.get("seed-commitment")
-                if type(commitment) is not bytes or len(commitment) != COMMITMENT_SIZE:
-                    raise ValueError(f"the self-mask seed commitment is not {COMMITMENT_SIZE} bytes")
+                commitments = {kind: reply.get(f"{kind}-commitment") for kind in ("seed", "mask-key")}
+                for kind, commitment in commitments.items():
+                    if type(commitment) is not bytes or len(commitment) != COMMITMENT_SIZE:
+                        raise ValueError(f"the {kind} commitment is not {COMMITMENT_SIZE} bytes")
             except (KeyError, TypeError, ValueError) as exc:
                 self.rejected[node] = f"malformed share-keys reply: {exc}"
                 continue
             sent[node] = dict(zip(recipients, blobs, strict=True))
-            self._commitments[node] = commitment
+            self._commitments[node] = commitments
         self._shared_round = sorted(sent)
         self._require(self._shared_round, "share-keys")
         requests = {}
@@ -241,13 +244,14 @@ class CoordinatorRound:
         assert self._sum is not None
         total, cipher = self._sum.copy(), self.settings.mask_cipher
         for node in self._survivors:
-            seed = self._rebuild(node, b_shares[node], "self-mask seed", "commitment", self._committed_seed(node))
+            seed = self._rebuild(node, b_shares[node], "self-mask seed", "commitment", self._committed(node, "seed"))
             key = crypto.self_mask_key(seed, run_id=self.run_id, server_round=self.server_round, node=node)
             crypto.apply_mask(total, key, cipher=cipher, subtract=True)
         for node in dropped:
-            announced = self._keys[node]["s-pk"]
-            s_sk = self._rebuild(node, sk_shares[node], "mask key", "announced public key",
-                                 lambda secret, announced=announced: crypto.x25519_public(secret) == announced)
+            committed, announced = self._committed(node, "mask-key"), self._keys[node]["s-pk"]
+            s_sk = self._rebuild(node, sk_shares[node], "mask key", "commitment and public key",
+                                 lambda secret, committed=committed, announced=announced:
+                                 committed(secret) and crypto.x25519_public(secret) == announced)
             for peer in self._survivors:
                 if node not in self._senders.get(peer, ()):
                     continue
@@ -274,33 +278,36 @@ class CoordinatorRound:
     # --- helpers ------------------------------------------------------------------------
     def _rebuild(self, node: int, shares: Mapping[int, bytes], what: str, check: str, genuine: Callable[[bytes], bool]) -> bytes:
         """The secret that ``threshold`` of ``shares`` rebuild and ``genuine`` accepts (the owner's
-        commitment or public key, fixed before any share was revealed). The first ``threshold``
-        shares do unless one is wrong; then other subsets are tried, up to ``MAX_SUBSETS``, those
-        that leave out fewer shares first. Shares off the found secret's polynomial are recorded
-        against their holders."""
+        commitment, fixed before any share was revealed). The first ``threshold`` shares do unless
+        one is wrong; then other subsets are tried, up to ``search_limit``, those that leave out
+        fewer shares first, and the shares off the found secret's polynomial are recorded against
+        their holders."""
         ordered = sorted(shares.items())
-        for subset in itertools.islice(_subsets_fewest_left_out_first(ordered, self.settings.threshold), MAX_SUBSETS):
+        limit = search_limit(self.settings.threshold)
+        for tried, subset in enumerate(itertools.islice(_subsets_fewest_left_out_first(ordered, self.settings.threshold), limit)):
             try:
                 secret = crypto.combine_secret(subset)
             except ValueError:  # limbs no 256-bit secret has: a wrong share among these
                 continue
             if genuine(secret):
                 group = share_group(self.graph, node)
-                for index in shamir.off_polynomial(subset, [share for share in ordered if share not in subset]):
+                others = [share for share in ordered if share not in subset] if tried else []  # the first subset passed: no hint needed
+                for index in crypto.shares_off_secret(subset, others):
                     self._wrong_shares.setdefault(group[index - 1], []).append(
                         f"its share of node {node}'s {what} is off the polynomial of the other shares and node {node}'s "
                         f"{check} (it altered the share, or node {node} dealt it wrong)")
                 return secret
         self._stage = "aborted"
         raise SecAggAborted(f"round {self.server_round}: no {self.settings.threshold} of the {len(ordered)} shares of node "
-                            f"{node}'s {what} rebuild the secret its {check} fixes (tried up to {MAX_SUBSETS} subsets): "
+                            f"{node}'s {what} rebuild the secret its {check} fixes (tried up to {limit} subsets): "
                             f"sites sent wrong shares, or node {node} dealt them wrong. Nothing was published.",
                             stage="unmask")
 
-    def _committed_seed(self, node: int) -> Callable[[bytes], bool]:
-        commitment = self._commitments[node]
-        return lambda seed: crypto.seed_commitment(seed, run_id=self.run_id, server_round=self.server_round,
-                                                   node=node) == commitment
+    def _committed(self, node: int, kind: str) -> Callable[[bytes], bool]:
+        """Whether a secret is the one ``node`` committed to (``kind``: "seed" or "mask-key")."""
+        commitment = self._commitments[node][kind]
+        return lambda secret: crypto.secret_commitment(kind.encode(), secret, run_id=self.run_id,
+                                                       server_round=self.server_round, node=node) == commitment
 
     def _header(self) -> dict[str, Any]:
         return {"run-id": crypto.u64(self.run_id), "round": self.server_round}
@@ -353,4 +360,10 @@ def _subsets_fewest_left_out_first(ordered: Sequence[tuple[int, bytes]], thresho
             if key not in seen:
                 seen.add(key)
                 yield subset
+
+
+def search_limit(threshold: int) -> int:
+    """Subsets tried per secret: ``MAX_SUBSETS``, fewer for thresholds whose tries cost more (63 at
+    threshold 513), never fewer than 16 (enough to leave out any one of 15 shares)."""
+    return max(16, min(MAX_SUBSETS, _SEARCH_PRODUCTS // threshold**2))
 

@@ -130,11 +130,14 @@ def self_mask_key(seed: bytes, *, run_id: int, server_round: int, node: int) -> 
     return hkdf32(seed, info=b"self-mask" + u64(run_id) + u64(server_round) + u64(node))
 
 
-def seed_commitment(seed: bytes, *, run_id: int, server_round: int, node: int) -> bytes:
-    """SHA-256 commitment to a site's self-mask seed, sent with its shares: the coordinator
-    checks a seed rebuilt at unmask against it, so a wrong share is found, not unmasked. The
-    seed is 32 uniform bytes, so the hash reveals nothing about a dropped site's seed."""
-    return hashlib.sha256(PROTOCOL + b"/seed-commitment" + u64(run_id) + u64(server_round) + u64(node) + seed).digest()
+def secret_commitment(kind: bytes, secret: bytes, *, run_id: int, server_round: int, node: int) -> bytes:
+    """SHA-256 commitment to one of a site's round secrets (``kind``: b"seed", the self-mask seed,
+    or b"mask-key", its X25519 mask key), sent with its shares: the coordinator checks a secret
+    rebuilt at unmask against it, so a wrong share is found, not used. The secrets are 32 uniform
+    bytes, so the hash reveals nothing about a secret that is never rebuilt. A mask key needs its
+    own commitment besides its public key: X25519 clamps keys, so keys that differ in the clamped
+    bits share a public key, and a liar could move the rebuilt key there unseen."""
+    return hashlib.sha256(PROTOCOL + b"/commitment/" + kind + u64(run_id) + u64(server_round) + u64(node) + secret).digest()
 
 
 # --- mask keystream ---------------------------------------------------------------------
@@ -285,6 +288,11 @@ def combine_secret(shares: Sequence[tuple[int, bytes]]) -> bytes:
     """Rebuild a 32-byte secret from (index, share) pairs (threshold of them); ValueError when
     the shares cannot be of one secret."""
     return shamir.combine(shares)
+
+
+def shares_off_secret(basis: Sequence[tuple[int, bytes]], others: Sequence[tuple[int, bytes]]) -> list[int]:
+    """The indices of ``others`` not on the polynomial through ``basis`` (``shamir.off_polynomial``)."""
+    return shamir.off_polynomial(basis, others)
 
 
 def model_hash(arrays: Mapping[str, np.ndarray]) -> bytes:

@@ -23,9 +23,8 @@ more, or bits beyond the 256th) mean the shares were not of one secret: ValueErr
 from __future__ import annotations
 
 import functools
-import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -79,13 +78,21 @@ def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
 def off_polynomial(basis: Sequence[tuple[int, bytes]], others: Sequence[tuple[int, bytes]]) -> list[int]:
     """The indices of ``others`` whose shares do not lie on the polynomials through the ``basis``
     shares (threshold of them, of one secret): shares that were altered or dealt wrong."""
-    if not others:
-        return []
     xs, values = _checked(basis)
-    at, actual = _checked(others)
-    weights = _lagrange_weights(tuple(xs), tuple(at))
-    predicted = (weights[:, :, None] * values[None, :, :] % PRIME).sum(axis=1) % PRIME  # each term below 2^31
-    return [index for index, same in zip(at, (predicted == actual).all(axis=1), strict=True) if not same]
+    wrong, usable = [], []
+    for index, share in others:  # a share that is no field element at all is off every polynomial
+        try:
+            _checked([(index, share)])
+        except ValueError:
+            wrong.append(int(index))
+        else:
+            usable.append((index, share))
+    if usable:
+        at, actual = _checked(usable)
+        weights = _lagrange_weights(tuple(xs), tuple(at))
+        predicted = (weights[:, :, None] * values[None, :, :] % PRIME).sum(axis=1) % PRIME  # each term below 2^31
+        wrong += [index for index, same in zip(at, (predicted == actual).all(axis=1), strict=True) if not same]
+    return sorted(wrong)
 
 
 def _checked(shares: Sequence[tuple[int, bytes]]) -> tuple[list[int], np.ndarray]:
@@ -113,12 +120,41 @@ def _interpolate(xs: Sequence[int], values: np.ndarray, x: int) -> np.ndarray:
 @functools.lru_cache(maxsize=1024)
 def _lagrange_weights(xs: tuple[int, ...], at: tuple[int, ...]) -> np.ndarray:
     """Row j: the Lagrange basis polynomials of the points ``xs`` evaluated at ``at[j]``, modulo
-    PRIME (read-only). Cached: a round rebuilds many secrets from the same holders' indices."""
-    inverse = [pow(math.prod(xi - xj for xj in xs if xj != xi) % PRIME, PRIME - 2, PRIME) for xi in xs]
-    weights = np.array([[math.prod(x - xj for xj in xs if xj != xi) * inverse[i] % PRIME for i, xi in enumerate(xs)]
-                        for x in at], dtype=np.uint64)
+    PRIME (read-only). Barycentric form: L_i(x) = prod_j (x - x_j) * w_i / (x - x_i) with
+    w_i = 1 / prod_{j != i} (x_i - x_j), so t points cost t^2 products once and t per row.
+    Cached: a round rebuilds many secrets from the same holders' indices."""
+    w = _inverses([_product(xi - xj for xj in xs if xj != xi) for xi in xs])
+    rows = []
+    for x in at:
+        if x in xs:
+            rows.append([int(xi == x) for xi in xs])
+            continue
+        gaps = [(x - xi) % PRIME for xi in xs]
+        whole = _product(gaps)
+        rows.append([whole * wi % PRIME * inverse % PRIME for wi, inverse in zip(w, _inverses(gaps), strict=True)])
+    weights = np.array(rows, dtype=np.uint64).reshape(len(at), len(xs))
     weights.setflags(write=False)
     return weights
+
+
+def _product(values: Iterable[int]) -> int:
+    result = 1
+    for value in values:
+        result = result * value % PRIME
+    return result
+
+
+def _inverses(values: Sequence[int]) -> list[int]:
+    """Every value's inverse modulo PRIME with one exponentiation (Montgomery's trick); none may be 0."""
+    prefix = [1]
+    for value in values:
+        prefix.append(prefix[-1] * value % PRIME)
+    inverse = pow(prefix[-1], PRIME - 2, PRIME)
+    result = [0] * len(values)
+    for k in range(len(values) - 1, -1, -1):
+        result[k] = inverse * prefix[k] % PRIME
+        inverse = inverse * values[k] % PRIME
+    return result
 
 
 def _uniform(random_bytes: RandomBytes, shape: tuple[int, int]) -> np.ndarray:

@@ -187,7 +187,10 @@ class SiteRound:
         })
         return {"stage": "share-keys", "round": round_, "recipients": pack_ids(peers),
                 "ciphertexts": pack_blobs(ciphertexts, CIPHERTEXT_SIZE),
-                "seed-commitment": crypto.seed_commitment(seed, run_id=self.run_id, server_round=round_, node=self.node_id)}
+                "seed-commitment": crypto.secret_commitment(b"seed", seed, run_id=self.run_id, server_round=round_,
+                                                            node=self.node_id),
+                "mask-key-commitment": crypto.secret_commitment(b"mask-key", self._state["s-sk"], run_id=self.run_id,
+                                                                server_round=round_, node=self.node_id)}
 
     # --- stage 3 ----------------------------------------------------------------------
     @_refusals_end_the_round
