@@ -14,7 +14,8 @@ shares (a survivor's self-mask seed; a dropped site's mask key, and its announce
 A holder that reveals a wrong share is outvoted: other subsets of the shares are tried until one
 rebuilds the committed secret, and the shares off its polynomial are recorded against their
 holders (``RoundSum.wrong_shares``; only when the first subset failed, since a wrong share
-outside it changed nothing). The round aborts only when no subset does.
+outside it changed nothing). The round aborts only when no subset within ``search_limit`` does
+(thresholds above 256, where tries cost most, search less than it takes to leave out any one share).
 """
 
 from __future__ import annotations
@@ -364,6 +365,8 @@ def _subsets_fewest_left_out_first(ordered: Sequence[tuple[int, bytes]], thresho
 
 def search_limit(threshold: int) -> int:
     """Subsets tried per secret: ``MAX_SUBSETS``, fewer for thresholds whose tries cost more (63 at
-    threshold 513), never fewer than 16 (enough to leave out any one of 15 shares)."""
+    threshold 513), never fewer than 16. One wrong share is outvoted wherever it sits while the
+    limit exceeds the threshold (thresholds up to 256); above that, only within the first
+    ``limit - 1`` shares, and a wrong share further on aborts the round, as any did before."""
     return max(16, min(MAX_SUBSETS, _SEARCH_PRODUCTS // threshold**2))
 
