@@ -71,7 +71,7 @@ def combine(shares: Sequence[tuple[int, bytes]]) -> bytes:
     """The secret from (index, share) pairs; give exactly ``threshold`` of them (more also works,
     when all lie on one polynomial)."""
     indices, values = _checked(shares)
-    limbs = _interpolate(indices, values, 0)
+    limbs = _interpolate(indices, values, (0,))[0]
     return _from_limbs([int(limb) for limb in limbs])
 
 
@@ -89,8 +89,7 @@ def off_polynomial(basis: Sequence[tuple[int, bytes]], others: Sequence[tuple[in
             usable.append((index, share))
     if usable:
         at, actual = _checked(usable)
-        weights = _lagrange_weights(tuple(xs), tuple(at))
-        predicted = (weights[:, :, None] * values[None, :, :] % PRIME).sum(axis=1) % PRIME  # each term below 2^31
+        predicted = _interpolate(xs, values, tuple(at))
         wrong += [index for index, same in zip(at, (predicted == actual).all(axis=1), strict=True) if not same]
     return sorted(wrong)
 
@@ -110,11 +109,11 @@ def _checked(shares: Sequence[tuple[int, bytes]]) -> tuple[list[int], np.ndarray
     return indices, values.astype(np.uint64)
 
 
-def _interpolate(xs: Sequence[int], values: np.ndarray, x: int) -> np.ndarray:
-    """Every limb's polynomial through (xs, values), evaluated at ``x``."""
-    weights = _lagrange_weights(tuple(xs), (x,)).reshape(-1, 1)
-    terms = values * weights % PRIME  # each below 2^31: the sum of 65,535 fits
-    return terms.sum(axis=0) % PRIME
+def _interpolate(xs: Sequence[int], values: np.ndarray, at: tuple[int, ...]) -> np.ndarray:
+    """Every limb's polynomial through (xs, values), evaluated at each point of ``at``: (len(at) x LIMBS)."""
+    weights = _lagrange_weights(tuple(xs), at)
+    terms = weights[:, :, None] * values[None, :, :] % PRIME  # each below 2^31: the sum of 65,535 fits
+    return terms.sum(axis=1) % PRIME
 
 
 @functools.lru_cache(maxsize=1024)
