@@ -14,7 +14,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from flsuite.deployment.processes import is_running
+from flsuite.deployment.processes import _wait_exited, is_running
 from flsuite.errors import SiteWorkerLost
 from flsuite.flower import InProcessGrid, SiteProcessPool, new_run
 
@@ -64,18 +64,6 @@ def _stop(pid: int) -> None:
         pass
 
 
-def _all_stopped(pids: list[int], within_s: float = 10.0) -> bool:
-    """Whether every process is gone (or a zombie) within ``within_s``: a SIGKILL takes effect when the
-    process is next scheduled, and a grandchild is reaped by init, not by this process (once, CI saw
-    the site's child still running just after its kill)."""
-    deadline = time.monotonic() + within_s
-    while any(is_running(pid) for pid in pids):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_a_process_the_coordinator_starts_later_does_not_hold_the_pools_pipes():
     """The attack: the coordinator starts another process after the pool (a deployed SuperLink, a
     tool) and lets it keep every inheritable fd. Were the pool's pipe ends inheritable, that process
@@ -116,7 +104,9 @@ def test_a_process_a_site_starts_in_its_worker_does_not_hold_the_workers_pipes()
         for pid in children:
             _stop(pid)
         pool.close()
-    assert _all_stopped(pool.pids + children)
+    # a SIGKILL takes effect when the process next runs, and a grandchild is reaped by init: wait for both
+    # (once, CI saw the site's child still running just after its kill)
+    assert _wait_exited(pool.pids + children, timeout=10.0, sleep=time.sleep) == []
 
 
 def test_wait_ready_names_a_worker_that_died_before_it_was_ready(tmp_path, monkeypatch):
