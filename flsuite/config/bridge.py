@@ -13,6 +13,7 @@ field's type; text that does not parse reaches the schema, which names the field
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
 from collections.abc import Mapping
@@ -36,7 +37,27 @@ def to_run_config(config: StudyConfig) -> dict[str, Scalar]:
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> StudyConfig:
-    """Rebuild and validate a study config from a run_config made by ``to_run_config``."""
+    """Rebuild and validate a study config from a run_config made by ``to_run_config``.
+
+    A site reads the study from the run_config of every message it handles, so the result is
+    kept for the last few run_configs: the same keys with the same values *of the same types*
+    (``True``, ``1`` and ``1.0`` are equal in Python, not to the strict schema) give the same
+    frozen ``StudyConfig``; anything else is validated anew, and a refused one is never kept.
+    """
+    try:
+        key = tuple(sorted((name, type(value).__name__, value) for name, value in run_config.items()))
+        hash(key)
+    except TypeError:  # a value that cannot be a key (not a Flower scalar): validation names it
+        return _validated(run_config)
+    return _validated_once(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _validated_once(key: tuple[tuple[str, str, Any], ...]) -> StudyConfig:
+    return _validated({name: value for name, _, value in key})
+
+
+def _validated(run_config: Mapping[str, Any]) -> StudyConfig:
     nested: dict[str, Any] = {}
     for key, value in run_config.items():
         parts = key.split(".")

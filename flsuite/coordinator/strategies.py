@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from flsuite.config.schema import FederationConfig
-from flsuite.models import array_values
+from flsuite.models import array_values, record_of
 from flsuite.protocol import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, TRAIN
 
 FEDAVGM_LEARNING_RATE = 1.0  # Flower's own default for FedAvgM
@@ -90,6 +90,6 @@ def averaged_reply(replies: Sequence[Message]) -> Message:
                 summed[key] += array_values(array) * share
             else:
                 summed[key] = array_values(array) * share
-    content = RecordDict({ARRAYS: ArrayRecord({key: Array(np.asarray(value)) for key, value in summed.items()}),
+    content = RecordDict({ARRAYS: record_of({key: np.asarray(value) for key, value in summed.items()}),
                           METRICS: MetricRecord({NUM_EXAMPLES: total})})
     return Message(content, dst_node_id=0, message_type=TRAIN)

@@ -4,7 +4,9 @@ from flsuite.lazy import lazy_exports
 
 _EXPORTS = {
     "ModelLayout": "weights",
+    "array_of": "array_codec",
     "array_values": "array_codec",
+    "record_of": "array_codec",
     "decoded": "weights",
     "load_arrays": "weights",
     "model_to_arrays": "weights",

@@ -13,19 +13,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 
 if TYPE_CHECKING:  # torch loads only where a model is built (secure-aggregation stages need none)
     from torch import nn
 
-from flsuite.models.array_codec import array_values
+from flsuite.models.array_codec import array_values, record_of
 
 __all__ = ["ModelLayout", "decoded", "load_arrays", "model_to_arrays"]
 
 
 def model_to_arrays(model: nn.Module) -> ArrayRecord:
-    """The model's weights as an ArrayRecord (a copy, detached from the model)."""
-    return ArrayRecord({key: value.detach().clone() for key, value in model.state_dict().items()})
+    """The model's weights as an ArrayRecord (a copy, detached from the model): the bytes Flower's
+    ``ArrayRecord.from_torch_state_dict`` would hold, encoded by ``record_of``."""
+    return record_of({key: value.detach().cpu().numpy() for key, value in model.state_dict().items()})
 
 
 def decoded(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -97,7 +98,7 @@ class ModelLayout:
             dtype = self.dtypes[key]
             # np.asarray: np.rint of a 0-d view (a scalar buffer such as a step count) returns a numpy scalar
             out[key] = np.asarray(np.rint(values) if np.issubdtype(dtype, np.integer) else values).astype(dtype)
-        return ArrayRecord({key: Array(out[key]) for key in self.order})
+        return record_of({key: out[key] for key in self.order})
 
     def _parts(self, vector: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
         """(name, view of ``vector`` shaped like the array), in sorted name order."""

@@ -21,12 +21,12 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from flsuite import protocol
 from flsuite.errors import ConfigError, SecAggRefused
-from flsuite.models import ModelLayout, decoded
+from flsuite.models import ModelLayout, decoded, record_of
 from flsuite.secagg import load_identity, load_pinned_identities, model_hash
 from flsuite.secagg.site import SiteRound
 
@@ -158,7 +158,7 @@ def _train(msg: Message, context: Context, call_next: ClientAppCallable, site: S
     masked = site.mask_update(update=update, num_examples=num_examples)
     content = RecordDict()
     content[SECAGG_RECORD] = ConfigRecord({k: v for k, v in masked.items() if k != protocol.MASKED_VECTOR})
-    content[MASKED_RECORD] = ArrayRecord({protocol.MASKED_VECTOR: Array(masked[protocol.MASKED_VECTOR])})
+    content[MASKED_RECORD] = record_of({protocol.MASKED_VECTOR: masked[protocol.MASKED_VECTOR]})
     for name, record in trained.content.metric_records.items():
         content[name] = MetricRecord({k: v for k, v in record.items() if k != protocol.NUM_EXAMPLES})
     for name, record in trained.content.config_records.items():

@@ -1,4 +1,4 @@
-"""array_values: the fast decode of a Flower Array equals Array.numpy, and refuses what np.load refuses."""
+"""array_values and array_of: the fast decode equals Array.numpy and refuses what np.load refuses; the fast encode gives Flower's bytes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import io
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flsuite.models import ModelLayout, decoded
-from flsuite.models.array_codec import array_values
+from flsuite.models.array_codec import array_of, array_values
 
 CASES = [
     np.arange(12, dtype=np.float32).reshape(3, 4),
@@ -114,3 +116,60 @@ def test_another_stype_is_refused_as_flower_refuses_it() -> None:
     array = Array(dtype="float32", shape=(3,), stype="torch.Tensor", data=_npy(np.zeros(3, np.float32)))
     with pytest.raises(TypeError, match="Unsupported serialization type"):
         array_values(array)
+
+
+# --- array_of: the encode, byte for byte Flower's -------------------------------------------------
+
+ODD_LAYOUTS = [
+    np.asfortranarray(np.arange(12, dtype=np.float32).reshape(3, 4)),  # np.save writes it in Fortran order
+    np.arange(24, dtype=np.float64).reshape(4, 6)[:, ::2],  # neither C nor Fortran contiguous
+    np.arange(24, dtype=np.int32).reshape(4, 6).T,  # a transposed view
+    np.zeros((1,) * 40, dtype=np.float32),  # 40 dimensions: a long header
+    np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),  # structured: not a plain dtype
+]
+
+
+def _same_as_flowers(values: np.ndarray) -> None:
+    ours, flowers = array_of(values), Array.from_numpy_ndarray(values)
+    assert (ours.dtype, tuple(ours.shape), ours.stype) == (flowers.dtype, tuple(flowers.shape), flowers.stype)
+    assert ours.data == flowers.data
+
+
+@pytest.mark.parametrize("values", CASES + ODD_LAYOUTS, ids=lambda a: f"{a.dtype.str}{a.shape}")
+def test_array_of_gives_flowers_bytes(values: np.ndarray) -> None:
+    _same_as_flowers(values)
+    if values.dtype.fields is None:
+        np.testing.assert_array_equal(array_values(array_of(values)), values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["<f4", ">f8", "<i2", "|u1", "|b1", "<c8", "<u8", "<f2"]),
+       st.lists(st.integers(0, 5), max_size=4), st.booleans(), st.booleans())
+def test_array_of_matches_flower_on_any_shape_and_layout(dtype: str, shape: list[int], fortran: bool, strided: bool) -> None:
+    values = np.arange(int(np.prod(shape)) * 2).astype(dtype)[::2].reshape(shape) if shape else np.array(7, dtype=dtype)
+    if fortran:
+        values = np.asfortranarray(values)
+    if strided and values.ndim:
+        values = values[..., ::-1]
+    _same_as_flowers(values)
+
+
+def test_array_of_refuses_what_is_not_an_array() -> None:
+    with pytest.raises(TypeError, match="numpy ndarray"):
+        array_of([1.0, 2.0])  # type: ignore[arg-type]
+
+
+def test_model_weights_encode_as_flower_would() -> None:
+    """model_to_arrays (what every site replies with) holds the bytes of Flower's from_torch_state_dict."""
+    import torch
+
+    from flsuite.config.schema import ModelConfig
+    from flsuite.models import build_model, model_to_arrays
+
+    for config, image in ((ModelConfig(name="mlp", hidden_units=16), None), (ModelConfig(name="cnn", channels=4), (8, 8))):
+        model = build_model(config, num_features=64, num_classes=10, image_shape=image, seed=3)
+        ours, flowers = model_to_arrays(model), ArrayRecord.from_torch_state_dict(model.state_dict())
+        assert list(ours) == list(flowers)
+        assert all(ours[key].data == flowers[key].data and ours[key].dtype == flowers[key].dtype for key in ours)
+        next(iter(model.parameters())).data.add_(1.0)  # a copy: changing the model later leaves the record alone
+        assert torch.equal(torch.from_numpy(array_values(ours[next(iter(ours))])) + 1.0, next(iter(model.state_dict().values())))

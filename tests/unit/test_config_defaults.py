@@ -129,3 +129,22 @@ def _value(study: StudyConfig, dotted: str) -> Any:
     for part in dotted.split("."):
         node = getattr(node, part)
     return node
+
+
+def test_the_run_config_is_validated_once_and_a_changed_one_again():
+    """Sites read the study from every message's run_config: the same one gives the same study object."""
+    run_config = to_run_config(compose_study(["federation.rounds=4"]))
+    first = from_run_config(dict(run_config))
+    assert from_run_config(dict(reversed(list(run_config.items())))) is first  # order does not matter
+    changed = from_run_config({**run_config, "federation.rounds": 5})
+    assert (first.federation.rounds, changed.federation.rounds) == (4, 5)
+
+
+@pytest.mark.parametrize("value", [True, 1.0])
+def test_a_value_equal_in_python_but_of_another_type_is_not_served_from_the_cache(value: object):
+    """True == 1 == 1.0 in Python, but the strict schema refuses a bool or a float for the round count:
+    a cache keyed on values alone would hand back the study validated for rounds=1."""
+    run_config = to_run_config(compose_study(["federation.rounds=1"]))
+    assert from_run_config(run_config).federation.rounds == 1
+    with pytest.raises(ConfigError, match="federation.rounds"):
+        from_run_config({**run_config, "federation.rounds": value})
