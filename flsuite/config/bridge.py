@@ -41,11 +41,13 @@ def from_run_config(run_config: Mapping[str, Any]) -> StudyConfig:
 
     A site reads the study from the run_config of every message it handles, so the result is
     kept for the last few run_configs: the same keys with the same values *of the same types*
-    (``True``, ``1`` and ``1.0`` are equal in Python, not to the strict schema) give the same
-    frozen ``StudyConfig``; anything else is validated anew, and a refused one is never kept.
+    (``True``, ``1``, ``1.0`` and ``np.True_`` are equal in Python, not to the strict schema; nor
+    are ``0.0`` and ``-0.0`` to a config hash) give the same frozen ``StudyConfig``, which callers
+    must not change in place; anything else is validated anew, and a refused one is never kept.
     """
     try:
-        key = tuple(sorted((name, type(value).__name__, value) for name, value in run_config.items()))
+        key = tuple(sorted((name, type(value), value.hex() if isinstance(value, float) else None, value)
+                           for name, value in run_config.items()))
         hash(key)
     except TypeError:  # a value that cannot be a key (not a Flower scalar): validation names it
         return _validated(run_config)
@@ -53,8 +55,8 @@ def from_run_config(run_config: Mapping[str, Any]) -> StudyConfig:
 
 
 @functools.lru_cache(maxsize=8)
-def _validated_once(key: tuple[tuple[str, str, Any], ...]) -> StudyConfig:
-    return _validated({name: value for name, _, value in key})
+def _validated_once(key: tuple[tuple[str, type, str | None, Any], ...]) -> StudyConfig:
+    return _validated({name: value for name, _, _, value in key})
 
 
 def _validated(run_config: Mapping[str, Any]) -> StudyConfig:

@@ -53,14 +53,21 @@ def array_of(values: np.ndarray) -> Array:
     """A Flower ``Array`` of ``values``, byte for byte what ``Array.from_numpy_ndarray(values)`` gives."""
     if not isinstance(values, np.ndarray):
         raise TypeError(f"array_of takes a numpy ndarray, not {type(values).__name__}")
-    # np.save writes an array that is Fortran- but not C-contiguous in Fortran order: Flower's path does that.
-    dtype_name = str(values.dtype)
-    header = None if values.flags.fnc else _expected_header("numpy.ndarray", dtype_name, values.shape)
+    plain = values if type(values) is np.ndarray else values.view(np.ndarray)  # np.save writes a subclass's raw values
+    dtype = plain.dtype
+    # np.save writes an array that is Fortran- but not C-contiguous in Fortran order, and structured
+    # dtypes with their own header text: Flower's path does both.
+    if plain.flags.fnc or dtype.fields is not None or dtype.kind not in _PLAIN_KINDS:
+        return Array.from_numpy_ndarray(values)
+    dtype_name = str(dtype)
+    header = _expected_header("numpy.ndarray", dtype_name, plain.shape)
     if header is None:
         return Array.from_numpy_ndarray(values)
-    # one copy: join reads a C-contiguous array's buffer in place (what tobytes would copy first)
-    data = b"".join((header[0], values.data if values.flags.c_contiguous else values.tobytes()))
-    return Array(dtype=dtype_name, shape=values.shape, stype="numpy.ndarray", data=data)
+    # One copy: join reads a C-contiguous array's buffer in place (what tobytes would copy first); numpy
+    # exports no buffer for some non-native dtypes (a big-endian long double), which tobytes writes.
+    in_place = plain.flags.c_contiguous and dtype.isnative
+    data = b"".join((header[0], plain.data if in_place else plain.tobytes()))
+    return Array(dtype=dtype_name, shape=plain.shape, stype="numpy.ndarray", data=data)
 
 
 def record_of(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -85,7 +92,7 @@ def _expected_header(stype: str, dtype_name: str, shape: tuple[int, ...]) -> tup
         return None
     try:
         dtype = np.dtype(dtype_name)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, SyntaxError):  # np.dtype evaluates some text as a literal ("f8,(")
         return None
     if dtype.kind not in _PLAIN_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         return None

@@ -173,3 +173,13 @@ def test_model_weights_encode_as_flower_would() -> None:
         assert all(ours[key].data == flowers[key].data and ours[key].dtype == flowers[key].dtype for key in ours)
         next(iter(model.parameters())).data.add_(1.0)  # a copy: changing the model later leaves the record alone
         assert torch.equal(torch.from_numpy(array_values(ours[next(iter(ours))])) + 1.0, next(iter(model.state_dict().values())))
+
+
+@pytest.mark.parametrize("values", [
+    np.zeros(3, dtype=np.dtype("g").newbyteorder(">")),  # numpy exports no buffer for it: tobytes writes it
+    np.zeros(2, dtype=np.dtype("G").newbyteorder(">")),
+    np.rec.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")]),  # a record dtype whose name np.dtype cannot read back
+    np.ma.masked_array(np.arange(8.0), mask=[0, 1, 0, 0, 1, 0, 0, 0])[::2],  # np.save writes the raw values, not the fill
+], ids=["big-endian-longdouble", "big-endian-clongdouble", "recarray", "masked-strided"])
+def test_array_of_handles_odd_dtypes_and_subclasses_as_flower_does(values: np.ndarray) -> None:
+    _same_as_flowers(values)

@@ -148,3 +148,21 @@ def test_a_value_equal_in_python_but_of_another_type_is_not_served_from_the_cach
     assert from_run_config(run_config).federation.rounds == 1
     with pytest.raises(ConfigError, match="federation.rounds"):
         from_run_config({**run_config, "federation.rounds": value})
+
+
+def test_a_numpy_bool_is_not_served_the_study_of_a_python_bool():
+    """np.False_ is not a Python bool to the strict schema, though its type is also named 'bool'."""
+    import numpy as np
+
+    run_config = to_run_config(compose_study([]))
+    assert from_run_config(run_config).resume is False
+    with pytest.raises(ConfigError, match="resume"):
+        from_run_config({**run_config, "resume": np.False_})
+
+
+def test_minus_zero_and_zero_are_different_run_configs():
+    """0.0 == -0.0, but the study's config hash tells them apart: the cache must as well."""
+    run_config = to_run_config(compose_study([]))
+    plus = from_run_config({**run_config, "federation.proximal_mu": 0.0})
+    minus = from_run_config({**run_config, "federation.proximal_mu": -0.0})
+    assert str(plus.federation.proximal_mu) == "0.0" and str(minus.federation.proximal_mu) == "-0.0"
