@@ -184,7 +184,6 @@ SECAGG_REFUSAL_REASONS = frozenset(
         "out-of-range",  # update values beyond the quantisation range
         "bad-request",  # malformed or inconsistent request (wrong run, stage, peers, ...)
         "stale-round",  # a setup for a round this site already took part in
-        "bad-share",  # an encrypted share that does not decrypt/authenticate
         "bad-local-update",  # the local training reply cannot be masked
     }
 )

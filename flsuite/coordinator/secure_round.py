@@ -231,6 +231,9 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
                             "vector; nothing was published", stage=CoordinatorRound.SUM_CHECK)
     for node, why in summed.wrong_shares.items():
         _log.warning("round %d: node %d revealed a wrong share, outvoted by the others: %s", server_round, node, why)
+    for node, why in summed.unreadable_shares.items():
+        _log.warning("round %d: node %d holds no share of some peers (the others' shares rebuilt their secrets): %s",
+                     server_round, node, why)
     return SecureRoundResult(
         arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
         survivors=summed.survivors, dropped=summed.dropped,

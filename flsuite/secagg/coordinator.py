@@ -16,6 +16,11 @@ rebuilds the committed secret, and the shares off its polynomial are recorded ag
 holders (``RoundSum.wrong_shares``; only when the first subset failed, since a wrong share
 outside it changed nothing). The round aborts only when no subset within ``search_limit`` does
 (thresholds above 256, where tries cost most, search less than it takes to leave out any one share).
+
+A site whose copy of a peer's shares does not authenticate holds none of them and says so in its
+masked reply ("unreadable-shares"); it stays in the round (``RoundSum.unreadable_shares``, a hint),
+and does not count as a holder of that peer's shares when the round checks that every secret it
+may need is still recoverable.
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ class RoundSum:
     # (m + 1 - threshold) / 2 of a secret's m revealed shares are wrong, cooperating liars can put an honest
     # holder's share off the polynomial they chose (the secret is still the committed one).
     wrong_shares: dict[int, str] = field(default_factory=dict)
+    # recipient -> the senders whose encrypted shares it could not authenticate, which it holds none of. A hint
+    # too: the sender dealt garbage, or the shares were altered on the way (by this coordinator's path).
+    unreadable_shares: dict[int, str] = field(default_factory=dict)
 
 
 class CoordinatorRound:
@@ -108,6 +116,7 @@ class CoordinatorRound:
         self._senders: dict[int, list[int]] = {}
         self._commitments: dict[int, dict[str, bytes]] = {}  # node -> "seed" / "mask-key" -> its commitment
         self._wrong_shares: dict[int, list[str]] = {}
+        self._unheld: dict[int, frozenset[int]] = {}  # survivor -> senders whose shares it could not read (it says)
         self._shared_round: list[int] = []  # U2: sites whose shares went out
         self._survivors: list[int] = []  # U3: sites whose masked vectors are in the sum
         self._sum: np.ndarray | None = None
@@ -204,6 +213,7 @@ class CoordinatorRound:
                 continue
             total += masked  # wraps modulo 2**32, which is what cancels the masks
             self._survivors.append(node)
+            self._unheld[node] = self._unreadable(node, reply.get("unreadable-shares"))
             clipped = reply.get("clipped-values", 0)  # a count the site reports: anything else counts as none
             self._clipped[node] = clipped if isinstance(clipped, int) and not isinstance(clipped, bool) and clipped >= 0 else 0
         self._sum = total
@@ -274,7 +284,10 @@ class CoordinatorRound:
         return RoundSum(weighted_update_sum=numerator, total_weight=weight, survivors=tuple(self._survivors),
                         dropped=tuple(n for n in self.cohort if n not in survivors), error_bound=bound,
                         clipped_values=dict(self._clipped), rejected=dict(self.rejected),
-                        wrong_shares={holder: "; ".join(why) for holder, why in sorted(self._wrong_shares.items())})
+                        wrong_shares={holder: "; ".join(why) for holder, why in sorted(self._wrong_shares.items())},
+                        unreadable_shares={holder: f"the encrypted shares from nodes {sorted(unheld)} did not authenticate: "
+                                           "their sender dealt them wrong, or they were altered on the way"
+                                           for holder, unheld in sorted(self._unheld.items()) if unheld})
 
     # --- helpers ------------------------------------------------------------------------
     def _rebuild(self, node: int, shares: Mapping[int, bytes], what: str, check: str, genuine: Callable[[bytes], bool]) -> bytes:
@@ -338,10 +351,22 @@ class CoordinatorRound:
                 f"at least {need} are needed (threshold {self.settings.threshold}, tolerated dropouts "
                 f"{self.settings.tolerated_dropouts}). Nothing was unmasked.", stage=stage)
 
+    def _unreadable(self, node: int, packed: Any) -> frozenset[int]:
+        """The senders whose shares ``node`` says it could not read: a hint, and shares it will not reveal.
+
+        Only this round's senders to ``node`` count; a list that does not parse (or an older site's
+        reply without one) counts as none, which at worst leaves the unmask stage short of a share."""
+        try:
+            unheld = frozenset(unpack_ids(packed)) & set(self._senders.get(node, ())) if packed is not None else frozenset()
+        except ValueError:
+            unheld = frozenset()
+        return unheld
+
     def _check_recoverable(self, survivors: Sequence[int], stage: str) -> None:
         alive = set(survivors)
         for node in self._shared_round:
-            holders = {h for h in alive if node in self._senders.get(h, ())} | ({node} & alive)
+            # a holder that could not read its share of this node cannot reveal it: it does not count
+            holders = {h for h in alive if node in self._senders.get(h, ()) and node not in self._unheld.get(h, ())} | ({node} & alive)
             if len(holders) < self.settings.threshold:
                 self._stage = "aborted"
                 raise SecAggAborted(f"round {self.server_round}: only {len(holders)} surviving holders of node {node}'s "

@@ -195,7 +195,13 @@ class SiteRound:
     # --- stage 3 ----------------------------------------------------------------------
     @_refusals_end_the_round
     def begin_train(self, request: Mapping[str, Any], *, model_hash: bytes) -> None:
-        """Check the received model against the announced hash and keep the peers' shares."""
+        """Check the received model against the announced hash and keep the peers' shares.
+
+        A share that does not authenticate (dealt wrong by its sender, or altered on the way) is
+        not kept, and the round goes on: refusing would let any one site drop its honest
+        neighbours from every round by sending them garbage. The sender still counts as a peer
+        that shared (both sides mask with each other, as the coordinator expects); this site just
+        holds none of its shares, and says so in its masked reply ("unreadable-shares")."""
         self._check_header(request, "train", expect="shares-sent")
         if model_hash != self._state["model-hash"]:
             raise SecAggRefused("model-hash-mismatch", "the global model differs from the one announced at setup")
@@ -211,18 +217,21 @@ class SiteRound:
             raise SecAggRefused("bad-request", "shares must come from distinct peers whose keys this site verified")
         if len(senders) + 1 < settings.threshold:
             raise SecAggRefused("below-threshold", f"only {len(senders) + 1} sites shared secrets, threshold is {settings.threshold}")
-        b_shares, sk_shares = [], []
+        owners, unreadable, b_shares, sk_shares = [], [], [], []
         for sender, blob in zip(senders, ciphertexts, strict=True):
             aad = crypto.share_aad(run_id=self.run_id, server_round=self._state["round"], sender=sender, recipient=self.node_id)
             plain = crypto.decrypt_share(pair_keys[sender], blob, aad=aad)
             index = share_group(graph, sender).index(self.node_id) + 1
             if plain is None or plain[:18] != crypto.u64(sender) + crypto.u64(self.node_id) + index.to_bytes(2, "big"):
-                raise SecAggRefused("bad-share", f"the share from node {sender} does not authenticate")
+                unreadable.append(sender)  # not held (see above); its sender stays a masking peer
+                continue
+            owners.append(sender)
             b_shares.append(plain[18 : 18 + crypto.SHARE_BYTES])
             sk_shares.append(plain[18 + crypto.SHARE_BYTES :])
         # the pair keys served only to decrypt these shares: forget them before training and masking
         del self._state["share-keys"]
-        self._state.update({"stage": "training", "senders": pack_ids(senders),
+        self._state.update({"stage": "training", "senders": pack_ids(senders), "share-owners": pack_ids(owners),
+                            "unreadable-shares": pack_ids(unreadable),
                             "held-b-shares": b"".join(b_shares), "held-sk-shares": b"".join(sk_shares)})
 
     @partial(_refusals_end_the_round, unexpected="bad-local-update")
@@ -257,7 +266,8 @@ class SiteRound:
             # the lower node id adds the pair's mask, the higher subtracts it: they cancel in the sum
             crypto.apply_mask(masked, key, cipher=settings.mask_cipher, subtract=self.node_id > peer)
         self._state["stage"] = "masked-sent"
-        return {"stage": "train", "round": round_, "masked": masked, "clipped-values": checked.clipped}
+        return {"stage": "train", "round": round_, "masked": masked, "clipped-values": checked.clipped,
+                "unreadable-shares": self._state["unreadable-shares"]}
 
     # --- stage 4 ----------------------------------------------------------------------
     @_refusals_end_the_round
@@ -283,10 +293,10 @@ class SiteRound:
                                 "revealing shares could not complete the round")
         graph = self._graph()
         held = {self.node_id: (self._state["own-b-share"], self._state["own-sk-share"])}
-        senders = unpack_ids(self._state["senders"])
+        owners = unpack_ids(self._state["share-owners"])
         b_held = unpack_blobs(self._state["held-b-shares"], crypto.SHARE_BYTES)
         sk_held = unpack_blobs(self._state["held-sk-shares"], crypto.SHARE_BYTES)
-        held.update({s: (b, k) for s, b, k in zip(senders, b_held, sk_held, strict=True)})
+        held.update({s: (b, k) for s, b, k in zip(owners, b_held, sk_held, strict=True)})
         b_nodes, b_out, sk_nodes, sk_out = [], [], [], []
         for owner, (b_share, sk_share) in sorted(held.items()):
             index = (share_group(graph, owner).index(self.node_id) + 1).to_bytes(2, "big")
