@@ -369,8 +369,11 @@ class CoordinatorRound:
             holders = {h for h in alive if node in self._senders.get(h, ()) and node not in self._unheld.get(h, ())} | ({node} & alive)
             if len(holders) < self.settings.threshold:
                 self._stage = "aborted"
+                unreadable = sorted(h for h in alive if node in self._unheld.get(h, ()))
+                why = (f" (surviving nodes {unreadable} could not read the encrypted shares node {node} sent them: it "
+                       "dealt them wrong, or they were altered on the way)") if unreadable else ""
                 raise SecAggAborted(f"round {self.server_round}: only {len(holders)} surviving holders of node {node}'s "
-                                    f"shares, threshold {self.settings.threshold}. Nothing was unmasked.", stage=stage)
+                                    f"shares, threshold {self.settings.threshold}{why}. Nothing was unmasked.", stage=stage)
 
 
 def _subsets_fewest_left_out_first(ordered: Sequence[tuple[int, bytes]], threshold: int):

@@ -104,6 +104,7 @@ def test_too_few_readable_shares_of_a_site_end_the_round_before_anything_is_unma
     with pytest.raises(SecAggAborted, match="only 2 surviving holders of node 10's shares") as info:
         run_round(core, hostile=10, victims={11, 12, 13})
     assert info.value.stage == "train"
+    assert "surviving nodes [11, 12, 13] could not read the encrypted shares node 10 sent them" in str(info.value)
 
 
 @pytest.mark.parametrize("claim", [b"\x00" * 7, "10", pack_blobs([], 8) + (99).to_bytes(8, "big")],
