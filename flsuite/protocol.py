@@ -357,9 +357,22 @@ def _event(record: dict[str, Any], *, what: str) -> DpEvent:
         if isinstance(record.get(field), float) and float(record[field]).is_integer():
             record[field] = int(record[field])
     try:
-        return DpEvent.from_dict(record)
+        # a site's status repeats its whole history in every reply: an event seen before, with the same values
+        # of the same types (a float's exact bits), is the same validated event
+        key = tuple(sorted((name, type(value), value.hex() if isinstance(value, float) else None, value)
+                           for name, value in record.items()))
+        hash(key)
+    except TypeError:  # a value that cannot be a key (a list where a number belongs): validation names it
+        key = None
+    try:
+        return _validated_event(key) if key is not None else DpEvent.from_dict(record)
     except InvalidDpEvent as error:
         raise ProtocolError(f"{what}: {error}") from None
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _validated_event(key: tuple[tuple[str, type, str | None, Any], ...]) -> DpEvent:
+    return DpEvent.from_dict({name: value for name, _, _, value in key})
 
 
 def _expect_keys(record: Mapping[str, Any], *, required: set[str], optional: set[str], what: str) -> None:

@@ -143,15 +143,23 @@ class DpEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """Every field; ``mechanism`` only when it is not DP-SGD (so training events keep the form
-        ledgers written before the field existed have, and their hashes)."""
-        record = dataclasses.asdict(self)
+        ledgers written before the field existed have, and their hashes). A new dict each call."""
+        # every field is a str, int or float (__post_init__): a shallow dict is what dataclasses.asdict's deep copy gives
+        record = {name: getattr(self, name) for name in _FIELD_NAMES}
         if self.mechanism == DP_SGD:
             del record["mechanism"]
         return record
 
     def to_json(self) -> str:
-        """Canonical JSON (sorted keys, no spaces): equal events give equal text."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+        """Canonical JSON (sorted keys, no spaces): equal events give equal text.
+
+        Kept with the event once made: the event is frozen and its fields immutable, and the
+        coordinator compares a site's whole history by this text every round."""
+        text = self.__dict__.get("_json")
+        if text is None:
+            text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=False)
+            object.__setattr__(self, "_json", text)  # not a field: equality, hashing and to_dict ignore it
+        return text
 
     @classmethod
     def from_dict(cls, record: Any) -> DpEvent:
@@ -171,3 +179,6 @@ class DpEvent:
         except (ValueError, UnicodeDecodeError) as error:
             raise InvalidDpEvent(f"DP event record: not valid JSON ({error})") from None
         return cls.from_dict(record)
+
+
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(DpEvent))

@@ -131,3 +131,30 @@ def test_node_config_keys_are_the_ones_a_site_node_writes():
 
     text = format_node_config({key: "x" for key in protocol.NODE_CONFIG_KEYS})
     assert [part.split("=")[0] for part in text.split(" ")] == list(protocol.NODE_CONFIG_KEYS)
+
+
+def _event_record(**changes) -> dict:
+    event = protocol.DpEvent(study_id="s", run_id="r", round=1, site="a", dataset="a", sample_rate=0.1, noise_multiplier=1.0,
+                             steps=10, max_grad_norm=1.0, delta=1e-5, accountant="prv", rng="os",
+                             recorded_at="2026-11-30T06:00:00+00:00")
+    return {**protocol.dp_event_to_record(event), **changes}
+
+
+@pytest.mark.parametrize(("field", "value"), [("round", True), ("steps", True), ("sample_rate", True), ("site", 1)])
+def test_an_event_equal_in_python_but_of_another_type_is_not_served_a_parsed_one(field, value):
+    """Each site repeats its history in every reply, so parsed events are kept; True == 1 in Python, but a
+    bool is no round, step count or delta: a cache keyed on values alone would hand back the valid event."""
+    valid = _event_record(**{field: 1} if field != "site" else {})
+    protocol.dp_event_from_record(valid)
+    with pytest.raises(ProtocolError, match=field):
+        protocol.dp_event_from_record({**valid, field: value})
+
+
+def test_an_event_seen_again_parses_to_the_same_event_and_json_as_before():
+    record = _event_record(round=7)
+    first, again = protocol.dp_event_from_record(dict(record)), protocol.dp_event_from_record(dict(record))
+    assert first == again and first.to_json() == again.to_json()
+    import json
+    assert json.loads(first.to_json()) == record and first.to_dict() == record and first.to_dict() is not first.to_dict()
+    changed = protocol.dp_event_from_record({**record, "round": 8})
+    assert changed.round == 8 and changed.to_json() != first.to_json()
