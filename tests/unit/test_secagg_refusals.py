@@ -224,6 +224,16 @@ class Core:
         self.setup_replies = {n: self.call(n, "setup", r) for n, r in self.coordinator.setup_requests().items()}
         return self.coordinator.receive_keys(self.setup_replies)
 
+    def masked_updates(self, train, updates):
+        """Each site's masked reply to its train request, its update a vector of 4 times ``updates[node]``."""
+        masked = {}
+        for node, request in train.items():
+            site = self.site(node)
+            site.begin_train(request, model_hash=self.model_hash)
+            masked[node] = site.mask_update(update=np.full(4, updates[node]), num_examples=10)
+            self.states[node] = site.state
+        return masked
+
 
 def forged_peer(core, request, *, name, signer, server_round):
     """Add (or replace) the first peer with keys the coordinator made and signed with ``signer``."""

@@ -40,12 +40,7 @@ def run_round(core: Core, *, hostile: int, victims: set[int], drop: int | None =
     replies = {n: core.call(n, "share_keys", r) for n, r in core.setup().items()}
     replies[hostile] = garbled(replies[hostile], victims)
     train = core.coordinator.receive_shares(replies)
-    masked = {}
-    for node, request in train.items():
-        site = core.site(node)
-        site.begin_train(request, model_hash=core.model_hash)  # an honest victim no longer refuses here
-        masked[node] = site.mask_update(update=np.full(4, UPDATES[node]), num_examples=10)
-        core.states[node] = site.state
+    masked = core.masked_updates(train, UPDATES)
     unmask = core.coordinator.receive_masked({n: m for n, m in masked.items() if n != drop})
     return core.coordinator.receive_unmask({n: core.call(n, "unmask", r) for n, r in unmask.items()})
 
@@ -84,13 +79,7 @@ def test_a_victim_reveals_no_share_it_could_not_read():
     core = Core(n=5, threshold=3)
     replies = {n: core.call(n, "share_keys", r) for n, r in core.setup().items()}
     replies[10] = garbled(replies[10], {12})
-    train = core.coordinator.receive_shares(replies)
-    masked = {}
-    for node, request in train.items():
-        site = core.site(node)
-        site.begin_train(request, model_hash=core.model_hash)
-        masked[node] = site.mask_update(update=np.full(4, UPDATES[node]), num_examples=10)
-        core.states[node] = site.state
+    masked = core.masked_updates(core.coordinator.receive_shares(replies), UPDATES)
     assert unpack_ids(masked[12]["unreadable-shares"]) == [10] and all(
         unpack_ids(masked[n]["unreadable-shares"]) == [] for n in masked if n != 12)
     unmask = core.coordinator.receive_masked(masked)
@@ -112,14 +101,8 @@ def test_too_few_readable_shares_of_a_site_end_the_round_before_anything_is_unma
 def test_an_unreadable_list_that_does_not_parse_or_names_no_sender_counts_as_none(claim):
     core = Core(n=5, threshold=3)
     replies = {n: core.call(n, "share_keys", r) for n, r in core.setup().items()}
-    train = core.coordinator.receive_shares(replies)
-    masked = {}
-    for node, request in train.items():
-        site = core.site(node)
-        site.begin_train(request, model_hash=core.model_hash)
-        masked[node] = dict(site.mask_update(update=np.full(4, UPDATES[node]), num_examples=10),
-                            **{"unreadable-shares": claim} if node == 11 else {})
-        core.states[node] = site.state
+    masked = core.masked_updates(core.coordinator.receive_shares(replies), UPDATES)
+    masked[11] = dict(masked[11], **{"unreadable-shares": claim})
     unmask = core.coordinator.receive_masked(masked)
     summed = core.coordinator.receive_unmask({n: core.call(n, "unmask", r) for n, r in unmask.items()})
     assert summed.unreadable_shares == {} and list(summed.survivors) == core.nodes

@@ -34,13 +34,7 @@ def run_to_unmask(core: Core, *, drop: int | None = None, commitments: dict[int,
     replies = {n: core.call(n, "share_keys", r) for n, r in core.setup().items()}
     for node, commitment in (commitments or {}).items():
         replies[node] = dict(replies[node], **{"seed-commitment": commitment})
-    train = core.coordinator.receive_shares(replies)
-    masked = {}
-    for node, request in train.items():
-        site = core.site(node)
-        site.begin_train(request, model_hash=core.model_hash)
-        masked[node] = site.mask_update(update=np.full(4, UPDATES[node]), num_examples=10)
-        core.states[node] = site.state
+    masked = core.masked_updates(core.coordinator.receive_shares(replies), UPDATES)
     unmask = core.coordinator.receive_masked({n: m for n, m in masked.items() if n != drop})
     return {n: core.call(n, "unmask", r) for n, r in unmask.items()}
 
