@@ -12,6 +12,7 @@ from tests.conftest import run_cli
 FAST = ["experiment=smoke", "privacy=none", "secagg=none", "federation.rounds=1"]
 
 
+@pytest.mark.slow  # a whole `flsuite run`: 8 s on a slow host
 def test_hydra_run_dir_is_honoured(tmp_path):
     target = tmp_path / "chosen"
     result = run_cli("run", *FAST, f"sites_dir={tmp_path / 'sites'}", f"hydra.run.dir={target}", "--format", "json",
@@ -22,6 +23,7 @@ def test_hydra_run_dir_is_honoured(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # a whole `flsuite run`: 8 s on a slow host
 def test_the_default_folder_is_named_after_the_experiment_and_overrides(tmp_path):
     result = run_cli("run", *FAST, "sites_dir=sites", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -241,6 +241,7 @@ def _ended(pid: int) -> bool:
         return True
 
 
+@pytest.mark.slow  # worker processes and kill loops: 5 s each on a slow host
 def test_a_stuck_worker_is_replaced_once_one_message_ran_past_its_deadline():
     """The attack: a site that hangs forever. Without stuck_after_s its worker's other sites would wait
     for it in every later round; with it, once that one message has run stuck_after_s the stuck worker
@@ -304,6 +305,7 @@ def test_a_worker_hung_in_its_warm_up_is_replaced_once_a_message_waited_ready_wi
     assert not any(is_running(pid) for pid in pool.pids)
 
 
+@pytest.mark.slow  # worker processes and kill loops: 5 s each on a slow host
 def test_a_slow_but_healthy_worker_is_never_killed_however_long_its_queue():
     """The attack on "stuck = a message waited stuck_after_s": four sites share one worker, each message
     takes 1 s (well under stuck_after_s), so the last waits 3 s or more behind healthy messages. Timed
@@ -368,6 +370,7 @@ def blas_threads_app() -> ClientApp:
     return app
 
 
+@pytest.mark.slow  # worker processes and kill loops: 5 s each on a slow host
 def test_numpy_blas_runs_on_one_thread_in_the_coordinator_and_in_the_site_workers(tmp_path):
     """The cost: OpenBLAS spins a thread per core for each dot product the coordinator takes (an
     update's norm), 5x the CPU of one thread, on the cores the sites train on."""

@@ -69,6 +69,7 @@ def _grid(pool: SiteProcessPool) -> InProcessGrid:
     return InProcessGrid({n: pool for n in NODES}, contexts, run=new_run(5), workers=pool.size)
 
 
+@pytest.mark.slow  # worker processes and kill loops: 4-7 s on a slow host
 def test_a_hung_site_worker_does_not_hold_the_round_and_is_killed_at_the_end():
     """The attack: a site whose ClientApp never returns. The round closes at its timeout with the
     others' replies; closing the pool kills the hung worker by PID."""
@@ -131,6 +132,7 @@ def recorded_pools(monkeypatch):
     return pools
 
 
+@pytest.mark.slow  # worker processes and kill loops: 4-7 s on a slow host
 def test_no_worker_is_left_when_the_study_fails(tmp_path, recorded_pools):
     """The attack: a coordinator that fails mid-study, after the site workers answered it."""
 
@@ -212,6 +214,7 @@ os._exit(0)  # killed: no close(), no finally
 """
 
 
+@pytest.mark.slow  # worker processes and kill loops: 4-7 s on a slow host
 def test_a_hung_worker_ends_when_the_study_process_is_killed(tmp_path):
     """The attack: the study's process dies (SIGKILL, OOM) while a site hangs; its worker must not stay forever."""
     import subprocess
