@@ -17,8 +17,6 @@ Run: PYTHONPATH=. python -m experiments.coordinator_history_cost
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -29,29 +27,14 @@ from unittest import mock
 
 from experiments.bench.harness import round_walls, run_study
 from experiments.bench.parallel import STUDY, VARIANTS
+from experiments.site_reply_cost import old_event, old_json
 from flsuite import protocol
 from flsuite.coordinator import publishing
-from flsuite.privacy.events import DP_SGD, DpEvent
+from flsuite.privacy.events import DpEvent
 
 ROUNDS = 40
 TIMED = {"certificates": (publishing.RegistryPublisher, "_certificate"), "status parses": (protocol.SiteStatus, "from_record"),
          "publishing": (publishing.RegistryPublisher, "_publish")}
-
-
-def old_event(record: dict, *, what: str) -> DpEvent:
-    """protocol._event as it was: every event validated anew."""
-    for field in ("round", "steps"):
-        if isinstance(record.get(field), float) and float(record[field]).is_integer():
-            record[field] = int(record[field])
-    return DpEvent.from_dict(record)
-
-
-def old_json(event: DpEvent) -> str:
-    """DpEvent.to_json as it was: dataclasses.asdict, then json.dumps, on every call."""
-    record = dataclasses.asdict(event)
-    if event.mechanism == DP_SGD:
-        del record["mechanism"]
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 @contextlib.contextmanager
