@@ -108,8 +108,8 @@ class AuditLog:
 
     def last(self) -> AuditEntry | None:
         """The last committed entry of a log whose chain verifies (IntegrityError if not)."""
-        entries = self._log.read().entries
-        return AuditEntry.from_dict(entries[-1].record()) if entries else None
+        last = self._log.last()
+        return AuditEntry.from_dict(last.record()) if last is not None else None
 
     def repair_torn_tail(self) -> int:
         """Set aside and cut off an uncommitted, torn last line; the number of bytes removed."""

@@ -354,11 +354,11 @@ class Registry:
             for leftover in folder.glob(f"{TEMP_PREFIX}*"):
                 leftover.unlink(missing_ok=True)
         applied = self._catalogue.applied_seq()
-        lines, _ = self._log.read_lines()
-        if len(lines) > applied:
+        last = self._log.last()
+        if last is not None and last.seq > applied:
+            lines, _ = self._log.read_lines()
             self._catalogue.apply([integrity.trusted_entry(line, seq, self._key) for seq, line in
                                    enumerate(lines[applied:], start=applied + 1)])
-        last = self._log.last()
         head = read_head(self._layout.head) if self._layout.head.exists() else None
         if last is not None and (head is None or head.seq != last.seq):
             write_head(self._layout.head, last, registry_id=self.registry_id, time=self._now(),

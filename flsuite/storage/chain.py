@@ -19,9 +19,11 @@ Rules every user shares:
   naming the line, a log whose chain is broken.
 POSIX only (fcntl).
 
-A log is read many times as it grows (a site's ledger several times per training), so the
-committed bytes a read verified are remembered (``VerifiedPrefixes``): a later read whose bytes
-begin with exactly those bytes decodes them again but verifies only the lines after them. The
+A log is read many times as it grows (a site's ledger several times per training, a registry's
+audit log at every publish), so the committed bytes a read verified are remembered
+(``VerifiedPrefixes``): a later read whose bytes begin with exactly those bytes verifies only the
+lines after them. A full ``read`` decodes the earlier lines again (into new objects); an append,
+``head`` and ``last`` do not decode them at all, so a writer's cost does not grow with the log. The
 check is on the bytes themselves, not on file stamps: any change inside them (an edited,
 removed or reordered line, a rewritten file) is a different prefix and is verified in full.
 """
@@ -90,6 +92,18 @@ class ChainRead:
     committed_bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class _Tail:
+    """What verifying a log's new lines gives: the head, the bytes verified before (their lines
+    not decoded), the entries after them, the torn bytes, and the committed bytes' length."""
+
+    head: ChainHead
+    known: int
+    entries: tuple[ChainEntry, ...]
+    torn: bytes
+    committed: int
+
+
 BodySource = Mapping[str, Any] | Callable[[ChainHead], Mapping[str, Any]]
 
 
@@ -141,6 +155,21 @@ class HashChainLog:
         read = self._parse(data)
         return read.head, read.torn, read
 
+    def last(self) -> ChainEntry | None:
+        """The last committed entry of a log whose chain verifies (None when empty).
+
+        Only the lines not verified before are decoded and checked, and the last line; the
+        earlier ones are compared byte for byte with what a read verified (``VerifiedPrefixes``).
+        """
+        data = self._read_bytes()
+        tail = self._verify_tail(data)
+        if tail.entries:
+            return tail.entries[-1]
+        if tail.head.entries == 0:
+            return None
+        start = data.rfind(b"\n", 0, tail.committed - 1) + 1
+        return self._decode(data[start : tail.committed - 1], tail.head.entries, verify=False)
+
     def read_lines(self) -> tuple[list[bytes], bytes]:
         """(committed lines without their newline, bytes of a torn last line or b''), not
         verified: for an auditor who checks and reports every line itself."""
@@ -162,13 +191,24 @@ class HashChainLog:
         return (str(self.path), self.domain, self.unhashed, self.check_body)
 
     def _parse(self, data: bytes) -> ChainRead:
-        key = self._cache_key()
-        verified = _VERIFIED.longest(key, data)  # bytes this log's rules already accepted
-        *known, _ = data[:verified].split(b"\n")
-        *lines, torn = data[verified:].split(b"\n")
+        tail = self._verify_tail(data)
+        *known, _ = data[: tail.known].split(b"\n")
         entries = [self._decode(line, number, verify=False) for number, line in enumerate(known, start=1)]
-        prev = entries[-1].hash if entries else GENESIS
-        for number, line in enumerate(lines, start=len(entries) + 1):
+        return ChainRead((*entries, *tail.entries), tail.head, tail.torn, len(data) - len(tail.torn))
+
+    def _verify_tail(self, data: bytes) -> _Tail:
+        """Verify the committed lines after the longest prefix of ``data`` verified before
+        (all of them when none was), and remember the committed bytes as verified.
+
+        IntegrityError naming the first bad line. The prefix's lines are not decoded: a caller
+        that needs only the head, or the last entry, pays for the new lines alone.
+        """
+        key = self._cache_key()
+        known, head = _VERIFIED.prefix(key, data) or (0, ChainHead(0, GENESIS))
+        *lines, torn = data[known:].split(b"\n")
+        entries: list[ChainEntry] = []
+        prev = head.hash
+        for number, line in enumerate(lines, start=head.entries + 1):
             entry = self._decode(line, number)
             if entry.prev != prev:
                 raise self._broken(number, "hash chain broken")
@@ -177,10 +217,10 @@ class HashChainLog:
             entries.append(entry)
             prev = entry.hash
         committed = len(data) - len(torn)
-        head = ChainHead(len(entries), prev)
-        if committed > verified:
+        head = ChainHead(head.entries + len(entries), prev)
+        if committed > known:
             _VERIFIED.remember(key, data[:committed], head)
-        return ChainRead(tuple(entries), head, torn, committed)
+        return _Tail(head, known, tuple(entries), torn, committed)
 
     def _decode(self, line: bytes, number: int, *, verify: bool = True) -> ChainEntry:
         """One line as an entry; ``verify=False`` only for a line of bytes a read already verified
@@ -222,11 +262,11 @@ class HashChainLog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             if created:
                 fsync_dir(self.path.parent)
-            current = self._parse(_read_all(fd))
+            current = self._verify_tail(_read_all(fd))
             if current.torn:
-                self._set_aside(fd, current)
+                self._set_aside(fd, current.torn, current.committed)
             entry = self._seal(body(current.head) if callable(body) else body, current.head, unhashed)
-            os.lseek(fd, current.committed_bytes, os.SEEK_SET)
+            os.lseek(fd, current.committed, os.SEEK_SET)
             _write_all(fd, canonical_json(entry.record()) + b"\n")
             os.fsync(fd)
         finally:
@@ -241,12 +281,15 @@ class HashChainLog:
             return 0
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+                return 0  # ends with a whole line: nothing torn (and nothing more to read)
             data = _read_all(fd)
             committed = data.rfind(b"\n") + 1
             if committed == len(data):
                 return 0
             torn = data[committed:]
-            self._set_aside(fd, ChainRead((), ChainHead(0, GENESIS), torn, committed))
+            self._set_aside(fd, torn, committed)
             return len(torn)
         finally:
             os.close(fd)
@@ -264,21 +307,37 @@ class HashChainLog:
                              f"{sorted(self.unhashed)}")
         return ChainEntry(head.entries + 1, body, head.hash, digest, extra)
 
-    def _set_aside(self, fd: int, current: ChainRead) -> None:
+    def _set_aside(self, fd: int, torn: bytes, committed: int) -> None:
         """Under the exclusive lock: keep the torn bytes in <file>.torn, then truncate them."""
         side = self.path.with_name(self.path.name + ".torn")
         _log.warning(
             "%s %s: an unterminated last entry (%d bytes) from an interrupted write was never "
-            "acknowledged; moved to %s and removed", self.name, self.path, len(current.torn), side,
+            "acknowledged; moved to %s and removed", self.name, self.path, len(torn), side,
         )
         side_fd = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            _write_all(side_fd, current.torn + b"\n")
+            _write_all(side_fd, torn + b"\n")
             os.fsync(side_fd)
         finally:
             os.close(side_fd)
-        os.ftruncate(fd, current.committed_bytes)
+        os.ftruncate(fd, committed)
         os.fsync(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Prefix:
+    """Committed bytes a read verified: held whole, or (a log too large to hold) as their SHA-256."""
+
+    length: int
+    held: bytes | None
+    digest: bytes | None
+    head: ChainHead
+
+    def begins(self, data: bytes) -> bool:
+        """Whether ``data`` begins with exactly these bytes."""
+        if self.held is not None:
+            return data.startswith(self.held)
+        return len(data) >= self.length and hashlib.sha256(memoryview(data)[: self.length]).digest() == self.digest
 
 
 class VerifiedPrefixes:
@@ -288,46 +347,57 @@ class VerifiedPrefixes:
 
     Only what a full verification accepted is kept, and a prefix is reused only when the new
     bytes begin with it byte for byte, so a read reports exactly what verifying every line would.
+    A log larger than a quarter of the budget (a registry's audit log after many studies) is
+    remembered by the SHA-256 of its bytes instead, so that it too is not verified in full again.
     """
 
     def __init__(self, *, most_bytes: int = 64 << 20) -> None:
         self._most_bytes = most_bytes
-        self._prefixes: OrderedDict[tuple[Any, ...], tuple[bytes, ChainHead]] = OrderedDict()
+        self._prefixes: OrderedDict[tuple[Any, ...], _Prefix] = OrderedDict()
         self._held = 0
         self._lock = threading.Lock()
 
-    def _get(self, key: tuple[Any, ...]) -> tuple[bytes, ChainHead] | None:
+    def _get(self, key: tuple[Any, ...]) -> _Prefix | None:
         with self._lock:
             hit = self._prefixes.get(key)
             if hit is not None:
                 self._prefixes.move_to_end(key)
             return hit
 
-    def longest(self, key: tuple[Any, ...], data: bytes) -> int:
-        """How many leading bytes of ``data`` are a prefix verified before (0 if none)."""
+    def prefix(self, key: tuple[Any, ...], data: bytes) -> tuple[int, ChainHead] | None:
+        """The length and head of the prefix of ``data`` verified before, or None."""
         hit = self._get(key)
-        return len(hit[0]) if hit is not None and data.startswith(hit[0]) else 0
+        return (hit.length, hit.head) if hit is not None and hit.begins(data) else None
 
     def known(self, key: tuple[Any, ...], committed: bytes) -> ChainHead | None:
         """The head of ``committed`` when exactly these bytes were verified before, else None."""
         hit = self._get(key)
-        return hit[1] if hit is not None and hit[0] == committed else None
+        return hit.head if hit is not None and hit.length == len(committed) and hit.begins(committed) else None
 
     def remember(self, key: tuple[Any, ...], committed: bytes, head: ChainHead) -> None:
+        if len(committed) > self._most_bytes // 4:
+            prefix = _Prefix(len(committed), None, hashlib.sha256(committed).digest(), head)
+        else:
+            prefix = _Prefix(len(committed), committed, None, head)
         with self._lock:
             old = self._prefixes.pop(key, None)
-            self._held -= len(old[0]) if old is not None else 0
-            if len(committed) > self._most_bytes // 4:  # a log this large is verified in full each time
-                return
-            self._prefixes[key] = (committed, head)
-            self._held += len(committed)
+            self._held -= _size(old)
+            self._prefixes[key] = prefix
+            self._held += _size(prefix)
             while self._held > self._most_bytes:
-                self._held -= len(self._prefixes.popitem(last=False)[1][0])
+                self._held -= _size(self._prefixes.popitem(last=False)[1])
 
     def clear(self) -> None:
         with self._lock:
             self._prefixes.clear()
             self._held = 0
+
+
+def _size(prefix: _Prefix | None) -> int:
+    """What a remembered prefix counts against the budget: its bytes, or 64 for a digest."""
+    if prefix is None:
+        return 0
+    return len(prefix.held) if prefix.held is not None else 64
 
 
 _VERIFIED = VerifiedPrefixes()

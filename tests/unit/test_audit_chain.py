@@ -59,6 +59,23 @@ def test_torn_tail_is_ignored_then_repaired(tmp_path: Path) -> None:
     assert verify_chain(log.read_lines()[0], public_keys=KEYS).problems == []
 
 
+def test_repairing_a_torn_tail_cuts_only_an_unterminated_last_line(tmp_path: Path) -> None:
+    """The registry repairs before every write: a log ending in a whole line is left as it is
+    (found from its last byte), a torn last line is set aside and cut, an empty log is no error."""
+    log = _log(tmp_path, 2)
+    whole = log.path.read_bytes()
+    assert log.repair_torn_tail() == 0 and log.path.read_bytes() == whole
+    with open(log.path, "ab") as handle:
+        handle.write(b'{"hash":"abc"')  # a write cut short by a crash
+    assert log.repair_torn_tail() == len(b'{"hash":"abc"')
+    assert log.path.read_bytes() == whole
+    assert (tmp_path / "audit.jsonl.torn").read_bytes() == b'{"hash":"abc"\n'
+    empty = tmp_path / "empty" / "audit.jsonl"
+    empty.parent.mkdir()
+    empty.write_bytes(b"")
+    assert AuditLog(empty).repair_torn_tail() == 0
+
+
 def test_unreadable_last_entry_stops_writers(tmp_path: Path) -> None:
     log = _log(tmp_path, 2)
     with open(log.path, "ab") as handle:

@@ -209,3 +209,33 @@ def test_lost_catalogue_is_rebuilt_from_the_log(registry: Registry) -> None:
         assert [v.round for v in rebuilt.versions()] == [1, 2]
         assert rebuilt.aliases() == {"production": 2}
     assert verify_registry(path).ok
+
+
+def test_a_publish_decodes_as_many_log_lines_in_a_long_registry_as_in_a_new_one(registry: Registry, monkeypatch) -> None:
+    """A registry serves many studies, and its writer publishes every round: what a publish reads
+    of the audit log must not grow with the log (each publish decoded every line before, so the
+    rounds of a long-lived registry slowed without bound)."""
+    import flsuite.storage.chain as chain
+
+    decodes = [0]
+    real = chain._json_object
+
+    def counting(line):
+        decodes[0] += 1
+        return real(line)
+
+    def decodes_of_one_publish(round: int) -> int:
+        monkeypatch.setattr(chain, "_json_object", counting)
+        decodes[0] = 0
+        publish_sample(registry, round=round)
+        registry.record("study.round_ended", {"round": round})
+        monkeypatch.setattr(chain, "_json_object", real)
+        return decodes[0]
+
+    for round in range(1, 4):
+        publish_sample(registry, round=round)
+    early = decodes_of_one_publish(4)
+    for round in range(5, 45):
+        publish_sample(registry, round=round)
+    assert decodes_of_one_publish(45) == early <= 4, early
+    assert verify_registry(registry.path).ok

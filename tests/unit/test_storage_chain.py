@@ -273,13 +273,43 @@ def test_the_remembered_bytes_stay_within_their_budget() -> None:
     head = ChainHead(1, "a" * 64)
     for n in range(10):
         prefixes.remember(("log", n), b"x" * 20 + b"\n", head)
-    assert prefixes.longest(("log", 9), b"x" * 20 + b"\nmore") == 21
+    assert prefixes.prefix(("log", 9), b"x" * 20 + b"\nmore") == (21, head)
     assert prefixes.known(("log", 9), b"x" * 20 + b"\n") == head
     assert prefixes.known(("log", 9), b"x" * 19 + b"y\n") is None
-    assert prefixes.longest(("log", 0), b"x" * 20 + b"\n") == 0  # evicted: at most 100 bytes held
-    assert prefixes._held <= 100 and all(prefixes.longest(("log", n), b"x" * 20 + b"\n") == 21 for n in range(6, 10))
-    prefixes.remember(("big", 0), b"y" * 60 + b"\n", head)  # over a quarter of the budget: not kept
-    assert prefixes.longest(("big", 0), b"y" * 60 + b"\n") == 0
+    assert prefixes.prefix(("log", 0), b"x" * 20 + b"\n") is None  # evicted: at most 100 bytes held
+    assert prefixes._held <= 100 and all(prefixes.prefix(("log", n), b"x" * 20 + b"\n") == (21, head) for n in range(6, 10))
+    prefixes.remember(("big", 0), b"y" * 60 + b"\n", head)  # over a quarter of the budget: its digest is kept
+    assert prefixes._held <= 100
+    assert prefixes.prefix(("big", 0), b"y" * 60 + b"\nmore") == (61, head)
+    assert prefixes.known(("big", 0), b"y" * 60 + b"\n") == head
+    assert prefixes.prefix(("big", 0), b"y" * 30 + b"z" + b"y" * 29 + b"\nmore") is None  # one byte changed
+    assert prefixes.prefix(("big", 0), b"y" * 60) is None  # shorter
+    assert prefixes.known(("big", 0), b"y" * 60 + b"\nmore\n") is None  # longer: not exactly these bytes
+
+
+def test_a_log_too_large_to_hold_verifies_only_its_new_lines_and_still_finds_an_edit(tmp_path: Path, monkeypatch) -> None:
+    """A log over the budget (a registry's audit log after many studies) was verified in full on
+    every append. Now it is remembered by digest: an append checks one new line, and an edited
+    earlier line (same size, same time stamps) is still found."""
+    import os
+
+    import flsuite.storage.chain as chain
+
+    monkeypatch.setattr(chain, "_VERIFIED", chain.VerifiedPrefixes(most_bytes=400))
+    path = tmp_path / "log.jsonl"
+    log = HashChainLog(path, domain="test/1", name="test log")
+    for n in range(20):
+        log.append({"n": n, "pad": "p" * 40})
+    assert path.stat().st_size > 400
+    hashes = _count_hashes(monkeypatch)
+    log.append({"n": 20, "pad": "p" * 40})
+    assert log.head().entries == 21
+    assert hashes[0] <= 3  # line 20 (appended last) checked, line 21 sealed and checked; none of the rest
+    stat = path.stat()
+    path.write_bytes(path.read_bytes().replace(b'"n":3,', b'"n":8,'))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(IntegrityError, match="line 4: checksum mismatch"):
+        log.append({"n": 21, "pad": "p" * 40})
 
 
 def test_a_bad_line_after_a_remembered_prefix_is_named_by_its_own_number(tmp_path: Path) -> None:
@@ -296,3 +326,68 @@ def test_a_bad_line_after_a_remembered_prefix_is_named_by_its_own_number(tmp_pat
     path.write_bytes(b"\n".join(lines))
     with pytest.raises(IntegrityError, match="line 6: checksum mismatch"):
         log.read()
+
+
+def _count_decodes(monkeypatch) -> list[int]:
+    import flsuite.storage.chain as chain
+
+    calls = [0]
+    real = chain._json_object
+
+    def counting(line):
+        calls[0] += 1
+        return real(line)
+
+    monkeypatch.setattr(chain, "_json_object", counting)
+    return calls
+
+
+def test_an_append_and_the_last_entry_decode_no_line_verified_before(tmp_path: Path, monkeypatch) -> None:
+    """A writer (the registry appends to its audit log every round) pays for the new lines, not for
+    the whole log: its appends and its look at the last entry decode no line a read verified."""
+    log = HashChainLog(tmp_path / "log.jsonl", domain="test/1", name="test log")
+    for n in range(30):
+        log.append({"n": n})
+    log.read()
+    decodes = _count_decodes(monkeypatch)
+    log.append({"n": 30})
+    assert decodes[0] == 0
+    assert log.last().body == {"n": 30} and decodes[0] == 1  # the new line, verified once
+    assert log.last().body == {"n": 30} and decodes[0] == 2  # then only the last line, to return it
+    assert log.head().entries == 31 and decodes[0] == 2
+
+
+@USERS
+def test_an_append_after_an_earlier_line_was_edited_is_refused_and_writes_nothing(tmp_path: Path, make_user) -> None:
+    """Attack: after a writer's appends (its bytes are remembered), edit an early entry in place,
+    keeping the file's size and modification time. The next append compares the bytes, finds the
+    edit, names the line and appends nothing."""
+    import os
+
+    user = make_user(tmp_path)
+    for n in range(1, 5):
+        user.append(n)
+    stat = user.path.stat()
+    lines = user.path.read_bytes().split(b"\n")
+    edited = lines[1].replace(b'"round":2', b'"round":7') if b'"round":2' in lines[1] else lines[1].replace(b'"n":2', b'"n":7')
+    assert edited != lines[1] and len(edited) == len(lines[1])
+    tampered = b"\n".join([lines[0], edited, *lines[2:]])
+    user.path.write_bytes(tampered)
+    os.utime(user.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(IntegrityError, match="line 2"):
+        user.append(5)
+    assert user.path.read_bytes() == tampered
+
+
+def test_the_last_entry_of_an_edited_last_line_is_refused(tmp_path: Path) -> None:
+    """Attack: after a read, change the last line (the one ``last`` decodes without verifying it
+    again when its bytes are remembered). The bytes differ from the verified ones, so it is checked."""
+    path = tmp_path / "log.jsonl"
+    log = HashChainLog(path, domain="test/1", name="test log")
+    for n in range(3):
+        log.append({"n": n})
+    assert log.last().body == {"n": 2}
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b'"n":2', b'"n":9'))
+    with pytest.raises(IntegrityError, match="line 3: checksum mismatch"):
+        log.last()
