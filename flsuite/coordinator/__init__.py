@@ -2,7 +2,8 @@
 aggregation wraps a round), aggregate with Flower's strategies, publish to the registry,
 write the study's outputs; and, in deployment, run the SuperLink and launch studies.
 
-Modules: ``study`` (the ServerApp body), ``rounds`` (the round loop), ``cohort``,
+Modules: ``study`` (the ServerApp body), ``rounds`` (the round loop), ``reply_records`` (a train
+reply's status and DP event, parsed once for all its checks), ``cohort``,
 ``strategies``, ``secure_round``, ``planning``, ``publishing``, ``outputs``, ``progress``, ``resume``,
 ``polling`` (send-and-receive at the network's pace),
 ``flower_run`` (what `flwr run .` needs prepared),

@@ -40,6 +40,7 @@ from flsuite.coordinator.planning import (
     plan_site,
     status_replies,
 )
+from flsuite.coordinator.reply_records import ReplyRecords
 from flsuite.errors import PlanError, ProtocolError
 from flsuite.privacy import PlanRow
 from flsuite.secagg import load_pinned_identities
@@ -209,29 +210,25 @@ class DpAdmission:
         return {node: {protocol.NOISE_MULTIPLIER: self.planned[node].noise_multiplier} for node in cohort if node in self.planned}
 
     # -- replies ------------------------------------------------------------------------------
-    def check_reply(self, server_round: int, node: int, content: RecordDict) -> str | None:
-        """None when the train reply may be averaged; else why it is rejected."""
+    def check_reply(self, server_round: int, node: int, content: RecordDict, records: ReplyRecords) -> str | None:
+        """None when the train reply (its records parsed once: ``records``) may be averaged; else why it is rejected."""
         planned = self.planned.get(node)
         if planned is None:
             return f"node {node} is not in the privacy plan"
-        status_record = content.config_records.get(protocol.SITE)
-        if status_record is None:
+        if not records.has_status:
             return "the reply carries no site status"
-        try:
-            status = protocol.SiteStatus.from_record(dict(status_record))
-        except ProtocolError as error:
-            return f"the reply's site status is unusable ({error})"
+        status = records.status
+        if status is None:
+            return f"the reply's site status is unusable ({records.status_error})"
         if status.name != planned.name:
             return f"the reply names site {status.name!r}, but node {node} was planned as {planned.name!r}"
         if status.records != planned.records:
             return f"the reply's status declares {status.records} records, the site was planned with {planned.records}"
-        event_record = content.config_records.get(protocol.DP_EVENT)
-        if event_record is None:
+        if not records.has_dp_event:
             return f"no DP event: site {planned.name!r} was planned for DP-SGD with sigma {planned.noise_multiplier:.4g}"
-        try:
-            event = protocol.dp_event_from_record(dict(event_record))
-        except ProtocolError as error:
-            return f"the reply's DP event is unusable ({error})"
+        event = records.dp_event
+        if event is None:
+            return f"the reply's DP event is unusable ({records.dp_event_error})"
         mismatches = planned.mismatches(event, study_id=self.study.name, server_round=server_round)
         if mismatches:
             return "the DP event does not match the plan: " + "; ".join(mismatches)

@@ -24,7 +24,7 @@ from flwr.serverapp import Grid
 
 from flsuite import protocol
 from flsuite.coordinator.planning import status_replies
-from flsuite.errors import ProtocolError
+from flsuite.coordinator.reply_records import ReplyRecords
 from flsuite.models import array_values
 
 __all__ = ["DeclaredSizes", "Declarations", "reply_weight_problem", "status_count_problem", "update_problem"]
@@ -65,7 +65,7 @@ def update_problem(global_arrays: Mapping[str, np.ndarray], content: RecordDict,
     return None
 
 
-def reply_weight_problem(content: RecordDict, *, declared: int | None) -> str | None:
+def reply_weight_problem(content: RecordDict, records: ReplyRecords, *, declared: int | None) -> str | None:
     """Why the reply's example count is not its site's declared count (or, undeclared, not a count), or None."""
     metrics = content.metric_records.get(protocol.METRICS)
     if metrics is None or protocol.NUM_EXAMPLES not in metrics:
@@ -81,22 +81,17 @@ def reply_weight_problem(content: RecordDict, *, declared: int | None) -> str | 
         return f"{protocol.NUM_EXAMPLES}={count!r} is not a positive whole number"
     if declared is not None and count != declared:
         return f"{protocol.NUM_EXAMPLES}={count} disagrees with the {declared} records its site declared (its aggregation weight)"
-    record = content.config_records.get(protocol.SITE)
-    if declared is not None and record is not None:
-        problem = status_count_problem(record, declared=declared)
-        if problem is not None:
-            return problem
+    if declared is not None and records.has_status:
+        return status_count_problem(records, declared=declared)
     return None
 
 
-def status_count_problem(record: Mapping, *, declared: int) -> str | None:
-    """Why a reply's site status disagrees with the declared record count, or None."""
-    try:
-        status = protocol.SiteStatus.from_record(dict(record))
-    except ProtocolError as error:
-        return f"the reply's site status is unusable ({error})"
-    if status.records != declared:
-        return f"the reply's status declares {status.records} records, the site declared {declared} (its aggregation weight)"
+def status_count_problem(records: ReplyRecords, *, declared: int) -> str | None:
+    """Why a reply's site status (sent: ``records.has_status``) disagrees with the declared record count, or None."""
+    if records.status is None:
+        return f"the reply's site status is unusable ({records.status_error})"
+    if records.status.records != declared:
+        return f"the reply's status declares {records.status.records} records, the site declared {declared} (its aggregation weight)"
     return None
 
 

@@ -38,6 +38,7 @@ from flsuite.config.schema import StudyConfig
 from flsuite.coordinator.cohort import CohortGrid, choose_cohort
 from flsuite.coordinator.integrity import DeclaredSizes, reply_weight_problem, update_problem
 from flsuite.coordinator.pruning import MissedRounds, PrunedSite, pruning_text
+from flsuite.coordinator.reply_records import ReplyRecords
 from flsuite.coordinator.strategies import averaged_reply
 from flsuite.errors import ProtocolError
 from flsuite.models import decoded
@@ -60,8 +61,8 @@ __all__ = [
 
 Evaluator = Callable[[ArrayRecord], dict[str, float]]
 SiteConfigs = Callable[[int, list[int]], Mapping[int, dict[str, Any]]]
-#: (server round, node, reply content) -> None to accept the train reply, else why it is rejected.
-ReplyCheck = Callable[[int, int, RecordDict], "str | None"]
+#: (server round, node, reply content, its records parsed once) -> None to accept the train reply, else why it is rejected.
+ReplyCheck = Callable[[int, int, RecordDict, ReplyRecords], "str | None"]
 #: (server round, available nodes) -> the nodes that may train this round.
 Admit = Callable[[int, list[int]], list[int]]
 
@@ -212,7 +213,7 @@ class PlainTrainRound:
             for node in cohort
         ]
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
-        trained: list[Message] = []
+        trained: list[tuple[Message, ReplyRecords]] = []
         failures = len(cohort) - len(replies)
         refusals: list[Refusal | Rejection] = []
         answered: set[int] = set()  # nodes that trained, refused or were rejected: they did not miss the round
@@ -231,35 +232,36 @@ class PlainTrainRound:
                 else:
                     refusals.append(refusal)
             else:
-                why = self._problem(server_round, node, reply.content, global_values, rules)
+                records = ReplyRecords.parse(reply.content)
+                why = self._problem(server_round, node, reply.content, records, global_values, rules)
                 if why is None:
-                    trained.append(reply)
+                    trained.append((reply, records))
                 else:
                     refusals.append(Rejection(round=server_round, node_id=node, name=reported_name(node, reply.content), reason=why))
         missed = tuple(node for node in cohort if node not in answered)
         if len(trained) < rules.quorum:
             return RoundOutcome(None, [], refusals, failures, missed=missed,
                                 aborted=quorum_failure(server_round, len(trained), len(cohort), rules.quorum))
-        checked = [_checked_reply(reply, rules) for reply in trained]
+        checked = [_checked_reply(reply, rules) for reply, _ in trained]
         new_arrays, _ = self.strategy.aggregate_train(server_round, [averaged_reply(checked)])
         if new_arrays is None:
             return RoundOutcome(None, [], refusals, failures, missed=missed,
                                 aborted={"stage": protocol.TRAIN, "reason": "the strategy produced no model"})
-        sites = [site_report(reply.metadata.src_node_id, reply.content) for reply in trained]
+        sites = [site_report(reply.metadata.src_node_id, reply.content, records) for reply, records in trained]
         return RoundOutcome(new_arrays, sites, refusals, failures, missed=missed)
 
-    def _problem(self, server_round: int, node: int, content: RecordDict, global_values: Mapping[str, Any],
-                 rules: RoundRules) -> str | None:
-        """Why a train reply may not be averaged (its model, its weight, the DP plan), or None."""
+    def _problem(self, server_round: int, node: int, content: RecordDict, records: ReplyRecords,
+                 global_values: Mapping[str, Any], rules: RoundRules) -> str | None:
+        """Why a train reply may not be averaged (its model, its weight, the DP plan, its records), or None."""
         declared = rules.declared.get(node) if rules.declared is not None else None
         if rules.declared is not None and declared is None:
             return f"node {node} declared no record count (its status), so it has no aggregation weight"
         why = update_problem(global_values, content, max_update_norm=rules.max_update_norm)
         if why is None:
-            why = reply_weight_problem(content, declared=declared)
+            why = reply_weight_problem(content, records, declared=declared)
         if why is None and self.reply_check is not None:
-            why = self.reply_check(server_round, node, content)
-        return why if why is not None else report_problem(node, content)
+            why = self.reply_check(server_round, node, content, records)
+        return why if why is not None else records.problem()
 
 
 def quorum_failure(server_round: int, valid: int, asked: int, quorum: int) -> dict[str, Any]:
@@ -436,34 +438,22 @@ def reported_name(node: int, content: RecordDict) -> str:
     return name if isinstance(name, str) and name else str(node)
 
 
-def site_report(node: int, content: RecordDict) -> SiteReport:
-    """A site's train reply as the coordinator records it (its name from its status record).
+def site_report(node: int, content: RecordDict, records: ReplyRecords) -> SiteReport:
+    """A site's accepted train reply as the coordinator records it (its name from its status).
 
-    ProtocolError when its status or DP event record does not parse (``report_problem`` checks
-    that before the reply is averaged). Only the metrics that are single numbers are kept.
+    ``records`` is the reply's records parsed once; an accepted reply's parse (``ReplyRecords.problem``
+    is None: checked before it is averaged). Only the metrics that are single numbers are kept.
     """
-    config_records = content.config_records
-    status_record = config_records.get(protocol.SITE)
-    event_record = config_records.get(protocol.DP_EVENT)
     metrics = content.metric_records.get(protocol.METRICS)
-    status = protocol.SiteStatus.from_record(status_record) if status_record is not None else None
+    status = records.status
     return SiteReport(
         node_id=node,
         name=status.name if status else str(node),
         metrics={key: float(value) for key, value in (metrics or {}).items()
                  if isinstance(value, (int, float)) and not isinstance(value, bool)},
         status=status,
-        dp_event=protocol.dp_event_from_record(event_record) if event_record is not None else None,
+        dp_event=records.dp_event,
     )
-
-
-def report_problem(node: int, content: RecordDict) -> str | None:
-    """Why a reply's records cannot be recorded (``site_report``), or None: checked before it is averaged."""
-    try:
-        site_report(node, content)
-    except ProtocolError as error:
-        return f"the reply's records do not parse ({error})"
-    return None
 
 
 def refusals_from(server_round: int, site_refusals: Mapping[int, protocol.Refusal]) -> list[Refusal]:

@@ -39,13 +39,13 @@ from flwr.serverapp.strategy import Strategy
 
 from flsuite import protocol
 from flsuite.coordinator.integrity import status_count_problem
+from flsuite.coordinator.reply_records import ReplyRecords
 from flsuite.coordinator.rounds import (
     Rejection,
     ReplyCheck,
     RoundOutcome,
     RoundRules,
     refusals_from,
-    report_problem,
     reported_name,
     site_report,
 )
@@ -69,6 +69,7 @@ class SecureRoundResult:
     survivors: nodes whose updates are in the average; dropped: the rest of the cohort.
     replies: per survivor, the records of its train reply other than the masked vector
         (MetricRecords without the example count, ConfigRecords such as a DP event).
+    parsed: per survivor, its reply's site status and DP event, as the checks parsed them.
     error_bound: largest quantisation error of any averaged-update coordinate (before the
         cast to the model's dtypes).
     clipped_values: per survivor, update values clipped to the range (only with clip_out_of_range).
@@ -85,6 +86,7 @@ class SecureRoundResult:
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     replies: dict[int, RecordDict]
+    parsed: dict[int, ReplyRecords]
     error_bound: float
     clipped_values: dict[int, int] = field(default_factory=dict)
     refusals: dict[int, str] = field(default_factory=dict)
@@ -100,8 +102,9 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
                        declared: Mapping[int, int] | None = None, pinned: Mapping[str, bytes] | None = None) -> SecureRoundResult:
     """Train one round on ``node_ids`` and return the securely aggregated weighted average.
 
-    ``reply_check(round, node, records)`` sees each masked train reply's clear records
-    (status, DP event, ...) before the unmask stage; a reply it rejects is dropped there.
+    ``reply_check(round, node, content, records)`` sees each masked train reply's clear records
+    (status, DP event, ..., parsed once: ``ReplyRecords``) before the unmask stage; a reply it
+    rejects is dropped there.
     ``declared``: each node's declared record count; the unmasked total weight must be the
     survivors' (None: not checked, and then a wrong share or masked vector is caught only when
     it puts the average beyond the clip range; a study always declares). ``quorum``: fewest
@@ -129,6 +132,7 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     refusals: dict[int, str] = {}
     site_refusals: dict[int, protocol.Refusal] = {}
     records: dict[int, RecordDict] = {}
+    parsed: dict[int, ReplyRecords] = {}  # each masked reply's records, parsed once by the checks
     rejected: dict[int, tuple[str, str]] = {}
     silent: set[int] = set()  # asked at a stage, no usable answer in time (no reply, an error, a malformed one)
 
@@ -140,12 +144,14 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
         """The masked replies the checks accept; the others are dropped before unmasking."""
         for node in sorted(masked):
             content = records.get(node, RecordDict())
-            status = content.config_records.get(protocol.SITE)
-            why = status_count_problem(status, declared=declared[node]) if declared is not None and status is not None else None
+            parsed[node] = reply_records = ReplyRecords.parse(content)
+            why = None
+            if declared is not None and reply_records.has_status:
+                why = status_count_problem(reply_records, declared=declared[node])
             if why is None and reply_check is not None:
-                why = reply_check(server_round, node, content)
+                why = reply_check(server_round, node, content, reply_records)
             if why is None:
-                why = report_problem(node, content)
+                why = reply_records.problem()
             if why is not None:
                 rejected[node] = (reported_name(node, records.get(node, RecordDict())), why)
                 refusals[node] = f"{protocol.MASKED_TRAIN}: reply rejected: {why}"
@@ -237,7 +243,8 @@ def secure_train_round(grid: Grid, *, node_ids: Iterable[int], server_round: int
     return SecureRoundResult(
         arrays=layout.rebuild(global_vector + average), total_weight=summed.total_weight,
         survivors=summed.survivors, dropped=summed.dropped,
-        replies={n: records[n] for n in summed.survivors if n in records}, error_bound=summed.error_bound,
+        replies={n: records[n] for n in summed.survivors if n in records},
+        parsed={n: parsed[n] for n in summed.survivors if n in parsed}, error_bound=summed.error_bound,
         clipped_values=summed.clipped_values, refusals={**summed.rejected, **refusals}, site_refusals=site_refusals,
         rejected=rejected, missed=missed(), wrong_shares=summed.wrong_shares)
 
@@ -287,7 +294,7 @@ class SecureTrainRound:
             message_type=protocol.TRAIN,
         )
         new_arrays, _ = self.strategy.aggregate_train(server_round, [averaged])
-        sites = [site_report(node, content) for node, content in secure.replies.items()]
+        sites = [site_report(node, content, secure.parsed[node]) for node, content in secure.replies.items()]
         details = {
             "survivors": len(secure.survivors),
             "dropped": len(secure.dropped),

@@ -322,3 +322,37 @@ def test_the_coordinator_reads_the_identities_file_simulated_sites_write():
     from flsuite.site.simulated import PINNED_FILE
 
     assert PINNED_IDENTITIES == PINNED_FILE
+
+
+@pytest.mark.parametrize("secagg", ["none", "secure"])
+def test_each_train_reply_s_status_and_dp_event_are_parsed_once(tmp_path, monkeypatch, secagg):
+    """A DP site's status lists its whole history; its train reply was parsed by every check (the
+    declared count, the plan, the round's record): four times a reply, more with each round. Now once."""
+    sites = sites_of(tmp_path, 4)
+    study = dp_study(tmp_path, secagg, "federation.rounds=3")
+    grid = federation(tmp_path, study, sites)
+    parses = {"status": 0, "event": 0}
+    status_parse, event_parse = protocol.SiteStatus.from_record.__func__, protocol.dp_event_from_record
+
+    def counting_status(cls, record):
+        parses["status"] += 1
+        return status_parse(cls, record)
+
+    def counting_event(record):
+        parses["event"] += 1
+        return event_parse(record)
+
+    initial = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    strategy = build_strategy(study.federation, initial)
+    with grid:
+        admission = DpAdmission(study, grid, verifier=HeadVerifier.for_study(study))
+        admission.plan()
+        monkeypatch.setattr(protocol.SiteStatus, "from_record", classmethod(counting_status))
+        monkeypatch.setattr(protocol, "dp_event_from_record", counting_event)
+        loop = RoundLoop(study, grid, strategy=strategy, train_round=train_round(study, grid, strategy, reply_check=admission.check_reply),
+                         initial_arrays=initial, evaluator=None, site_configs=admission.site_configs, admit=admission.admit,
+                         declared=admission.declared)  # as run_study wires it
+        result = loop.run()
+    replies = sum(len(record.sites) for record in result.rounds)
+    assert result.status == "completed" and replies == 12
+    assert parses == {"status": replies, "event": replies}

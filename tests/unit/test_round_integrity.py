@@ -13,6 +13,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flsuite import protocol
 from flsuite.config import compose_study
 from flsuite.coordinator.admission import DpAdmission, HeadVerifier, PlannedSite
+from flsuite.coordinator.reply_records import ReplyRecords
 from flsuite.coordinator.rounds import REJECTED_REPLY, PlainTrainRound, RoundLoop
 from flsuite.coordinator.strategies import build_strategy
 from flsuite.flower import InProcessGrid, new_run
@@ -189,7 +190,8 @@ def test_a_dp_reply_whose_status_declares_other_records_than_planned_is_rejected
     admission.planned[11] = PlannedSite(node_id=11, name="a", sample_rate=0.1, noise_multiplier=1.0, steps_per_round=2,
                                         max_grad_norm=2.0, delta=1e-5, admitted_round=0, records=RECORDS)
     status = protocol.SiteStatus(name="a", records=RECORDS * 1000, max_epsilon=10.0, delta=1e-5, spent_epsilon=0.0)
-    why = admission.check_reply(1, 11, RecordDict({protocol.SITE: ConfigRecord(status.to_record())}))
+    content = RecordDict({protocol.SITE: ConfigRecord(status.to_record())})
+    why = admission.check_reply(1, 11, content, ReplyRecords.parse(content))
     assert why is not None and "planned with 10" in why
     assert dict(admission.declared) == {11: RECORDS}
 
