@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from flsuite.errors import ProtocolError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
+from flsuite.typed_key import TypedKey, record_of, typed_key
 
 __all__ = [
     "ARRAYS",
@@ -356,14 +357,10 @@ def _event(record: dict[str, Any], *, what: str) -> DpEvent:
     for field in ("round", "steps"):
         if isinstance(record.get(field), float) and float(record[field]).is_integer():
             record[field] = int(record[field])
-    try:
-        # a site's status repeats its whole history in every reply: an event seen before, with the same values
-        # of the same types (a float's exact bits), is the same validated event
-        key = tuple(sorted((name, type(value), value.hex() if isinstance(value, float) else None, value)
-                           for name, value in record.items()))
-        hash(key)
-    except TypeError:  # a value that cannot be a key (a list where a number belongs): validation names it
-        key = None
+    # a site's status repeats its whole history in every reply: an event seen before, with the same values
+    # of the same types (a float's exact bits), is the same validated event; a value that cannot be a key
+    # (a list where a number belongs) is validated anew, and validation names it
+    key = typed_key(record)
     try:
         return _validated_event(key) if key is not None else DpEvent.from_dict(record)
     except InvalidDpEvent as error:
@@ -371,8 +368,8 @@ def _event(record: dict[str, Any], *, what: str) -> DpEvent:
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _validated_event(key: tuple[tuple[str, type, str | None, Any], ...]) -> DpEvent:
-    return DpEvent.from_dict({name: value for name, _, _, value in key})
+def _validated_event(key: TypedKey) -> DpEvent:
+    return DpEvent.from_dict(record_of(key))
 
 
 def _expect_keys(record: Mapping[str, Any], *, required: set[str], optional: set[str], what: str) -> None:

@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 
 from flsuite.config.schema import StudyConfig
 from flsuite.config.validation import validate_study
+from flsuite.typed_key import TypedKey, record_of, typed_key
 
 Scalar = bool | int | float | str
 UNSET = ""
@@ -45,18 +46,15 @@ def from_run_config(run_config: Mapping[str, Any]) -> StudyConfig:
     are ``0.0`` and ``-0.0`` to a config hash) give the same frozen ``StudyConfig``, which callers
     must not change in place; anything else is validated anew, and a refused one is never kept.
     """
-    try:
-        key = tuple(sorted((name, type(value), value.hex() if isinstance(value, float) else None, value)
-                           for name, value in run_config.items()))
-        hash(key)
-    except TypeError:  # a value that cannot be a key (not a Flower scalar): validation names it
+    key = typed_key(run_config)
+    if key is None:  # a value that cannot be a key (not a Flower scalar): validation names it
         return _validated(run_config)
     return _validated_once(key)
 
 
 @functools.lru_cache(maxsize=8)
-def _validated_once(key: tuple[tuple[str, type, str | None, Any], ...]) -> StudyConfig:
-    return _validated({name: value for name, _, _, value in key})
+def _validated_once(key: TypedKey) -> StudyConfig:
+    return _validated(record_of(key))
 
 
 def _validated(run_config: Mapping[str, Any]) -> StudyConfig:
