@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from flsuite.audit.canonical import canonical_json
 from flsuite.audit.keys import key_id, sign
+from flsuite.errors import IntegrityError
 from flsuite.storage.chain import GENESIS, ChainHead, HashChainLog, entry_hash
 
 __all__ = ["AuditEntry", "AuditLog", "seal", "GENESIS_PREV", "ENTRY_DOMAIN", "LOG_DOMAIN"]
@@ -107,9 +108,15 @@ class AuditLog:
         return self._log.read_lines()
 
     def last(self) -> AuditEntry | None:
-        """The last committed entry of a log whose chain verifies (IntegrityError if not)."""
+        """The last committed entry of a log whose chain verifies and whose last entry's seq is its
+        line number (IntegrityError if not). Its signature is the caller's to check."""
         last = self._log.last()
-        return AuditEntry.from_dict(last.record()) if last is not None else None
+        if last is None:
+            return None
+        entry = AuditEntry.from_dict(last.record())
+        if entry.seq != last.number:
+            raise IntegrityError(f"audit log {self.path} line {last.number}: has seq {entry.seq}")
+        return entry
 
     def repair_torn_tail(self) -> int:
         """Set aside and cut off an uncommitted, torn last line; the number of bytes removed."""

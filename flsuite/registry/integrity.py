@@ -93,8 +93,13 @@ def check_version(layout: Layout, info: VersionInfo, *, log: AuditLog,
 def trusted_entry(line: bytes, seq: int, signing_key: Ed25519PrivateKey) -> AuditEntry:
     """Parse a committed log line for replay; IntegrityError unless seq, hash and signature hold."""
     entry = _parse(line, seq)
-    _check_entry(entry, {key_id(signing_key): signing_key.public_key()})
+    check_signed(entry, signing_key)
     return entry
+
+
+def check_signed(entry: AuditEntry, signing_key: Ed25519PrivateKey) -> None:
+    """IntegrityError unless the entry's hash holds and the writer's key signed it."""
+    _check_entry(entry, {key_id(signing_key): signing_key.public_key()})
 
 
 def _parse(line: bytes, seq: int) -> AuditEntry:

@@ -345,22 +345,29 @@ class Registry:
                 "verifies, remove catalogue.sqlite* and open the registry with its signing key")
 
     def _reconcile(self) -> None:
-        """Under the lock: cut a torn log tail, check the catalogue against the log, replay
-        committed entries it lacks, re-sign a stale head, remove temporary files of
-        interrupted writes."""
+        """Under the lock: cut a torn log tail, check the catalogue against the log, check the
+        log's last entry (its seq is its line number, this key signed it), replay committed
+        entries the catalogue lacks, re-sign a stale head (refuse one that names the last entry
+        with another hash), remove temporary files of interrupted writes."""
         self._log.repair_torn_tail()
         self._check_cache(thorough=False)
         for folder in (self._layout.root, self._layout.blobs):
             for leftover in folder.glob(f"{TEMP_PREFIX}*"):
                 leftover.unlink(missing_ok=True)
-        applied = self._catalogue.applied_seq()
         last = self._log.last()
-        if last is not None and last.seq > applied:
+        if last is None:
+            return
+        integrity.check_signed(last, self._key)
+        applied = self._catalogue.applied_seq()
+        if last.seq > applied:
             lines, _ = self._log.read_lines()
             self._catalogue.apply([integrity.trusted_entry(line, seq, self._key) for seq, line in
                                    enumerate(lines[applied:], start=applied + 1)])
         head = read_head(self._layout.head) if self._layout.head.exists() else None
-        if last is not None and (head is None or head.seq != last.seq):
+        if head is not None and head.seq == last.seq and head.hash != last.hash:
+            raise IntegrityError(f"registry {self.path}: head.json names audit entry {last.seq} with another hash "
+                                 f"than the log's last entry (it was replaced); run `flsuite audit verify {self.path}`")
+        if head is None or head.seq != last.seq:
             write_head(self._layout.head, last, registry_id=self.registry_id, time=self._now(),
                        signing_key=self._key)
 

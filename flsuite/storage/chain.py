@@ -15,16 +15,18 @@ Rules every user shares:
 - locking: writers hold an exclusive flock on the file, readers a shared one.
 - durability: one write of the whole line, then fsync of the file (and of its folder when
   the file is new).
-- fail closed: reading and appending verify every line and refuse, with an IntegrityError
-  naming the line, a log whose chain is broken.
+- fail closed: reading and appending verify every line (or, for bytes a read verified before,
+  that they are still exactly those bytes) and refuse, with an IntegrityError naming the line,
+  a log whose chain is broken.
 POSIX only (fcntl).
 
 A log is read many times as it grows (a site's ledger several times per training, a registry's
 audit log at every publish), so the committed bytes a read verified are remembered
 (``VerifiedPrefixes``): a later read whose bytes begin with exactly those bytes verifies only the
 lines after them. A full ``read`` decodes the earlier lines again (into new objects); an append,
-``head`` and ``last`` do not decode them at all, so a writer's cost does not grow with the log. The
-check is on the bytes themselves, not on file stamps: any change inside them (an edited,
+``head`` and ``last`` do not decode them at all: what they pay for the earlier lines is reading the
+file and comparing its bytes (a log over a quarter of the budget: their SHA-256), not parsing JSON.
+The check is on the bytes themselves, not on file stamps: any change inside them (an edited,
 removed or reordered line, a rewritten file) is a different prefix and is verified in full.
 """
 
@@ -146,7 +148,7 @@ class HashChainLog:
     def peek(self) -> tuple[ChainHead, bytes, ChainRead | None]:
         """The verified head, the bytes of a torn last line, and the verified read when some
         committed lines had not been verified before. None when all had: then nothing was decoded
-        (one read of the file and one comparison of bytes)."""
+        (one read of the file and one comparison with the verified bytes)."""
         data = self._read_bytes()
         committed = data.rfind(b"\n") + 1
         known = _VERIFIED.known(self._cache_key(), data[:committed])
@@ -159,7 +161,7 @@ class HashChainLog:
         """The last committed entry of a log whose chain verifies (None when empty).
 
         Only the lines not verified before are decoded and checked, and the last line; the
-        earlier ones are compared byte for byte with what a read verified (``VerifiedPrefixes``).
+        earlier ones are compared with what a read verified (``VerifiedPrefixes``), not decoded.
         """
         data = self._read_bytes()
         tail = self._verify_tail(data)
@@ -194,7 +196,7 @@ class HashChainLog:
         tail = self._verify_tail(data)
         *known, _ = data[: tail.known].split(b"\n")
         entries = [self._decode(line, number, verify=False) for number, line in enumerate(known, start=1)]
-        return ChainRead((*entries, *tail.entries), tail.head, tail.torn, len(data) - len(tail.torn))
+        return ChainRead((*entries, *tail.entries), tail.head, tail.torn, tail.committed)
 
     def _verify_tail(self, data: bytes) -> _Tail:
         """Verify the committed lines after the longest prefix of ``data`` verified before
@@ -249,7 +251,7 @@ class HashChainLog:
     # -- writing -------------------------------------------------------------------------
     def append(self, body: BodySource, *,
                unhashed: Callable[[str], Mapping[str, Any]] | None = None) -> ChainEntry:
-        """Durably append one entry after verifying the whole log; returns the new entry.
+        """Durably append one entry after verifying the log (``_verify_tail``); returns the new entry.
 
         `body` is the entry's fields, or a function of the current head that returns them
         (for entries that number themselves); `unhashed` maps the new entry's hash to the
@@ -286,8 +288,6 @@ class HashChainLog:
                 return 0  # ends with a whole line: nothing torn (and nothing more to read)
             data = _read_all(fd)
             committed = data.rfind(b"\n") + 1
-            if committed == len(data):
-                return 0
             torn = data[committed:]
             self._set_aside(fd, torn, committed)
             return len(torn)
@@ -326,7 +326,8 @@ class HashChainLog:
 
 @dataclasses.dataclass(frozen=True)
 class _Prefix:
-    """Committed bytes a read verified: held whole, or (a log too large to hold) as their SHA-256."""
+    """Committed bytes a read verified: held whole (``held``), or, for a log too large to hold, as
+    their SHA-256 (``digest``); exactly one of the two is set."""
 
     length: int
     held: bytes | None
@@ -375,6 +376,7 @@ class VerifiedPrefixes:
         return hit.head if hit is not None and hit.length == len(committed) and hit.begins(committed) else None
 
     def remember(self, key: tuple[Any, ...], committed: bytes, head: ChainHead) -> None:
+        """Keep ``committed`` (bytes a full verification accepted, to ``head``) as the log's verified prefix."""
         if len(committed) > self._most_bytes // 4:
             prefix = _Prefix(len(committed), None, hashlib.sha256(committed).digest(), head)
         else:
@@ -394,10 +396,10 @@ class VerifiedPrefixes:
 
 
 def _size(prefix: _Prefix | None) -> int:
-    """What a remembered prefix counts against the budget: its bytes, or 64 for a digest."""
+    """What a remembered prefix counts against the budget: its bytes, or its digest's."""
     if prefix is None:
         return 0
-    return len(prefix.held) if prefix.held is not None else 64
+    return len(prefix.held) if prefix.held is not None else len(prefix.digest or b"")
 
 
 _VERIFIED = VerifiedPrefixes()

@@ -206,3 +206,54 @@ def test_catalogue_refuses_updates_and_deletes(registry_path: Path) -> None:
     with pytest.raises(sqlite3.IntegrityError, match="never deleted"):
         db.execute("DELETE FROM versions")
     db.close()
+
+
+# -- the writer refuses to publish onto a tampered log (it checks the log's last entry every time) --
+
+def _forged_after(previous: bytes, seq: int) -> bytes:
+    """A line chained to ``previous`` (its hash links), claiming the registry's key, signed by a stranger."""
+    prev = json.loads(previous)
+    forged = seal(seq=seq, time=prev["time"], kind="study.note", payload={"forged": True}, prev=prev["hash"],
+                  signing_key=Ed25519PrivateKey.generate())
+    record = {**forged.to_dict(), "key": prev["key"]}
+    entry = AuditEntry.from_dict(record)
+    return canonical_json({**record, "hash": entry.computed_hash()}) + b"\n"
+
+
+@pytest.mark.parametrize("tamper", ["append-with-an-applied-seq", "append-with-seq-1", "append-with-the-next-seq",
+                                    "replace-the-last-line"])
+def test_the_writer_publishes_nothing_onto_a_log_tampered_without_its_key(registry_path: Path, tmp_path: Path,
+                                                                          tamper: str) -> None:
+    """Attack: with no signing key, add or replace the log's last line so that its hash chain holds. The
+    writer (``Registry.open`` and every publish) checks the last entry's seq against its line and its
+    signature, so it refuses, and neither re-signs the head onto the forged line nor publishes after it."""
+    lines = _lines(registry_path)
+    count = len(lines)
+    if tamper == "replace-the-last-line":
+        lines[-1] = _forged_after(lines[-2], seq=count)
+    else:
+        seq = {"append-with-an-applied-seq": count, "append-with-seq-1": 1, "append-with-the-next-seq": count + 1}[tamper]
+        lines.append(_forged_after(lines[-1], seq=seq))
+    _write_lines(registry_path, lines)
+    tampered = (registry_path / "audit.jsonl").read_bytes(), (registry_path / "head.json").read_bytes()
+    with pytest.raises(IntegrityError, match="seq|signature does not verify"):
+        with Registry.open(registry_path, signing_key_path=tmp_path / "coordinator.pem", clock=StepClock()) as reg:
+            publish_sample(reg, round=99)
+    assert ((registry_path / "audit.jsonl").read_bytes(), (registry_path / "head.json").read_bytes()) == tampered
+
+
+def test_the_writer_refuses_a_last_entry_replaced_after_its_head_was_signed(registry_path: Path, tmp_path: Path) -> None:
+    """Attack: replace the log's last entry by another one, properly chained and signed (by someone who holds
+    the key, or a writer that bypassed the lock), after the head was signed for the original. The seq still
+    matches, the signature verifies; the head's hash does not, and the writer refuses rather than going on."""
+    from flsuite.audit.keys import load_signing_key
+
+    key = load_signing_key(tmp_path / "coordinator.pem")
+    lines = _lines(registry_path)
+    original = json.loads(lines[-1])
+    replaced = seal(seq=original["seq"], time=original["time"], kind="study.note", payload={"replaced": True},
+                    prev=original["prev"], signing_key=key)
+    _write_lines(registry_path, [*lines[:-1], replaced.to_line()])
+    with pytest.raises(IntegrityError, match="head.json names audit entry"):
+        with Registry.open(registry_path, signing_key_path=tmp_path / "coordinator.pem", clock=StepClock()) as reg:
+            publish_sample(reg, round=99)
