@@ -56,5 +56,5 @@ class ReplyRecords:
 
     def problem(self) -> str | None:
         """Why the reply's records cannot be recorded with the round, or None."""
-        error = self.status_error or self.dp_event_error
+        error = self.status_error if self.status_error is not None else self.dp_event_error
         return None if error is None else f"the reply's records do not parse ({error})"
