@@ -203,7 +203,7 @@ class HashChainLog:
         (all of them when none was), and remember the committed bytes as verified.
 
         IntegrityError naming the first bad line. The prefix's lines are not decoded: a caller
-        that needs only the head, or the last entry, pays for the new lines alone.
+        that needs only the head, or the last entry, decodes the new lines alone.
         """
         key = self._cache_key()
         known, head = _VERIFIED.prefix(key, data) or (0, ChainHead(0, GENESIS))
