@@ -441,8 +441,8 @@ def reported_name(node: int, content: RecordDict) -> str:
 def site_report(node: int, content: RecordDict, records: ReplyRecords) -> SiteReport:
     """A site's accepted train reply as the coordinator records it (its name from its status).
 
-    ``records`` is the reply's records parsed once; an accepted reply's parse (``ReplyRecords.problem``
-    is None: checked before it is averaged). Only the metrics that are single numbers are kept.
+    ``records`` is the reply's status and DP event, parsed once; a reply is accepted only when they
+    parse (``ReplyRecords.problem`` is None). Only the metrics that are single numbers are kept.
     """
     metrics = content.metric_records.get(protocol.METRICS)
     status = records.status
