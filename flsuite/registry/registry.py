@@ -354,10 +354,15 @@ class Registry:
         for folder in (self._layout.root, self._layout.blobs):
             for leftover in folder.glob(f"{TEMP_PREFIX}*"):
                 leftover.unlink(missing_ok=True)
-        last = self._log.last()
+        try:
+            last = self._log.last()
+            if last is not None:
+                integrity.check_signed(last, self._key)
+        except IntegrityError as error:
+            raise IntegrityError(f"registry {self.path}: {error}; its audit log was changed outside flsuite: "
+                                 f"nothing was written. Run `flsuite audit verify {self.path}`") from None
         if last is None:
             return
-        integrity.check_signed(last, self._key)
         applied = self._catalogue.applied_seq()
         if last.seq > applied:
             lines, _ = self._log.read_lines()
