@@ -1,8 +1,9 @@
 """The coordinator's work on the DP sites' histories through a long study, before / after, in one run.
 
 A DP site's status, sent with every reply, lists the site's whole DP history (one event per round
-it trained). The coordinator parses it three times per reply, and the DP certificate of every
-published version compares each site's history by the events' canonical JSON. Before: every event
+it trained). The coordinator parsed it four times per reply (once since ``ReplyRecords``), and the
+DP certificate of every published version compares each site's history by the events' canonical
+JSON. Before: every event
 validated anew on every parse (``protocol._event`` as it was) and its JSON made with
 ``dataclasses.asdict`` on every call (``DpEvent.to_json`` as it was), both patched in here. After:
 the cache of parsed events and the JSON kept with each event.
