@@ -374,7 +374,8 @@ class _PrvAccountant:
         spectrum = None
         for factor, n in zip(self._spectra, steps):
             if n:
-                spectrum = factor**n if spectrum is None else spectrum * factor**n
+                power = _power(factor, n)
+                spectrum = power if spectrum is None else np.multiply(spectrum, power, out=spectrum)
         if spectrum is None:
             raise ValueError("a composition of no steps has no PRV")
         size = len(self.domain)
@@ -382,6 +383,22 @@ class _PrvAccountant:
         shift = sum(s * n for s, n in zip(self._shifts, steps))
         log_finite = sum(log * n for log, n in zip(self._log_pmc_inf, steps))
         return pmf, float(self.domain.t_min()) + shift, float(self.domain.dt()), log_finite
+
+
+def _power(spectrum, n: int):
+    """``spectrum ** n`` by repeated squaring, in place on one copy: numpy's ``**`` does so for
+    integer powers below 100 only and calls libm's complex ``cpow`` on every cell above, 6x
+    slower on a study's step counts. The two agree to about 1e-13 on a spectrum (|z| <= 1)."""
+    import numpy as np
+
+    base, result = spectrum.copy(), None
+    while True:
+        if n & 1:
+            result = base.copy() if result is None else np.multiply(result, base, out=result)
+        n >>= 1
+        if not n:
+            return result
+        np.multiply(base, base, out=base)
 
 
 def _epsilon_bounds(pmf, t_min: float, dt: float, log_finite: float, delta: float, delta_error: float,
@@ -399,10 +416,10 @@ def _epsilon_bounds(pmf, t_min: float, dt: float, log_finite: float, delta: floa
         return math.inf, math.inf, math.inf
     if np.finfo(np.float64).eps * len(pmf) > delta_fin - delta_error:
         raise ValueError("floating point errors would dominate for so small a delta on this grid")
-    t = t_min + dt * np.arange(len(pmf), dtype=np.float64)
+    growth = np.exp(t_min + dt * np.arange(len(pmf), dtype=np.float64))  # e^t (one exp: e^-t is its reciprocal)
     d1 = np.cumsum(pmf[::-1])[::-1]
-    d2 = np.cumsum((pmf * np.exp(-t))[::-1])[::-1]
-    ndelta = np.exp(t) * d2 - d1
+    d2 = np.cumsum((pmf / growth)[::-1])[::-1]
+    ndelta = growth * d2 - d1
 
     def find_epsilon(target: float) -> float:
         i = int(np.searchsorted(ndelta, -target, side="left"))
