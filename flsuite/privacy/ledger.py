@@ -35,13 +35,13 @@ import os
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from flsuite.errors import IntegrityError, LedgerPathError
 from flsuite.privacy.events import DpEvent, InvalidDpEvent
-from flsuite.storage.chain import GENESIS, ChainHead, ChainRead, HashChainLog
+from flsuite.storage import GENESIS, ChainEntry, ChainHead, ChainRead, ChainTail, HashChainLog
 
 __all__ = [
     "GENESIS_HASH",
@@ -146,30 +146,32 @@ class PrivacyLedger:
         """The verified ledger: IntegrityError when an entry is bad or a spend/cancel names no
         open reservation. The state of each ledger's latest head is kept (``_keep_folded``): the
         head's hash commits to every entry, so a ledger with the same head folds to the same
-        state, entries are decoded only when the head moved, and only the entries after the
-        kept head are folded."""
+        state. When the ledger's lines up to the kept head are exactly the bytes verified
+        before (``HashChainLog.read_after``), only the entries after it are decoded and folded;
+        otherwise the whole ledger is read, and folded from the kept state if it extends it."""
         path = str(self.path)
-        head, read = self._peek()
         with _FOLDED_LOCK:
             kept = _FOLDED.get(path)
             if kept is not None:
                 _FOLDED.move_to_end(path)
-        if kept is not None and kept[0] == head:
-            folded = kept[1]
+        tail = self._read_after(kept[0]) if kept is not None else None
+        if tail is not None and kept is not None:
+            folded = self._fold(tail.entries, tail.head, since=kept[1]) if tail.entries else kept[1]
         else:
-            read = read or self._read()
-            folded = self._fold(read, since=kept[1] if kept is not None else None)
-            _keep_folded(path, read.head, folded)
+            read = self._read()
+            since = kept[1] if kept is not None and _extends(read, kept[0]) else None
+            folded = self._fold(read.entries[since.head.entries if since is not None else 0 :], read.head, since=since)
+        if tail is None or tail.entries:
+            _keep_folded(path, folded.head, folded)
         return dataclasses.replace(folded, exists=self.path.exists())
 
-    def _fold(self, read: ChainRead, since: LedgerState | None = None) -> LedgerState:
-        """The entries of ``read`` as events and reservations; from ``since`` on when ``read``
-        extends the ledger ``since`` was folded from (its hash at since's depth is since's head)."""
-        start = since.head.entries if since is not None and _extends(read, since.head) else 0
-        final: list[tuple[int, DpEvent]] = list(since.final) if start else []
-        open_: dict[str, Reservation] = {r.id: r for r in since.open} if start else {}
-        closed: list[tuple[Reservation, int]] = list(since.closed) if start else []
-        for entry in read.entries[start:]:
+    def _fold(self, entries: Sequence[ChainEntry], head: ChainHead, since: LedgerState | None) -> LedgerState:
+        """``since`` followed by ``entries`` (the ledger's entries after since's head, to ``head``),
+        as events and reservations; every entry from the first when ``since`` is None."""
+        final: list[tuple[int, DpEvent]] = list(since.final) if since is not None else []
+        open_: dict[str, Reservation] = {r.id: r for r in since.open} if since is not None else {}
+        closed: list[tuple[Reservation, int]] = list(since.closed) if since is not None else []
+        for entry in entries:
             kind, value = next(iter(entry.body.items()))
             if kind == "event":
                 final.append((entry.number, DpEvent.from_dict(value)))
@@ -186,8 +188,8 @@ class PrivacyLedger:
                     final.append((entry.number, DpEvent.from_dict(value["event"])))
         return LedgerState(
             exists=True,
-            head=read.head,
-            hashes=tuple(entry.hash for entry in read.entries),
+            head=head,
+            hashes=(*(since.hashes if since is not None else ()), *(entry.hash for entry in entries)),
             final=tuple(final),
             open=tuple(open_.values()),
             closed=tuple(closed),
@@ -202,17 +204,13 @@ class PrivacyLedger:
         return self.state().charged(dataset)
 
     def head(self) -> LedgerHead:
-        return self._peek()[0]
-
-    def _peek(self) -> tuple[LedgerHead, ChainRead | None]:
-        """The verified head, and the read when the log had lines to verify (``HashChainLog.peek``)."""
+        """The verified head (``HashChainLog.peek``: only lines not verified before are decoded)."""
         try:
-            head, torn, read = self._log.peek()
+            head, torn = self._log.peek()
         except OSError as error:
             raise self._path_error("read", error) from None
-        if torn and self.on_torn_tail == "refuse":
-            raise IntegrityError(f"privacy ledger {self.path} line {head.entries + 1}: incomplete last entry")
-        return head, read
+        self._check_torn(torn, head)
+        return head
 
     # -- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -302,9 +300,21 @@ class PrivacyLedger:
             read = self._log.read()
         except OSError as error:
             raise self._path_error("read", error) from None
-        if read.torn and self.on_torn_tail == "refuse":
-            raise IntegrityError(f"privacy ledger {self.path} line {read.head.entries + 1}: incomplete last entry")
+        self._check_torn(read.torn, read.head)
         return read
+
+    def _read_after(self, known: ChainHead) -> ChainTail | None:
+        try:
+            tail = self._log.read_after(known)
+        except OSError as error:
+            raise self._path_error("read", error) from None
+        if tail is not None:
+            self._check_torn(tail.torn, tail.head)
+        return tail
+
+    def _check_torn(self, torn: bytes, head: ChainHead) -> None:
+        if torn and self.on_torn_tail == "refuse":
+            raise IntegrityError(f"privacy ledger {self.path} line {head.entries + 1}: incomplete last entry")
 
     def _path_error(self, action: str, error: OSError) -> LedgerPathError:
         return LedgerPathError(

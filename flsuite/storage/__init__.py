@@ -6,7 +6,7 @@ encryption key go through `keyfiles`.
 """
 
 from flsuite.storage.canonical import canonical_json
-from flsuite.storage.chain import GENESIS, ChainEntry, ChainHead, ChainRead, HashChainLog, entry_hash
+from flsuite.storage.chain import GENESIS, ChainEntry, ChainHead, ChainRead, ChainTail, HashChainLog, entry_hash
 from flsuite.storage.durable import TEMP_PREFIX, fsync_dir, write_atomic
 from flsuite.storage.keyfiles import (
     PRIVATE_MODE,
@@ -28,6 +28,7 @@ __all__ = [
     "ChainEntry",
     "ChainHead",
     "ChainRead",
+    "ChainTail",
     "HashChainLog",
     "InsecureKeyFile",
     "KeyFileError",

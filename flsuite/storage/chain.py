@@ -48,7 +48,7 @@ from flsuite.errors import IntegrityError
 from flsuite.storage.canonical import canonical_json
 from flsuite.storage.durable import fsync_dir
 
-__all__ = ["GENESIS", "ChainEntry", "ChainHead", "ChainRead", "HashChainLog", "entry_hash"]
+__all__ = ["GENESIS", "ChainEntry", "ChainHead", "ChainRead", "ChainTail", "HashChainLog", "entry_hash"]
 
 GENESIS = "0" * 64
 _LINK_FIELDS = frozenset({"prev", "hash"})
@@ -106,6 +106,16 @@ class _Tail:
     committed: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ChainTail:
+    """The entries after a head the caller already holds (``HashChainLog.read_after``), the head,
+    and the bytes of a torn last line."""
+
+    entries: tuple[ChainEntry, ...]
+    head: ChainHead
+    torn: bytes
+
+
 BodySource = Mapping[str, Any] | Callable[[ChainHead], Mapping[str, Any]]
 
 
@@ -145,17 +155,11 @@ class HashChainLog:
         """The verified head (``peek``'s first part)."""
         return self.peek()[0]
 
-    def peek(self) -> tuple[ChainHead, bytes, ChainRead | None]:
-        """The verified head, the bytes of a torn last line, and the verified read when some
-        committed lines had not been verified before. None when all had: then nothing was decoded
-        (one read of the file and one comparison with the verified bytes)."""
-        data = self._read_bytes()
-        committed = data.rfind(b"\n") + 1
-        known = _VERIFIED.known(self._cache_key(), data[:committed])
-        if known is not None:
-            return known, data[committed:], None
-        read = self._parse(data)
-        return read.head, read.torn, read
+    def peek(self) -> tuple[ChainHead, bytes]:
+        """The verified head and the bytes of a torn last line. Only the lines not verified before
+        are decoded; the earlier ones are compared with the bytes a read verified."""
+        tail = self._verify_tail(self._read_bytes())
+        return tail.head, tail.torn
 
     def last(self) -> ChainEntry | None:
         """The last committed entry of a log whose chain verifies (None when empty).
@@ -171,6 +175,26 @@ class HashChainLog:
             return None
         start = data.rfind(b"\n", 0, tail.committed - 1) + 1
         return self._decode(data[start : tail.committed - 1], tail.head.entries, verify=False)
+
+    def read_after(self, known: ChainHead) -> ChainTail | None:
+        """The verified entries after ``known``, when ``known`` is the head of the log's first
+        ``known.entries`` lines and those lie within the bytes a read of this log verified before;
+        None otherwise (then read the log in full). The lines up to ``known`` are compared, not
+        decoded: a user that keeps what it built from them (the ledger's folded state) decodes only
+        the lines after them. IntegrityError naming the first bad line, as ``read``.
+        """
+        data = self._read_bytes()
+        tail = self._verify_tail(data)
+        verified = tail.head.entries - len(tail.entries)  # lines in the prefix verified before
+        if not known.entries <= verified:
+            return None
+        # the verified prefix's lines after ``known`` (checked before: decoded, not checked again)
+        lines = data[: tail.known].split(b"\n")[known.entries : verified]
+        between = tuple(self._decode(line, number, verify=False) for number, line in enumerate(lines, start=known.entries + 1))
+        entries = (*between, *tail.entries)
+        if (entries[0].prev if entries else tail.head.hash) != known.hash:
+            return None
+        return ChainTail(entries, tail.head, tail.torn)
 
     def read_lines(self) -> tuple[list[bytes], bytes]:
         """(committed lines without their newline, bytes of a torn last line or b''), not
@@ -369,11 +393,6 @@ class VerifiedPrefixes:
         """The length and head of the prefix of ``data`` verified before, or None."""
         hit = self._get(key)
         return (hit.length, hit.head) if hit is not None and hit.begins(data) else None
-
-    def known(self, key: tuple[Any, ...], committed: bytes) -> ChainHead | None:
-        """The head of ``committed`` when exactly these bytes were verified before, else None."""
-        hit = self._get(key)
-        return hit.head if hit is not None and hit.length == len(committed) and hit.begins(committed) else None
 
     def remember(self, key: tuple[Any, ...], committed: bytes, head: ChainHead) -> None:
         """Keep ``committed`` (bytes a full verification accepted, to ``head``) as the log's verified prefix."""

@@ -244,6 +244,55 @@ def test_a_ledger_is_folded_into_events_once_per_head(tmp_path, monkeypatch):
     assert ledger.events()[-1] == added and len(ledger.events()) == 5
 
 
+def count_line_decodes(monkeypatch) -> list[int]:
+    """How many ledger lines are decoded from JSON from now on (``decodes[0]``)."""
+    import flsuite.storage.chain as chain
+
+    decodes = [0]
+    real = chain._json_object
+
+    def counting(line: bytes):
+        decodes[0] += 1
+        return real(line)
+
+    monkeypatch.setattr(chain, "_json_object", counting)
+    return decodes
+
+
+def test_a_read_after_an_append_decodes_the_new_line_alone(tmp_path, monkeypatch):
+    """A site reads its ledger three or four times a round (status, reserve, spend, head), and each
+    read after a write decoded every line: a study's ledger work grew with its length. Now the lines
+    up to the kept head are compared with the bytes verified before, and only the new one is decoded."""
+    ledger = filled(tmp_path / "ledger.jsonl", n=30)
+    ledger.state()
+    decodes = count_line_decodes(monkeypatch)
+    reservation = ledger.reserve(make_event(round=31))
+    assert ledger.head().entries == 31 and ledger.state().open[0].id == reservation.id
+    ledger.spend(reservation, make_event(round=31))
+    assert len(ledger.state().events) == 31
+    # each new line decoded to verify it, the reservation's once more to fold it after head() verified it;
+    # before, every read after a write decoded all the lines (65 here)
+    assert decodes[0] <= 3
+
+
+def test_a_ledger_rewritten_or_edited_after_a_read_is_read_anew(tmp_path):
+    """Attack on the kept state: the bytes up to the kept head are compared, so a ledger whose earlier
+    lines changed after a read is never continued from that read. An edited line fails closed, and a
+    wholly rewritten (re-chained) ledger reads as what it now holds, for the anchor to refuse."""
+    ledger = filled(tmp_path / "ledger.jsonl", n=5)
+    ledger.state()
+    other = filled(tmp_path / "other" / "ledger.jsonl", n=4)
+    other.append(make_event(round=9))
+    ledger.path.write_bytes(other.path.read_bytes())  # a valid chain of five entries, not these
+    state = ledger.state()
+    assert [e.round for e in state.events] == [1, 2, 3, 4, 9] and state.head == other.head()
+    _rewrite_line(ledger.path, 2, lambda line: line.replace('"noise_multiplier":1.5', '"noise_multiplier":15.0'))
+    with pytest.raises(IntegrityError, match="line 2: checksum mismatch"):
+        ledger.state()
+    with pytest.raises(IntegrityError, match="line 2"):
+        ledger.append(make_event(round=10))
+
+
 def test_a_ledger_deleted_after_a_read_is_reported_missing(tmp_path):
     """The folded state is shared, but whether the file exists is looked up on every read."""
     ledger = filled(tmp_path / "ledger.jsonl", n=2)
@@ -289,5 +338,6 @@ def test_a_grown_ledger_folds_only_its_new_entries_into_the_same_state(tmp_path,
     state = ledger.state()
     assert folds[0] <= 2  # the chain's check of the new line, then the fold of it; not all eleven entries
     monkeypatch.undo()
-    assert state == dataclasses.replace(ledger._fold(ledger._read()), exists=True)
+    read = ledger._read()
+    assert state == dataclasses.replace(ledger._fold(read.entries, read.head, since=None), exists=True)
     assert [e.round for e in state.events] == [1, 2, 3, 4, 5, 6, 7, 9] and state.open == ()

@@ -274,17 +274,16 @@ def test_the_remembered_bytes_stay_within_their_budget() -> None:
     for n in range(10):
         prefixes.remember(("log", n), b"x" * 20 + b"\n", head)
     assert prefixes.prefix(("log", 9), b"x" * 20 + b"\nmore") == (21, head)
-    assert prefixes.known(("log", 9), b"x" * 20 + b"\n") == head
-    assert prefixes.known(("log", 9), b"x" * 19 + b"y\n") is None
+    assert prefixes.prefix(("log", 9), b"x" * 20 + b"\n") == (21, head)
+    assert prefixes.prefix(("log", 9), b"x" * 19 + b"y\n") is None
     assert prefixes.prefix(("log", 0), b"x" * 20 + b"\n") is None  # evicted: at most 100 bytes held
     assert prefixes._held <= 100 and all(prefixes.prefix(("log", n), b"x" * 20 + b"\n") == (21, head) for n in range(6, 10))
     prefixes.remember(("big", 0), b"y" * 60 + b"\n", head)  # over a quarter of the budget: its digest is kept
     assert prefixes._held <= 100
     assert prefixes.prefix(("big", 0), b"y" * 60 + b"\nmore") == (61, head)
-    assert prefixes.known(("big", 0), b"y" * 60 + b"\n") == head
+    assert prefixes.prefix(("big", 0), b"y" * 60 + b"\n") == (61, head)
     assert prefixes.prefix(("big", 0), b"y" * 30 + b"z" + b"y" * 29 + b"\nmore") is None  # one byte changed
     assert prefixes.prefix(("big", 0), b"y" * 60) is None  # shorter
-    assert prefixes.known(("big", 0), b"y" * 60 + b"\nmore\n") is None  # longer: not exactly these bytes
 
 
 def test_a_log_too_large_to_hold_verifies_only_its_new_lines_and_still_finds_an_edit(tmp_path: Path, monkeypatch) -> None:
