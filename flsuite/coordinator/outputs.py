@@ -102,6 +102,7 @@ class StudyOutputs:
         self.site_rows: list[dict[str, Any]] = []
         self.privacy_rows: list[dict[str, Any]] = []
         self.plan_rows: list[dict[str, Any]] = []
+        self._texts = {name: CsvText() for name in ("metrics.csv", "site_metrics.csv", "privacy.csv")}
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "config.yaml", yaml.safe_dump(study.model_dump(mode="json", exclude={"resume"}), sort_keys=False))
 
@@ -179,12 +180,12 @@ class StudyOutputs:
 
     def _write_metrics(self) -> None:
         write_atomic(self.folder / "metrics.json", json.dumps(self.rows, indent=2))
-        write_atomic(self.folder / "metrics.csv", _csv(self.rows, ROUND_COLUMNS))
+        write_atomic(self.folder / "metrics.csv", self._texts["metrics.csv"].of(self.rows, ROUND_COLUMNS))
         site_columns = sorted({key for row in self.site_rows for key in row} - {"round", "site"})
-        write_atomic(self.folder / "site_metrics.csv", _csv(self.site_rows, ["round", "site", *site_columns]))
+        write_atomic(self.folder / "site_metrics.csv", self._texts["site_metrics.csv"].of(self.site_rows, ["round", "site", *site_columns]))
         if self.privacy_rows:
             privacy_columns = ["round", "site", *sorted({k for row in self.privacy_rows for k in row} - {"round", "site"})]
-            write_atomic(self.folder / "privacy.csv", _csv(self.privacy_rows, privacy_columns))
+            write_atomic(self.folder / "privacy.csv", self._texts["privacy.csv"].of(self.privacy_rows, privacy_columns))
 
     def _plot(self) -> None:
         from flsuite.coordinator.metrics_plot import metrics_png
@@ -193,9 +194,31 @@ class StudyOutputs:
         write_atomic(self.folder / "metrics.png", metrics_png(self.rows, self.privacy_rows, title))
 
 
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+class CsvText:
+    """A CSV file's text that grows with its rows: each row is formatted once. The rows of a study's
+    files are only ever appended, and every round writes the whole file again, so formatting them
+    all each round grew with the study. New columns (a metric first seen) format every row again,
+    as does a list whose rendered rows are no longer the same row objects (a row is not changed
+    after it is added)."""
+
+    def __init__(self) -> None:
+        self._columns: list[str] | None = None
+        self._rendered: list[dict[str, Any]] = []  # the rows formatted so far (the same objects)
+        self._text = ""
+
+    def of(self, rows: list[dict[str, Any]], columns: list[str]) -> str:
+        done = len(self._rendered)
+        if columns != self._columns or len(rows) < done or any(a is not b for a, b in zip(rows[:done], self._rendered)):
+            self._columns, self._rendered, self._text, done = list(columns), [], _csv([], columns), 0
+        self._text += _csv(rows[done:], columns, header=False)
+        self._rendered.extend(rows[done:])
+        return self._text
+
+
+def _csv(rows: list[dict[str, Any]], columns: list[str], *, header: bool = True) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
+    if header:
+        writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
