@@ -24,8 +24,9 @@ A log is read many times as it grows (a site's ledger several times per training
 audit log at every publish), so the committed bytes a read verified are remembered
 (``VerifiedPrefixes``): a later read whose bytes begin with exactly those bytes verifies only the
 lines after them. A full ``read`` decodes the earlier lines again (into new objects); an append,
-``head`` and ``last`` do not decode them at all: what they pay for the earlier lines is reading the
-file and comparing its bytes (a log over a quarter of the budget: their SHA-256), not parsing JSON.
+``head``, ``last`` and ``read_after`` (the entries after a head the caller holds) do not decode them
+at all: what they pay for the earlier lines is reading the file and comparing its bytes (a log over
+a quarter of the budget: their SHA-256), not parsing JSON.
 The check is on the bytes themselves, not on file stamps: any change inside them (an edited,
 removed or reordered line, a rewritten file) is a different prefix and is verified in full.
 """
