@@ -23,7 +23,8 @@ every final event and every open reservation's event, which is what the budget c
 
 Writers hold an exclusive flock on ``<ledger>.lock`` across read, check and append (and the
 caller's anchoring of the new head); readers who need a view consistent with the anchor
-hold it shared (``locked(shared=True)``). POSIX only (fcntl).
+hold it shared (``locked(shared=True)``). The lock file lies beside the file the ledger's path
+leads to, so a ledger named through a symlink takes the same lock. POSIX only (fcntl).
 """
 
 from __future__ import annotations
@@ -133,13 +134,19 @@ class PrivacyLedger:
         if on_torn_tail not in ("recover", "refuse"):
             raise ValueError(f"on_torn_tail must be 'recover' or 'refuse', got {on_torn_tail!r}")
         self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.on_torn_tail = on_torn_tail
         self._log = HashChainLog(self.path, domain=LEDGER_DOMAIN, name="privacy ledger", check_body=_check_body)
         self._held = threading.local()
 
     def __repr__(self) -> str:
         return f"PrivacyLedger({str(self.path)!r})"
+
+    @property
+    def lock_path(self) -> Path:
+        """``<ledger>.lock`` beside the file the path leads to, found when the lock is taken: two
+        ledgers that name one file by different paths (a symlink) take the same lock."""
+        real = Path(os.path.realpath(self.path))
+        return real.with_name(real.name + ".lock")
 
     # -- reading ---------------------------------------------------------------------------
     def state(self) -> LedgerState:

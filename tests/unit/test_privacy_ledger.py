@@ -341,3 +341,43 @@ def test_a_grown_ledger_folds_only_its_new_entries_into_the_same_state(tmp_path,
     read = ledger._read()
     assert state == dataclasses.replace(ledger._fold(read.entries, read.head, since=None), exists=True)
     assert [e.round for e in state.events] == [1, 2, 3, 4, 5, 6, 7, 9] and state.open == ()
+
+
+def test_a_ledger_named_through_a_symlink_cannot_race_the_cap(tmp_path):
+    """Attack on the cap: two processes (here threads) whose configs name one ledger by different
+    paths, the file and a symlink to it, each check that a reservation fits and then append. The
+    lock was ``<given path>.lock``, so the two checks ran at once and both reservations passed a cap
+    that only one fits. The lock now lies beside the file the path leads to: the second check waits,
+    sees the first reservation, and refuses."""
+    import threading
+
+    real = tmp_path / "ledger.jsonl"
+    alias = tmp_path / "alias.jsonl"
+    alias.symlink_to(real)
+    checking = [threading.Event(), threading.Event()]
+
+    def admit_one(me: int):
+        def admit(state) -> None:
+            if state.charged():
+                raise UserError("the cap fits one reservation")
+            checking[me].set()
+            checking[1 - me].wait(timeout=1.0)  # without the shared lock, both are checking now
+        return admit
+
+    outcomes: list[str] = []
+
+    def reserve(me: int, path: Path) -> None:
+        try:
+            PrivacyLedger(path).reserve(make_event(round=me + 1), admit=admit_one(me))
+            outcomes.append("reserved")
+        except UserError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=reserve, args=(me, path)) for me, path in enumerate((real, alias))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["refused", "reserved"]
+    assert len(PrivacyLedger(real).state().open) == 1
+    assert PrivacyLedger(alias).lock_path == PrivacyLedger(real).lock_path == tmp_path / "ledger.jsonl.lock"
