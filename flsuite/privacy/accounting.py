@@ -391,6 +391,8 @@ def _power(spectrum, n: int):
     slower on a study's step counts. The two agree to about 1e-13 on a spectrum (|z| <= 1)."""
     import numpy as np
 
+    if n < 1:
+        raise ValueError(f"a composition's power must be at least 1, got {n}")
     base, result = spectrum.copy(), None
     while True:
         if n & 1:
