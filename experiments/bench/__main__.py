@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": dict(previous.get("results", {})),
     }
     if previous:  # a partial re-run: keep the full run's header and list the re-runs after it
-        rerun = {k: bench["meta"][k] for k in ("command", "started_utc", "seconds")}
+        rerun = {**{k: bench["meta"][k] for k in ("command", "started_utc", "seconds")}, "cpu": machine_info()["cpu"]}
         bench["meta"] = {**previous["meta"], "reruns": [*previous["meta"].get("reruns", []), rerun]}
         bench["meta"]["machine_at_rerun"] = machine_info()
     started, failed = time.perf_counter(), []

@@ -48,7 +48,8 @@ class LegacyPrvAccountant:
 
 
 def _state(ledger: PrivacyLedger) -> LedgerState:
-    return dataclasses.replace(ledger._fold(ledger._read()), exists=ledger.path.exists())
+    read = ledger._read()
+    return dataclasses.replace(ledger._fold(read.entries, read.head, since=None), exists=ledger.path.exists())
 
 
 def _head(ledger: PrivacyLedger) -> LedgerHead:

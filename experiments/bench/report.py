@@ -87,7 +87,14 @@ def machine_lines(meta: dict[str, Any]) -> list[str]:
             f"cryptography {m['cryptography']}, dp-accounting {m['dp-accounting']}, prv-accountant {m['prv-accountant']}; "
             f"one torch thread. Load average at start {m['load_average']} (the cores are shared with other work).",
             f"Command: `{meta['command']}` ({meta['started_utc']}, {meta['wall_s'] / 60:.1f} minutes)."] + [
-            f"Then `{run['command']}` ({run['started_utc']}) replaced {', '.join(run['seconds'])}." for run in meta.get("reruns", [])]
+            f"Then `{run['command']}` ({run['started_utc']}{_elsewhere(run, m)}) replaced {', '.join(run['seconds'])}."
+            for run in meta.get("reruns", [])]
+
+
+def _elsewhere(run: dict[str, Any], machine: dict[str, Any]) -> str:
+    """", on CPU" for a re-run on another CPU than the first run's (the cloud hands out other hosts)."""
+    cpu = run.get("cpu")
+    return f", on {cpu}" if cpu and cpu != machine["cpu"] else ""
 
 
 def render(bench: dict[str, Any]) -> str:
