@@ -189,8 +189,8 @@ class HashChainLog:
         verified = tail.head.entries - len(tail.entries)  # lines in the prefix verified before
         if not known.entries <= verified:
             return None
-        # the verified prefix's lines after ``known`` (checked before: decoded, not checked again)
-        lines = data[: tail.known].split(b"\n")[known.entries : verified]
+        # the verified prefix's lines after ``known``, if any (checked before: decoded, not checked again)
+        lines = data[: tail.known].split(b"\n")[known.entries : verified] if known.entries < verified else []
         between = tuple(self._decode(line, number, verify=False) for number, line in enumerate(lines, start=known.entries + 1))
         entries = (*between, *tail.entries)
         if (entries[0].prev if entries else tail.head.hash) != known.hash:
