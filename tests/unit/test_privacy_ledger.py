@@ -293,6 +293,23 @@ def test_a_ledger_rewritten_or_edited_after_a_read_is_read_anew(tmp_path):
         ledger.append(make_event(round=10))
 
 
+def test_a_replaced_ledger_seen_first_by_a_head_read_is_not_continued_from_the_old_state(tmp_path):
+    """Attack on ``read_after``: the ledger is replaced by another valid chain, and a ``head()`` read
+    verifies the new bytes before any ``state()`` does. The verified bytes are then the new chain's,
+    while the kept state is the old chain's; the new chain's later lines must not be folded onto it
+    (its line after the kept depth does not link to the kept head), so the state is read in full."""
+    ledger = filled(tmp_path / "ledger.jsonl", n=3)
+    ledger.state()
+    other = PrivacyLedger(tmp_path / "other" / "ledger.jsonl")
+    for number in (11, 12, 13, 14):
+        other.append(make_event(round=number))
+    ledger.path.write_bytes(other.path.read_bytes())  # a valid chain of four other events
+    assert ledger.head() == other.head()
+    state = ledger.state()
+    assert state.head == other.head() and state.hashes == other.state().hashes
+    assert [e.round for e in state.events] == [11, 12, 13, 14]
+
+
 def test_a_ledger_deleted_after_a_read_is_reported_missing(tmp_path):
     """The folded state is shared, but whether the file exists is looked up on every read."""
     ledger = filled(tmp_path / "ledger.jsonl", n=2)
