@@ -8,10 +8,16 @@ for than the one before:
   round asked for before, and the PRV composition's cost grows with the step count;
 - each read of a site's privacy ledger after a write (3-4 a round) decoded every line of it.
 
+Later (2026-12-01, night), the study's registry: each version's DP certificate listed one phase per
+site and round, so every version repeated the whole history and the audit log grew as the square
+of the rounds.
+
 Three measurements, each in a fresh process whose ``flsuite`` comes from the tree under test, the
 trees alternating pair by pair:
 - the study (``federation.rounds=ROUNDS``, ``privacy.max_epsilon=1000`` so that every round fits):
-  its wall time, the median of rounds 2-6 and of the last five;
+  its wall time, the median of rounds 2-6 and of the last five; each version's publish time (the
+  median of rounds 2-6 and of the last five); the registry's audit log, catalogue and last version
+  entry in kB; and ``verify_registry`` over the whole registry, as an auditor runs it offline;
 - one exact epsilon at a new step count, (q, sigma) = (0.25, 2.0) at 481-490 steps (a site about
   60 rounds into that study), mean of the ten;
 - one ledger read after a write, on a ledger of 180 entries (the same site's), mean of 20, with
@@ -19,7 +25,7 @@ trees alternating pair by pair:
 
 Run: ``git worktree add /tmp/before REV`` (the commit before the change), then
 ``PYTHONPATH=. python -m experiments.long_study_cost --before /tmp/before``; the table is printed
-and the figures written to ``experiments/results/long_study.json``. ``--csv`` times only the
+and the figures written to ``experiments/results/long_study.json`` (``--out`` names another file). ``--csv`` times only the
 formatting of a study's per-site CSV files (privacy.csv, site_metrics.csv), rewritten every round:
 whole each round before, row by row (``CsvText``) after.
 """
@@ -42,18 +48,46 @@ RESULTS = HERE.parent / "results" / "long_study.json"
 
 
 def study(rounds: int) -> dict[str, float]:
+    """The study's wall time and rounds; its registry's size, each version's publish time and an auditor's
+    offline verification of the whole registry."""
     from experiments.bench.harness import round_walls, run_study
     from experiments.bench.parallel import STUDY, VARIANTS
+    from flsuite.registry import Registry, verify_registry
 
-    with tempfile.TemporaryDirectory(prefix="long-study-") as tmp:
+    publishes: list[float] = []
+    real_publish = Registry.publish
+
+    def timed_publish(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the tree's own signature
         started = time.perf_counter()
-        summary, output = run_study([*STUDY, *VARIANTS["DP + secure aggregation"], f"federation.rounds={rounds}",
-                                     "privacy.max_epsilon=1000"], Path(tmp))
-        wall = time.perf_counter() - started
-        if summary["status"] != "completed":
-            raise RuntimeError(f"the study did not complete: {summary.get('reasons')}")
-        walls = round_walls(output)
-    return {"study_wall_s": wall, "early_round_s": statistics.median(walls[1:6]), "late_round_s": statistics.median(walls[-5:])}
+        try:
+            return real_publish(self, *args, **kwargs)
+        finally:
+            publishes.append(time.perf_counter() - started)
+
+    Registry.publish = timed_publish
+    try:
+        with tempfile.TemporaryDirectory(prefix="long-study-") as tmp:
+            started = time.perf_counter()
+            summary, output = run_study([*STUDY, *VARIANTS["DP + secure aggregation"], f"federation.rounds={rounds}",
+                                         "privacy.max_epsilon=1000"], Path(tmp))
+            wall = time.perf_counter() - started
+            if summary["status"] != "completed":
+                raise RuntimeError(f"the study did not complete: {summary.get('reasons')}")
+            walls = round_walls(output)
+            registry = output / "registry"
+            lines = (registry / "audit.jsonl").read_bytes().splitlines()
+            started = time.perf_counter()
+            if not verify_registry(registry).ok:
+                raise RuntimeError("the study's registry does not verify")
+            verify_s = time.perf_counter() - started
+            sizes = {"audit_log_kB": sum(len(line) + 1 for line in lines) / 1e3,
+                     "catalogue_kB": (registry / "catalogue.sqlite").stat().st_size / 1e3,
+                     "last_version_entry_kB": max(len(line) for line in lines if b'"version.published"' in line) / 1e3}
+    finally:
+        Registry.publish = real_publish
+    return {"study_wall_s": wall, "early_round_s": statistics.median(walls[1:6]), "late_round_s": statistics.median(walls[-5:]),
+            "early_publish_ms": 1000 * statistics.median(publishes[1:6]), "late_publish_ms": 1000 * statistics.median(publishes[-5:]),
+            "verify_registry_s": verify_s, **sizes}
 
 
 def epsilon_at_new_steps() -> dict[str, float]:
@@ -146,6 +180,12 @@ ROWS = {
     "one exact epsilon at a new step count, 481-490 steps (ms)": "epsilon_ms",
     "a ledger read after a write, 180 entries (ms)": "ledger_read_ms",
     "lines decoded per such read": "lines_decoded_per_read",
+    "a version's publish, rounds 2-6, median (ms)": "early_publish_ms",
+    "a version's publish, last 5 rounds, median (ms)": "late_publish_ms",
+    "the last version's audit-log entry (kB)": "last_version_entry_kB",
+    "the registry's audit log (kB)": "audit_log_kB",
+    "the registry's catalogue (kB)": "catalogue_kB",
+    "an auditor's offline verification of the registry (s)": "verify_registry_s",
 }
 
 
@@ -156,6 +196,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2)
     parser.add_argument("--csv", action="store_true", help="only the CSV formatting of a study's per-site files, "
                         "formatted whole every round and row by row, in this process (one file; a study writes two)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results file (default {RESULTS.relative_to(HERE.parents[1])})")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -177,8 +218,8 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; Python {platform.python_version()}",
         "load_average": os.getloadavg(), "rounds": args.rounds, "pairs": args.pairs, "runs": runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"| {args.rounds}-round study, 10 sites, DP + secure aggregation | before | after | after / before |")
     print("|---|---|---|---|")
     for label, key in ROWS.items():

@@ -67,6 +67,22 @@ def assert_each_round_charged_once(before: dict, after: dict, *, k: int, rounds:
                 assert before[site][r] == 0 and counts[r] == 1, (site, r, before[site], counts)
 
 
+def assert_certificate_counts_each_round_once(claim: Mapping, ledger: Path, *, rounds: int) -> None:
+    """A resumed study's final DP certificate at one site holds each round's training once, even where the
+    site's ledger charged a round twice (the interrupted round and its re-run), and the final round's
+    evaluation release (q = 1). Its phases are compacted (equal settings as one, steps summed), so
+    "once" is a sum: the steps of one training event per round."""
+    from flsuite.privacy import DP_SGD
+    from flsuite.privacy.ledger import PrivacyLedger
+
+    trained = {event.round: event.steps for event in PrivacyLedger(ledger).charged()
+               if event.study_id == "default" and event.mechanism == DP_SGD}
+    assert sorted(trained) == list(range(1, rounds + 1)), trained
+    training = sum(phase["steps"] for phase in claim["phases"] if phase["q"] < 1)
+    releases = sum(phase["steps"] for phase in claim["phases"] if phase["q"] == 1)
+    assert (training, releases) == (sum(trained.values()), 1), (claim["phases"], trained)
+
+
 def wait_for_reservation(ledgers: Callable[[], Mapping[str, Path]], process: subprocess.Popen, server_round: int,
                          timeout: float) -> str:
     """Until some site's ledger holds a reservation for ``server_round``; that site's name. ``ledgers`` gives

@@ -9,13 +9,20 @@ that site (its DP-SGD training and its private evaluation and drift releases, ea
 a Gaussian phase at q = 1) and the epsilon they compose to; the site's total epsilon over
 every event its ledger recorded (what it spent before this study, and this study's events);
 and the signed ledger head of its latest accepted reply, with how the head was checked.
+
+Events with the same (q, sigma, clip) are listed as one phase with their steps summed
+(``compact_phases``; Opacus' accountants merge equal steps in their history likewise):
+composition ignores order, and both accountants compose equal mechanisms in one
+self-composition, so every epsilon is the same, while a certificate stays the size of the
+study's distinct settings instead of growing by one phase per site and round (every version
+of a long study repeated them all).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +67,7 @@ class RegistryPublisher:
         root = Path(__file__).resolve().parents[2]
         self.code_digest = code_digest([root / folder for folder in SOURCE_FOLDERS if (root / folder).exists()])
         self.config_hash = config_hash(study.model_dump(mode="json", exclude={"output_dir", "sites_dir", "resume"}))
-        self.phases: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.phases: dict[str, list[dict[str, Any]]] = defaultdict(list)  # per site, compacted (``compact_phases``)
         self.events: dict[str, list[protocol.DpEvent]] = defaultdict(list)  # this study's, per site
         self.known: dict[str, tuple[protocol.DpEvent, ...]] = {}  # per site, the events its latest status listed
         self.deltas: dict[str, float] = {}
@@ -79,7 +86,7 @@ class RegistryPublisher:
         for site in record.sites:
             if site.dp_event is not None:
                 event = site.dp_event
-                self.phases[site.name].append(_phase(event))
+                self.phases[site.name] = compact_phases([*self.phases[site.name], _phase(event)])
                 self.events[site.name].append(event)
                 if site.name not in self.before:  # its first round here: the planning snapshot is still the first one
                     prior = self.admission.prior_events.get(site.name, ()) if self.admission is not None else ()
@@ -158,12 +165,12 @@ class RegistryPublisher:
         per_site = {}
         for name in self.phases:
             delta = self.deltas[name]
-            phases = [*self.phases[name], *(_phase(event) for event in self._other_study_events(name))]
+            phases = compact_phases([*self.phases[name], *(_phase(event) for event in self._other_study_events(name))])
             claim: dict[str, Any] = {
                 "epsilon": epsilon([(p["q"], p["sigma"], p["steps"]) for p in phases], delta=delta, accountant=accountant),
                 "total_epsilon": epsilon([e.phase for e in self._every_event(name)], delta=delta, accountant=accountant),
                 "delta": delta,
-                "phases": list(phases),
+                "phases": phases,
             }
             head = self.admission.heads.get(name) if self.admission is not None else None
             if head is not None:
@@ -192,6 +199,23 @@ class RegistryPublisher:
         prior = self.admission.prior_events.get(site, ()) if self.admission is not None else ()
         unique = {event.to_json(): event for event in (*prior, *self.events[site], *self.known.get(site, ()))}
         return list(unique.values())
+
+
+def compact_phases(phases: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Phases with equal (q, sigma, clip) as one, their steps summed, in the order first seen.
+
+    Every epsilon stays the same: composition ignores order, and flsuite's accountants and the
+    auditor's PLD check merge equal (q, sigma) before composing. Idempotent, so a resumed study
+    may seed it with a certificate's phases, compacted or (written before compaction) not.
+    """
+    merged: dict[tuple[float, float, float], dict[str, Any]] = {}
+    for phase in phases:
+        key = (phase["q"], phase["sigma"], phase["clip"])
+        if key in merged:
+            merged[key]["steps"] += phase["steps"]
+        else:
+            merged[key] = {"q": phase["q"], "sigma": phase["sigma"], "steps": phase["steps"], "clip": phase["clip"]}
+    return list(merged.values())
 
 
 def _phase(event: protocol.DpEvent) -> dict[str, Any]:

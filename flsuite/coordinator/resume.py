@@ -265,9 +265,11 @@ class ResumePoint:
 
     def seed_publisher(self, publisher: Any) -> None:
         """What this study published before: its versions, and each site's DP phases that produced the model."""
+        from flsuite.coordinator.publishing import compact_phases
+
         publisher.published = list(self.published)
         for site, claim in ((self.certificate or {}).get("sites") or {}).items():
-            publisher.phases[site] = [dict(phase) for phase in claim["phases"]]
+            publisher.phases[site] = compact_phases(claim["phases"])
             publisher.deltas[site] = claim["delta"]
 
 

@@ -14,13 +14,16 @@ from flwr.app import Array, ArrayRecord
 
 from flsuite import protocol
 from flsuite.config import compose_study
-from flsuite.coordinator.publishing import RegistryPublisher
+from flsuite.coordinator.publishing import RegistryPublisher, compact_phases
 from flsuite.coordinator.rounds import RoundRecord, SiteReport
-from flsuite.privacy import DP_SGD, GAUSSIAN, DpEvent, pld_epsilon
+from flsuite.privacy import DP_SGD, GAUSSIAN, DpEvent, epsilon, pld_epsilon
 from flsuite.registry import Registry, auditor_report
 
 SITES = ("site-0", "site-1")
 DELTA = 1e-5
+#: The certificate's phase of one round's training and of one evaluation release (``event`` below), without steps.
+TRAINING = {"q": 0.05, "sigma": 1.1, "clip": 1.0}
+RELEASE = {"q": 1.0, "sigma": 5.0, "clip": 2**0.5}
 
 
 def event(site: str, server_round: int, *, mechanism: str = DP_SGD, study: str = "default", run: str = "7") -> DpEvent:
@@ -28,7 +31,7 @@ def event(site: str, server_round: int, *, mechanism: str = DP_SGD, study: str =
     return DpEvent(study_id=study, run_id=run, round=server_round, site=site, dataset="records",
                    sample_rate=1.0 if release else 0.05, noise_multiplier=5.0 if release else 1.1,
                    steps=1 if release else 40, max_grad_norm=2**0.5 if release else 1.0, delta=DELTA, accountant="prv",
-                   rng="test", recorded_at=f"2026-01-01T00:00:0{server_round}.000000+00:00", mechanism=mechanism)
+                   rng="test", recorded_at=f"2026-01-01T00:00:{server_round:02d}.000000+00:00", mechanism=mechanism)
 
 
 def report(site: str, train: DpEvent, ledger: list[DpEvent]) -> SiteReport:
@@ -78,8 +81,8 @@ def test_the_per_study_epsilon_covers_the_evaluation_releases(tmp_path):
         events = study_events(ledgers[site])
         assert claim["epsilon"] * (1 + 1e-3) >= pld_epsilon(tuple(events), DELTA), site
         assert len(events) == 4 and sum(e.mechanism == GAUSSIAN for e in events) == 2
-        assert {(p["q"], p["steps"]) for p in claim["phases"]} == {(0.05, 40), (1.0, 1)}
-        assert len(claim["phases"]) == 4  # each event once, and not the earlier run's of the same study name
+        # each event once (two rounds' training, two releases), and not the earlier run's of the same study name
+        assert claim["phases"] == [TRAINING | {"steps": 80}, RELEASE | {"steps": 2}]
         assert claim["total_epsilon"] > claim["epsilon"]
 
 
@@ -99,5 +102,32 @@ def test_a_resumed_study_counts_each_earlier_release_once(tmp_path):
     certificate, ledgers, _ = run_study(tmp_path / "again", resumed_after=1, seeded=seeded, rounds=(2,), ledgers=ledgers)
     for site in SITES:
         claim = certificate["sites"][site]
-        assert len(claim["phases"]) == 4  # round 1 (seeded: training and release) and round 2's two events
+        # round 1 (seeded: training and release) and round 2's two events, each once
+        assert claim["phases"] == [TRAINING | {"steps": 80}, RELEASE | {"steps": 2}]
         assert claim["epsilon"] * (1 + 1e-3) >= pld_epsilon(tuple(study_events(ledgers[site])), DELTA), site
+
+
+def test_a_long_study_s_certificate_does_not_grow_with_its_rounds(tmp_path):
+    """Played as an auditor of a long study: each version repeated one phase per site and round, so
+    the audit log grew as the square of the rounds (21 kB a version after 83 rounds of the default
+    study). Equal (q, sigma, clip) are one phase now, and the claimed epsilon is what per-event
+    phases compose to."""
+    certificate, ledgers, path = run_study(tmp_path, rounds=range(1, 31), ledgers={site: [] for site in SITES})
+    for site in SITES:
+        claim = certificate["sites"][site]
+        assert claim["phases"] == [TRAINING | {"steps": 30 * 40}, RELEASE | {"steps": 30}]
+        events = study_events(ledgers[site])
+        assert len(events) == 60
+        assert claim["epsilon"] == epsilon([e.phase for e in events], delta=DELTA, accountant="prv")  # bit for bit
+    rows = {row["site"]: row for row in auditor_report(path)["sites"]}
+    assert all(rows[site]["status"] == "ok" for site in SITES), rows
+
+
+def test_compacting_phases_is_idempotent_and_keeps_distinct_settings_apart():
+    """A resumed study seeds the publisher with its last certificate's phases: compacted again, or
+    written by a flsuite before compaction, one per event; neither may change the steps."""
+    per_event = [TRAINING | {"steps": 40}, RELEASE | {"steps": 1}, TRAINING | {"steps": 40}, TRAINING | {"steps": 7, "clip": 2.0}]
+    once = compact_phases(per_event)
+    assert once == [TRAINING | {"steps": 80}, RELEASE | {"steps": 1}, TRAINING | {"steps": 7, "clip": 2.0}]
+    assert compact_phases(once) == once and compact_phases([*once, *compact_phases([])]) == once
+    assert per_event[0]["steps"] == 40  # the caller's phases are not changed in place
