@@ -16,13 +16,19 @@ alternating which goes first, each in this process with a fresh sites folder. Re
   which sets ``engine.parallel_sites``' default.
 
 The machine's load average is recorded before and after: on a shared 2-core machine the second
-core is only as free as the others leave it.
+core is only as free as the others leave it. And what two cores give here at best is measured
+too (``measure_ceiling``): the same compute-bound job (SGD on the heavier variant's MLP, one torch
+thread, no flsuite) run twice at once against twice one after the other. 0.5 would be two cores
+that do not slow each other; above it, a round's "processes / sequential" cannot go lower even
+with no overhead at all.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,11 +122,46 @@ def measure_default_study(scale: Scale) -> dict[str, Any]:
             "two_over_one": paired_ratio(walls[WORKERS], walls[1])}
 
 
+def _compute_jobs(count: int, steps: int) -> list[float]:
+    """The timed loops of ``count`` compute jobs started together (``compute_child``), in seconds."""
+    start_at = time.time() + 6.0 if count > 1 else 0.0  # together: after every job's imports, even on a loaded machine
+    jobs = [subprocess.Popen([sys.executable, "-m", "experiments.bench.compute_child", str(steps), str(start_at)],  # noqa: S603
+                             stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    walls = []
+    for job in jobs:
+        out, _ = job.communicate(timeout=600)
+        if job.returncode != 0:
+            raise RuntimeError(f"compute job exited with {job.returncode}")
+        walls.append(float(out.strip().splitlines()[-1]))
+    return walls
+
+
+def measure_ceiling(scale: Scale) -> dict[str, Any]:
+    """Two identical compute jobs at once (the slower one's loop) over the same two one after the other (the
+    sum of their loops), paired and alternating: the lowest "processes / sequential" two workers can reach here."""
+    steps, repeats = scale.pick(4000, 300), scale.pick(4, 1)
+    ratios, together, apart = [], [], []
+    for repeat in range(repeats):
+        progress(f"parallel sites: this machine's ceiling for {WORKERS} workers, repeat {repeat + 1}/{repeats}")
+        if repeat % 2 == 0:
+            one_by_one = _compute_jobs(1, steps) + _compute_jobs(1, steps)
+            at_once = _compute_jobs(WORKERS, steps)
+        else:
+            at_once = _compute_jobs(WORKERS, steps)
+            one_by_one = _compute_jobs(1, steps) + _compute_jobs(1, steps)
+        together.append(max(at_once))
+        apart.append(sum(one_by_one))
+        ratios.append(max(at_once) / sum(one_by_one))
+    return {"steps": steps, "repeats": repeats, "at_once_s": stats(together), "one_after_the_other_s": stats(apart),
+            "ratio": stats(ratios, 3)}
+
+
 def run(scale: Scale) -> dict[str, Any]:
     load_before = os.getloadavg()
     rounds = measure_rounds(scale)
     default = measure_default_study(scale)
-    return {"rounds": rounds, "default_study": default, "cores": os.cpu_count(),
+    ceiling = measure_ceiling(scale)
+    return {"rounds": rounds, "default_study": default, "ceiling": ceiling, "cores": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before], "load_average_after": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -143,4 +184,10 @@ def table(result: dict[str, Any]) -> str:
     lines += ["", f"Default study ({default['rounds']} rounds, DP + secure aggregation, 5 sites), study wall time: "
               f"1 worker {walls['1']['median']:.1f} s, {rounds['workers']} workers {walls[str(rounds['workers'])]['median']:.1f} s, "
               f"ratio {fmt_ratio(default['two_over_one'])}."]
+    ceiling = result.get("ceiling")
+    if ceiling:  # absent from runs before it was measured
+        lines += ["", f"This machine's ceiling for {rounds['workers']} workers: the same compute-bound job ({ceiling['steps']} SGD "
+                  "steps of the heavier variant's MLP, one torch thread, no flsuite) run twice at once took "
+                  f"{fmt_ratio(ceiling['ratio'])} of its time run twice one after the other ({ceiling['repeats']} paired "
+                  "repeats); 0.5 would be two cores that do not slow each other."]
     return "\n".join(lines)

@@ -58,6 +58,7 @@ def test_results_hold_the_ratios_the_tables_report(quick_run):
     parallel = results["parallel"]
     assert all(_positive(v["processes_over_sequential"]) and v["same_accuracy"] in (True, None) for v in parallel["rounds"]["variants"].values())
     assert _positive(parallel["default_study"]["two_over_one"]) and len(parallel["load_average_before"]) == 3
+    assert 0.3 < parallel["ceiling"]["ratio"]["median"] < 1.5  # two jobs at once: about half their time one after the other
     history = results["history"]
     assert _positive(history["after_over_before"]) and all(_positive(history["wall_s"][v]) for v in ("before", "after"))
     assert min(history["ledger_entries_per_site"]) > 0 and history["largest_epsilon_difference"] < 1e-3
