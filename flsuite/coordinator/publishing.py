@@ -11,7 +11,7 @@ every event its ledger recorded (what it spent before this study, and this study
 and the signed ledger head of its latest accepted reply, with how the head was checked.
 
 Events with the same (q, sigma, clip) are listed as one phase with their steps summed
-(``compact_phases``; Opacus' accountants merge equal steps in their history likewise):
+(``compact_phases``; Opacus' accountants merge consecutive equal steps in their history so):
 composition ignores order, and both accountants compose equal mechanisms in one
 self-composition, so every epsilon is the same, while a certificate stays the size of the
 study's distinct settings instead of growing by one phase per site and round (every version
