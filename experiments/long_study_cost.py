@@ -25,9 +25,9 @@ trees alternating pair by pair:
 
 Run: ``git worktree add /tmp/before REV`` (the commit before the change), then
 ``PYTHONPATH=. python -m experiments.long_study_cost --before /tmp/before``; the table is printed
-and the figures written to ``experiments/results/long_study.json`` (``--out`` names another file). ``--csv`` times only the
-formatting of a study's per-site CSV files (privacy.csv, site_metrics.csv), rewritten every round:
-whole each round before, row by row (``CsvText``) after.
+and the figures written to ``experiments/results/long_study.json`` (``--out`` names another file).
+``--csv`` times only the formatting of a study's per-site CSV files (privacy.csv, site_metrics.csv),
+rewritten every round: whole each round before, row by row (``CsvText``) after.
 """
 
 from __future__ import annotations

@@ -125,15 +125,23 @@ def measure_default_study(scale: Scale) -> dict[str, Any]:
 def _compute_jobs(count: int, steps: int) -> list[float]:
     """The timed loops of ``count`` compute jobs started together (``compute_child``), in seconds."""
     start_at = time.time() + 6.0 if count > 1 else 0.0  # together: after every job's imports, even on a loaded machine
-    jobs = [subprocess.Popen([sys.executable, "-m", "experiments.bench.compute_child", str(steps), str(start_at)],  # noqa: S603
-                             stdout=subprocess.PIPE, text=True) for _ in range(count)]
-    walls = []
-    for job in jobs:
-        out, _ = job.communicate(timeout=600)
-        if job.returncode != 0:
-            raise RuntimeError(f"compute job exited with {job.returncode}")
-        walls.append(float(out.strip().splitlines()[-1]))
-    return walls
+    jobs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(count):
+            jobs.append(subprocess.Popen([sys.executable, "-m", "experiments.bench.compute_child", str(steps), str(start_at)],  # noqa: S603
+                                         stdout=subprocess.PIPE, text=True))
+        walls = []
+        for job in jobs:
+            out, _ = job.communicate(timeout=600)
+            if job.returncode != 0:
+                raise RuntimeError(f"compute job exited with {job.returncode}")
+            walls.append(float(out.strip().splitlines()[-1]))
+        return walls
+    finally:
+        for job in jobs:  # a failed or interrupted measurement leaves no job running: stopped by its PID
+            if job.poll() is None:
+                job.kill()
+                job.wait()
 
 
 def measure_ceiling(scale: Scale) -> dict[str, Any]:
